@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import click
 
 from sync import __version__
+from sync.cli import check as check_cmd
+from sync.cli import ruletest as ruletest_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +27,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 # Subcommands register themselves here, one module each.
+cli.add_command(check_cmd.check)
+cli.add_command(ruletest_cmd.test)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
