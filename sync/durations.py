@@ -50,8 +50,9 @@ def format_duration(delta: timedelta) -> str:
     sign = "-" if seconds < 0 else ""
     seconds = abs(seconds)
     parts = []
-    # Weeks only when the whole duration is whole weeks: "15d" reads better than "2w1d".
-    units = UNITS if seconds % UNITS["w"] == 0 else {k: v for k, v in UNITS.items() if k != "w"}
+    # Ladders count in days (7d, 15d, 30d); weeks only for long whole-week spans (12w).
+    long_weeks = seconds % UNITS["w"] == 0 and seconds > 31 * UNITS["d"]
+    units = UNITS if long_weeks else {k: v for k, v in UNITS.items() if k != "w"}
     for unit, size in units.items():
         if seconds >= size:
             count, seconds = divmod(seconds, size)

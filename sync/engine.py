@@ -195,8 +195,10 @@ def _entry_by_conditions(
             entered_at = t
             break
     else:
+        # Held all along: it holds since the entity began (a `since` fact dated
+        # after now is bad data, but still the best answer, and a stable one).
         since = env.get(entity.since) if entity.since else None
-        entered_at = since if isinstance(since, datetime) and since <= now else None
+        entered_at = since if isinstance(since, datetime) else None
     next_at = None
     for t in sorted(t for t in instants if t > now):
         if _choose(entity, env, t) != current:

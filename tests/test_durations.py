@@ -46,6 +46,7 @@ def test_parse_rejects(text, message):
     [
         (timedelta(hours=24), "1d"),
         (timedelta(days=15), "15d"),
+        (timedelta(days=7), "7d"),
         (timedelta(weeks=12), "12w"),
         (timedelta(days=1, hours=12), "1d12h"),
         (timedelta(minutes=10), "10min"),
