@@ -217,8 +217,12 @@ class Emulator:
         self.stop()
 
     def wait(self) -> None:
-        """Block until :meth:`stop` is called (from another thread or a signal)."""
+        """Block until :meth:`interrupt` or :meth:`stop` is called from elsewhere."""
         self._stopping.wait()
+
+    def interrupt(self) -> None:
+        """Wake :meth:`wait`; safe in a signal handler (the server keeps running)."""
+        self._stopping.set()
 
     # -- what tests use ------------------------------------------------------
 
