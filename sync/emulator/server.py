@@ -26,6 +26,7 @@ import struct
 import threading
 import traceback
 import uuid
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
@@ -59,6 +60,10 @@ class _HTTPServer(ThreadingHTTPServer):
     # and delays wake up early when the emulator stops, so joining is quick.
     daemon_threads = False
     block_on_close = True
+    # socketserver's default backlog of 5 makes the kernel drop extra SYNs,
+    # which clients retry a second later: concurrency would be throttled
+    # before our own limit could ever be seen.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
         self.emulator = emulator
@@ -126,14 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def send_answer(self, answer: Answer) -> None:
-        if answer.body is None:
-            # Mailchimp labels its empty 204s as JSON too.
-            self.send(answer.status, b"", JSON_TYPE)
-        else:
-            self.send(answer.status, json.dumps(answer.body).encode(), JSON_TYPE)
-
-    def send_problem(self, problem: ApiProblem) -> None:
-        self.send(problem.status, json.dumps(problem.to_json()).encode(), PROBLEM_TYPE)
+        body = b"" if answer.body is None else json.dumps(answer.body).encode()
+        self.send(answer.status, body, JSON_TYPE)
 
 
 class Emulator:
@@ -275,90 +274,101 @@ class Emulator:
         route, params, known = (
             ROUTES.resolve(method, api_path) if api_path is not None else (None, {}, False)
         )
-        endpoint = route.endpoint if route is not None else f"{method} (unknown)"
         key = _presented_key(handler.headers.get("Authorization"))
         in_flight = self.calls.enter(key or "")
-        outcome = "500"
         fault: FaultKind | None = None
         try:
             if in_flight > self.max_connections:
-                outcome = self._problem(handler, problems.too_many_requests(self.max_connections))
-                return
-            fault = self.faults.draw(method, api_path or path)
-            if fault is not None:
-                outcome = self._fault(handler, fault)
-                return
-            if key is None:
-                outcome = self._problem(handler, problems.api_key_missing())
-                return
-            if key != self.api_key:
-                outcome = self._problem(handler, problems.api_key_invalid())
-                return
-            if self.service_delay:
-                self._stopping.wait(self.service_delay)
-            if route is None:
-                failure = problems.method_not_allowed() if known else problems.not_found()
-                outcome = self._problem(handler, failure)
-                return
-            outcome = self._route(
-                handler, route.handler, method, api_path or "", params, query, raw
-            )
+                reply = _Reply.problem(problems.too_many_requests(self.max_connections))
+            else:
+                fault = self.faults.draw(method, api_path or path)
+                if fault is not None:
+                    reply = self._fault(fault)
+                elif key is None:
+                    reply = _Reply.problem(problems.api_key_missing())
+                elif key != self.api_key:
+                    reply = _Reply.problem(problems.api_key_invalid())
+                elif route is None:
+                    self._delay()
+                    failure = problems.method_not_allowed() if known else problems.not_found()
+                    reply = _Reply.problem(failure)
+                else:
+                    self._delay()
+                    reply = self._route(route.handler, method, api_path or "", params, query, raw)
         finally:
             self.calls.leave(key or "")
-            self.calls.record(
-                Call(method, path, endpoint, outcome, fault.value if fault is not None else None)
-            )
+        # Recorded before answering, so that a client that has its answer can
+        # rely on the call log; likewise the slot is freed before the answer.
+        endpoint = route.endpoint if route is not None else f"{method} (unknown)"
+        self.calls.record(
+            Call(method, path, endpoint, reply.outcome, fault.value if fault else None)
+        )
+        if reply.outcome == "reset":
+            handler.server.reset_on_close(handler.connection)
+        elif reply.outcome != "timeout":
+            handler.send(reply.status, reply.body, reply.content_type)
+
+    def _delay(self) -> None:
+        if self.service_delay:
+            self._stopping.wait(self.service_delay)
 
     def _route(
         self,
-        handler: _Handler,
         func: Any,
         method: str,
         path: str,
         params: dict[str, str],
         query: dict[str, str],
         raw: bytes,
-    ) -> str:
+    ) -> _Reply:
         try:
             body = json.loads(raw) if raw.strip() else None
         except ValueError:
-            return self._problem(handler, problems.bad_json())
+            return _Reply.problem(problems.bad_json())
         try:
             answer: Answer = func(self.store, Request(method, path, params, query, body))
         except ApiProblem as problem:
-            return self._problem(handler, problem)
+            return _Reply.problem(problem)
         except Exception:
             self.errors.append(traceback.format_exc())
-            return self._problem(handler, problems.internal_error())
-        handler.send_answer(answer)
-        return str(answer.status)
+            return _Reply.problem(problems.internal_error())
+        payload = b"" if answer.body is None else json.dumps(answer.body).encode()
+        # Mailchimp labels its empty 204s as JSON too.
+        return _Reply(str(answer.status), answer.status, payload, JSON_TYPE)
 
-    def _problem(self, handler: _Handler, problem: ApiProblem) -> str:
-        handler.send_problem(problem)
-        return str(problem.status)
-
-    def _fault(self, handler: _Handler, kind: FaultKind) -> str:
+    def _fault(self, kind: FaultKind) -> _Reply:
         if kind is FaultKind.TOO_MANY_REQUESTS:
-            return self._problem(handler, problems.too_many_requests(self.max_connections))
+            return _Reply.problem(problems.too_many_requests(self.max_connections))
         if kind is FaultKind.TOO_MANY_REQUESTS_EMPTY:
-            handler.send(429)
-            return "429"
+            return _Reply("429", 429)
         if kind is FaultKind.FORBIDDEN_EMPTY:
-            handler.send(403)
-            return "403"
+            return _Reply("403", 403)
         if kind is FaultKind.FORBIDDEN_JSON:
-            return self._problem(handler, problems.forbidden())
+            return _Reply.problem(problems.forbidden())
         if kind is FaultKind.SERVER_ERROR:
-            return self._problem(handler, problems.internal_error())
+            return _Reply.problem(problems.internal_error())
         if kind is FaultKind.UNAVAILABLE_HTML:
-            handler.send(503, UNAVAILABLE_PAGE, "text/html")
-            return "503"
+            return _Reply("503", 503, UNAVAILABLE_PAGE, "text/html")
         if kind is FaultKind.TIMEOUT:
             # Hold on to the request past the client's patience, then hang up.
             self._stopping.wait(self.timeout_hold)
-            return "timeout"
-        handler.server.reset_on_close(handler.connection)
-        return "reset"
+            return _Reply("timeout")
+        return _Reply("reset")
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """What to send; ``outcome`` "timeout" or "reset" means send nothing."""
+
+    outcome: str
+    status: int = 0
+    body: bytes = b""
+    content_type: str | None = None
+
+    @classmethod
+    def problem(cls, problem: ApiProblem) -> _Reply:
+        body = json.dumps(problem.to_json()).encode()
+        return cls(str(problem.status), problem.status, body, PROBLEM_TYPE)
 
 
 def _presented_key(header: str | None) -> str | None:
