@@ -67,7 +67,11 @@ def key(result):
     return (result.status, result.status_since)
 
 
-PROPERTY = settings(max_examples=int(os.environ.get("MAILSYNC_PROPERTY_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=int(os.environ.get("MAILSYNC_PROPERTY_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @PROPERTY
