@@ -36,7 +36,9 @@ cli.add_command(ruletest_cmd.test)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mailsync`` console script; returns the exit status."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        # Without standalone mode, click returns the code of a raised Exit
+        # (and a command's return value otherwise) instead of calling sys.exit.
+        result = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:
@@ -45,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
