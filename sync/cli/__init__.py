@@ -14,6 +14,7 @@ import click
 
 from sync import __version__
 from sync.cli import check as check_cmd
+from sync.cli import graph as graph_cmd
 from sync.cli import ruletest as ruletest_cmd
 
 
@@ -29,6 +30,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 # Subcommands register themselves here, one module each.
 cli.add_command(check_cmd.check)
 cli.add_command(ruletest_cmd.test)
+cli.add_command(graph_cmd.graph)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
