@@ -529,3 +529,11 @@ def test_cli_rejects_an_unknown_format() -> None:
     code, _, err = invoke(str(RULE_FILES["rallia"]), "--format", "png")
     assert code == 2
     assert "'png' is not one of" in err
+
+
+def test_the_diagram_in_the_docs_is_the_current_one(rulesets: dict[str, Ruleset]) -> None:
+    docs = (ROOT / "docs" / "graph.md").read_text(encoding="utf-8")
+    pasted = docs.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert pasted == render(rulesets["blousebrothers"], "mermaid"), (
+        "docs/graph.md is stale: paste the output of `mailsync graph rules.yaml` again"
+    )
