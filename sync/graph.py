@@ -29,7 +29,7 @@ label.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -434,15 +434,15 @@ def _dot_label(node: Node) -> str:
     return node.label if node.event is None else f"{node.label}\n⚡ {node.event}"
 
 
-RENDERERS: Mapping[str, Callable[[Sequence[Graph]], str]] = {
-    "mermaid": render_mermaid,
-    "dot": render_dot,
-}
+#: The output formats ``mailsync graph --format`` offers.
+FORMATS = ("mermaid", "dot")
 
 
 def render(ruleset: Ruleset, fmt: str = "mermaid", entity: str | None = None) -> str:
-    """The diagram of ``ruleset`` (or of one entity) in ``fmt``."""
+    """The diagram of ``ruleset`` (or of one entity) in ``fmt``, one of ``FORMATS``."""
     graphs = build_graphs(ruleset, entity)
+    if fmt == "mermaid":
+        return render_mermaid(graphs)
     if fmt == "dot":
         return render_dot(graphs, name=ruleset.file)
-    return RENDERERS[fmt](graphs)
+    raise ValueError(f"unknown diagram format {fmt!r}; expected one of {', '.join(FORMATS)}")

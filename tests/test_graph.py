@@ -537,3 +537,8 @@ def test_the_diagram_in_the_docs_is_the_current_one(rulesets: dict[str, Ruleset]
     assert pasted == render(rulesets["blousebrothers"], "mermaid"), (
         "docs/graph.md is stale: paste the output of `mailsync graph rules.yaml` again"
     )
+
+
+def test_render_refuses_an_unknown_format(rulesets: dict[str, Ruleset]) -> None:
+    with pytest.raises(ValueError, match="unknown diagram format 'svg'"):
+        render(rulesets["rallia"], "svg")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from sync.cli._common import handle_errors
-from sync.graph import RENDERERS, render
+from sync.graph import FORMATS, render
 from sync.schema import did_you_mean, load_rules
 
 
@@ -14,7 +14,7 @@ from sync.schema import did_you_mean, load_rules
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(sorted(RENDERERS)),
+    type=click.Choice(FORMATS),
     default="mermaid",
     show_default=True,
     help="mermaid: a stateDiagram-v2 for Markdown; dot: Graphviz, render with `dot -Tsvg`.",
