@@ -15,6 +15,7 @@ import click
 from sync import __version__
 from sync.cli import check as check_cmd
 from sync.cli import emulator as emulator_cmd
+from sync.cli import graph as graph_cmd
 from sync.cli import ruletest as ruletest_cmd
 
 
@@ -31,6 +32,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 cli.add_command(check_cmd.check)
 cli.add_command(emulator_cmd.emulator)
 cli.add_command(ruletest_cmd.test)
+cli.add_command(graph_cmd.graph)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

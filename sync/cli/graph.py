@@ -1,0 +1,40 @@
+"""``mailsync graph FILE``: draw a rule file's lifecycle from the rules themselves."""
+
+from __future__ import annotations
+
+import click
+
+from sync.cli._common import handle_errors
+from sync.graph import FORMATS, render
+from sync.schema import did_you_mean, load_rules
+
+
+@click.command()
+@click.argument("rules_path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="mermaid",
+    show_default=True,
+    help="mermaid: a stateDiagram-v2 for Markdown; dot: Graphviz, render with `dot -Tsvg`.",
+)
+@click.option("--entity", help="Draw only this entity type (default: all of them).")
+@handle_errors
+def graph(rules_path: str, fmt: str, entity: str | None) -> None:
+    """Print the diagram of the lifecycle in rule FILE.
+
+    States, their ladders, `then` and `loop` transitions, the actions that
+    enter each state, the re-initialisation and condition priority lists,
+    and the events sent on entry. Exits 2 when the rules are invalid.
+    """
+    ruleset = load_rules(rules_path)
+    if entity is not None and entity not in ruleset.entities:
+        # A usage error (exit 2), raised here so the message can list what exists.
+        known = ", ".join(ruleset.entities)
+        raise click.BadParameter(
+            f"no entity {entity!r} in {rules_path}{did_you_mean(entity, ruleset.entities)}; "
+            f"entities: {known}",
+            param_hint="'--entity'",
+        )
+    click.echo(render(ruleset, fmt, entity), nl=False)
