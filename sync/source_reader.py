@@ -573,13 +573,9 @@ class SourceReader:
             return conn.execute(
                 statement.execution_options(yield_per=self.batch_size), dict(params)
             )
-        except sa.exc.OperationalError as exc:
-            if "read-only" in str(exc) or "readonly" in str(exc):
-                raise SourceQueryError(
-                    f"{query.label}: the query tried to write: {exc.orig}"
-                ) from exc
-            raise SourceUnavailableError(f"{query.label}: {exc.orig}") from exc
         except sa.exc.DBAPIError as exc:
+            if _transient(exc):
+                raise SourceUnavailableError(f"{query.label}: {exc.orig}") from exc
             raise SourceQueryError(
                 f"{query.label}: the database refused the query: {exc.orig}"
             ) from exc
@@ -731,11 +727,37 @@ class SourceReader:
         )
 
 
+#: SQLite reports everything as OperationalError; these ones pass with time.
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    """Whether retrying later may help: a lost connection, a locked file.
+
+    Everything else (unknown table, syntax, a write refused by the read-only
+    session) is the query's fault and is reported as a configuration error.
+    """
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, sa.exc.OperationalError):
+        return False
+    orig = exc.orig
+    if type(orig).__module__.startswith("sqlite3"):
+        return any(word in str(orig).lower() for word in _SQLITE_TRANSIENT)
+    # psycopg raises OperationalError for connection failures and also for a
+    # few server states (e.g. cancelled statements); SQLSTATE class 08 is
+    # the connection class, 57 operator intervention (shutdown, cancel).
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    return sqlstate[:2] in ("", "08", "57", "53")
+
+
 def _guarded(result: sa.CursorResult[Any], query: Query) -> Iterator[Row[Any]]:
     """Rows of ``result``, with fetch-time database errors named after the query."""
     try:
         yield from result
     except sa.exc.DBAPIError as exc:
+        if _transient(exc):
+            raise SourceUnavailableError(f"{query.label}: {exc.orig}") from exc
         raise SourceQueryError(
             f"{query.label}: the database failed while reading: {exc.orig}"
         ) from exc

@@ -622,7 +622,8 @@ def _build(doc: Document) -> SourcesConfig:
                     entities[name] = entity
     errors = [p for p in builder.problems if not p.warning]
     if errors:
-        raise RulesError(builder.problems)
+        # Reading order: a person fixes a file top to bottom.
+        raise RulesError(sorted(builder.problems, key=lambda p: p.line or 0))
     return SourcesConfig(doc.file, entities)
 
 

@@ -75,9 +75,23 @@ def load_demo(
                     " pass --replace to drop and recreate them"
                 )
             if existing:
-                spec.metadata.drop_all(conn)
+                _drop_demo_tables(conn)
             spec.metadata.create_all(conn)
             writer = BulkWriter(conn)
             return writer.write_all(spec.generate(users, seed, epoch(now)))
     finally:
         engine.dispose()
+
+
+def _drop_demo_tables(conn: sa.Connection) -> None:
+    """Drop every demo table present, whichever example created it.
+
+    The examples share table names (``users``, ``matches``) but not their
+    foreign keys, so replacing one example by another must drop all of them,
+    children first; reflecting what is there gives that order.
+    """
+    names = {name for example in EXAMPLES.values() for name in example.metadata.tables}
+    present = names & set(sa.inspect(conn).get_table_names())
+    reflected = sa.MetaData()
+    reflected.reflect(conn, only=sorted(present))
+    reflected.drop_all(conn)

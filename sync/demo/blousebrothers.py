@@ -26,6 +26,7 @@ from sync.demo.synthetic import (
     DAY,
     HOUR,
     Batch,
+    Ids,
     chunk_rng,
     instant,
     later,
@@ -39,7 +40,8 @@ metadata = sa.MetaData()
 _ts = sa.DateTime(timezone=True)
 
 users = sa.Table(
-    "users", metadata,
+    "users",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("email", sa.String(254), nullable=False),
     sa.Column("first_name", sa.String(150), nullable=False),
@@ -48,20 +50,23 @@ users = sa.Table(
     sa.Column("date_joined", _ts, nullable=False),
 )
 wallets = sa.Table(
-    "wallets", metadata,
+    "wallets",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, unique=True),
     sa.Column("created_at", _ts, nullable=False),
 )
 credits = sa.Table(
-    "credits", metadata,
+    "credits",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
     sa.Column("amount_cents", sa.Integer, nullable=False),
     sa.Column("credited_at", _ts, nullable=False),
 )
 subscriptions = sa.Table(
-    "subscriptions", metadata,
+    "subscriptions",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
     sa.Column("plan", sa.String(20), nullable=False),
@@ -69,7 +74,8 @@ subscriptions = sa.Table(
     sa.Column("expires_at", _ts, nullable=False),
 )
 conferences = sa.Table(
-    "conferences", metadata,
+    "conferences",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("owner_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
     sa.Column("title", sa.String(200), nullable=False),
@@ -80,60 +86,64 @@ conferences = sa.Table(
     sa.Column("published_at", _ts),
 )
 purchases = sa.Table(
-    "purchases", metadata,
+    "purchases",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("buyer_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
-    sa.Column("conference_id", sa.Integer, sa.ForeignKey("conferences.id"), nullable=False,
-              index=True),
+    sa.Column(
+        "conference_id", sa.Integer, sa.ForeignKey("conferences.id"), nullable=False, index=True
+    ),
     sa.Column("price_cents", sa.Integer, nullable=False),
     sa.Column("bought_at", _ts, nullable=False),
     # Set when the buyer has consumed the conference to 100 %.
     sa.Column("finished_at", _ts),
 )
 evaluations = sa.Table(
-    "evaluations", metadata,
+    "evaluations",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("purchase_id", sa.Integer, sa.ForeignKey("purchases.id"), nullable=False,
-              unique=True),
+    sa.Column(
+        "purchase_id", sa.Integer, sa.ForeignKey("purchases.id"), nullable=False, unique=True
+    ),
     sa.Column("rating", sa.Integer, nullable=False),
     sa.Column("evaluated_at", _ts, nullable=False),
 )
 transfers = sa.Table(
-    "transfers", metadata,
+    "transfers",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
     sa.Column("amount_cents", sa.Integer, nullable=False),
     sa.Column("received_at", _ts, nullable=False),
 )
 balance_notices = sa.Table(
-    "balance_notices", metadata,
+    "balance_notices",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
     sa.Column("sent_at", _ts, nullable=False),
 )
 
-_TOPICS = ("Cardiologie", "Pneumologie", "Néphrologie", "Pédiatrie", "Neurologie",
-           "Gastro-entérologie", "Infectiologie", "Urgences", "Rhumatologie", "Dermatologie")
+_TOPICS = (
+    "Cardiologie",
+    "Pneumologie",
+    "Néphrologie",
+    "Pédiatrie",
+    "Neurologie",
+    "Gastro-entérologie",
+    "Infectiologie",
+    "Urgences",
+    "Rhumatologie",
+    "Dermatologie",
+)
 
 #: Published conferences others can buy: a bounded pool, so memory stays flat.
 _POOL = 20_000
 
 
-class _Ids:
-    """Primary keys handed out in generation order (deterministic, no sequences)."""
-
-    def __init__(self) -> None:
-        self.next: dict[str, int] = {}
-
-    def __call__(self, table: sa.Table) -> int:
-        value = self.next.get(table.name, 0) + 1
-        self.next[table.name] = value
-        return value
-
-
 def generate(n_users: int, seed: int, now: int) -> Iterator[Batch]:
     """Batches for ``n_users`` users, chunk by chunk, parents before children."""
-    ids = _Ids()
+    ids = Ids()
     pool: list[tuple[int, int]] = []  # (conference id, published at)
     for chunk, first in enumerate(range(1, n_users + 1, CHUNK_USERS)):
         last = min(first + CHUNK_USERS - 1, n_users)
@@ -141,8 +151,9 @@ def generate(n_users: int, seed: int, now: int) -> Iterator[Batch]:
         yield from _chunk(rng, ids, pool, range(first, last + 1), now)
 
 
-def _chunk(rng: random.Random, ids: _Ids, pool: list[tuple[int, int]], user_ids: range,
-           now: int) -> Iterator[Batch]:
+def _chunk(
+    rng: random.Random, ids: Ids, pool: list[tuple[int, int]], user_ids: range, now: int
+) -> Iterator[Batch]:
     rows: dict[str, list[tuple[Any, ...]]] = {t.name: [] for t in metadata.sorted_tables}
     money_users: list[tuple[int, int]] = []  # (user id, when they first had money)
     for uid in user_ids:
@@ -164,7 +175,8 @@ def _chunk(rng: random.Random, ids: _Ids, pool: list[tuple[int, int]], user_ids:
                     break
                 money_at = money_at or at
                 rows["credits"].append(
-                    (ids(credits), uid, rng.choice((1000, 2000, 2500, 5000)), instant(at)))
+                    (ids(credits), uid, rng.choice((1000, 2000, 2500, 5000)), instant(at))
+                )
         if rng.random() < 0.15:
             sub_at = later(rng, wallet_at, 5 * DAY, now)
             if sub_at is not None:
@@ -172,7 +184,8 @@ def _chunk(rng: random.Random, ids: _Ids, pool: list[tuple[int, int]], user_ids:
                 plan = rng.choice(("monthly", "monthly", "yearly"))
                 length = 30 * DAY if plan == "monthly" else 365 * DAY
                 rows["subscriptions"].append(
-                    (ids(subscriptions), uid, plan, instant(sub_at), instant(sub_at + length)))
+                    (ids(subscriptions), uid, plan, instant(sub_at), instant(sub_at + length))
+                )
         if money_at is not None:
             money_users.append((uid, money_at))
             if rng.random() < 0.12:
@@ -180,7 +193,8 @@ def _chunk(rng: random.Random, ids: _Ids, pool: list[tuple[int, int]], user_ids:
                     at = later(rng, money_at, 20 * DAY, now)
                     if at is not None:
                         rows["transfers"].append(
-                            (ids(transfers), uid, rng.choice((500, 1500, 3000)), instant(at)))
+                            (ids(transfers), uid, rng.choice((500, 1500, 3000)), instant(at))
+                        )
         if rng.random() < 0.09:
             _create(rng, ids, pool, rows, uid, wallet_at, now)
     for uid, money_at in money_users:
@@ -194,8 +208,15 @@ def _chunk(rng: random.Random, ids: _Ids, pool: list[tuple[int, int]], user_ids:
         yield Batch(table, rows[table.name])
 
 
-def _create(rng: random.Random, ids: _Ids, pool: list[tuple[int, int]],
-            rows: dict[str, list[tuple[Any, ...]]], uid: int, since: int, now: int) -> None:
+def _create(
+    rng: random.Random,
+    ids: Ids,
+    pool: list[tuple[int, int]],
+    rows: dict[str, list[tuple[Any, ...]]],
+    uid: int,
+    since: int,
+    now: int,
+) -> None:
     """A user writes one to three conferences; some get finished, fewer published."""
     at: int | None = since
     for _ in range(rng.choice((1, 1, 1, 2, 3))):
@@ -205,12 +226,23 @@ def _create(rng: random.Random, ids: _Ids, pool: list[tuple[int, int]],
         cid = ids(conferences)
         title = f"{rng.choice(_TOPICS)} — dossier {cid}"
         finished = later(rng, at, 9 * DAY, now) if rng.random() < 0.65 else None
-        published = (later(rng, finished, 3 * DAY, now)
-                     if finished is not None and rng.random() < 0.7 else None)
+        published = (
+            later(rng, finished, 3 * DAY, now)
+            if finished is not None and rng.random() < 0.7
+            else None
+        )
         progress = 100 if finished is not None else rng.randrange(5, 100)
         rows["conferences"].append(
-            (cid, uid, title, progress, instant(at),
-             instant(finished) if finished else None, instant(published) if published else None))
+            (
+                cid,
+                uid,
+                title,
+                progress,
+                instant(at),
+                instant(finished) if finished else None,
+                instant(published) if published else None,
+            )
+        )
         if published is not None:
             if len(pool) >= _POOL:
                 pool[rng.randrange(_POOL)] = (cid, published)
@@ -218,8 +250,15 @@ def _create(rng: random.Random, ids: _Ids, pool: list[tuple[int, int]],
                 pool.append((cid, published))
 
 
-def _buy(rng: random.Random, ids: _Ids, pool: list[tuple[int, int]],
-         rows: dict[str, list[tuple[Any, ...]]], uid: int, money_at: int, now: int) -> None:
+def _buy(
+    rng: random.Random,
+    ids: Ids,
+    pool: list[tuple[int, int]],
+    rows: dict[str, list[tuple[Any, ...]]],
+    uid: int,
+    money_at: int,
+    now: int,
+) -> None:
     """A funded user buys a few published conferences, consumes and evaluates some."""
     at: int | None = money_at
     for _ in range(rng.choice((1, 2, 2, 3, 4, 5))):
@@ -233,10 +272,18 @@ def _buy(rng: random.Random, ids: _Ids, pool: list[tuple[int, int]],
         finished = later(rng, bought, 4 * DAY, now) if rng.random() < 0.65 else None
         pid = ids(purchases)
         rows["purchases"].append(
-            (pid, uid, cid, rng.choice((900, 1200, 1500)), instant(bought),
-             instant(finished) if finished else None))
+            (
+                pid,
+                uid,
+                cid,
+                rng.choice((900, 1200, 1500)),
+                instant(bought),
+                instant(finished) if finished else None,
+            )
+        )
         if finished is not None and rng.random() < 0.55:
             evaluated = later(rng, finished, 2 * DAY, now)
             if evaluated is not None:
                 rows["evaluations"].append(
-                    (ids(evaluations), pid, rng.randrange(1, 6), instant(evaluated)))
+                    (ids(evaluations), pid, rng.randrange(1, 6), instant(evaluated))
+                )

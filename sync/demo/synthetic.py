@@ -33,16 +33,79 @@ CHUNK_USERS = 10_000
 _EPOCH = datetime(1970, 1, 1)
 
 FIRST_NAMES = (
-    "Camille", "Léa", "Manon", "Chloé", "Inès", "Sarah", "Emma", "Louise", "Jade", "Alice",
-    "Lucas", "Hugo", "Louis", "Nathan", "Gabriel", "Jules", "Arthur", "Adam", "Raphaël",
-    "Paul", "Mohamed", "Yasmine", "Anna", "Lena", "Jonas", "Felix", "Mia", "Noah", "Omar",
-    "Fatima", "Ahmad", "Sofia", "Maria", "Elias", "Leon", "Amira", "Karim", "Nour", "Zoé",
+    "Camille",
+    "Léa",
+    "Manon",
+    "Chloé",
+    "Inès",
+    "Sarah",
+    "Emma",
+    "Louise",
+    "Jade",
+    "Alice",
+    "Lucas",
+    "Hugo",
+    "Louis",
+    "Nathan",
+    "Gabriel",
+    "Jules",
+    "Arthur",
+    "Adam",
+    "Raphaël",
+    "Paul",
+    "Mohamed",
+    "Yasmine",
+    "Anna",
+    "Lena",
+    "Jonas",
+    "Felix",
+    "Mia",
+    "Noah",
+    "Omar",
+    "Fatima",
+    "Ahmad",
+    "Sofia",
+    "Maria",
+    "Elias",
+    "Leon",
+    "Amira",
+    "Karim",
+    "Nour",
+    "Zoé",
 )
 LAST_NAMES = (
-    "Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand",
-    "Leroy", "Moreau", "Simon", "Laurent", "Lefebvre", "Michel", "Garcia", "David",
-    "Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Meyer", "Wagner", "Becker",
-    "Hoffmann", "Schulz", "Haddad", "Nguyen", "Rossi", "Kowalski", "Yilmaz", "Silva",
+    "Martin",
+    "Bernard",
+    "Dubois",
+    "Thomas",
+    "Robert",
+    "Richard",
+    "Petit",
+    "Durand",
+    "Leroy",
+    "Moreau",
+    "Simon",
+    "Laurent",
+    "Lefebvre",
+    "Michel",
+    "Garcia",
+    "David",
+    "Müller",
+    "Schmidt",
+    "Schneider",
+    "Fischer",
+    "Weber",
+    "Meyer",
+    "Wagner",
+    "Becker",
+    "Hoffmann",
+    "Schulz",
+    "Haddad",
+    "Nguyen",
+    "Rossi",
+    "Kowalski",
+    "Yilmaz",
+    "Silva",
 )
 DOMAINS = ("example.org", "example.com", "mail.example.net", "univ.example.edu")
 
@@ -53,6 +116,18 @@ class Batch:
 
     table: sa.Table
     rows: Sequence[tuple[Any, ...]]
+
+
+class Ids:
+    """Primary keys handed out in generation order (deterministic, no sequences)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+
+    def __call__(self, table: sa.Table) -> int:
+        value = self.last.get(table.name, 0) + 1
+        self.last[table.name] = value
+        return value
 
 
 def chunk_rng(seed: int, example: str, stream: str, chunk: int) -> random.Random:

@@ -34,8 +34,12 @@ class BulkWriter:
             conn.exec_driver_sql("SET TIME ZONE 'UTC'")
             conn.exec_driver_sql("SET synchronous_commit = off")
         elif self.dialect == "sqlite":
-            for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -200000",
-                           "temp_store = MEMORY"):
+            for pragma in (
+                "journal_mode = OFF",
+                "synchronous = OFF",
+                "cache_size = -200000",
+                "temp_store = MEMORY",
+            ):
                 conn.exec_driver_sql(f"PRAGMA {pragma}")
         else:
             raise ValueError(f"demo data supports postgresql and sqlite, not {self.dialect}")
@@ -63,9 +67,10 @@ class BulkWriter:
         table = batch.table
         quote = self.conn.dialect.identifier_preparer.quote
         raw: Any = self.conn.connection.driver_connection
-        with raw.cursor() as cursor, cursor.copy(
-            f"COPY {quote(table.name)} ({self._columns(table)}) FROM STDIN"
-        ) as copy:
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(f"COPY {quote(table.name)} ({self._columns(table)}) FROM STDIN") as copy,
+        ):
             for row in batch.rows:
                 copy.write_row(row)
 
