@@ -14,6 +14,7 @@ import click
 
 from sync import __version__
 from sync.cli import check as check_cmd
+from sync.cli import demo_data as demo_data_cmd
 from sync.cli import emulator as emulator_cmd
 from sync.cli import graph as graph_cmd
 from sync.cli import ruletest as ruletest_cmd
@@ -30,9 +31,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 # Subcommands register themselves here, one module each.
 cli.add_command(check_cmd.check)
+cli.add_command(demo_data_cmd.demo_data)
 cli.add_command(emulator_cmd.emulator)
-cli.add_command(ruletest_cmd.test)
 cli.add_command(graph_cmd.graph)
+cli.add_command(ruletest_cmd.test)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
