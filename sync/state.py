@@ -77,9 +77,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
         utc = require_aware(value, "stored instant").astimezone(UTC)
         return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
 
-    def process_result_value(
-        self, value: datetime | None, dialect: sa.Dialect
-    ) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -622,9 +620,7 @@ class StateStore:
                     sa.select(member_field).where(member_field.c.email.in_(chunk))
                 ):
                     fields.setdefault(row.email, {})[row.tag] = _decode(row.value_json)
-                for row in conn.execute(
-                    sa.select(member_tag).where(member_tag.c.email.in_(chunk))
-                ):
+                for row in conn.execute(sa.select(member_tag).where(member_tag.c.email.in_(chunk))):
                     tags.setdefault(row.email, set()).add(row.tag)
                 for row in conn.execute(
                     sa.select(push).where(push.c.email.in_(chunk), push.c.state == "failed")
