@@ -74,6 +74,7 @@ from sync.mailchimp import (
     MAX_CONNECTIONS,
     Answer,
     AnswerClass,
+    BatchesUnavailable,
     BatchPolling,
     Caller,
     MemberError,
@@ -317,6 +318,7 @@ class MailchimpSink:
         self.config = config or SinkConfig()
         self.clock = clock
         self.list_id = caller.list_id
+        self._batches_unavailable = False
 
     def __repr__(self) -> str:
         return f"MailchimpSink(list_id={self.list_id!r}, config={self.config!r})"
@@ -419,7 +421,11 @@ class MailchimpSink:
         """Send operations directly (few) or as ``/batches`` jobs (many)."""
         if not ops:
             return
-        if not self.config.use_batches or len(ops) < self.config.bulk_threshold:
+        if (
+            not self.config.use_batches
+            or self._batches_unavailable
+            or len(ops) < self.config.bulk_threshold
+        ):
 
             def direct(op: _Op) -> tuple[_Op, Answer]:
                 return op, self._direct(op)
@@ -428,17 +434,30 @@ class MailchimpSink:
             return
         by_id = {op.operation.operation_id: op for op in ops}
 
-        def job(chunk: Sequence[_Op]) -> dict[str, Answer]:
-            return run_batch_operations(
-                self.caller,
-                [o.operation for o in chunk],
-                self.config.polling,
-                timeout=float(self.caller.client.api_client.timeout),
-            )
+        def job(chunk: Sequence[_Op]) -> tuple[Sequence[_Op], dict[str, Answer] | None]:
+            if self._batches_unavailable:
+                return chunk, None
+            try:
+                return chunk, run_batch_operations(
+                    self.caller,
+                    [o.operation for o in chunk],
+                    self.config.polling,
+                    timeout=float(self.caller.client.api_client.timeout),
+                )
+            except BatchesUnavailable as exc:
+                if not self._batches_unavailable:
+                    log.warning("POST /batches unavailable (%s): sending one by one", exc)
+                self._batches_unavailable = True
+                return chunk, None
 
         jobs = [pool.submit(job, chunk) for chunk in iter_chunks(ops, self.config.batch_size)]
+        fallback: list[_Op] = []
 
-        def apply(answers: dict[str, Answer]) -> None:
+        def apply(result: tuple[Sequence[_Op], dict[str, Answer] | None]) -> None:
+            chunk, answers = result
+            if answers is None:
+                fallback.extend(chunk)
+                return
             # Apply every non-fatal answer of the job before stopping the run.
             fatal = [(i, a) for i, a in answers.items() if a.kind is AnswerClass.FATAL]
             for op_id, answer in answers.items():
@@ -449,6 +468,8 @@ class MailchimpSink:
                 raise FatalError(f"Mailchimp {by_id[op_id].operation.path}: {answer.reason}")
 
         self._collect(jobs, apply)
+        if fallback:
+            self._run_ops(pool, fallback, handle)
 
     # -- phase 1 and 2: merge fields / existence ------------------------------------
 
