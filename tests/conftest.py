@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+pytest_plugins = ["sync.emulator.fixtures"]
+
 PG_ADMIN_URL = os.environ.get(
     "MAILSYNC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

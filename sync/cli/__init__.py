@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import click
 
 from sync import __version__
+from sync.cli.emulator import emulator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +26,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 # Subcommands register themselves here, one module each.
+cli.add_command(emulator)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

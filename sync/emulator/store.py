@@ -1,0 +1,753 @@
+"""The emulator's audiences: members, merge fields, tags and events.
+
+This is the state the HTTP routes read and change, and the state tests
+inspect. Every Mailchimp rule the sink relies on is enforced here, not in the
+HTTP layer, so it can be unit-tested without sockets: ``status_if_new``
+versus ``status``, compliance-state members who cannot be resubscribed,
+forgotten and fake addresses, merge-field checks, tags applied only on
+creation, and the per-member outcome of a batch subscribe.
+
+All access goes through one re-entrant lock per store, because the server
+answers requests on many threads at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sync.emulator.mergefields import MergeField, default_fields, new_field
+from sync.emulator.problems import (
+    ApiProblem,
+    FieldError,
+    compliance_state,
+    fake_email,
+    forgotten,
+    invalid,
+    not_found,
+)
+
+Clock = Callable[[], datetime]
+STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional", "archived")
+# Members in these statuses may not be set back to "subscribed" through the API.
+COMPLIANCE_STATUSES = ("unsubscribed", "cleaned")
+EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+HASH_PATTERN = re.compile(r"[0-9a-f]{32}")
+EVENT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{2,30}")
+BATCH_MAX = 500
+PAGE_MAX = 1000
+ERROR_CONTACT_EXISTS = "ERROR_CONTACT_EXISTS"
+ERROR_GENERIC = "ERROR_GENERIC"
+
+
+def subscriber_hash(email: str) -> str:
+    """Mailchimp's member id: the MD5 of the lower-cased address."""
+    return hashlib.md5(email.lower().encode("utf-8")).hexdigest()
+
+
+def timestamp(moment: datetime) -> str:
+    """Mailchimp's timestamp format: seconds, explicit ``+00:00``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _hash_of(key: str) -> str:
+    # The API accepts the hash, or the address itself, in the path.
+    return key.lower() if HASH_PATTERN.fullmatch(key.lower()) else subscriber_hash(key)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as received, kept in arrival order (duplicates too)."""
+
+    name: str
+    properties: dict[str, str]
+    occurred_at: str | None
+    is_syncing: bool
+    received_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "properties": dict(self.properties),
+            "occurred_at": self.occurred_at or timestamp(self.received_at),
+            "is_syncing": self.is_syncing,
+            "received_at": timestamp(self.received_at),
+        }
+
+
+@dataclass
+class Member:
+    """One audience member; ``tags`` maps each active tag to when it was added."""
+
+    email_address: str
+    status: str
+    merge_fields: dict[str, Any]
+    timestamp_signup: datetime
+    last_changed: datetime
+    web_id: int
+    tags: dict[str, datetime] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    email_type: str = "html"
+    language: str = ""
+    vip: bool = False
+
+    @property
+    def id(self) -> str:
+        return subscriber_hash(self.email_address)
+
+
+class Audience:
+    """One Mailchimp list ("audience") and everything in it."""
+
+    def __init__(self, list_id: str, name: str, clock: Clock, lock: threading.RLock) -> None:
+        self.list_id = list_id
+        self.name = name
+        self._clock = clock
+        self._lock = lock
+        self.created_at = clock()
+        self.merge_fields: list[MergeField] = default_fields()
+        self._members: dict[str, Member] = {}
+        self._forgotten: set[str] = set()
+        self._compliance: set[str] = set()
+        self._fake: set[str] = set()
+        self._tag_ids: dict[str, int] = {}
+        self._web_ids = itertools.count(100_001)
+        self._events: list[tuple[str, str, Event]] = []  # (hash, address, event)
+
+    # -- inspection and scripting, for tests ---------------------------------
+
+    def member(self, email_or_hash: str) -> Member | None:
+        with self._lock:
+            return self._members.get(_hash_of(email_or_hash))
+
+    def members(self) -> list[Member]:
+        with self._lock:
+            return list(self._members.values())
+
+    def events(self, email_or_hash: str | None = None) -> list[Event]:
+        """Events received, in order; for one member, or for all when None."""
+        with self._lock:
+            if email_or_hash is None:
+                return [event for _, _, event in self._events]
+            wanted = _hash_of(email_or_hash)
+            return [event for h, _, event in self._events if h == wanted]
+
+    def received_events(self) -> list[tuple[str, Event]]:
+        """``(address, event)`` for every event of the audience, in arrival order."""
+        with self._lock:
+            return [(email, event) for _, email, event in self._events]
+
+    def merge_field(self, tag: str) -> MergeField | None:
+        with self._lock:
+            return next((f for f in self.merge_fields if f.tag == tag), None)
+
+    def seed_member(
+        self,
+        email: str,
+        status: str = "subscribed",
+        merge_fields: Mapping[str, Any] | None = None,
+        tags: Iterable[str] = (),
+    ) -> Member:
+        """Put a member in place directly, bypassing every API rule."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; expected one of {STATUSES}")
+        with self._lock:
+            member = self._create(email, status, dict(merge_fields or {}), tags)
+            self._forgotten.discard(member.id)
+            return member
+
+    def forget(self, email: str) -> None:
+        """Permanently delete ``email``: it is gone and may not be re-imported."""
+        with self._lock:
+            h = subscriber_hash(email)
+            self._members.pop(h, None)
+            self._forgotten.add(h)
+
+    def mark_compliance(self, email: str) -> None:
+        """Put ``email`` under compliance review: it can never be set to subscribed."""
+        with self._lock:
+            h = subscriber_hash(email)
+            self._compliance.add(h)
+            member = self._members.get(h)
+            if member is not None and member.status == "subscribed":
+                member.status = "unsubscribed"
+                member.last_changed = self._clock()
+
+    def mark_fake(self, email_or_domain: str) -> None:
+        """Make Mailchimp find an address (or ``@domain``) fake or invalid."""
+        with self._lock:
+            self._fake.add(email_or_domain.lower())
+
+    # -- the API -------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            counts = {s: 0 for s in STATUSES}
+            for m in self._members.values():
+                counts[m.status] += 1
+            return {
+                "id": self.list_id,
+                "web_id": 1,
+                "name": self.name,
+                "date_created": timestamp(self.created_at),
+                "email_type_option": False,
+                "double_optin": False,
+                "visibility": "prv",
+                "list_rating": 0,
+                "stats": {
+                    "member_count": counts["subscribed"],
+                    "unsubscribe_count": counts["unsubscribed"],
+                    "cleaned_count": counts["cleaned"],
+                    "member_count_since_send": counts["subscribed"],
+                    "merge_field_count": len(self.merge_fields),
+                },
+                "_links": [],
+            }
+
+    def member_json(self, key: str) -> dict[str, Any]:
+        with self._lock:
+            return self._render(self._existing(key))
+
+    def put_member(self, key: str, body: Any) -> tuple[bool, dict[str, Any]]:
+        """``PUT /members/{hash}``: create or update; True when created."""
+        body = _object(body)
+        with self._lock:
+            h = _hash_of(key)
+            member = self._members.get(h)
+            if member is None:
+                email = body.get("email_address")
+                if not isinstance(email, str) or not email:
+                    raise invalid(
+                        errors=[FieldError("email_address", "This value should not be blank.")]
+                    )
+                if subscriber_hash(email) != h:
+                    raise invalid("The subscriber hash does not match the email address.")
+                # On creation `status_if_new` wins; `status` is the fallback.
+                status = body.get("status_if_new") or body.get("status")
+                if status is None:
+                    raise invalid(
+                        errors=[
+                            FieldError(
+                                "status_if_new",
+                                "status_if_new or status is required for a new member",
+                            )
+                        ]
+                    )
+                self._check_status(status)
+                self._check_new_email(email)
+                self._check_merge_fields(body.get("merge_fields"), creating=True)
+                self._check_may_subscribe(h, None, email, status)
+                created = self._create(email, status, _fields(body), _tag_names(body))
+                self._apply_profile(created, body)
+                return True, self._render(created)
+            # An existing member: `status_if_new` is ignored, `tags` too.
+            status = body.get("status")
+            if status is not None:
+                self._check_status(status)
+                self._check_may_subscribe(h, member, member.email_address, status)
+            self._check_merge_fields(body.get("merge_fields"), creating=False)
+            self._update(member, status, _fields(body))
+            self._apply_profile(member, body)
+            return False, self._render(member)
+
+    def patch_member(self, key: str, body: Any) -> dict[str, Any]:
+        body = _object(body)
+        with self._lock:
+            member = self._existing(key)
+            status = body.get("status")
+            if status is not None:
+                self._check_status(status)
+                self._check_may_subscribe(member.id, member, member.email_address, status)
+            self._check_merge_fields(body.get("merge_fields"), creating=False)
+            self._update(member, status, _fields(body))
+            self._apply_profile(member, body)
+            return self._render(member)
+
+    def members_json(self, query: Mapping[str, str]) -> dict[str, Any]:
+        count, offset = _page(query, default_count=10)
+        status = query.get("status")
+        if status is not None and status not in STATUSES:
+            raise invalid(
+                errors=[FieldError("status", f"Value is not one of: {', '.join(STATUSES)}")]
+            )
+        since = _instant(query, "since_last_changed")
+        before = _instant(query, "before_last_changed")
+        with self._lock:
+            chosen = [
+                m
+                for m in self._members.values()
+                if (status is None or m.status == status)
+                and (since is None or m.last_changed > since)
+                and (before is None or m.last_changed < before)
+            ]
+            return {
+                "members": [self._render(m) for m in chosen[offset : offset + count]],
+                "list_id": self.list_id,
+                "total_items": len(chosen),
+                "_links": [],
+            }
+
+    def batch_subscribe(
+        self, body: Any, *, skip_merge_validation: bool, skip_duplicate_check: bool
+    ) -> dict[str, Any]:
+        """``POST /lists/{id}``: per-member outcomes, never a whole failure."""
+        body = _object(body)
+        items = body.get("members")
+        if not isinstance(items, list):
+            raise invalid(errors=[FieldError("members", "Schema describes array")])
+        if len(items) > BATCH_MAX:
+            raise invalid(
+                errors=[
+                    FieldError(
+                        "members",
+                        f"At most {BATCH_MAX} members per call, {len(items)} found",
+                    )
+                ]
+            )
+        self._check_batch_schema(items)
+        update_existing = body.get("update_existing") is True
+        sync_tags = body.get("sync_tags") is True
+        created: list[dict[str, Any]] = []
+        updated: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        with self._lock:
+            for item in items:
+                email = item["email_address"]
+                h = subscriber_hash(email)
+                if h in seen:
+                    if not skip_duplicate_check:
+                        errors.append(
+                            _batch_error(email, f"{email} appears more than once in this request")
+                        )
+                    continue
+                seen.add(h)
+                member = self._members.get(h)
+                try:
+                    if member is None:
+                        self._check_new_email(email)
+                        self._check_merge_fields(
+                            item.get("merge_fields"),
+                            creating=True,
+                            skip_required=skip_merge_validation,
+                        )
+                        self._check_may_subscribe(h, None, email, item["status"])
+                        new = self._create(email, item["status"], _fields(item), _tag_names(item))
+                        self._apply_profile(new, item)
+                        created.append(self._render(new))
+                        continue
+                    if not update_existing:
+                        errors.append(
+                            _batch_error(
+                                email,
+                                f"{email} is already a list member, do you want to update? "
+                                "please provide update_existing:true in the request body",
+                                ERROR_CONTACT_EXISTS,
+                            )
+                        )
+                        continue
+                    self._check_may_subscribe(h, member, email, item["status"])
+                    self._check_merge_fields(
+                        item.get("merge_fields"),
+                        creating=False,
+                        skip_required=skip_merge_validation,
+                    )
+                    self._update(member, item["status"], _fields(item))
+                    if sync_tags:
+                        self._replace_tags(member, _tag_names(item))
+                    self._apply_profile(member, item)
+                    updated.append(self._render(member))
+                except ApiProblem as problem:
+                    errors.append(_batch_problem(email, problem))
+        return {
+            "new_members": created,
+            "updated_members": updated,
+            "errors": errors,
+            "total_created": len(created),
+            "total_updated": len(updated),
+            "error_count": len(errors),
+            "_links": [],
+        }
+
+    def update_tags(self, key: str, body: Any) -> None:
+        body = _object(body)
+        tags = body.get("tags")
+        problems: list[FieldError] = []
+        if not isinstance(tags, list):
+            raise invalid(errors=[FieldError("tags", "Schema describes array")])
+        for i, tag in enumerate(tags):
+            if not isinstance(tag, dict) or not isinstance(tag.get("name"), str) or not tag["name"]:
+                problems.append(FieldError(f"tags.{i}.name", "This value should not be blank."))
+            elif tag.get("status") not in ("active", "inactive"):
+                problems.append(
+                    FieldError(f"tags.{i}.status", "Value is not one of: active, inactive")
+                )
+        if problems:
+            raise invalid(errors=problems)
+        with self._lock:
+            member = self._existing(key)
+            for tag in tags:
+                if tag["status"] == "active":
+                    self._add_tag(member, tag["name"])
+                else:
+                    member.tags.pop(tag["name"], None)
+
+    def tags_json(self, key: str) -> dict[str, Any]:
+        with self._lock:
+            member = self._existing(key)
+            tags = [
+                {"id": self._tag_ids[name], "name": name, "date_added": timestamp(added)}
+                for name, added in member.tags.items()
+            ]
+            return {"tags": tags, "total_items": len(tags), "_links": []}
+
+    def add_event(self, key: str, body: Any) -> None:
+        body = _object(body)
+        problems: list[FieldError] = []
+        name = body.get("name")
+        if not isinstance(name, str) or not EVENT_NAME_PATTERN.fullmatch(name):
+            problems.append(
+                FieldError(
+                    "name",
+                    "Event names must be 2 to 30 characters long and contain only "
+                    "letters, numbers, underscores and dashes.",
+                )
+            )
+        properties = body.get("properties", {})
+        if properties is None:
+            properties = {}
+        if not isinstance(properties, dict):
+            problems.append(FieldError("properties", "Schema describes object"))
+        else:
+            for pname, value in properties.items():
+                if not isinstance(value, str):
+                    problems.append(FieldError(f"properties.{pname}", "Schema describes string"))
+        occurred_at = body.get("occurred_at")
+        if occurred_at is not None and not _is_instant(occurred_at):
+            problems.append(FieldError("occurred_at", "This value should be a valid ISO 8601 date"))
+        is_syncing = body.get("is_syncing", False)
+        if not isinstance(is_syncing, bool):
+            problems.append(FieldError("is_syncing", "Schema describes boolean"))
+        if problems:
+            raise invalid(errors=problems)
+        with self._lock:
+            member = self._existing(key)
+            event = Event(str(name), dict(properties), occurred_at, is_syncing, self._clock())
+            member.events.append(event)
+            self._events.append((member.id, member.email_address, event))
+
+    def events_json(self, key: str, query: Mapping[str, str]) -> dict[str, Any]:
+        count, offset = _page(query, default_count=10)
+        with self._lock:
+            events = self._existing(key).events
+            return {
+                "events": [e.to_json() for e in events[offset : offset + count]],
+                "total_items": len(events),
+                "_links": [],
+            }
+
+    def merge_fields_json(self, query: Mapping[str, str]) -> dict[str, Any]:
+        count, offset = _page(query, default_count=10)
+        with self._lock:
+            return {
+                "merge_fields": [
+                    f.to_json(self.list_id) for f in self.merge_fields[offset : offset + count]
+                ],
+                "list_id": self.list_id,
+                "total_items": len(self.merge_fields),
+                "_links": [],
+            }
+
+    def merge_field_json(self, merge_id: str) -> dict[str, Any]:
+        with self._lock:
+            for f in self.merge_fields:
+                if str(f.merge_id) == merge_id:
+                    return f.to_json(self.list_id)
+        raise not_found()
+
+    def add_merge_field(self, body: Any) -> dict[str, Any]:
+        with self._lock:
+            created = new_field(body, self.merge_fields)
+            self.merge_fields.append(created)
+            return created.to_json(self.list_id)
+
+    # -- rules -------------------------------------------------------------------
+
+    def _existing(self, key: str) -> Member:
+        member = self._members.get(_hash_of(key))
+        if member is None:
+            raise not_found()
+        return member
+
+    def _check_status(self, status: Any) -> None:
+        if status not in STATUSES:
+            raise invalid(
+                errors=[FieldError("status", f"Value is not one of: {', '.join(STATUSES)}")]
+            )
+
+    def _check_new_email(self, email: str) -> None:
+        lowered = email.lower()
+        domain = "@" + lowered.rpartition("@")[2]
+        if not EMAIL_PATTERN.fullmatch(email) or lowered in self._fake or domain in self._fake:
+            raise fake_email(email)
+        if subscriber_hash(email) in self._forgotten:
+            raise forgotten(email)
+
+    def _check_may_subscribe(self, h: str, member: Member | None, email: str, status: str) -> None:
+        if status != "subscribed":
+            return
+        if h in self._compliance or (member is not None and member.status in COMPLIANCE_STATUSES):
+            raise compliance_state(email)
+
+    def _check_merge_fields(
+        self, values: Any, *, creating: bool, skip_required: bool = False
+    ) -> None:
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise invalid(errors=[FieldError("merge_fields", "Schema describes object")])
+        problems: list[FieldError] = []
+        by_tag = {f.tag: f for f in self.merge_fields}
+        for tag, value in values.items():
+            known = by_tag.get(tag)
+            if known is None:
+                problems.append(
+                    FieldError(tag, f"Merge field {tag} does not exist in this audience")
+                )
+                continue
+            why = known.check(value)
+            if why is not None:
+                problems.append(FieldError(tag, why))
+        if creating and not skip_required:
+            for f in self.merge_fields:
+                if f.required and values.get(f.tag) in (None, "") and not f.default_value:
+                    problems.append(FieldError(f.tag, "Please enter a value"))
+        if problems:
+            raise invalid("Your merge fields were invalid.", problems)
+
+    def _check_batch_schema(self, items: list[Any]) -> None:
+        problems: list[FieldError] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                problems.append(FieldError(f"members.{i}", "Schema describes object"))
+                continue
+            if not isinstance(item.get("email_address"), str):
+                problems.append(
+                    FieldError(
+                        f"members.{i}.email_address", "Required property email_address is missing"
+                    )
+                )
+            if "status" not in item:
+                problems.append(
+                    FieldError(f"members.{i}.status", "Required property status is missing")
+                )
+            elif item["status"] not in STATUSES:
+                problems.append(
+                    FieldError(f"members.{i}.status", f"Value is not one of: {', '.join(STATUSES)}")
+                )
+        if problems:
+            raise invalid(errors=problems)
+
+    # -- changes -----------------------------------------------------------------
+
+    def _create(
+        self, email: str, status: str, merge_fields: dict[str, Any], tags: Iterable[str]
+    ) -> Member:
+        now = self._clock()
+        member = Member(email, status, merge_fields, now, now, next(self._web_ids))
+        for name in tags:
+            self._add_tag(member, name)
+        self._members[member.id] = member
+        return member
+
+    def _update(self, member: Member, status: str | None, merge_fields: dict[str, Any]) -> None:
+        changed = False
+        if status is not None and status != member.status:
+            member.status = status
+            changed = True
+        for tag, value in merge_fields.items():
+            if member.merge_fields.get(tag, "") != value:
+                member.merge_fields[tag] = value
+                changed = True
+        if changed:
+            member.last_changed = self._clock()
+
+    def _apply_profile(self, member: Member, body: Mapping[str, Any]) -> None:
+        if isinstance(body.get("email_type"), str):
+            member.email_type = body["email_type"]
+        if isinstance(body.get("language"), str):
+            member.language = body["language"]
+        if isinstance(body.get("vip"), bool):
+            member.vip = body["vip"]
+
+    def _add_tag(self, member: Member, name: str) -> None:
+        self._tag_ids.setdefault(name, len(self._tag_ids) + 1)
+        member.tags.setdefault(name, self._clock())
+
+    def _replace_tags(self, member: Member, names: Iterable[str]) -> None:
+        wanted = list(names)
+        for name in list(member.tags):
+            if name not in wanted:
+                del member.tags[name]
+        for name in wanted:
+            self._add_tag(member, name)
+
+    def _render(self, member: Member) -> dict[str, Any]:
+        merge_fields = {f.tag: member.merge_fields.get(f.tag, "") for f in self.merge_fields}
+        return {
+            "id": member.id,
+            "email_address": member.email_address,
+            "unique_email_id": member.id[:10],
+            "contact_id": member.id,
+            "full_name": " ".join(
+                str(merge_fields.get(t) or "") for t in ("FNAME", "LNAME")
+            ).strip(),
+            "web_id": member.web_id,
+            "email_type": member.email_type,
+            "status": member.status,
+            "merge_fields": merge_fields,
+            "interests": {},
+            "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
+            "ip_signup": "",
+            "timestamp_signup": timestamp(member.timestamp_signup),
+            "ip_opt": "",
+            "timestamp_opt": timestamp(member.timestamp_signup),
+            "member_rating": 2,
+            "last_changed": timestamp(member.last_changed),
+            "language": member.language,
+            "vip": member.vip,
+            "email_client": "",
+            "location": {
+                "latitude": 0,
+                "longitude": 0,
+                "gmtoff": 0,
+                "dstoff": 0,
+                "country_code": "",
+                "timezone": "",
+            },
+            "source": "API - Generic",
+            "tags_count": len(member.tags),
+            "tags": [{"id": self._tag_ids[n], "name": n} for n in member.tags],
+            "list_id": self.list_id,
+            "_links": [],
+        }
+
+
+class Store:
+    """Every audience of the emulated account, behind one lock."""
+
+    def __init__(
+        self, list_id: str = "a1b2c3d4e5", name: str = "mailsync emulator", clock: Clock = utc_now
+    ) -> None:
+        self._lock = threading.RLock()
+        self._clock = clock
+        self.default_list_id = list_id
+        self._audiences: dict[str, Audience] = {}
+        self.add_audience(list_id, name)
+
+    def add_audience(self, list_id: str, name: str = "mailsync emulator") -> Audience:
+        with self._lock:
+            audience = Audience(list_id, name, self._clock, self._lock)
+            self._audiences[list_id] = audience
+            return audience
+
+    def audience(self, list_id: str | None = None) -> Audience:
+        """The audience ``list_id`` (the default one when None); 404 when unknown."""
+        with self._lock:
+            found = self._audiences.get(list_id or self.default_list_id)
+        if found is None:
+            raise not_found()
+        return found
+
+    def audiences(self) -> list[Audience]:
+        with self._lock:
+            return list(self._audiences.values())
+
+    def reset(self) -> None:
+        """Back to empty audiences with the default merge fields, same ids."""
+        with self._lock:
+            for audience in list(self._audiences.values()):
+                self.add_audience(audience.list_id, audience.name)
+
+
+# -- helpers for request bodies and queries -------------------------------------
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise invalid(errors=[FieldError("", "Schema describes object")])
+    return body
+
+
+def _fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    values = body.get("merge_fields")
+    return dict(values) if isinstance(values, dict) else {}
+
+
+def _tag_names(body: Mapping[str, Any]) -> list[str]:
+    tags = body.get("tags")
+    if not isinstance(tags, list):
+        return []
+    return [t for t in tags if isinstance(t, str) and t]
+
+
+def _page(query: Mapping[str, str], default_count: int) -> tuple[int, int]:
+    try:
+        count = int(query.get("count", default_count))
+        offset = int(query.get("offset", 0))
+    except ValueError as exc:
+        raise invalid(errors=[FieldError("count", "Schema describes integer")]) from exc
+    if count < 0 or count > PAGE_MAX:
+        raise invalid(errors=[FieldError("count", f"Must be between 0 and {PAGE_MAX}")])
+    if offset < 0:
+        raise invalid(errors=[FieldError("offset", "Must be 0 or more")])
+    return count, offset
+
+
+def _is_instant(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _instant(query: Mapping[str, str], name: str) -> datetime | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    if not _is_instant(raw):
+        raise invalid(errors=[FieldError(name, "This value should be a valid ISO 8601 date")])
+    moment = datetime.fromisoformat(raw)
+    # A bare date-time is read as UTC, the zone Mailchimp reports in.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _batch_error(email: str, error: str, code: str = ERROR_GENERIC) -> dict[str, Any]:
+    return {
+        "email_address": email,
+        "error": error,
+        "error_code": code,
+        "field": "",
+        "field_message": "",
+    }
+
+
+def _batch_problem(email: str, problem: ApiProblem) -> dict[str, Any]:
+    entry = _batch_error(email, problem.detail)
+    if problem.errors:
+        entry["field"] = problem.errors[0].field
+        entry["field_message"] = problem.errors[0].message
+    return entry
