@@ -115,9 +115,7 @@ def test_evaluations_upsert_due_and_counts(store: StateStore) -> None:
 
 def test_instants_come_back_aware_utc(store: StateStore) -> None:
     paris = timezone(timedelta(hours=1))
-    store.upsert_evaluations(
-        [_eval(1, "x", datetime(2026, 1, 1, 11, 0, tzinfo=paris))], at=T0
-    )
+    store.upsert_evaluations([_eval(1, "x", datetime(2026, 1, 1, 11, 0, tzinfo=paris))], at=T0)
     got = store.entity_state_of("user", "1")
     assert got is not None
     assert got.next_change_at == T0
