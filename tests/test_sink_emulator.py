@@ -270,7 +270,8 @@ def test_changed_members_beyond_the_threshold_fall_back_without_batches_endpoint
     # The emulator serves no POST /batches: one 404, then direct PUTs.
     assert emulator.calls.count(put, outcome=200) == 40
     assert emulator.calls.count(outcome=404) == 1
-    assert emulator.calls.count(outcome=200) == 40
+    # (not the total: the emulator records a call after answering it, so the last
+    # call of the previous push may land after calls.reset())
     assert emulator.calls.peak_in_flight <= 9
 
 
