@@ -390,7 +390,11 @@ class MailchimpSettings:
 
 
 def make_client(settings: MailchimpSettings) -> Any:
-    """An official ``mailchimp_marketing.Client`` configured from ``settings``."""
+    """An official ``mailchimp_marketing.Client`` configured from ``settings``.
+
+    Also installs log redaction of the key (idempotent), so that no log line of
+    any library can carry it from here on."""
+    install_redaction()
     if settings.host is None:
         config = {
             "api_key": settings.api_key,

@@ -422,3 +422,16 @@ def test_audience_checks_report_bad_key_and_unknown_list(client: object) -> None
     )
     (only,) = check_audience(client, LIST, {})
     assert only.startswith(f"audience {LIST}: HTTP 404")
+
+
+def test_the_key_is_redacted_from_every_log_record(caplog: pytest.LogCaptureFixture) -> None:
+    make_client(MailchimpSettings(api_key=KEY, list_id=LIST))
+    other = logging.getLogger("urllib3.somewhere")
+    with caplog.at_level(logging.DEBUG):
+        other.debug("auth header for %s", KEY)
+        try:
+            raise RuntimeError(f"boom {KEY}")
+        except RuntimeError:
+            logging.getLogger("x").exception("failed")
+    assert KEY not in caplog.text
+    assert "***" in caplog.text
