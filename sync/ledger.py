@@ -1,24 +1,35 @@
 """The sink's memory: what Mailchimp has accepted, and what failed.
 
 ``PushLedger`` is the contract between the sink (which decides what to send)
-and the state store (which remembers). The state store implements it on SQL;
-``MemoryLedger`` in ``sync.testing`` implements it in memory for fast tests.
+and the state store (which remembers). ``sync.state.StateStore`` implements it
+on SQL; ``sync.testing.MemoryLedger`` implements it in memory for fast tests;
+``tests/test_state_ledger_contract.py`` runs the same tests on both.
 
 Checkpoint after commit: the sink calls ``record_accepted`` and
-``record_event_sent`` only after Mailchimp accepted the change, so a crash
+``record_events_sent`` only after Mailchimp accepted the change, so a crash
 between push and record causes a harmless re-push (merge fields are
-idempotent) and never a lost update. Events are the exception that needs the
-idempotency key: see ``sync.sink``.
+idempotent) and never a lost update. Events are not idempotent on Mailchimp's
+side, hence the idempotency keys: see ``sync.sink``.
+
+Every method taking several items writes them in one transaction (bulk), so the
+sink can apply the answers of a 500-member call with a few statements. Emails
+are compared lower-cased everywhere (Mailchimp's subscriber hash is the MD5 of
+the lower-cased address).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from sync.records import MergeValue
+from sync.records import MergeValue, require_aware
+
+
+def normalise_email(email: str) -> str:
+    """The key under which a member is remembered: trimmed and lower-cased."""
+    return email.strip().lower()
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,44 @@ class PushFailure:
     #: retried only when the member's desired state changes (or after back-off).
     fingerprint: str
     attempts: int = 1
+    #: Earliest instant the sink should try again with the same desired state.
+    next_retry_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        require_aware(self.failed_at, "failure instant")
+        if self.next_retry_at is not None:
+            require_aware(self.next_retry_at, "failure retry instant")
+
+
+@dataclass(frozen=True)
+class AcceptedPush:
+    """Mailchimp accepted these values for one member.
+
+    ``fields`` are merged over what was known (tags not sent keep their old
+    accepted value). ``tags``, when not None, replaces the set of managed tags
+    known to be active.
+    """
+
+    email: str
+    fields: Mapping[str, MergeValue]
+    at: datetime
+    tags: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        require_aware(self.at, "accepted instant")
+
+
+@dataclass(frozen=True)
+class SentEvent:
+    """An event Mailchimp accepted; ``key`` is its idempotency key."""
+
+    email: str
+    key: str
+    name: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        require_aware(self.at, "event sent instant")
 
 
 @dataclass(frozen=True)
@@ -40,13 +89,17 @@ class MemberPushState:
     """What the ledger knows of one member."""
 
     email: str
-    fields: Mapping[str, MergeValue]
-    tags: frozenset[str]
-    pushed_at: datetime | None
-    failure: PushFailure | None
+    fields: Mapping[str, MergeValue] = field(default_factory=dict)
+    tags: frozenset[str] = frozenset()
+    #: When Mailchimp last accepted something for this member; None when the
+    #: member was never accepted (only a failure is known).
+    pushed_at: datetime | None = None
+    failure: PushFailure | None = None
 
 
 class PushLedger(Protocol):
+    """What the sink needs from a store. All emails are normalised by the store."""
+
     def member_states(self, emails: Iterable[str]) -> dict[str, MemberPushState]:
         """Known state per lower-cased email; unknown members are absent."""
         ...
@@ -55,19 +108,41 @@ class PushLedger(Protocol):
         self,
         email: str,
         fields: Mapping[str, MergeValue],
-        tags: frozenset[str],
+        tags: frozenset[str] | None,
         at: datetime,
     ) -> None:
-        """Mailchimp accepted these fields/tags (merged over what was known);
-        clears any failure of this member."""
+        """Mailchimp accepted these fields/tags; clears any failure of this member."""
         ...
 
-    def record_failure(self, failure: PushFailure) -> None: ...
+    def record_accepted_many(self, pushes: Sequence[AcceptedPush]) -> None:
+        """``record_accepted`` for many members, in one transaction."""
+        ...
 
-    def failures(self, *, permanent: bool | None = None) -> list[PushFailure]: ...
+    def record_failure(self, failure: PushFailure) -> None:
+        """Remember a refusal; ``attempts`` counts consecutive failures with the
+        same fingerprint (the store increments it, the given value is a floor)."""
+        ...
+
+    def record_failures(self, failures: Sequence[PushFailure]) -> None:
+        """``record_failure`` for many members, in one transaction."""
+        ...
+
+    def failures(self, *, permanent: bool | None = None) -> list[PushFailure]:
+        """Failures currently recorded, optionally only (non-)permanent ones, by email."""
+        ...
 
     def sent_event_keys(self, email: str, keys: Iterable[str]) -> set[str]:
         """The subset of ``keys`` already sent to this member."""
         ...
 
-    def record_event_sent(self, email: str, key: str, name: str, at: datetime) -> None: ...
+    def sent_events(self, emails: Iterable[str]) -> dict[str, set[str]]:
+        """Idempotency keys already sent, per lower-cased email (absent: none)."""
+        ...
+
+    def record_event_sent(self, email: str, key: str, name: str, at: datetime) -> None:
+        """Mailchimp accepted this event; sending the same key again is a no-op."""
+        ...
+
+    def record_events_sent(self, events: Sequence[SentEvent]) -> None:
+        """``record_event_sent`` for many events, in one transaction."""
+        ...

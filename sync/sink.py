@@ -1,0 +1,730 @@
+"""The sink: pushes desired members to Mailchimp, sending only what changed.
+
+Input: ``DesiredMember`` records (``sync.records``) built by the daemon. The
+sink diffs them against the ``PushLedger`` (what Mailchimp last ACCEPTED),
+sends the differences, and records, member by member, what Mailchimp accepted
+or refused. Nothing is recorded before Mailchimp's answer (checkpoint after
+commit).
+
+Which endpoint (the important decision)
+---------------------------------------
+We must never change an existing member's subscription status and want about
+ceil(N/500) calls for N changed members.
+
+- ``POST /lists/{id}`` (batch subscribe) takes 500 members per call and answers
+  synchronously, but needs a ``status`` per member; with ``update_existing:
+  true`` it would *set* that status on existing members (resubscribing the
+  unsubscribed, confirming the pending). So we only use it with
+  ``update_existing: false``, where it can only *create*: new members get
+  ``status_if_new`` (the configured status), existing ones come back in
+  ``errors[]`` as ``ERROR_CONTACT_EXISTS`` and are left untouched.
+- ``PUT /lists/{id}/members/{hash}`` with ``status_if_new`` (never ``status``)
+  is the only upsert that is safe for existing members, but it costs one call
+  per member.
+- ``POST /batches`` runs up to 500 such PUTs as one asynchronous job: one call
+  to start, a few polls, one download of the results archive.
+
+So the sink works in two phases, each split in chunks of ≤ 500 and run on at
+most 9 connections (Mailchimp allows 10 per key):
+
+1. members the ledger has never seen accepted → batch subscribe with
+   ``update_existing: false`` (1 call per 500; synchronous per-member results);
+   those answering "already a list member" join phase 2;
+2. members known to exist whose merge values changed → ``PUT … status_if_new``
+   operations, sent as ``/batches`` jobs (1 start + polls + 1 download per 500)
+   when there are at least ``bulk_threshold`` of them, else as direct PUTs
+   (cheaper for a handful, and immediate).
+
+Then tags (``POST …/tags``, managed tags only, active/inactive diff) and events
+(``POST …/events``, once per idempotency key) go the same way as phase 2, and
+only for members whose merge values were accepted in this push (or had
+nothing to send): an event may start a Customer Journey that reads the fields.
+
+Failures
+--------
+Answers are classified by ``sync.mailchimp.classify``. Transient answers are
+retried with back-off and jitter (``Caller``); if they persist, the member gets
+a transient failure with a growing ``next_retry_at``. Permanent answers
+(compliance state, forgotten email, fake address, invalid value, 404/405) are
+recorded with the fingerprint of the desired state and are not retried until
+that state changes or ``permanent_backoff`` has passed. A fatal answer (401,
+403 with a body, unknown audience or merge tag) stops the run with
+``FatalError`` after recording what had already been accepted.
+
+``DryRunSink`` computes the same plan and writes it as JSON lines, sending and
+recording nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any, Literal
+
+from sync.exceptions import ConfigurationError, FatalError
+from sync.ledger import AcceptedPush, MemberPushState, PushFailure, PushLedger, SentEvent
+from sync.ledger import normalise_email as _norm
+from sync.mailchimp import (
+    MAX_BATCH,
+    MAX_CONNECTIONS,
+    Answer,
+    AnswerClass,
+    BatchesUnavailable,
+    BatchPolling,
+    Caller,
+    MemberError,
+    Operation,
+    classify,
+    iter_chunks,
+    json_safe,
+    run_batch_operations,
+    subscriber_hash,
+)
+from sync.records import DesiredMember, EventDue, MergeValue
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION_STATUSES = frozenset({"subscribed", "pending", "unsubscribed", "transactional"})
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    #: Status given to members Mailchimp does not know yet. Existing members'
+    #: status is never sent.
+    status_if_new: str = "subscribed"
+    max_connections: int = MAX_CONNECTIONS
+    batch_size: int = MAX_BATCH
+    #: From this many operations on, use a ``/batches`` job instead of direct calls.
+    bulk_threshold: int = 10
+    use_batches: bool = True
+    #: A permanent failure is retried with the same desired state after this.
+    permanent_backoff: timedelta = timedelta(days=7)
+    #: First back-off of a transient failure that outlived the in-run retries; doubles.
+    transient_backoff: timedelta = timedelta(minutes=5)
+    max_transient_backoff: timedelta = timedelta(days=1)
+    #: ``is_syncing`` on tags/events: true would keep automations from firing.
+    tags_is_syncing: bool = False
+    events_is_syncing: bool = False
+    skip_merge_validation: bool = True
+    polling: BatchPolling = field(default_factory=BatchPolling)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_connections <= MAX_CONNECTIONS:
+            raise ConfigurationError(
+                f"sink: max_connections must be 1..{MAX_CONNECTIONS} "
+                "(Mailchimp allows 10 simultaneous connections per key)"
+            )
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ConfigurationError(f"sink: batch_size must be 1..{MAX_BATCH}")
+        if self.status_if_new not in SUBSCRIPTION_STATUSES:
+            raise ConfigurationError(
+                f"sink: status_if_new must be one of {sorted(SUBSCRIPTION_STATUSES)}"
+            )
+
+
+# -- planning -------------------------------------------------------------------
+
+
+def fingerprint(member: DesiredMember) -> str:
+    """A digest of the desired state (fields, tags); events are excluded
+    because they are keyed separately."""
+    payload = json.dumps(
+        {
+            "f": {k: member.merge_fields[k] for k in sorted(member.merge_fields)},
+            "t": sorted(member.tags),
+            "m": sorted(member.managed_tags),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def _same(a: MergeValue, b: MergeValue) -> bool:
+    # 0 == False and 1 == 1.0 in Python, not for a merge field: compare as JSON.
+    return json.dumps(a) == json.dumps(b)
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    """What the sink will send for one member."""
+
+    email: str  # as given (Mailchimp keeps its case)
+    key: str  # normalised
+    fingerprint: str
+    known: bool  # Mailchimp accepted something for this member before
+    fields: Mapping[str, MergeValue]  # changed merge values only
+    tags_add: frozenset[str]
+    tags_remove: frozenset[str]
+    active_tags: frozenset[str]  # the managed active set after the push
+    events: tuple[EventDue, ...]  # not sent yet
+    previous_failure: PushFailure | None
+
+    @property
+    def needs_upsert(self) -> bool:
+        return bool(self.fields) or not self.known
+
+    @property
+    def needs_tags(self) -> bool:
+        return bool(self.tags_add or self.tags_remove)
+
+
+@dataclass(frozen=True)
+class Plan:
+    pushes: list[MemberPlan]
+    unchanged: int
+    held_back: int
+    considered: int
+
+
+def merge_duplicates(members: Iterable[DesiredMember]) -> list[DesiredMember]:
+    """One record per member: several entities may push to the same email."""
+    merged: dict[str, DesiredMember] = {}
+    for m in members:
+        key = _norm(m.email)
+        before = merged.get(key)
+        if before is None:
+            merged[key] = m
+        else:
+            merged[key] = DesiredMember(
+                email=before.email,
+                merge_fields={**before.merge_fields, **m.merge_fields},
+                tags=before.tags | m.tags,
+                managed_tags=before.managed_tags | m.managed_tags,
+                events=before.events + m.events,
+            )
+    return list(merged.values())
+
+
+def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datetime) -> Plan:
+    """Diff desired members against the ledger; read-only."""
+    desired = merge_duplicates(members)
+    keys = [_norm(m.email) for m in desired]
+    states = ledger.member_states(keys)
+    sent = ledger.sent_events(keys)
+    pushes: list[MemberPlan] = []
+    unchanged = held_back = 0
+    for member, key in zip(desired, keys, strict=True):
+        state = states.get(key) or MemberPushState(email=key)
+        known = state.pushed_at is not None
+        fp = fingerprint(member)
+        fields = {
+            tag: value
+            for tag, value in member.merge_fields.items()
+            if tag not in state.fields or not _same(state.fields[tag], value)
+        }
+        managed = member.managed_tags | member.tags
+        desired_active = member.tags
+        # A member we never pushed may carry managed tags from before mailsync:
+        # say "inactive" explicitly for every managed tag not desired.
+        current = state.tags if known else managed - desired_active
+        tags_add = frozenset(desired_active - state.tags) if known else frozenset(desired_active)
+        tags_remove = frozenset((current & managed) - desired_active)
+        seen = sent.get(key, set())
+        events, keys_in_push = [], set()
+        for event in member.events:
+            if event.key not in seen and event.key not in keys_in_push:
+                events.append(event)
+                keys_in_push.add(event.key)
+        plan = MemberPlan(
+            email=member.email.strip(),
+            key=key,
+            fingerprint=fp,
+            known=known,
+            fields=fields,
+            tags_add=tags_add,
+            tags_remove=tags_remove,
+            active_tags=frozenset((state.tags - managed) | desired_active),
+            events=tuple(events),
+            previous_failure=state.failure,
+        )
+        if not (plan.needs_upsert or plan.needs_tags or plan.events):
+            unchanged += 1
+            continue
+        failure = state.failure
+        if (
+            failure is not None
+            and failure.fingerprint == fp
+            and failure.next_retry_at is not None
+            and now < failure.next_retry_at
+        ):
+            held_back += 1
+            continue
+        pushes.append(plan)
+    return Plan(pushes=pushes, unchanged=unchanged, held_back=held_back, considered=len(desired))
+
+
+# -- summary ---------------------------------------------------------------------
+
+
+@dataclass
+class PushSummary:
+    dry_run: bool = False
+    considered: int = 0
+    pushed: int = 0  # members with every planned change accepted
+    unchanged: int = 0
+    held_back: int = 0  # failed before with the same desired state; back-off running
+    failed: int = 0
+    events_sent: int = 0
+    calls: dict[str, int] = field(default_factory=dict)  # API calls by answer class
+    failures: list[PushFailure] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        head = "DRY RUN, nothing sent: " if self.dry_run else ""
+        out = [
+            f"{head}{self.considered} members considered, {self.pushed} pushed, "
+            f"{self.unchanged} unchanged, {self.held_back} held back, {self.failed} failed, "
+            f"{self.events_sent} events sent",
+        ]
+        if self.calls:
+            out.append("API calls: " + ", ".join(f"{k} {v}" for k, v in sorted(self.calls.items())))
+        out.extend(
+            f"  {f.email}: {'permanent' if f.permanent else 'transient'}: {f.reason}"
+            for f in self.failures
+        )
+        return out
+
+
+# -- the Mailchimp sink ------------------------------------------------------------
+
+OpKind = Literal["upsert", "tags", "event"]
+
+
+@dataclass(frozen=True)
+class _Op:
+    kind: OpKind
+    plan: MemberPlan
+    operation: Operation
+    event: EventDue | None = None
+
+
+class MailchimpSink:
+    """Pushes plans to one audience through the official client."""
+
+    def __init__(
+        self,
+        caller: Caller,
+        ledger: PushLedger,
+        config: SinkConfig | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.caller = caller
+        self.ledger = ledger
+        self.config = config or SinkConfig()
+        self.clock = clock
+        self.list_id = caller.list_id
+        self._batches_unavailable = False
+
+    def __repr__(self) -> str:
+        return f"MailchimpSink(list_id={self.list_id!r}, config={self.config!r})"
+
+    # The pool is created per push and never holds more than max_connections
+    # calls in flight: each worker makes one call at a time.
+    def push(self, members: Iterable[DesiredMember]) -> PushSummary:
+        now = self.clock()
+        plan = plan_pushes(members, self.ledger, now)
+        calls_before = dict(self.caller.calls)
+        summary = PushSummary(
+            considered=plan.considered, unchanged=plan.unchanged, held_back=plan.held_back
+        )
+        failed: dict[str, PushFailure] = {}
+        fatal: FatalError | None = None
+        try:
+            with ThreadPoolExecutor(
+                max_workers=self.config.max_connections, thread_name_prefix="mailsync-push"
+            ) as pool:
+                upserted = self._phase_upsert(pool, plan.pushes, failed, now)
+                self._phase_tags_events(pool, upserted, failed, summary, now)
+        except FatalError as exc:
+            fatal = exc
+        summary.failures = sorted(failed.values(), key=lambda f: f.email)
+        summary.failed = len(failed)
+        summary.pushed = sum(1 for p in plan.pushes if p.key not in failed) if fatal is None else 0
+        summary.calls = {
+            k: v - calls_before.get(k, 0)
+            for k, v in self.caller.calls.items()
+            if v - calls_before.get(k, 0)
+        }
+        for line in summary.lines():
+            log.info("%s", line)
+        if fatal is not None:
+            raise fatal
+        return summary
+
+    # -- failures --------------------------------------------------------------
+
+    def _failure(self, plan: MemberPlan, answer: Answer, now: datetime, what: str) -> PushFailure:
+        previous = plan.previous_failure
+        attempts = (
+            previous.attempts + 1
+            if previous is not None and previous.fingerprint == plan.fingerprint
+            else 1
+        )
+        permanent = answer.kind is not AnswerClass.TRANSIENT
+        if permanent:
+            retry_at = now + self.config.permanent_backoff
+        else:
+            growth = self.config.transient_backoff * (2 ** min(attempts - 1, 20))
+            retry_at = now + min(growth, self.config.max_transient_backoff)
+        return PushFailure(
+            email=plan.key,
+            reason=f"{what}: {answer.reason}",
+            permanent=permanent,
+            failed_at=now,
+            fingerprint=plan.fingerprint,
+            attempts=attempts,
+            next_retry_at=retry_at,
+        )
+
+    # -- running calls ---------------------------------------------------------
+
+    def _collect(self, futures: Sequence[Future[Any]], handle: Callable[[Any], None]) -> None:
+        """Apply results as they come; on a fatal answer, cancel what has not
+        started, still apply what had (so accepted events get recorded), then raise."""
+        fatal: FatalError | None = None
+        for future in as_completed(futures):
+            try:
+                handle(future.result())
+            except CancelledError:
+                continue
+            except FatalError as exc:
+                if fatal is None:
+                    fatal = exc
+                    for other in futures:
+                        other.cancel()
+        if fatal is not None:
+            raise fatal
+
+    def _direct(self, op: _Op) -> Answer:
+        client, list_id = self.caller.client, self.list_id
+        h = subscriber_hash(op.plan.email)
+        body = json_safe(op.operation.body)
+        what = f"{op.operation.method} {op.operation.path}"
+        if op.kind == "upsert":
+            return self.caller.call(what, lambda: client.lists.set_list_member(list_id, h, body))
+        if op.kind == "tags":
+            return self.caller.call(
+                what, lambda: client.lists.update_list_member_tags(list_id, h, body)
+            )
+        return self.caller.call(
+            what, lambda: client.lists.create_list_member_event(list_id, h, body)
+        )
+
+    def _run_ops(
+        self, pool: ThreadPoolExecutor, ops: Sequence[_Op], handle: Callable[[_Op, Answer], None]
+    ) -> None:
+        """Send operations directly (few) or as ``/batches`` jobs (many)."""
+        if not ops:
+            return
+        if (
+            not self.config.use_batches
+            or self._batches_unavailable
+            or len(ops) < self.config.bulk_threshold
+        ):
+
+            def direct(op: _Op) -> tuple[_Op, Answer]:
+                return op, self._direct(op)
+
+            self._collect([pool.submit(direct, op) for op in ops], lambda pair: handle(*pair))
+            return
+        by_id = {op.operation.operation_id: op for op in ops}
+
+        def job(chunk: Sequence[_Op]) -> tuple[Sequence[_Op], dict[str, Answer] | None]:
+            if self._batches_unavailable:
+                return chunk, None
+            try:
+                return chunk, run_batch_operations(
+                    self.caller,
+                    [o.operation for o in chunk],
+                    self.config.polling,
+                    timeout=float(self.caller.client.api_client.timeout),
+                )
+            except BatchesUnavailable as exc:
+                if not self._batches_unavailable:
+                    log.warning("POST /batches unavailable (%s): sending one by one", exc)
+                self._batches_unavailable = True
+                return chunk, None
+
+        jobs = [pool.submit(job, chunk) for chunk in iter_chunks(ops, self.config.batch_size)]
+        fallback: list[_Op] = []
+
+        def apply(result: tuple[Sequence[_Op], dict[str, Answer] | None]) -> None:
+            chunk, answers = result
+            if answers is None:
+                fallback.extend(chunk)
+                return
+            # Apply every non-fatal answer of the job before stopping the run.
+            fatal = [(i, a) for i, a in answers.items() if a.kind is AnswerClass.FATAL]
+            for op_id, answer in answers.items():
+                if answer.kind is not AnswerClass.FATAL:
+                    handle(by_id[op_id], answer)
+            if fatal:
+                op_id, answer = fatal[0]
+                raise FatalError(f"Mailchimp {by_id[op_id].operation.path}: {answer.reason}")
+
+        self._collect(jobs, apply)
+        if fallback:
+            self._run_ops(pool, fallback, handle)
+
+    # -- phase 1 and 2: merge fields / existence ------------------------------------
+
+    def _member_body(self, plan: MemberPlan) -> dict[str, Any]:
+        return {
+            "email_address": plan.email,
+            "status_if_new": self.config.status_if_new,
+            "merge_fields": dict(plan.fields),
+        }
+
+    def _phase_upsert(
+        self,
+        pool: ThreadPoolExecutor,
+        plans: Sequence[MemberPlan],
+        failed: dict[str, PushFailure],
+        now: datetime,
+    ) -> list[MemberPlan]:
+        """Create new members, update changed ones; returns the plans whose
+        merge values are accepted (or had none to send)."""
+        done = [p for p in plans if not p.needs_upsert]
+        new = [p for p in plans if p.needs_upsert and not p.known]
+        existing = [p for p in plans if p.needs_upsert and p.known]
+
+        # Phase 1: create, never update.
+        def create(chunk: Sequence[MemberPlan]) -> tuple[Sequence[MemberPlan], Answer]:
+            body = {
+                "members": [
+                    {
+                        "email_address": p.email,
+                        "status": self.config.status_if_new,
+                        "merge_fields": dict(p.fields),
+                    }
+                    for p in chunk
+                ],
+                "update_existing": False,
+            }
+            params = {"skip_merge_validation": "true"} if self.config.skip_merge_validation else {}
+            answer = self.caller.call(
+                f"POST /lists/{self.list_id} ({len(chunk)} members)",
+                lambda: self.caller.client.lists.batch_list_members(
+                    self.list_id, json_safe(body), **params
+                ),
+                scope="run",
+            )
+            return chunk, answer
+
+        def apply_created(result: tuple[Sequence[MemberPlan], Answer]) -> None:
+            chunk, answer = result
+            accepted: list[AcceptedPush] = []
+            failures: list[PushFailure] = []
+            if not answer.ok or not isinstance(answer.body, Mapping):
+                failures = [self._failure(p, answer, now, "create") for p in chunk]
+            else:
+                created = {
+                    _norm(str(m.get("email_address", "")))
+                    for key in ("new_members", "updated_members")
+                    for m in answer.body.get(key) or []
+                    if isinstance(m, Mapping)
+                }
+                errors = {
+                    _norm(e.email): e
+                    for e in map(MemberError.from_json, answer.body.get("errors") or [])
+                }
+                for p in chunk:
+                    if p.key in errors:
+                        verdict = self._classify_member_error(errors[p.key])
+                        if verdict.code == "contact_exists":
+                            existing.append(p)  # exists already: update it safely
+                        else:
+                            failures.append(self._failure(p, verdict, now, "create"))
+                    elif p.key in created:
+                        accepted.append(AcceptedPush(p.key, dict(p.fields), now))
+                        done.append(p)
+                    else:
+                        # Neither created nor refused: let the safe upsert settle it.
+                        existing.append(p)
+            self._record(accepted, failures, failed)
+
+        futures = [pool.submit(create, chunk) for chunk in iter_chunks(new, self.config.batch_size)]
+        self._collect(futures, apply_created)
+
+        # Phase 2: safe upsert of members that exist.
+        ops = [
+            _Op(
+                "upsert",
+                p,
+                Operation(
+                    f"upsert:{p.key}",
+                    "PUT",
+                    f"/lists/{self.list_id}/members/{subscriber_hash(p.email)}",
+                    self._member_body(p),
+                ),
+            )
+            for p in existing
+        ]
+        accepted: list[AcceptedPush] = []
+        failures: list[PushFailure] = []
+
+        def apply_upsert(op: _Op, answer: Answer) -> None:
+            if answer.ok:
+                accepted.append(AcceptedPush(op.plan.key, dict(op.plan.fields), now))
+                done.append(op.plan)
+            else:
+                failures.append(self._failure(op.plan, answer, now, "update"))
+
+        try:
+            self._run_ops(pool, ops, apply_upsert)
+        finally:
+            self._record(accepted, failures, failed)
+        return done
+
+    @staticmethod
+    def _classify_member_error(error: MemberError) -> Answer:
+        answer = classify(error)
+        if answer.kind is AnswerClass.FATAL:
+            raise FatalError(f"Mailchimp refused {error.email}: {answer.reason}")
+        return answer
+
+    # -- phase 3: tags and events ------------------------------------------------------
+
+    def _phase_tags_events(
+        self,
+        pool: ThreadPoolExecutor,
+        plans: Sequence[MemberPlan],
+        failed: dict[str, PushFailure],
+        summary: PushSummary,
+        now: datetime,
+    ) -> None:
+        ops: list[_Op] = []
+        for p in plans:
+            base = f"/lists/{self.list_id}/members/{subscriber_hash(p.email)}"
+            if p.needs_tags:
+                tags = [{"name": t, "status": "active"} for t in sorted(p.tags_add)] + [
+                    {"name": t, "status": "inactive"} for t in sorted(p.tags_remove)
+                ]
+                body = {"tags": tags, "is_syncing": self.config.tags_is_syncing}
+                ops.append(_Op("tags", p, Operation(f"tags:{p.key}", "POST", f"{base}/tags", body)))
+            for i, event in enumerate(p.events):
+                body = {
+                    "name": event.name,
+                    "properties": {k: str(v) for k, v in event.properties.items()},
+                    "occurred_at": event.occurred_at.astimezone(UTC).isoformat(),
+                    "is_syncing": self.config.events_is_syncing,
+                }
+                ops.append(
+                    _Op(
+                        "event",
+                        p,
+                        Operation(f"event:{i}:{p.key}", "POST", f"{base}/events", body),
+                        event,
+                    )
+                )
+        accepted: list[AcceptedPush] = []
+        events: list[SentEvent] = []
+        failures: list[PushFailure] = []
+
+        def apply(op: _Op, answer: Answer) -> None:
+            if answer.ok and op.kind == "tags":
+                accepted.append(AcceptedPush(op.plan.key, {}, now, op.plan.active_tags))
+            elif answer.ok and op.event is not None:
+                events.append(SentEvent(op.plan.key, op.event.key, op.event.name, now))
+            elif not answer.ok:
+                what = "tags" if op.kind == "tags" else f"event {op.event.name if op.event else ''}"
+                failures.append(self._failure(op.plan, answer, now, what))
+
+        try:
+            self._run_ops(pool, ops, apply)
+        finally:
+            # Events first: an accepted event must never be sent twice.
+            if events:
+                self.ledger.record_events_sent(events)
+            summary.events_sent += len(events)
+            self._record(accepted, failures, failed)
+
+    def _record(
+        self,
+        accepted: list[AcceptedPush],
+        failures: list[PushFailure],
+        failed: dict[str, PushFailure],
+    ) -> None:
+        # A member may both get a tag accepted and an event refused: record the
+        # acceptance first, the failure after, so the failure stays visible.
+        if accepted:
+            self.ledger.record_accepted_many(accepted)
+        if failures:
+            self.ledger.record_failures(failures)
+            for f in failures:
+                failed[f.email] = f
+                log.warning(
+                    "push to %s failed (%s): %s",
+                    f.email,
+                    "permanent" if f.permanent else "transient",
+                    f.reason,
+                )
+        accepted.clear()
+        failures.clear()
+
+
+# -- dry run ---------------------------------------------------------------------
+
+
+class DryRunSink:
+    """Writes what would be sent as JSON lines; sends and records nothing."""
+
+    def __init__(
+        self,
+        ledger: PushLedger,
+        stream: IO[str],
+        config: SinkConfig | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.ledger = ledger
+        self.stream = stream
+        self.config = config or SinkConfig()
+        self.clock = clock
+
+    def push(self, members: Iterable[DesiredMember]) -> PushSummary:
+        plan = plan_pushes(members, self.ledger, self.clock())
+        self.stream.write(
+            json.dumps(
+                {
+                    "dry_run": True,
+                    "note": "DRY RUN: nothing is sent to Mailchimp "
+                    "and nothing is recorded as pushed",
+                }
+            )
+            + "\n"
+        )
+        for p in plan.pushes:
+            line = {
+                "dry_run": True,
+                "email": p.email,
+                "new_member": not p.known,
+                "status_if_new": self.config.status_if_new if not p.known else None,
+                "merge_fields": json_safe(dict(p.fields)),
+                "tags": {"add": sorted(p.tags_add), "remove": sorted(p.tags_remove)},
+                "events": [
+                    {
+                        "key": e.key,
+                        "name": e.name,
+                        "occurred_at": e.occurred_at.astimezone(UTC).isoformat(),
+                        "properties": dict(e.properties),
+                    }
+                    for e in p.events
+                ],
+            }
+            self.stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+        summary = PushSummary(
+            dry_run=True,
+            considered=plan.considered,
+            unchanged=plan.unchanged,
+            held_back=plan.held_back,
+            pushed=len(plan.pushes),
+        )
+        for text in summary.lines():
+            log.info("%s", text)
+        return summary

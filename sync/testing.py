@@ -1,0 +1,106 @@
+"""In-memory fakes shipped with mailsync for fast tests.
+
+``MemoryLedger`` implements ``sync.ledger.PushLedger`` with dictionaries. It is
+held to exactly the same contract as the SQL state store: the tests in
+``tests/test_state_ledger_contract.py`` run against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from sync.ledger import (
+    AcceptedPush,
+    MemberPushState,
+    PushFailure,
+    SentEvent,
+    normalise_email,
+)
+from sync.records import MergeValue
+
+
+class MemoryLedger:
+    """A ``PushLedger`` that forgets everything when the process ends."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, dict[str, MergeValue]] = {}
+        self._tags: dict[str, frozenset[str]] = {}
+        self._pushed_at: dict[str, datetime] = {}
+        self._failures: dict[str, PushFailure] = {}
+        self._events: dict[str, dict[str, tuple[str, datetime]]] = {}
+
+    def member_states(self, emails: Iterable[str]) -> dict[str, MemberPushState]:
+        states: dict[str, MemberPushState] = {}
+        for raw in emails:
+            email = normalise_email(raw)
+            if email not in self._pushed_at and email not in self._failures:
+                continue
+            states[email] = MemberPushState(
+                email=email,
+                fields=dict(self._fields.get(email, {})),
+                tags=self._tags.get(email, frozenset()),
+                pushed_at=self._pushed_at.get(email),
+                failure=self._failures.get(email),
+            )
+        return states
+
+    def record_accepted(
+        self,
+        email: str,
+        fields: Mapping[str, MergeValue],
+        tags: frozenset[str] | None,
+        at: datetime,
+    ) -> None:
+        self.record_accepted_many([AcceptedPush(email=email, fields=fields, tags=tags, at=at)])
+
+    def record_accepted_many(self, pushes: Sequence[AcceptedPush]) -> None:
+        for push in pushes:
+            email = normalise_email(push.email)
+            self._fields.setdefault(email, {}).update(push.fields)
+            if push.tags is not None:
+                self._tags[email] = frozenset(push.tags)
+            self._pushed_at[email] = push.at
+            self._failures.pop(email, None)
+
+    def record_failure(self, failure: PushFailure) -> None:
+        self.record_failures([failure])
+
+    def record_failures(self, failures: Sequence[PushFailure]) -> None:
+        for failure in failures:
+            email = normalise_email(failure.email)
+            previous = self._failures.get(email)
+            attempts = failure.attempts
+            if previous is not None and previous.fingerprint == failure.fingerprint:
+                attempts = max(attempts, previous.attempts + 1)
+            self._failures[email] = replace(failure, email=email, attempts=attempts)
+
+    def failures(self, *, permanent: bool | None = None) -> list[PushFailure]:
+        return [
+            f
+            for _, f in sorted(self._failures.items())
+            if permanent is None or f.permanent == permanent
+        ]
+
+    def sent_event_keys(self, email: str, keys: Iterable[str]) -> set[str]:
+        sent = self._events.get(normalise_email(email), {})
+        return {key for key in keys if key in sent}
+
+    def sent_events(self, emails: Iterable[str]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for raw in emails:
+            email = normalise_email(raw)
+            if self._events.get(email):
+                found[email] = set(self._events[email])
+        return found
+
+    def record_event_sent(self, email: str, key: str, name: str, at: datetime) -> None:
+        self.record_events_sent([SentEvent(email=email, key=key, name=name, at=at)])
+
+    def record_events_sent(self, events: Sequence[SentEvent]) -> None:
+        for event in events:
+            # First write wins, like the SQL store's unique (email, key).
+            self._events.setdefault(normalise_email(event.email), {}).setdefault(
+                event.key, (event.name, event.at)
+            )

@@ -1,0 +1,370 @@
+"""The sink against the Mailchimp emulator, through the official client over HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sync.emulator import Emulator, FaultKind
+from sync.exceptions import FatalError
+from sync.ledger import PushLedger
+from sync.mailchimp import Caller, MailchimpSettings, RetryPolicy, make_client
+from sync.records import DesiredMember, EventDue
+from sync.sink import DryRunSink, MailchimpSink, SinkConfig
+from sync.state import StateStore
+from sync.testing import MemoryLedger
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def reset_calls(emulator: Emulator) -> None:
+    """Forget recorded calls once the emulator has recorded the last ones: it
+    records a call just after answering it, so a reset right after a push
+    could race with the push's last call."""
+    before = -1
+    while emulator.calls.count() != before:
+        before = emulator.calls.count()
+        time.sleep(0.02)
+    emulator.calls.reset()
+
+
+@pytest.fixture
+def emulator(mailchimp_emulator: Emulator) -> Emulator:
+    for tag, kind in (("STATUS", "text"), ("CODE", "text"), ("SCORE", "number")):
+        mailchimp_emulator.audience.add_merge_field({"tag": tag, "name": tag, "type": kind})
+    return mailchimp_emulator
+
+
+def make_sink(
+    emulator: Emulator, ledger: PushLedger, clock: Clock, timeout: float = 5.0, **config: object
+) -> MailchimpSink:
+    settings = MailchimpSettings(
+        api_key=emulator.api_key, list_id=emulator.list_id, host=emulator.url, timeout=timeout
+    )
+    caller = Caller(
+        make_client(settings),
+        emulator.list_id,
+        RetryPolicy(attempts=6, initial_wait=0.0, max_wait=0.0, sleep=lambda _: None),
+    )
+    return MailchimpSink(caller, ledger, SinkConfig(**config), clock=clock)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def ledger(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[PushLedger]:
+    if request.param == "memory":
+        yield MemoryLedger()
+        return
+    store = StateStore(sqlite_url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def members(n: int, status: str = "registered", **extra: object) -> list[DesiredMember]:
+    return [
+        DesiredMember(
+            email=f"User{i}@Example.com", merge_fields={"STATUS": status, "SCORE": i}, **extra
+        )  # type: ignore[arg-type]
+        for i in range(n)
+    ]
+
+
+def test_full_push_costs_ceil_n_over_500_calls_then_nothing(
+    emulator: Emulator, ledger: PushLedger
+) -> None:
+    clock = Clock()
+    sink = make_sink(emulator, ledger, clock)
+    n = 1203
+    summary = sink.push(members(n))
+    assert summary.pushed == n
+    assert summary.failed == 0
+    assert emulator.calls.count() == math.ceil(n / 500)
+    assert emulator.calls.by_endpoint() == {"POST /lists/{list_id}": 3}
+    assert summary.calls == {"success": 3}
+    m = emulator.audience.member("user7@example.com")
+    assert m is not None
+    assert m.status == "subscribed"
+    assert m.merge_fields["STATUS"] == "registered"
+    assert emulator.calls.peak_in_flight <= 9
+
+    reset_calls(emulator)
+    again = sink.push(members(n))
+    assert again.unchanged == n
+    assert emulator.calls.count() == 0
+
+
+def test_only_changed_fields_are_sent_and_empty_zero_false_are_values(
+    emulator: Emulator,
+) -> None:
+    ledger, clock = MemoryLedger(), Clock()
+    sink = make_sink(emulator, ledger, clock)
+    sink.push([DesiredMember("a@x.io", {"STATUS": "registered", "CODE": "welcome", "SCORE": 5})])
+    # Someone edits STATUS in Mailchimp: the sink must not send it (unchanged for us).
+    seen = emulator.audience.member("a@x.io")
+    assert seen is not None
+    seen.merge_fields["STATUS"] = "edited-by-hand"
+    reset_calls(emulator)
+    sink.push([DesiredMember("a@x.io", {"STATUS": "registered", "CODE": "", "SCORE": 0})])
+    (call,) = emulator.calls.calls()
+    assert call.endpoint == "PUT /lists/{list_id}/members/{subscriber_hash}"
+    m = emulator.audience.member("a@x.io")
+    assert m is not None
+    assert m.merge_fields["STATUS"] == "edited-by-hand"
+    assert m.merge_fields["CODE"] == ""
+    assert m.merge_fields["SCORE"] in (0, "0")
+    assert m.status == "subscribed"
+    reset_calls(emulator)
+    sink.push([DesiredMember("a@x.io", {"STATUS": "registered", "CODE": "", "SCORE": 0})])
+    assert emulator.calls.count() == 0
+
+
+def test_existing_members_keep_their_status(emulator: Emulator) -> None:
+    for email, status in (
+        ("u@x.io", "unsubscribed"),
+        ("p@x.io", "pending"),
+        ("c@x.io", "cleaned"),
+        ("t@x.io", "transactional"),
+    ):
+        emulator.audience.seed_member(email, status=status)
+    ledger, clock = MemoryLedger(), Clock()
+    sink = make_sink(emulator, ledger, clock)
+    wanted = [
+        DesiredMember(e, {"STATUS": "money_ok"})
+        for e in ("u@x.io", "p@x.io", "c@x.io", "t@x.io", "new@x.io")
+    ]
+    summary = sink.push(wanted)
+    assert summary.failed == 0
+    statuses = {
+        e: emulator.audience.member(e).status
+        for e in (
+            "u@x.io",
+            "p@x.io",  # type: ignore[union-attr]
+            "c@x.io",
+            "t@x.io",
+            "new@x.io",
+        )
+    }
+    assert statuses == {
+        "u@x.io": "unsubscribed",
+        "p@x.io": "pending",
+        "c@x.io": "cleaned",
+        "t@x.io": "transactional",
+        "new@x.io": "subscribed",
+    }
+    assert all(
+        emulator.audience.member(w.email).merge_fields["STATUS"] == "money_ok"  # type: ignore[union-attr]
+        for w in wanted
+    )
+
+
+def test_status_if_new_is_configurable(emulator: Emulator) -> None:
+    sink = make_sink(emulator, MemoryLedger(), Clock(), status_if_new="pending")
+    sink.push([DesiredMember("n@x.io", {"STATUS": "x"})])
+    assert emulator.audience.member("n@x.io").status == "pending"  # type: ignore[union-attr]
+
+
+def test_permanent_failures_are_isolated_recorded_and_not_retried(
+    emulator: Emulator, ledger: PushLedger
+) -> None:
+    emulator.audience.mark_compliance("comp@x.io")
+    emulator.audience.mark_fake("fake@x.io")
+    emulator.audience.forget("gone@x.io")
+    clock = Clock()
+    sink = make_sink(emulator, ledger, clock, permanent_backoff=timedelta(days=3))
+    event = EventDue("k1", "welcome", T0)
+    batch = [
+        *members(497),
+        *(
+            DesiredMember(e, {"STATUS": "registered"}, events=(event,))
+            for e in ("comp@x.io", "fake@x.io", "gone@x.io")
+        ),
+    ]
+    summary = sink.push(batch)
+    assert summary.pushed == 497
+    assert {f.email: f.reason.split(":")[0] for f in summary.failures} == {
+        "comp@x.io": "create",
+        "fake@x.io": "create",
+        "gone@x.io": "create",
+    }
+    assert all(f.permanent for f in ledger.failures())
+    assert "compliance" in ledger.failures()[0].reason.lower()
+    assert emulator.audience.events() == []  # no event for a member whose fields failed
+    assert emulator.calls.count() == 1
+
+    reset_calls(emulator)
+    clock.now += timedelta(hours=1)
+    held = sink.push(batch)
+    assert held.held_back == 3
+    assert emulator.calls.count() == 0
+
+    # A change of the desired data tries again at once...
+    sink.push([DesiredMember("comp@x.io", {"STATUS": "money_ok"})])
+    assert emulator.calls.count() == 1
+    # ...and so does the same data after the back-off.
+    reset_calls(emulator)
+    clock.now += timedelta(days=3)
+    sink.push(batch)
+    assert emulator.calls.count() == 1
+    (fake,) = [f for f in ledger.failures() if f.email == "fake@x.io"]
+    assert fake.attempts == 2
+
+
+def test_events_once_after_fields_and_tags_diff(emulator: Emulator, ledger: PushLedger) -> None:
+    clock = Clock()
+    sink = make_sink(emulator, ledger, clock)
+    emulator.audience.seed_member("old@x.io", tags=["churn", "not-managed"])
+    e1 = EventDue("user:1:credit:2026-03-01", "credit", T0, {"amount": "10"})
+    who = [
+        DesiredMember(
+            "new@x.io",
+            {"CODE": "credit"},
+            tags=frozenset({"vip"}),
+            managed_tags=frozenset({"vip", "churn"}),
+            events=(e1,),
+        ),
+        DesiredMember(
+            "old@x.io",
+            {"CODE": "credit"},
+            tags=frozenset({"vip"}),
+            managed_tags=frozenset({"vip", "churn"}),
+            events=(e1, e1),
+        ),
+    ]
+    summary = sink.push(who)
+    assert summary.failed == 0
+    assert summary.events_sent == 2
+    assert [e.name for _, e in emulator.audience.received_events()] == ["credit", "credit"]
+    assert set(emulator.audience.member("old@x.io").tags) == {"vip", "not-managed"}  # type: ignore[union-attr]
+    assert set(emulator.audience.member("new@x.io").tags) == {"vip"}  # type: ignore[union-attr]
+    order = [c.endpoint for c in emulator.calls.calls()]
+    assert order.index("POST /lists/{list_id}/members/{subscriber_hash}/events") > order.index(
+        "PUT /lists/{list_id}/members/{subscriber_hash}"
+    )
+
+    reset_calls(emulator)
+    clock.now += timedelta(minutes=5)
+    e2 = EventDue("user:1:credit:2026-03-02", "credit", clock.now)
+    again = sink.push(
+        [DesiredMember(w.email, w.merge_fields, w.tags, w.managed_tags, (e1, e2)) for w in who]
+    )
+    assert again.events_sent == 2
+    assert emulator.calls.by_endpoint() == {
+        "POST /lists/{list_id}/members/{subscriber_hash}/events": 2
+    }
+    assert len(emulator.audience.events()) == 4
+
+
+def test_changed_members_beyond_the_threshold_fall_back_without_batches_endpoint(
+    emulator: Emulator,
+) -> None:
+    ledger, clock = MemoryLedger(), Clock()
+    sink = make_sink(emulator, ledger, clock, bulk_threshold=10)
+    sink.push(members(40))
+    reset_calls(emulator)
+    summary = sink.push(members(40, status="registered_H24"))
+    assert summary.pushed == 40
+    put = "PUT /lists/{list_id}/members/{subscriber_hash}"
+    # The emulator serves no POST /batches: one 404, then direct PUTs.
+    assert emulator.calls.count(put, outcome=200) == 40
+    assert emulator.calls.count(outcome=404) == 1
+    # (not the total: the emulator records a call after answering it, so the last
+    # call of the previous push may land after calls.reset())
+    assert emulator.calls.peak_in_flight <= 9
+
+
+def test_faults_are_retried_and_the_key_never_reaches_the_logs(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.timeout_hold = 0.6
+    emulator.faults.script("/lists/*", FaultKind.TOO_MANY_REQUESTS, times=2, method="POST")
+    emulator.faults.script("/lists/*", FaultKind.FORBIDDEN_EMPTY, times=1, method="POST")
+    emulator.faults.script("/lists/*/members/*", FaultKind.UNAVAILABLE_HTML, times=2)
+    emulator.faults.script("/lists/*/members/*", FaultKind.TIMEOUT, times=1)
+    emulator.faults.script("/lists/*/members/*", FaultKind.RESET, times=1)
+    emulator.faults.script("/lists/*/members/*/events", FaultKind.SERVER_ERROR, times=2)
+    ledger, clock = MemoryLedger(), Clock()
+    sink = make_sink(emulator, ledger, clock, timeout=0.3)
+    with caplog.at_level(logging.DEBUG):
+        sink.push(members(30))
+        emulator.audience.seed_member("seed@x.io", status="unsubscribed")
+        ev = EventDue("k", "credit", T0)
+        summary = sink.push(
+            [
+                *members(5, status="money_ok"),
+                DesiredMember("seed@x.io", {"STATUS": "x"}, events=(ev,)),
+            ]
+        )
+    assert summary.failed == 0
+    assert summary.calls.get("transient", 0) >= 4
+    assert len(emulator.audience.events("seed@x.io")) == 1
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) >= 6
+    logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    assert emulator.api_key not in logged
+    assert emulator.api_key.split("-")[0] not in logged
+
+
+def test_random_faults_converge(emulator: Emulator) -> None:
+    emulator.faults.set_random(0.2, seed=7, kinds=["429", "503-html", "500", "403-empty"])
+    ledger, clock = MemoryLedger(), Clock()
+    sink = make_sink(emulator, ledger, clock)
+    summary = sink.push(members(60))
+    emulator.faults.clear()
+    clock.now += timedelta(days=2)
+    sink.push(members(60))
+    assert summary.considered == 60
+    assert len(emulator.audience.members()) == 60
+    assert ledger.failures() == []
+
+
+def test_fatal_answers_stop_the_run(emulator: Emulator) -> None:
+    ledger, clock = MemoryLedger(), Clock()
+    sink = make_sink(emulator, ledger, clock)
+    emulator.faults.script("/lists/*", FaultKind.FORBIDDEN_JSON, times=1, method="POST")
+    with pytest.raises(FatalError, match="403"):
+        sink.push(members(3))
+    assert ledger.member_states(["user0@example.com"]) == {}
+    with pytest.raises(FatalError, match="NOPE"):
+        sink.push([DesiredMember("a@x.io", {"NOPE": "x"})])
+    assert ledger.failures() == []
+
+
+def test_dry_run_sends_and_records_nothing(emulator: Emulator) -> None:
+    ledger = MemoryLedger()
+    out = io.StringIO()
+    dry = DryRunSink(ledger, out, clock=Clock())
+    summary = dry.push(
+        [
+            DesiredMember(
+                "a@x.io",
+                {"STATUS": "x", "SCORE": 0},
+                tags=frozenset({"vip"}),
+                events=(EventDue("k", "credit", T0),),
+            )
+        ]
+    )
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0]["dry_run"] is True
+    assert "DRY RUN" in lines[0]["note"]
+    assert lines[1]["merge_fields"] == {"STATUS": "x", "SCORE": 0}
+    assert lines[1]["tags"] == {"add": ["vip"], "remove": []}
+    assert lines[1]["events"][0]["name"] == "credit"
+    assert summary.dry_run
+    assert summary.lines()[0].startswith("DRY RUN")
+    assert ledger.member_states(["a@x.io"]) == {}
+    assert emulator.calls.count() == 0

@@ -1,0 +1,165 @@
+"""The SQL state store beyond the ledger: migrations, entity state, baselines, cycles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from sync.exceptions import ConfigurationError
+from sync.state import (
+    Baseline,
+    EntityEvaluation,
+    StateStore,
+    load_migrations,
+    render_migration,
+    split_statements,
+)
+
+T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[StateStore]:
+    s = StateStore(db_url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def test_migrations_are_versioned_and_idempotent(db_url: str) -> None:
+    s = StateStore(db_url)
+    versions = [m.version for m in load_migrations()]
+    assert versions == sorted(versions)
+    assert versions[0] == 1
+    assert s.migrate() == versions
+    assert s.migrate() == []
+    assert s.schema_versions() == versions
+    s.close()
+
+
+def test_migration_files_render_for_each_dialect() -> None:
+    for migration in load_migrations():
+        for dialect in ("sqlite", "postgresql"):
+            statements = split_statements(render_migration(migration.sql, dialect))
+            assert all("{{" not in s and s.split()[0] == "CREATE" for s in statements)
+
+
+def test_default_is_a_sqlite_file(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(str(tmp_path))
+    s = StateStore()
+    s.migrate()
+    assert s.dialect == "sqlite"
+    assert "sqlite" in repr(s)
+    s.close()
+
+
+def test_schema_only_on_postgresql(sqlite_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="PostgreSQL"):
+        StateStore(sqlite_url, schema="x")
+
+
+@pytest.mark.postgres
+def test_postgresql_in_a_configured_schema(pg_url: str) -> None:
+    schema = "mailsync_state_test"
+    s = StateStore(pg_url, schema=schema)
+    try:
+        s.migrate()
+        s.set_watermark("w", "1")
+        with s.engine.connect() as conn:
+            tables = conn.execute(
+                sa.text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+                {"s": schema},
+            ).scalars()
+            assert {"entity_state", "member_field", "schema_version"} <= set(tables)
+        with pytest.raises(ConfigurationError, match="invalid schema"):
+            StateStore(pg_url, schema='x"; DROP')
+    finally:
+        with s.engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        s.close()
+
+
+def _eval(i: int, status: str, nxt: datetime | None) -> EntityEvaluation:
+    return EntityEvaluation(
+        entity_type="user",
+        entity_id=str(i),
+        email=f"u{i}@x.io",
+        status=status,
+        base_status=status.split("_")[0],
+        base_entered_at=T0,
+        status_since=T0,
+        next_change_at=nxt,
+    )
+
+
+def test_evaluations_upsert_due_and_counts(store: StateStore) -> None:
+    evals = [_eval(i, "registered", T0 + timedelta(hours=i)) for i in range(1500)]
+    assert store.upsert_evaluations(evals, at=T0) == 1500
+    store.upsert_evaluations([_eval(3, "registered_H24", None)], at=T0)
+    due = store.due(T0 + timedelta(hours=5), limit=10)
+    assert [d.entity_id for d in due] == ["0", "1", "2", "4", "5"]
+    assert due[0].next_change_at == T0
+    assert due[0].updated_at == T0
+    assert len(store.due(T0 + timedelta(days=365), limit=2000)) == 1499
+    assert store.due(T0, limit=10, entity_type="match") == []
+    assert store.status_counts("user") == {"registered": 1499, "registered_H24": 1}
+    state = store.entity_state_of("user", "3")
+    assert state is not None
+    assert state.status == "registered_H24"
+    assert state.next_change_at is None
+    assert store.entity_state_of("user", "nope") is None
+
+
+def test_instants_come_back_aware_utc(store: StateStore) -> None:
+    paris = timezone(timedelta(hours=1))
+    store.upsert_evaluations([_eval(1, "x", datetime(2026, 1, 1, 11, 0, tzinfo=paris))], at=T0)
+    got = store.entity_state_of("user", "1")
+    assert got is not None
+    assert got.next_change_at == T0
+    assert got.next_change_at is not None
+    assert got.next_change_at.utcoffset() == timedelta(0)
+
+
+def test_baselines_replace_atomically(store: StateStore) -> None:
+    assert store.baselines("user") == {}
+    assert store.reinit_at("user") is None
+    first = [Baseline(str(i), "registered", T0) for i in range(2500)]
+    assert store.replace_baselines("user", T0, first) == 2500
+    assert store.reinit_at("user") == T0
+    assert len(store.baselines("user")) == 2500
+
+    def interrupted() -> Iterator[Baseline]:
+        for i in range(2100):  # more than one chunk reaches the database
+            yield Baseline(str(i), "money_ok", T0 + timedelta(days=1))
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        store.replace_baselines("user", T0 + timedelta(days=1), interrupted())
+    assert store.reinit_at("user") == T0
+    assert store.baseline("user", "7") == Baseline("7", "registered", T0)
+    assert len(store.baselines("user")) == 2500
+
+    later = T0 + timedelta(days=2)
+    store.replace_baselines("user", later, [Baseline("7", "wallet_ok", later)])
+    assert store.baselines("user") == {"7": Baseline("7", "wallet_ok", later)}
+    assert store.baselines("user", ["7", "8"]) == {"7": Baseline("7", "wallet_ok", later)}
+    assert store.baseline("match", "7") is None
+
+
+def test_cycles_and_watermarks(store: StateStore) -> None:
+    first = store.start_cycle(T0)
+    second = store.start_cycle(T0 + timedelta(minutes=1))
+    store.finish_cycle(first, T0 + timedelta(seconds=5), ok=True, counts={"pushed": 3})
+    cycles = store.cycles()
+    assert [c.id for c in cycles] == [second, first]
+    assert cycles[1].ok is True
+    assert cycles[1].counts == {"pushed": 3}
+    assert cycles[0].finished_at is None
+    assert cycles[0].ok is None
+    assert store.get_watermark("unsub") is None
+    store.set_watermark("unsub", "2026-01-01T00:00:00Z")
+    store.set_watermark("unsub", "2026-01-02T00:00:00Z")
+    assert store.get_watermark("unsub") == "2026-01-02T00:00:00Z"

@@ -1,0 +1,100 @@
+"""The PushLedger contract, run on MemoryLedger, SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sync.ledger import AcceptedPush, PushFailure, PushLedger, SentEvent
+from sync.state import StateStore
+from sync.testing import MemoryLedger
+
+T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def ledger(request: pytest.FixtureRequest) -> Iterator[PushLedger]:
+    if request.param == "memory":
+        yield MemoryLedger()
+        return
+    url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
+    store = StateStore(url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def test_unknown_members_are_absent(ledger: PushLedger) -> None:
+    assert ledger.member_states(["nobody@example.com"]) == {}
+
+
+def test_accepted_fields_merge_and_keep_types(ledger: PushLedger) -> None:
+    ledger.record_accepted("Ann@Example.com", {"A": "x", "N": 0, "B": False}, None, T0)
+    ledger.record_accepted("ann@example.com", {"A": "", "F": 1.5}, None, T0 + timedelta(hours=1))
+    state = ledger.member_states(["ANN@example.com "])["ann@example.com"]
+    assert dict(state.fields) == {"A": "", "N": 0, "B": False, "F": 1.5}
+    assert state.fields["N"] == 0
+    assert not isinstance(state.fields["N"], str)
+    assert state.fields["B"] is False
+    assert state.pushed_at == T0 + timedelta(hours=1)
+    assert state.tags == frozenset()
+    assert state.failure is None
+
+
+def test_tags_replace_only_when_given(ledger: PushLedger) -> None:
+    ledger.record_accepted("a@x.io", {}, frozenset({"vip", "new"}), T0)
+    ledger.record_accepted("a@x.io", {"A": "1"}, None, T0)
+    assert ledger.member_states(["a@x.io"])["a@x.io"].tags == {"vip", "new"}
+    ledger.record_accepted("a@x.io", {}, frozenset({"vip"}), T0)
+    assert ledger.member_states(["a@x.io"])["a@x.io"].tags == {"vip"}
+
+
+def test_bulk_accept_with_duplicates(ledger: PushLedger) -> None:
+    ledger.record_accepted_many(
+        [
+            AcceptedPush("b@x.io", {"A": "1"}, T0),
+            AcceptedPush("B@x.io", {"A": "2", "C": "3"}, T0 + timedelta(seconds=1)),
+            *(AcceptedPush(f"m{i}@x.io", {"S": i}, T0) for i in range(1200)),
+        ]
+    )
+    states = ledger.member_states([f"m{i}@x.io" for i in range(1200)] + ["b@x.io"])
+    assert len(states) == 1201
+    assert states["b@x.io"].fields == {"A": "2", "C": "3"}
+    assert states["m1199@x.io"].fields == {"S": 1199}
+
+
+def test_failures_count_attempts_per_fingerprint_and_clear_on_accept(ledger: PushLedger) -> None:
+    fail = PushFailure("c@x.io", "Member In Compliance State", True, T0, "fp1")
+    ledger.record_failure(fail)
+    ledger.record_failure(fail)
+    (only,) = ledger.failures()
+    assert only.attempts == 2
+    assert only.permanent
+    assert only.email == "c@x.io"
+    ledger.record_failure(PushFailure("C@x.io", "other", True, T0, "fp2"))
+    assert ledger.failures()[0].attempts == 1
+    assert ledger.member_states(["c@x.io"])["c@x.io"].pushed_at is None
+    assert ledger.member_states(["c@x.io"])["c@x.io"].failure is not None
+    retry = T0 + timedelta(minutes=5)
+    ledger.record_failures([PushFailure("d@x.io", "429", False, T0, "fp", next_retry_at=retry)])
+    assert [f.email for f in ledger.failures(permanent=True)] == ["c@x.io"]
+    assert ledger.failures(permanent=False)[0].next_retry_at == retry
+    ledger.record_accepted("c@x.io", {"A": "1"}, None, T0)
+    assert [f.email for f in ledger.failures()] == ["d@x.io"]
+    assert ledger.member_states(["c@x.io"])["c@x.io"].failure is None
+
+
+def test_events_are_recorded_once(ledger: PushLedger) -> None:
+    ledger.record_event_sent("E@x.io", "k1", "signup", T0)
+    ledger.record_event_sent("e@x.io", "k1", "signup", T0 + timedelta(days=1))
+    ledger.record_events_sent([SentEvent("e@x.io", "k2", "credit", T0)] * 2)
+    assert ledger.sent_event_keys("e@X.io", ["k1", "k2", "k3"]) == {"k1", "k2"}
+    assert ledger.sent_events(["e@x.io", "f@x.io"]) == {"e@x.io": {"k1", "k2"}}
+    assert ledger.sent_event_keys("f@x.io", ["k1"]) == set()
+
+
+def test_naive_instants_are_rejected() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        AcceptedPush("a@x.io", {}, datetime(2026, 1, 1))
