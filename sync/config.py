@@ -1,0 +1,244 @@
+"""Operator settings: where things are and how the daemon behaves.
+
+Settings come from an optional YAML file (``mailsync.yaml``, or ``--config``)
+and are overridden by environment variables, so that a container can be
+configured by environment alone and secrets never need a file in the
+repository. The Mailchimp API key is *only* read from the environment
+(``MAILCHIMP_API_KEY``) or from a file it names (``MAILCHIMP_API_KEY_FILE``),
+never from this file: see ``sync.mailchimp.load_api_key``.
+
+| setting | file key | environment | default |
+|---|---|---|---|
+| rule file | ``rules`` | ``MAILSYNC_RULES`` | ``rules.yaml`` |
+| sources file | ``sources`` | ``MAILSYNC_SOURCES`` | ``sources.yaml`` |
+| application database | ``database`` | ``MAILSYNC_DATABASE_URL`` | (required) |
+| state store | ``state`` | ``MAILSYNC_STATE_URL`` | ``sqlite:///mailsync-state.sqlite`` |
+| state schema (PostgreSQL) | ``state_schema`` | ``MAILSYNC_STATE_SCHEMA`` | none |
+| audience | ``mailchimp.list_id`` | ``MAILCHIMP_LIST_ID`` | none: dry run |
+| API base URL (emulator) | ``mailchimp.base_url`` | ``MAILCHIMP_BASE_URL`` | Mailchimp |
+| status of new members | ``mailchimp.status_if_new`` | | ``subscribed`` |
+| poll interval | ``daemon.interval`` | ``MAILSYNC_INTERVAL`` | ``1min`` |
+| full re-scan interval | ``daemon.full_rescan`` | ``MAILSYNC_FULL_RESCAN`` | ``1d`` |
+| events older than this are not sent | ``daemon.events_max_age`` | | ``7d`` |
+| log format | ``log_format`` | ``MAILSYNC_LOG_FORMAT`` | ``text`` |
+| metrics address | ``metrics`` | ``MAILSYNC_METRICS`` | none (off) |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sync.durations import DurationError, parse_duration
+from sync.exceptions import ConfigurationError, Problem, RulesError
+from sync.loader import MarkedDict, line_of, read_yaml_file
+from sync.schema import did_you_mean
+
+DEFAULT_STATE = "sqlite:///mailsync-state.sqlite"
+TOP_KEYS = (
+    "rules",
+    "sources",
+    "database",
+    "state",
+    "state_schema",
+    "mailchimp",
+    "daemon",
+    "log_format",
+    "metrics",
+)
+MAILCHIMP_KEYS = ("list_id", "base_url", "status_if_new", "timeout")
+DAEMON_KEYS = ("interval", "full_rescan", "events_max_age", "batch_size")
+
+
+@dataclass(frozen=True)
+class MailchimpConfig:
+    list_id: str | None = None
+    base_url: str | None = None
+    status_if_new: str = "subscribed"
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    interval: timedelta = timedelta(minutes=1)
+    full_rescan: timedelta = timedelta(days=1)
+    events_max_age: timedelta = timedelta(days=7)
+    batch_size: int = 5000
+
+
+@dataclass(frozen=True)
+class Config:
+    rules: Path = Path("rules.yaml")
+    sources: Path = Path("sources.yaml")
+    database: str | None = None
+    state: str = DEFAULT_STATE
+    state_schema: str | None = None
+    mailchimp: MailchimpConfig = field(default_factory=MailchimpConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    log_format: str = "text"
+    metrics: str | None = None
+
+    def require_database(self) -> str:
+        if not self.database:
+            raise ConfigurationError(
+                "no application database: set 'database:' in the config file or "
+                "MAILSYNC_DATABASE_URL (e.g. postgresql+psycopg://user@host/app)"
+            )
+        return self.database
+
+
+class _Reader:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def error(self, container: Any, key: Any, path: tuple[str, ...], message: str) -> None:
+        self.problems.append(Problem(self.file, line_of(container, key), path, message))
+
+    def keys(self, mapping: MarkedDict, allowed: tuple[str, ...], path: tuple[str, ...]) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.error(
+                    mapping,
+                    key,
+                    (*path, str(key)),
+                    f"unknown key{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}",
+                )
+
+    def duration(self, mapping: MarkedDict, key: str, default: timedelta) -> timedelta:
+        if key not in mapping:
+            return default
+        try:
+            value = parse_duration(str(mapping[key]))
+        except DurationError as exc:
+            self.error(mapping, key, ("daemon", key), str(exc))
+            return default
+        if value <= timedelta(0):
+            self.error(mapping, key, ("daemon", key), "expected a duration above zero")
+            return default
+        return value
+
+    def text(self, mapping: MarkedDict, key: str, path: tuple[str, ...]) -> str | None:
+        value = mapping.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.error(mapping, key, path, f"expected text, found {value!r}")
+            return None
+        return value
+
+    def read(self, data: Any, base: Path) -> Config:
+        if data is None:
+            return Config()
+        if not isinstance(data, MarkedDict):
+            self.error(data, None, (), "expected a mapping of settings")
+            return Config()
+        self.keys(data, TOP_KEYS, ())
+        mc_section = data.get("mailchimp")
+        if "api_key" in data or (isinstance(mc_section, MarkedDict) and "api_key" in mc_section):
+            self.error(
+                data,
+                "mailchimp" if "api_key" not in data else "api_key",
+                ("api_key",),
+                "the API key never goes in a file mailsync reads as configuration: set "
+                "MAILCHIMP_API_KEY, or MAILCHIMP_API_KEY_FILE to a file only the daemon can read",
+            )
+        mc_raw = data.get("mailchimp") or MarkedDict()
+        daemon_raw = data.get("daemon") or MarkedDict()
+        mailchimp = MailchimpConfig()
+        daemon = DaemonConfig()
+        if isinstance(mc_raw, MarkedDict):
+            self.keys(mc_raw, MAILCHIMP_KEYS, ("mailchimp",))
+            mailchimp = MailchimpConfig(
+                list_id=self.text(mc_raw, "list_id", ("mailchimp", "list_id")),
+                base_url=self.text(mc_raw, "base_url", ("mailchimp", "base_url")),
+                status_if_new=self.text(mc_raw, "status_if_new", ("mailchimp", "status_if_new"))
+                or "subscribed",
+                timeout=float(mc_raw.get("timeout", 120.0)),
+            )
+        if isinstance(daemon_raw, MarkedDict):
+            self.keys(daemon_raw, DAEMON_KEYS, ("daemon",))
+            batch_size = daemon_raw.get("batch_size", DaemonConfig.batch_size)
+            if not isinstance(batch_size, int) or batch_size < 1:
+                self.error(
+                    daemon_raw, "batch_size", ("daemon", "batch_size"), "expected a positive number"
+                )
+                batch_size = DaemonConfig.batch_size
+            daemon = DaemonConfig(
+                interval=self.duration(daemon_raw, "interval", DaemonConfig.interval),
+                full_rescan=self.duration(daemon_raw, "full_rescan", DaemonConfig.full_rescan),
+                events_max_age=self.duration(
+                    daemon_raw, "events_max_age", DaemonConfig.events_max_age
+                ),
+                batch_size=batch_size,
+            )
+        log_format = data.get("log_format", "text")
+        if log_format not in ("text", "json"):
+            self.error(data, "log_format", ("log_format",), "expected text or json")
+            log_format = "text"
+
+        def path_of(key: str, default: str) -> Path:
+            value = self.text(data, key, (key,)) or default
+            return (base / value) if not Path(value).is_absolute() else Path(value)
+
+        return Config(
+            rules=path_of("rules", "rules.yaml"),
+            sources=path_of("sources", "sources.yaml"),
+            database=self.text(data, "database", ("database",)),
+            state=self.text(data, "state", ("state",)) or DEFAULT_STATE,
+            state_schema=self.text(data, "state_schema", ("state_schema",)),
+            mailchimp=mailchimp,
+            daemon=daemon,
+            log_format=str(log_format),
+            metrics=self.text(data, "metrics", ("metrics",)),
+        )
+
+
+def _env_duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
+    if name not in env:
+        return default
+    try:
+        return parse_duration(env[name])
+    except DurationError as exc:
+        raise ConfigurationError(f"{name}={env[name]!r}: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Settings from ``path`` (if given, or ``mailsync.yaml`` if present), then
+    environment overrides."""
+    env = os.environ if env is None else env
+    config = Config()
+    file = Path(path) if path is not None else Path("mailsync.yaml")
+    if path is not None or file.exists():
+        document = read_yaml_file(file)
+        reader = _Reader(str(file))
+        reader.problems.extend(document.problems)
+        config = reader.read(document.data, file.parent)
+        if reader.problems:
+            raise RulesError(reader.problems)
+    mailchimp = replace(
+        config.mailchimp,
+        list_id=env.get("MAILCHIMP_LIST_ID", config.mailchimp.list_id),
+        base_url=env.get("MAILCHIMP_BASE_URL", config.mailchimp.base_url),
+    )
+    daemon = replace(
+        config.daemon,
+        interval=_env_duration(env, "MAILSYNC_INTERVAL", config.daemon.interval),
+        full_rescan=_env_duration(env, "MAILSYNC_FULL_RESCAN", config.daemon.full_rescan),
+    )
+    return replace(
+        config,
+        rules=Path(env["MAILSYNC_RULES"]) if "MAILSYNC_RULES" in env else config.rules,
+        sources=Path(env["MAILSYNC_SOURCES"]) if "MAILSYNC_SOURCES" in env else config.sources,
+        database=env.get("MAILSYNC_DATABASE_URL", config.database),
+        state=env.get("MAILSYNC_STATE_URL", config.state),
+        state_schema=env.get("MAILSYNC_STATE_SCHEMA", config.state_schema),
+        mailchimp=mailchimp,
+        daemon=daemon,
+        log_format=env.get("MAILSYNC_LOG_FORMAT", config.log_format),
+        metrics=env.get("MAILSYNC_METRICS", config.metrics),
+    )
