@@ -183,6 +183,16 @@ watermark = sa.Table(
 )
 
 
+entity_link = sa.Table(
+    "entity_link",
+    metadata,
+    sa.Column("dependent_type", sa.Text, primary_key=True),
+    sa.Column("dependent_id", sa.Text, primary_key=True),
+    sa.Column("dependency_type", sa.Text, primary_key=True),
+    sa.Column("dependency_id", sa.Text, primary_key=True),
+)
+
+
 @dataclass(frozen=True)
 class EntityEvaluation:
     """The engine's verdict on one entity, as the store keeps it."""
@@ -416,7 +426,8 @@ class StateStore:
             {
                 "entity_type": e.entity_type,
                 "entity_id": e.entity_id,
-                "email": e.email,
+                # Stored lower-cased, as the ledger keys members, so lookups use the index.
+                "email": normalise_email(e.email) if e.email else None,
                 "status": e.status,
                 "base_status": e.base_status,
                 "base_entered_at": e.base_entered_at,
@@ -484,6 +495,82 @@ class StateStore:
         )
         with self.engine.connect() as conn:
             return {status: int(count) for status, count in conn.execute(query)}
+
+    def forget_schedule(self, entity_type: str, entity_ids: Iterable[str]) -> None:
+        """Entities the sources no longer return: keep their last state, stop
+        scheduling them (their members stay in Mailchimp)."""
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(dict.fromkeys(entity_ids))):
+                conn.execute(
+                    entity_state.update()
+                    .where(
+                        entity_state.c.entity_type == entity_type,
+                        entity_state.c.entity_id.in_(chunk),
+                    )
+                    .values(next_change_at=None)
+                )
+
+    def entity_ids_by_email(self, emails: Iterable[str]) -> dict[str, set[str]]:
+        """entity type -> ids of the entities feeding these (lower-cased) members."""
+        found: dict[str, set[str]] = {}
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                rows = conn.execute(
+                    sa.select(entity_state.c.entity_type, entity_state.c.entity_id).where(
+                        entity_state.c.email.in_(chunk)
+                    )
+                )
+                for entity_type, entity_id in rows:
+                    found.setdefault(entity_type, set()).add(entity_id)
+        return found
+
+    def replace_links(
+        self, dependent_type: str, links: Mapping[str, Iterable[tuple[str, str]]]
+    ) -> None:
+        """For each dependent id, replace its (dependency type, id) links."""
+        ids = list(links)
+        rows = [
+            {
+                "dependent_type": dependent_type,
+                "dependent_id": dependent_id,
+                "dependency_type": dep_type,
+                "dependency_id": dep_id,
+            }
+            for dependent_id, pairs in links.items()
+            for dep_type, dep_id in pairs
+        ]
+        with self.engine.begin() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(
+                    entity_link.delete().where(
+                        entity_link.c.dependent_type == dependent_type,
+                        entity_link.c.dependent_id.in_(chunk),
+                    )
+                )
+            self._upsert(
+                conn,
+                entity_link,
+                rows,
+                ("dependent_type", "dependent_id", "dependency_type", "dependency_id"),
+            )
+
+    def dependents(
+        self, dependent_type: str, dependency_type: str, dependency_ids: Iterable[str]
+    ) -> set[str]:
+        """Ids of ``dependent_type`` entities linked to any of these dependencies."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(dict.fromkeys(dependency_ids))):
+                rows = conn.execute(
+                    sa.select(entity_link.c.dependent_id).where(
+                        entity_link.c.dependent_type == dependent_type,
+                        entity_link.c.dependency_type == dependency_type,
+                        entity_link.c.dependency_id.in_(chunk),
+                    )
+                )
+                found.update(row[0] for row in rows)
+        return found
 
     # -- re-initialisation baselines -------------------------------------------
 
