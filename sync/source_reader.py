@@ -380,6 +380,20 @@ class SourceReader:
                     yield str(current), tuple(rows)
         report.log()
 
+    def identity_columns(self, entity_type: str, *, now: datetime) -> list[str]:
+        """Names of the list query's identity columns (all but id and email),
+        found by running it with no rows: they become string facts."""
+        source = self.config.entity(entity_type)
+        query = source.list_query
+        sql = f"SELECT * FROM (\n{query.sql}\n) AS mailsync_q WHERE 1 = 0"
+        with self._session(source) as conn:
+            result = self._execute(
+                conn, query, sql, self._params(query, now, ZoneInfo(source.naive_timezone))
+            )
+            keys = list(result.keys())
+            result.close()
+        return [k for k in keys if k not in ("id", "email")]
+
     def watermark(self, entity_type: str, *, now: datetime) -> datetime | None:
         """The newest instant in the data: the ``watermark`` query, else the
         latest action instant. A daemon re-reads when this moves."""
