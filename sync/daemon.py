@@ -158,10 +158,16 @@ def build_runtime(
 
 
 def full_cycle_due(runtime: Runtime, now: datetime) -> bool:
+    """The first cycle, the periodic safety net, and after a re-initialisation."""
     last = runtime.state.get_watermark(LAST_FULL)
     if last is None:
         return True
-    return now - datetime.fromisoformat(last) >= runtime.config.daemon.full_rescan
+    last_full = datetime.fromisoformat(last)
+    for entity_type in runtime.ruleset.entities:
+        reinit_at = runtime.state.reinit_at(entity_type)
+        if reinit_at is not None and reinit_at >= last_full:
+            return True
+    return now - last_full >= runtime.config.daemon.full_rescan
 
 
 def run_once(

@@ -16,8 +16,12 @@ from sync import __version__
 from sync.cli import check as check_cmd
 from sync.cli import demo_data as demo_data_cmd
 from sync.cli import emulator as emulator_cmd
+from sync.cli import explain as explain_cmd
 from sync.cli import graph as graph_cmd
+from sync.cli import once as once_cmd
+from sync.cli import reinit as reinit_cmd
 from sync.cli import ruletest as ruletest_cmd
+from sync.cli import status as status_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,7 +37,11 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 cli.add_command(check_cmd.check)
 cli.add_command(demo_data_cmd.demo_data)
 cli.add_command(emulator_cmd.emulator)
+cli.add_command(explain_cmd.explain)
 cli.add_command(graph_cmd.graph)
+cli.add_command(once_cmd.once)
+cli.add_command(reinit_cmd.reinit)
+cli.add_command(status_cmd.status)
 cli.add_command(ruletest_cmd.test)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 import traceback
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 
-from sync.exceptions import ConfigurationError, FatalError, MailsyncError, RulesError
+from sync.exceptions import ConfigurationError, MailsyncError, RulesError
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and found something wrong (failing tests, fatal run error)
@@ -27,9 +28,46 @@ def exit_code_for(exc: BaseException) -> int:
     """The exit status a command ends with when ``exc`` escapes it."""
     if isinstance(exc, ConfigurationError):
         return EXIT_INVALID
-    if isinstance(exc, MailsyncError | FatalError):
+    if isinstance(exc, MailsyncError):
         return EXIT_FAILED
     return EXIT_INTERNAL
+
+
+def config_option(func: F) -> F:
+    """``--config FILE``: the operator's settings (default ./mailsync.yaml if present)."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Settings file (default: mailsync.yaml if present; environment overrides it).",
+    )(func)
+
+
+def at_option(func: F) -> F:
+    """``--at INSTANT``: evaluate as if it were this instant (ISO 8601 with offset)."""
+    return click.option(
+        "--at",
+        "at",
+        default=None,
+        metavar="INSTANT",
+        help="Act as if now were INSTANT (ISO 8601 with offset, e.g. 2026-03-01T09:00:00Z).",
+    )(func)
+
+
+def parse_at(text: str | None) -> datetime | None:
+    """The ``--at`` value, or None for the real clock."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected an ISO 8601 instant, got {text!r}", param_hint="--at"
+        ) from None
+    if value.tzinfo is None:
+        raise click.BadParameter(f"{text!r} has no offset; add Z or +02:00", param_hint="--at")
+    return value
 
 
 def report(exc: BaseException) -> None:

@@ -1,0 +1,36 @@
+"""``mailsync once``: one full cycle, then exit with a summary."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from sync.cli._common import at_option, config_option, handle_errors, parse_at
+from sync.config import load_config
+from sync.daemon import build_runtime, run_once
+
+
+@click.command()
+@config_option
+@at_option
+@click.option(
+    "--dry-run", is_flag=True, help="Write what would be sent as JSON lines; send nothing."
+)
+@click.option("--full", is_flag=True, help="Re-read every entity, not only what changed.")
+@handle_errors
+def once(config_path: str | None, at: str | None, dry_run: bool, full: bool) -> None:
+    """Run one cycle (read, evaluate, diff, push, record) and exit.
+
+    Prints what was read, the statuses entered, the members pushed, the API
+    calls by answer class and the failures. Without an audience or API key
+    configured, it is a dry run, and says so.
+    """
+    config = load_config(config_path)
+    runtime = build_runtime(config, dry_run=dry_run, out=sys.stdout)
+    try:
+        summary = run_once(runtime, now=parse_at(at), full=True if full else None)
+    finally:
+        runtime.close()
+    for line in summary.lines():
+        click.echo(line, err=runtime.dry_run)

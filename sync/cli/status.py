@@ -1,0 +1,66 @@
+"""``mailsync status``: what the state store knows, at a glance."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from sync.cli._common import at_option, config_option, handle_errors, parse_at
+from sync.config import load_config
+from sync.daemon import system_clock
+from sync.schema import load_rules
+from sync.state import StateStore
+
+
+@click.command()
+@config_option
+@at_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for tools.")
+@handle_errors
+def status(config_path: str | None, at: str | None, as_json: bool) -> None:
+    """Counts per status, entities due, pending and failed pushes, last good cycle."""
+    config = load_config(config_path)
+    ruleset = load_rules(config.rules)
+    now = parse_at(at) or system_clock()
+    state = StateStore(config.state, schema=config.state_schema)
+    try:
+        state.migrate()
+        statuses = {
+            name: {str(k): v for k, v in sorted(state.status_counts(name).items(), key=str)}
+            for name in ruleset.entities
+        }
+        due = len(state.due(now, limit=1_000_000))
+        transient = len(state.failures(permanent=False))
+        permanent = len(state.failures(permanent=True))
+        cycles = state.cycles(limit=100)
+    finally:
+        state.close()
+    good = [c for c in cycles if c.ok]
+    last_good = good[0].started_at.isoformat() if good else None
+    if as_json:
+        report = {
+            "now": now.isoformat(),
+            "statuses": statuses,
+            "due": due,
+            "failed_pushes": {"transient": transient, "permanent": permanent},
+            "last_successful_cycle": last_good,
+            "last_cycles": [
+                {
+                    "started_at": c.started_at.isoformat(),
+                    "ok": c.ok,
+                    "full": c.counts.get("full"),
+                    "duration_s": c.counts.get("duration_s"),
+                }
+                for c in cycles[:5]
+            ],
+        }
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name, counts in statuses.items():
+        click.echo(f"{name}: {sum(counts.values())} entities")
+        for status_name, count in counts.items():
+            click.echo(f"  {status_name:<32} {count}")
+    click.echo(f"due now: {due}")
+    click.echo(f"failed pushes: {transient} transient (will retry), {permanent} permanent")
+    click.echo(f"last successful cycle: {last_good or 'never'}")
