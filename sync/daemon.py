@@ -134,8 +134,10 @@ def build_runtime(
     dry_run: bool = False,
     out: IO[str] | None = None,
     clock: Callable[[], datetime] = system_clock,
-    sink: Sink | None = None,
+    sink_factory: Callable[[StateStore], Sink] | None = None,
 ) -> Runtime:
+    """Everything a cycle needs. ``sink_factory`` replaces the sink chosen from
+    the configuration (the demo and tests hand in their own)."""
     ruleset, sources = load_checked(config)
     database = config.require_database()
     state = StateStore(config.state, schema=config.state_schema)
@@ -150,7 +152,10 @@ def build_runtime(
         reader.close()
         state.close()
         raise RulesError(problems)
-    if sink is None:
+    sink: Sink
+    if sink_factory is not None:
+        sink = sink_factory(state)
+    else:
         sink, dry_run = make_sink(
             config, state, dry_run=dry_run, out=out or sys.stdout, clock=clock
         )

@@ -110,13 +110,15 @@ def demo(directory: str, users: int, days: int, seed: int, start: str | None) ->
         )
         settings = MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url)
         client = make_client(settings)
-        clock = {"now": now}
-        runtime = build_runtime(config, clock=lambda: clock["now"], sink=None)
         caller = Caller(client, DEFAULT_LIST_ID)
-        runtime.sink = MailchimpSink(
-            caller, runtime.state, SinkConfig(), clock=lambda: clock["now"]
+        clock = {"now": now}
+        runtime = build_runtime(
+            config,
+            clock=lambda: clock["now"],
+            sink_factory=lambda state: MailchimpSink(
+                caller, state, SinkConfig(), clock=lambda: clock["now"]
+            ),
         )
-        runtime.dry_run = False
         try:
             wanted = {
                 f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields

@@ -1,0 +1,147 @@
+"""The operator's commands through ``main()``: exit codes and what they print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sync.cli import main
+from sync.demo import load_demo
+from sync.state import StateStore
+from tests.test_cycle import NOW
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    """A BlouseBrothers demo database and a settings file, without Mailchimp."""
+    monkeypatch.delenv("MAILCHIMP_API_KEY", raising=False)
+    monkeypatch.delenv("MAILCHIMP_LIST_ID", raising=False)
+    database = f"sqlite:///{tmp_path}/app.sqlite"
+    load_demo(database, "blousebrothers", users=40, seed=2, now=NOW)
+    config = tmp_path / "mailsync.yaml"
+    config.write_text(
+        f"rules: {ROOT / 'rules.yaml'}\nsources: {ROOT / 'sources.yaml'}\n"
+        f"database: {database}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
+    )
+    return config, tmp_path
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_once_without_mailchimp_is_a_loud_dry_run(setup, capsys):
+    config, tmp_path = setup
+    code, out, err = run(capsys, "once", "--config", str(config), "--at", NOW.isoformat())
+    assert code == 0
+    assert "DRY RUN, nothing sent: 40 members considered" in err
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert lines[0]["note"].startswith("DRY RUN")
+    lines = lines[1:]
+    assert len(lines) == 40
+    assert {"email", "merge_fields"} <= set(lines[0])
+    # Nothing recorded as pushed: a real run later still sends everything.
+    state = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
+    assert state.member_states([lines[0]["email"]]) == {}
+    state.close()
+
+
+def test_status_and_explain_after_a_cycle(setup, capsys):
+    config, _ = setup
+    at = NOW.isoformat()
+    assert run(capsys, "once", "--config", str(config), "--at", at)[0] == 0
+    code, out, _ = run(capsys, "status", "--config", str(config), "--at", at)
+    assert code == 0
+    assert "user: 40 entities" in out
+    assert "last successful cycle: 2026-03-01T09:00:00+00:00" in out
+    code, out, _ = run(capsys, "status", "--config", str(config), "--at", at, "--json")
+    report = json.loads(out)
+    assert sum(report["statuses"]["user"].values()) == 40
+
+    code, out, _ = run(capsys, "explain", "1", "--config", str(config), "--at", at, "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["id"] == "1"
+    assert data["status"] == data["merge_fields"]["MMERGE25"]
+    assert data["timeline"][-1]["status"] == data["status"]
+    code, text, _ = run(
+        capsys, "explain", data["email"].upper(), "--config", str(config), "--at", at
+    )
+    assert code == 0
+    assert f"status: {data['status']}" in text
+    assert "timeline:" in text
+
+
+def test_explain_unknown_entity_exits_2(setup, capsys):
+    config, _ = setup
+    code, _, err = run(capsys, "explain", "nobody@example.com", "--config", str(config))
+    assert code == 2
+    assert "no entity 'nobody@example.com'" in err
+
+
+def test_reinit_is_atomic_and_previewable(setup, capsys):
+    config, tmp_path = setup
+    at = NOW.isoformat()
+    code, out, _ = run(capsys, "reinit", "--config", str(config), "--at", at, "--dry-run")
+    assert code == 0
+    assert "DRY RUN: nothing was written." in out
+    state = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
+    state.migrate()
+    assert state.reinit_at("user") is None
+    code, out, _ = run(capsys, "reinit", "--config", str(config), "--at", at)
+    assert code == 0
+    assert "user: 40 re-initialised" in out
+    assert state.reinit_at("user") == NOW
+    assert len(state.baselines("user")) == 40
+    state.close()
+    # The next cycle is full, and every status starts from the baseline.
+    code, _, err = run(capsys, "once", "--config", str(config), "--at", at)
+    assert code == 0
+    assert "full cycle" in err
+
+
+def test_bad_settings_file_is_located(tmp_path, capsys):
+    config = tmp_path / "mailsync.yaml"
+    config.write_text("database: sqlite:///x\nmailchimp:\n  api_key: secret-us1\n")
+    code, _, err = run(capsys, "once", "--config", str(config))
+    assert code == 2
+    assert "mailsync.yaml:3" in err
+    assert "MAILCHIMP_API_KEY" in err
+    assert "secret-us1" not in err
+
+
+def test_missing_database_setting_is_explained(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MAILSYNC_DATABASE_URL", raising=False)
+    config = tmp_path / "mailsync.yaml"
+    config.write_text(f"rules: {ROOT / 'rules.yaml'}\nsources: {ROOT / 'sources.yaml'}\n")
+    code, _, err = run(capsys, "once", "--config", str(config))
+    assert code == 2
+    assert "MAILSYNC_DATABASE_URL" in err
+
+
+def test_demo_shows_the_lifecycle_moving(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, _ = run(
+        capsys,
+        "demo",
+        "--dir",
+        str(tmp_path / "demo"),
+        "--users",
+        "300",
+        "--days",
+        "2",
+        "--start",
+        NOW.isoformat(),
+    )
+    assert code == 0, out
+    assert "First cycle" in out
+    assert "One day later" in out
+    assert "->" in out
+    assert "mailsync explain" in out
+    assert (tmp_path / "demo" / "mailsync.yaml").exists()

@@ -1,0 +1,248 @@
+"""Whole cycles: demo data → sources → engine → state store → sink → emulator.
+
+Each test runs on SQLite and on PostgreSQL (``db_url``), against the Mailchimp
+emulator speaking real HTTP to the official client. The expected values come
+from the pure engine, evaluated independently on records read back from the
+sources, so the test checks the plumbing, not the rules again.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from sync.config import Config, DaemonConfig, MailchimpConfig
+from sync.daemon import build_runtime, run_once
+from sync.demo import load_demo
+from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
+from sync.engine import evaluate
+from sync.mailchimp import Caller, MailchimpSettings, fix_merge_fields, make_client
+from sync.members import mailchimp_value, normalise_email
+from sync.sink import MailchimpSink, SinkConfig
+from sync.source_reader import SourceReader
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+FILES = {
+    "blousebrothers": (ROOT / "rules.yaml", ROOT / "sources.yaml"),
+    "littleworld": (
+        ROOT / "examples/littleworld/rules.yaml",
+        ROOT / "examples/littleworld/sources.yaml",
+    ),
+    "rallia": (ROOT / "examples/rallia/rules.yaml", ROOT / "examples/rallia/sources.yaml"),
+}
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_runtime(example, db_url, tmp_path, emulator, clock, **sink_options):
+    rules, sources = FILES[example]
+    # The state store shares PostgreSQL with the application (another schema
+    # would do too); on SQLite it is its own file, as in production.
+    state = db_url if db_url.startswith("postgresql") else f"sqlite:///{tmp_path}/state.sqlite"
+    config = Config(
+        rules=rules,
+        sources=sources,
+        database=db_url,
+        state=state,
+        mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=emulator.url),
+        daemon=DaemonConfig(full_rescan=timedelta(days=30)),
+    )
+    client = make_client(MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url))
+    caller = Caller(client, DEFAULT_LIST_ID)
+    runtime = build_runtime(
+        config,
+        clock=clock,
+        sink_factory=lambda store: MailchimpSink(
+            caller, store, SinkConfig(**sink_options), clock=clock
+        ),
+    )
+    wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+    fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
+    return runtime, caller
+
+
+def expected_members(runtime, entity_type, now):
+    """email → merge fields, computed by the engine on records read back."""
+    entity = runtime.ruleset.entity(entity_type)
+    expected = {}
+    with SourceReader(runtime.sources, runtime.config.database) as reader:
+        for record in reader.read_entities(entity_type, now=now):
+            result = evaluate(entity, record.facts, record.actions, now)
+            expected[normalise_email(record.email)] = {
+                f.tag: mailchimp_value(result.merge_fields[f.tag], f.type)
+                for f in entity.merge_fields
+            }
+    return expected
+
+
+def audience_fields(emulator):
+    return {m.email_address.lower(): dict(m.merge_fields) for m in emulator.audience.members()}
+
+
+def test_blousebrothers_cycles_push_exactly_what_the_engine_says(
+    db_url, tmp_path, mailchimp_emulator
+):
+    load_demo(db_url, "blousebrothers", users=150, seed=3, now=NOW)
+    clock = Clock(NOW)
+    runtime, caller = make_runtime("blousebrothers", db_url, tmp_path, mailchimp_emulator, clock)
+    try:
+        first = run_once(runtime)
+        assert first.full
+        assert first.entities_read["user"] == 150
+        assert audience_fields(mailchimp_emulator) == expected_members(runtime, "user", NOW)
+
+        # Same instant again: nothing changed, nothing is sent.
+        calls_before = sum(caller.calls.values())
+        again = run_once(runtime, full=False)
+        assert again.push.pushed == 0
+        assert sum(caller.calls.values()) == calls_before
+
+        # Three days later, incrementally: only due entities are read, and the
+        # audience matches the engine again.
+        clock.now = NOW + timedelta(days=3)
+        later = run_once(runtime)
+        assert not later.full
+        assert 0 < later.entities_read["user"] < 150
+        assert later.push.pushed == len({c[1] for c in later.changed})
+        assert audience_fields(mailchimp_emulator) == expected_members(runtime, "user", clock.now)
+    finally:
+        runtime.close()
+
+
+def test_new_data_is_picked_up_by_the_watermark(db_url, tmp_path, mailchimp_emulator):
+    load_demo(db_url, "blousebrothers", users=60, seed=4, now=NOW)
+    clock = Clock(NOW)
+    runtime, _ = make_runtime("blousebrothers", db_url, tmp_path, mailchimp_emulator, clock)
+    try:
+        run_once(runtime)
+        engine = sa.create_engine(db_url)
+        with engine.begin() as conn:
+            user_id, email = conn.execute(
+                sa.text("SELECT id, email FROM users ORDER BY id LIMIT 1")
+            ).one()
+            at = NOW + timedelta(minutes=30)
+            next_id = conn.execute(sa.text("SELECT COALESCE(MAX(id), 0) + 1 FROM conferences"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO conferences (id, owner_id, title, progress, created_at) "
+                    "VALUES (:id, :u, 'New case', 10, :at)"
+                ),
+                {
+                    "id": next_id.scalar_one(),
+                    "u": user_id,
+                    # SQLite keeps naive UTC text, as the demo writes it.
+                    "at": at.replace(tzinfo=None) if db_url.startswith("sqlite") else at,
+                },
+            )
+        engine.dispose()
+        clock.now = NOW + timedelta(hours=1)
+        summary = run_once(runtime)
+        assert not summary.full
+        assert str(user_id) in {c[1] for c in summary.changed}
+        member = mailchimp_emulator.audience.member(email)
+        assert member.merge_fields["MMERGE25"] == "creat_conf_begin"
+    finally:
+        runtime.close()
+
+
+def test_littleworld_users_count_their_matches_statuses(db_url, tmp_path, mailchimp_emulator):
+    load_demo(db_url, "littleworld", users=120, seed=5, now=NOW)
+    clock = Clock(NOW)
+    runtime, _ = make_runtime("littleworld", db_url, tmp_path, mailchimp_emulator, clock)
+    try:
+        summary = run_once(runtime)
+        assert summary.entities_read["match"] > 0
+        assert summary.entities_read["user"] == 120
+        # Expected: evaluate matches, then users with rollups over those statuses.
+        match = runtime.ruleset.entity("match")
+        user = runtime.ruleset.entity("user")
+        with SourceReader(runtime.sources, db_url) as reader:
+            statuses = {
+                r.id: evaluate(match, r.facts, r.actions, NOW).status
+                for r in reader.read_entities("match", now=NOW)
+            }
+            users = list(
+                reader.read_entities("user", now=NOW, related_statuses={"match": statuses})
+            )
+        stored = runtime.state.entity_states("user", [u.id for u in users])
+        for record in users:
+            assert stored[record.id].status == evaluate(user, record.facts, [], NOW).status
+        assert any(r.facts.get("matches_total") for r in users)
+        # A user linked to a match is re-evaluated when that match is.
+        linked = runtime.state.dependents("user", "match", list(statuses))
+        assert linked
+    finally:
+        runtime.close()
+
+
+def test_rallia_reminders_are_sent_once(db_url, tmp_path, mailchimp_emulator):
+    load_demo(db_url, "rallia", users=80, seed=6, now=NOW)
+    clock = Clock(NOW)
+    runtime, _ = make_runtime("rallia", db_url, tmp_path, mailchimp_emulator, clock)
+    try:
+        for hours in range(0, 60, 6):
+            clock.now = NOW + timedelta(hours=hours)
+            run_once(runtime)
+        received = mailchimp_emulator.audience.received_events()
+        assert received, "some reminders must have been due within 60 hours"
+        keys = [
+            (email.lower(), event.name, event.properties.get("match_id"))
+            for email, event in received
+        ]
+        assert len(keys) == len(set(keys)), "an event was sent twice"
+        assert {name for _, name, _ in keys} <= {
+            "match_reminder_24h",
+            "match_reminder_2h",
+            "match_checkin",
+            "match_cancelled",
+        }
+    finally:
+        runtime.close()
+
+
+def test_one_bad_record_does_not_stop_the_cycle(
+    db_url, tmp_path, mailchimp_emulator, monkeypatch, caplog
+):
+    load_demo(db_url, "blousebrothers", users=30, seed=7, now=NOW)
+    runtime, _ = make_runtime("blousebrothers", db_url, tmp_path, mailchimp_emulator, Clock(NOW))
+    import sync.cycle
+
+    real = sync.cycle.evaluate
+
+    def flaky(entity, facts, actions, now, baseline=None, **kw):
+        if facts.get("username", "").endswith("2"):
+            raise ValueError("a value of the wrong type")
+        return real(entity, facts, actions, now, baseline, **kw)
+
+    monkeypatch.setattr(sync.cycle, "evaluate", flaky)
+    try:
+        summary = run_once(runtime)
+    finally:
+        runtime.close()
+    failed = summary.entities_failed["user"]
+    assert failed > 0
+    assert summary.push.pushed == 30 - failed
+    assert "cannot evaluate user" in caplog.text
+
+
+@pytest.mark.parametrize("example", ["blousebrothers", "littleworld", "rallia"])
+def test_every_example_runs_a_cycle_on_sqlite(example, sqlite_url, tmp_path, mailchimp_emulator):
+    load_demo(sqlite_url, example, users=40, seed=8, now=NOW)
+    runtime, _ = make_runtime(example, sqlite_url, tmp_path, mailchimp_emulator, Clock(NOW))
+    try:
+        summary = run_once(runtime)
+    finally:
+        runtime.close()
+    assert sum(summary.entities_read.values()) >= 40
+    assert not summary.entities_failed
+    assert summary.push.failed == 0
