@@ -20,6 +20,7 @@ never from this file: see ``sync.mailchimp.load_api_key``.
 | poll interval | ``daemon.interval`` | ``MAILSYNC_INTERVAL`` | ``1min`` |
 | full re-scan interval | ``daemon.full_rescan`` | ``MAILSYNC_FULL_RESCAN`` | ``1d`` |
 | events older than this are not sent | ``daemon.events_max_age`` | | ``7d`` |
+| leader lease on SQLite | ``daemon.lease_ttl`` | | ``30s`` |
 | log format | ``log_format`` | ``MAILSYNC_LOG_FORMAT`` | ``text`` |
 | metrics address | ``metrics`` | ``MAILSYNC_METRICS`` | none (off) |
 """
@@ -51,7 +52,7 @@ TOP_KEYS = (
     "metrics",
 )
 MAILCHIMP_KEYS = ("list_id", "base_url", "status_if_new", "timeout")
-DAEMON_KEYS = ("interval", "full_rescan", "events_max_age", "batch_size")
+DAEMON_KEYS = ("interval", "full_rescan", "events_max_age", "batch_size", "lease_ttl")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class DaemonConfig:
     full_rescan: timedelta = timedelta(days=1)
     events_max_age: timedelta = timedelta(days=7)
     batch_size: int = 5000
+    #: SQLite leader lease: a standby takes over this long after the leader died.
+    lease_ttl: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ class _Reader:
                     daemon_raw, "events_max_age", DaemonConfig.events_max_age
                 ),
                 batch_size=batch_size,
+                lease_ttl=self.duration(daemon_raw, "lease_ttl", DaemonConfig.lease_ttl),
             )
         log_format = data.get("log_format", "text")
         if log_format not in ("text", "json"):

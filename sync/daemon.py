@@ -17,14 +17,19 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO
+
+import schedule
+import sqlalchemy as sa
 
 from sync.config import Config
 from sync.cycle import Cycle, CycleSummary, Sink
-from sync.exceptions import ConfigurationError, Problem, RulesError
+from sync.exceptions import ConfigurationError, MailsyncError, Problem, RulesError
+from sync.lock import LeaderLock
 from sync.mailchimp import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
@@ -32,6 +37,7 @@ from sync.mailchimp import (
     MailchimpSettings,
     make_client,
 )
+from sync.metrics import Metrics
 from sync.rules import Ruleset
 from sync.schema import load_rules
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
@@ -46,6 +52,30 @@ LAST_FULL = "last_full_cycle"
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+def clock_from_env(env: dict[str, str] | None = None) -> Callable[[], datetime]:
+    """The real clock, or a simulated one for demos and tests of the daemon:
+    ``MAILSYNC_CLOCK_START`` (an instant) and ``MAILSYNC_CLOCK_SPEED`` (simulated
+    seconds per real second, default 1). Logged loudly: never set it in production."""
+    env = dict(os.environ) if env is None else env
+    start_text = env.get("MAILSYNC_CLOCK_START")
+    if not start_text:
+        return system_clock
+    try:
+        start = datetime.fromisoformat(start_text)
+        speed = float(env.get("MAILSYNC_CLOCK_SPEED", "1"))
+    except ValueError as exc:
+        raise ConfigurationError(f"MAILSYNC_CLOCK_START/SPEED: {exc}") from None
+    if start.tzinfo is None:
+        raise ConfigurationError("MAILSYNC_CLOCK_START needs an offset (Z or +02:00)")
+    origin = time.monotonic()
+    log.warning("SIMULATED CLOCK from %s at %sx speed", start.isoformat(), speed)
+
+    def simulated() -> datetime:
+        return start + timedelta(seconds=(time.monotonic() - origin) * speed)
+
+    return simulated
 
 
 def has_credentials(env: dict[str, str] | None = None) -> bool:
@@ -209,3 +239,159 @@ def run_once(
     runtime.state.finish_cycle(cycle_id, runtime.clock(), ok=ok, counts=summary.counts())
     log.info("cycle done", extra={"cycle": summary.counts()})
     return summary
+
+
+# -- the long-running daemon --------------------------------------------------
+
+
+def rules_changes(old: Ruleset, new: Ruleset) -> list[str]:
+    """What a rules reload changes, for the log: statuses added or removed."""
+    changes: list[str] = []
+    for name in sorted(set(old.entities) | set(new.entities)):
+        before = set(old.entities[name].status_names) if name in old.entities else set()
+        after = set(new.entities[name].status_names) if name in new.entities else set()
+        if name not in old.entities:
+            changes.append(f"entity {name} added")
+        elif name not in new.entities:
+            changes.append(f"entity {name} removed")
+        if after - before:
+            changes.append(f"{name}: statuses added: {', '.join(sorted(after - before))}")
+        if before - after:
+            changes.append(f"{name}: statuses removed: {', '.join(sorted(before - after))}")
+    return changes or ["no status added or removed"]
+
+
+class RulesWatcher:
+    """Reloads ``rules.yaml`` when it changes; keeps the last good rules when
+    the new ones are invalid."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.path = runtime.config.rules
+        self.mtime = self._mtime()
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def check(self, now: datetime) -> bool:
+        """True when new rules were installed."""
+        mtime = self._mtime()
+        if mtime == self.mtime:
+            return False
+        self.mtime = mtime
+        try:
+            new = load_rules(self.path)
+            problems = contract_problems(new, self.runtime.sources, self.runtime.reader, now)
+            if problems:
+                raise RulesError(problems)
+        except RulesError as exc:
+            log.error(
+                "rules reload: %s is invalid, still running on the previous rules:\n%s",
+                self.path,
+                "\n".join(str(p) for p in exc.problems),
+            )
+            return False
+        log.info(
+            "rules reload: %s changed and is valid; using it from this cycle: %s",
+            self.path,
+            "; ".join(rules_changes(self.runtime.ruleset, new)),
+        )
+        self.runtime.ruleset = new
+        return True
+
+
+def serve(
+    runtime: Runtime,
+    lock: LeaderLock,
+    metrics: Metrics,
+    *,
+    tick: float = 0.5,
+    standby_wait: float = 2.0,
+) -> int:
+    """Poll for ever (until ``runtime.stop``): one cycle per interval, as leader.
+
+    A full cycle runs first, then incremental ones with the periodic full
+    re-scan as a safety net. Expected failures (the database or Mailchimp
+    unreachable, a source query refused, a fatal Mailchimp answer) are logged
+    and the next cycle tries again; anything else is a bug and propagates.
+    """
+    stop = runtime.stop
+    interval = runtime.config.daemon.interval.total_seconds()
+    watcher = RulesWatcher(runtime)
+    while not stop.is_set():
+        if not lock.try_acquire():
+            metrics.leader = False
+            log.info("standby: another mailsync holds the lock for this audience")
+            stop.wait(standby_wait)
+            continue
+        metrics.leader = True
+        log.info("leader: running cycles every %ss", interval)
+        _lead(runtime, lock, metrics, watcher, interval, tick)
+    lock.release()
+    return 0
+
+
+def _lead(
+    runtime: Runtime,
+    lock: LeaderLock,
+    metrics: Metrics,
+    watcher: RulesWatcher,
+    interval: float,
+    tick: float,
+) -> None:
+    stop = runtime.stop
+    first = True
+    lost = threading.Event()
+
+    def cycle() -> None:
+        nonlocal first
+        if not lock.try_acquire():
+            lost.set()
+            return
+        now = runtime.clock()
+        watcher.check(now)
+        try:
+            summary = run_once(runtime, now=now, full=True if first else None)
+        except (MailsyncError, sa.exc.OperationalError) as exc:
+            metrics.failed_cycle()
+            log.error(
+                "cycle failed, next try in %ss: %s: %s",
+                interval,
+                type(exc).__name__,
+                exc,
+                extra={"failure": {"kind": type(exc).__name__, "message": str(exc)}},
+            )
+            return
+        first = False
+        metrics.observe(summary, ok=not summary.stopped)
+        for failure in summary.push.failures:
+            log.warning(
+                "push failed for %s",
+                failure.email,
+                extra={
+                    "failure": {
+                        "email": failure.email,
+                        "reason": failure.reason,
+                        "permanent": failure.permanent,
+                    }
+                },
+            )
+
+    scheduler = schedule.Scheduler()
+    scheduler.every(max(1, round(interval))).seconds.do(cycle)
+    cycle()
+    renew_every = 5.0
+    last_renew = time.monotonic()
+    while not stop.is_set() and not lost.is_set():
+        scheduler.run_pending()
+        if time.monotonic() - last_renew >= renew_every:
+            last_renew = time.monotonic()
+            if not lock.try_acquire():
+                lost.set()
+        stop.wait(tick)
+    if lost.is_set():
+        metrics.leader = False
+        log.error("leader lock lost; going back to standby")
