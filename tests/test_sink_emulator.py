@@ -272,6 +272,8 @@ def test_events_once_after_fields_and_tags_diff(emulator: Emulator, ledger: Push
 def test_changed_members_beyond_the_threshold_fall_back_without_batches_endpoint(
     emulator: Emulator,
 ) -> None:
+    # A proxy that does not forward /batches: it answers 404 there.
+    emulator.serve_batches = False
     ledger, clock = MemoryLedger(), Clock()
     sink = make_sink(emulator, ledger, clock, bulk_threshold=10)
     sink.push(members(40))
@@ -279,7 +281,7 @@ def test_changed_members_beyond_the_threshold_fall_back_without_batches_endpoint
     summary = sink.push(members(40, status="registered_H24"))
     assert summary.pushed == 40
     put = "PUT /lists/{list_id}/members/{subscriber_hash}"
-    # The emulator serves no POST /batches: one 404, then direct PUTs.
+    # One 404, then direct PUTs.
     assert emulator.calls.count(put, outcome=200) == 40
     assert emulator.calls.count(outcome=404) == 1
     # (not the total: the emulator records a call after answering it, so the last
