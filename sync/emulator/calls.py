@@ -72,6 +72,7 @@ class CallLog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._calls: list[Call] = []
         self._operations: list[OperationCall] = []
         self._in_flight: Counter[str] = Counter()
@@ -143,9 +144,32 @@ class CallLog:
 
     def leave(self, key: str) -> None:
         with self._lock:
-            self._in_flight[key] -= 1
-            if self._in_flight[key] <= 0:
-                del self._in_flight[key]
+            self._leave(key)
+
+    def finish(self, key: str, call: Call | None) -> None:
+        """Record ``call`` (if any) and free its slot at once, in that order:
+        whoever sees the slot free (``wait_idle``) also sees the call."""
+        with self._lock:
+            if call is not None:
+                self._calls.append(call)
+            self._leave(key)
+
+    def _leave(self, key: str) -> None:
+        self._in_flight[key] -= 1
+        if self._in_flight[key] <= 0:
+            del self._in_flight[key]
+        if not self._in_flight:
+            self._idle.notify_all()
+
+    def in_flight(self, key: str | None = None) -> int:
+        """Requests being answered now, for ``key`` or for all keys."""
+        with self._lock:
+            return sum(self._in_flight.values()) if key is None else self._in_flight[key]
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if some still are after ``timeout``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._in_flight, timeout)
 
     def reset(self) -> None:
         with self._lock:

@@ -314,6 +314,9 @@ class Emulator:
         operation, so nothing from before the reset lands after it.
         """
         self._interrupt_holds()
+        # Let interrupted requests record themselves now rather than in the
+        # fresh log; bounded, as a client elsewhere may keep calling.
+        self.calls.wait_idle(timeout=2.0)
         self.batches.reset()
         self.store.reset()
         self.faults.clear()
@@ -435,14 +438,18 @@ class Emulator:
                     reply = _Reply.problem(problems.api_key_invalid())
                 else:
                     reply = answer()
-        finally:
+        except BaseException:
             self.calls.leave(slot)
-        # Recorded before answering, so that a client that has its answer can
-        # rely on the call log; likewise the slot is freed before the answer.
-        if reply.outcome != "timeout":
-            self.calls.record(
-                Call(method, path, endpoint, reply.outcome, fault.value if fault else None)
-            )
+            raise
+        # Recorded and the slot freed before answering, so that a client that
+        # has its answer can rely on the call log and on the slot being free.
+        # (A timeout was recorded when its hold began.)
+        self.calls.finish(
+            slot,
+            None
+            if reply.outcome == "timeout"
+            else Call(method, path, endpoint, reply.outcome, fault.value if fault else None),
+        )
         if reply.outcome == "reset":
             handler.server.reset_on_close(handler.connection)
         elif reply.outcome != "timeout":
