@@ -14,7 +14,7 @@ import pytest
 from sync.emulator import Emulator, FaultKind
 from sync.exceptions import FatalError
 from sync.ledger import PushLedger
-from sync.mailchimp import Caller, MailchimpSettings, RetryPolicy, make_client
+from sync.mailchimp import BatchPolling, Caller, MailchimpSettings, RetryPolicy, make_client
 from sync.records import DesiredMember, EventDue
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
 from sync.state import StateStore
@@ -256,6 +256,122 @@ def test_events_once_after_fields_and_tags_diff(emulator: Emulator, ledger: Push
         "POST /lists/{list_id}/members/{subscriber_hash}/events": 2
     }
     assert len(emulator.audience.events()) == 4
+
+
+START = "POST /batches"
+POLL = "GET /batches/{batch_id}"
+DOWNLOAD = "GET /batch-results/{batch_id}.tar.gz"
+PUT = "PUT /lists/{list_id}/members/{subscriber_hash}"
+
+
+def polling() -> BatchPolling:
+    # Real sleeps, but short: the emulator finishes a job in milliseconds.
+    return BatchPolling(first_wait=0.05, max_wait=0.4, deadline=60)
+
+
+@pytest.mark.parametrize("n", [40, 1200])
+def test_changed_existing_members_go_through_batches(
+    emulator: Emulator, ledger: PushLedger, n: int
+) -> None:
+    clock = Clock()
+    sink = make_sink(emulator, ledger, clock, polling=polling())
+    sink.push(members(n))
+    # Two members whose update Mailchimp refuses, each for its own reason.
+    emulator.audience.forget("user3@example.com")
+    desired = members(n, status="registered_H24")
+    desired[5] = DesiredMember("User5@Example.com", {"STATUS": "registered_H24", "SCORE": "lots"})
+    emulator.calls.reset()
+
+    summary = sink.push(desired)
+
+    jobs = math.ceil(n / 500)
+    calls = emulator.calls
+    polls = calls.count(POLL)
+    assert calls.count(START) == jobs
+    assert calls.count(DOWNLOAD) == jobs
+    assert jobs <= polls <= 3 * jobs  # the first poll usually finds the job done
+    assert calls.count() == 2 * jobs + polls
+    assert calls.by_outcome() == {"200": calls.count()}
+    assert calls.count(PUT) == 0
+    assert calls.operation_count(PUT) == n
+    assert sorted(calls.operations_by_batch().values()) == sorted(
+        min(500, n - 500 * j) for j in range(jobs)
+    )
+    assert summary.calls == {"success": calls.count()}
+    print(f"\nN={n}: {calls.count()} API calls ({jobs} starts, {polls} polls, {jobs} downloads)")
+
+    # Mailchimp has what was accepted...
+    assert summary.pushed == n - 2
+    for i in range(n):
+        member = emulator.audience.member(f"user{i}@example.com")
+        if i == 3:
+            assert member is None
+            continue
+        assert member is not None
+        assert member.status == "subscribed"
+        assert member.merge_fields["STATUS"] == ("registered" if i == 5 else "registered_H24")
+    # ...and the ledger records exactly that, and why the two others failed.
+    keys = [f"user{i}@example.com" for i in range(n)]
+    states = ledger.member_states(keys)
+    assert {k for k, st in states.items() if st.fields["STATUS"] == "registered_H24"} == set(
+        keys
+    ) - {"user3@example.com", "user5@example.com"}
+    assert states["user5@example.com"].fields == {"STATUS": "registered", "SCORE": 5}
+    reasons = {f.email: f.reason for f in summary.failures}
+    assert set(reasons) == {"user3@example.com", "user5@example.com"}
+    assert "Forgotten Email Not Subscribed" in reasons["user3@example.com"]
+    assert "SCORE" in reasons["user5@example.com"]
+    assert all(f.permanent for f in ledger.failures())
+
+    # Nothing changed since: nothing is sent, not even for the two refused.
+    emulator.calls.reset()
+    again = sink.push(desired)
+    assert (again.unchanged, again.held_back) == (n - 2, 2)
+    assert emulator.calls.count() == 0
+
+
+def test_batches_tags_and_events_with_slow_jobs_and_faults(emulator: Emulator) -> None:
+    ledger, clock = MemoryLedger(), Clock()
+    sink = make_sink(emulator, ledger, clock, polling=polling())
+    n = 12
+    sink.push(members(n))
+    emulator.calls.reset()
+    # Jobs stay pending, then started, for a while: the sink polls through that.
+    emulator.batch_delay = 0.15
+    emulator.faults.script("/batches", FaultKind.UNAVAILABLE_HTML, method="POST")
+    emulator.faults.script("/batches/*", FaultKind.SERVER_ERROR, method="GET")
+    emulator.faults.script("/batch-results/*", FaultKind.RESET)
+    event = EventDue("user:credit:1", "credit", T0, {"amount": "10"})
+    wanted = [
+        DesiredMember(
+            m.email,
+            {"STATUS": "money_ok", "SCORE": i},
+            tags=frozenset({"vip"}),
+            managed_tags=frozenset({"vip"}),
+            events=(event,),
+        )
+        for i, m in enumerate(members(n))
+    ]
+    summary = sink.push(wanted)
+    assert summary.failed == 0
+    assert summary.pushed == n
+    assert summary.events_sent == n
+    # Two jobs: merge fields first, then tags and events of the accepted members.
+    calls = emulator.calls
+    assert calls.count(START, outcome=200) == 2
+    assert calls.count(DOWNLOAD, outcome=200) == 2
+    assert calls.count(POLL, outcome=200) > 2  # pending and started were seen
+    assert [c.fault for c in calls.calls() if c.fault] == ["503-html", "500", "reset"]
+    assert calls.operation_count() == 3 * n
+    for m in members(n):
+        seen = emulator.audience.member(m.email)
+        assert seen is not None
+        assert seen.merge_fields["STATUS"] == "money_ok"
+        assert list(seen.tags) == ["vip"]
+        assert [e.name for e in seen.events] == ["credit"]
+    emulator.calls.reset()
+    assert sink.push(wanted).unchanged == n
+    assert emulator.calls.count() == 0
 
 
 def test_changed_members_beyond_the_threshold_fall_back_without_batches_endpoint(
