@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import math
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -372,6 +374,31 @@ def test_batches_tags_and_events_with_slow_jobs_and_faults(emulator: Emulator) -
     emulator.calls.reset()
     assert sink.push(wanted).unchanged == n
     assert emulator.calls.count() == 0
+
+
+def test_a_vanished_batch_job_is_retried_later_not_fatal(emulator: Emulator) -> None:
+    ledger, clock = MemoryLedger(), Clock()
+    sink = make_sink(emulator, ledger, clock, polling=polling())
+    sink.push(members(20))
+    emulator.hold_batches = True
+
+    def delete_the_job() -> None:
+        while not emulator.batches.batches():
+            time.sleep(0.01)
+        emulator.batches.delete(emulator.batches.batches()[0].id)
+
+    deleter = threading.Thread(target=delete_the_job)
+    deleter.start()
+    summary = sink.push(members(20, status="later"))
+    deleter.join()
+    # Not "unknown audience": the members are transient failures, retried later.
+    assert summary.failed == 20
+    assert not any(f.permanent for f in summary.failures)
+    assert all("not found" in f.reason.lower() for f in summary.failures)
+    emulator.hold_batches = False
+    clock.now += timedelta(days=2)
+    assert sink.push(members(20, status="later")).pushed == 20
+    assert emulator.audience.member("user1@example.com").merge_fields["STATUS"] == "later"  # type: ignore[union-attr]
 
 
 def test_changed_members_beyond_the_threshold_fall_back_without_batches_endpoint(
