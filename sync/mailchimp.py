@@ -607,10 +607,12 @@ def run_batch_operations(
             return unanswered(f"batch {batch_id} not finished in time")
         polling.sleep(wait)
         wait = min(wait * 2, polling.max_wait)
+        # Member scope: a 404 here means this job is gone (deleted, expired),
+        # not the audience; its operations are then retried next cycle.
         polled = caller.call(
             f"GET /batches/{batch_id}",
             lambda: caller.client.batches.status(batch_id),
-            scope="run",
+            scope="member",
         )
         if not polled.ok or not isinstance(polled.body, Mapping):
             return unanswered(f"batch {batch_id}: {polled.reason}")
@@ -626,7 +628,8 @@ def run_batch_operations(
             return {"archive": answer.content}
         return answer
 
-    fetched = caller.call(f"results of batch {batch_id}", download, scope="run")
+    # Member scope again: a 404 from the results store is about this archive.
+    fetched = caller.call(f"results of batch {batch_id}", download, scope="member")
     if not fetched.ok:
         return unanswered(f"batch {batch_id} results: {fetched.reason}")
     try:

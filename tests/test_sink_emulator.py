@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ import pytest
 from sync.emulator import Emulator, FaultKind
 from sync.exceptions import FatalError
 from sync.ledger import PushLedger
-from sync.mailchimp import Caller, MailchimpSettings, RetryPolicy, make_client
+from sync.mailchimp import BatchPolling, Caller, MailchimpSettings, RetryPolicy, make_client
 from sync.records import DesiredMember, EventDue
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
 from sync.state import StateStore
@@ -30,17 +31,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-def reset_calls(emulator: Emulator) -> None:
-    """Forget recorded calls once the emulator has recorded the last ones: it
-    records a call just after answering it, so a reset right after a push
-    could race with the push's last call."""
-    before = -1
-    while emulator.calls.count() != before:
-        before = emulator.calls.count()
-        time.sleep(0.02)
-    emulator.calls.reset()
 
 
 @pytest.fixture
@@ -102,7 +92,8 @@ def test_full_push_costs_ceil_n_over_500_calls_then_nothing(
     assert m.merge_fields["STATUS"] == "registered"
     assert emulator.calls.peak_in_flight <= 9
 
-    reset_calls(emulator)
+    # Every call of the push is in the log once push() returns: no waiting.
+    emulator.calls.reset()
     again = sink.push(members(n))
     assert again.unchanged == n
     assert emulator.calls.count() == 0
@@ -118,7 +109,7 @@ def test_only_changed_fields_are_sent_and_empty_zero_false_are_values(
     seen = emulator.audience.member("a@x.io")
     assert seen is not None
     seen.merge_fields["STATUS"] = "edited-by-hand"
-    reset_calls(emulator)
+    emulator.calls.reset()
     sink.push([DesiredMember("a@x.io", {"STATUS": "registered", "CODE": "", "SCORE": 0})])
     (call,) = emulator.calls.calls()
     assert call.endpoint == "PUT /lists/{list_id}/members/{subscriber_hash}"
@@ -128,7 +119,7 @@ def test_only_changed_fields_are_sent_and_empty_zero_false_are_values(
     assert m.merge_fields["CODE"] == ""
     assert m.merge_fields["SCORE"] in (0, "0")
     assert m.status == "subscribed"
-    reset_calls(emulator)
+    emulator.calls.reset()
     sink.push([DesiredMember("a@x.io", {"STATUS": "registered", "CODE": "", "SCORE": 0})])
     assert emulator.calls.count() == 0
 
@@ -206,7 +197,7 @@ def test_permanent_failures_are_isolated_recorded_and_not_retried(
     assert emulator.audience.events() == []  # no event for a member whose fields failed
     assert emulator.calls.count() == 1
 
-    reset_calls(emulator)
+    emulator.calls.reset()
     clock.now += timedelta(hours=1)
     held = sink.push(batch)
     assert held.held_back == 3
@@ -216,7 +207,7 @@ def test_permanent_failures_are_isolated_recorded_and_not_retried(
     sink.push([DesiredMember("comp@x.io", {"STATUS": "money_ok"})])
     assert emulator.calls.count() == 1
     # ...and so does the same data after the back-off.
-    reset_calls(emulator)
+    emulator.calls.reset()
     clock.now += timedelta(days=3)
     sink.push(batch)
     assert emulator.calls.count() == 1
@@ -256,7 +247,7 @@ def test_events_once_after_fields_and_tags_diff(emulator: Emulator, ledger: Push
         "PUT /lists/{list_id}/members/{subscriber_hash}"
     )
 
-    reset_calls(emulator)
+    emulator.calls.reset()
     clock.now += timedelta(minutes=5)
     e2 = EventDue("user:1:credit:2026-03-02", "credit", clock.now)
     again = sink.push(
@@ -269,21 +260,163 @@ def test_events_once_after_fields_and_tags_diff(emulator: Emulator, ledger: Push
     assert len(emulator.audience.events()) == 4
 
 
+START = "POST /batches"
+POLL = "GET /batches/{batch_id}"
+DOWNLOAD = "GET /batch-results/{batch_id}.tar.gz"
+PUT = "PUT /lists/{list_id}/members/{subscriber_hash}"
+
+
+def polling() -> BatchPolling:
+    # Real sleeps, but short: the emulator finishes a job in milliseconds.
+    return BatchPolling(first_wait=0.05, max_wait=0.4, deadline=60)
+
+
+@pytest.mark.parametrize("n", [40, 1200])
+def test_changed_existing_members_go_through_batches(
+    emulator: Emulator, ledger: PushLedger, n: int
+) -> None:
+    clock = Clock()
+    sink = make_sink(emulator, ledger, clock, polling=polling())
+    sink.push(members(n))
+    # Two members whose update Mailchimp refuses, each for its own reason.
+    emulator.audience.forget("user3@example.com")
+    desired = members(n, status="registered_H24")
+    desired[5] = DesiredMember("User5@Example.com", {"STATUS": "registered_H24", "SCORE": "lots"})
+    emulator.calls.reset()
+
+    summary = sink.push(desired)
+
+    jobs = math.ceil(n / 500)
+    calls = emulator.calls
+    polls = calls.count(POLL)
+    assert calls.count(START) == jobs
+    assert calls.count(DOWNLOAD) == jobs
+    assert jobs <= polls <= 3 * jobs  # the first poll usually finds the job done
+    assert calls.count() == 2 * jobs + polls
+    assert calls.by_outcome() == {"200": calls.count()}
+    assert calls.count(PUT) == 0
+    assert calls.operation_count(PUT) == n
+    assert sorted(calls.operations_by_batch().values()) == sorted(
+        min(500, n - 500 * j) for j in range(jobs)
+    )
+    assert summary.calls == {"success": calls.count()}
+    print(f"\nN={n}: {calls.count()} API calls ({jobs} starts, {polls} polls, {jobs} downloads)")
+
+    # Mailchimp has what was accepted...
+    assert summary.pushed == n - 2
+    for i in range(n):
+        member = emulator.audience.member(f"user{i}@example.com")
+        if i == 3:
+            assert member is None
+            continue
+        assert member is not None
+        assert member.status == "subscribed"
+        assert member.merge_fields["STATUS"] == ("registered" if i == 5 else "registered_H24")
+    # ...and the ledger records exactly that, and why the two others failed.
+    keys = [f"user{i}@example.com" for i in range(n)]
+    states = ledger.member_states(keys)
+    assert {k for k, st in states.items() if st.fields["STATUS"] == "registered_H24"} == set(
+        keys
+    ) - {"user3@example.com", "user5@example.com"}
+    assert states["user5@example.com"].fields == {"STATUS": "registered", "SCORE": 5}
+    reasons = {f.email: f.reason for f in summary.failures}
+    assert set(reasons) == {"user3@example.com", "user5@example.com"}
+    assert "Forgotten Email Not Subscribed" in reasons["user3@example.com"]
+    assert "SCORE" in reasons["user5@example.com"]
+    assert all(f.permanent for f in ledger.failures())
+
+    # Nothing changed since: nothing is sent, not even for the two refused.
+    emulator.calls.reset()
+    again = sink.push(desired)
+    assert (again.unchanged, again.held_back) == (n - 2, 2)
+    assert emulator.calls.count() == 0
+
+
+def test_batches_tags_and_events_with_slow_jobs_and_faults(emulator: Emulator) -> None:
+    ledger, clock = MemoryLedger(), Clock()
+    sink = make_sink(emulator, ledger, clock, polling=polling())
+    n = 12
+    sink.push(members(n))
+    emulator.calls.reset()
+    # Jobs stay pending, then started, for a while: the sink polls through that.
+    emulator.batch_delay = 0.15
+    emulator.faults.script("/batches", FaultKind.UNAVAILABLE_HTML, method="POST")
+    emulator.faults.script("/batches/*", FaultKind.SERVER_ERROR, method="GET")
+    emulator.faults.script("/batch-results/*", FaultKind.RESET)
+    event = EventDue("user:credit:1", "credit", T0, {"amount": "10"})
+    wanted = [
+        DesiredMember(
+            m.email,
+            {"STATUS": "money_ok", "SCORE": i},
+            tags=frozenset({"vip"}),
+            managed_tags=frozenset({"vip"}),
+            events=(event,),
+        )
+        for i, m in enumerate(members(n))
+    ]
+    summary = sink.push(wanted)
+    assert summary.failed == 0
+    assert summary.pushed == n
+    assert summary.events_sent == n
+    # Two jobs: merge fields first, then tags and events of the accepted members.
+    calls = emulator.calls
+    assert calls.count(START, outcome=200) == 2
+    assert calls.count(DOWNLOAD, outcome=200) == 2
+    assert calls.count(POLL, outcome=200) > 2  # pending and started were seen
+    assert [c.fault for c in calls.calls() if c.fault] == ["503-html", "500", "reset"]
+    assert calls.operation_count() == 3 * n
+    for m in members(n):
+        seen = emulator.audience.member(m.email)
+        assert seen is not None
+        assert seen.merge_fields["STATUS"] == "money_ok"
+        assert list(seen.tags) == ["vip"]
+        assert [e.name for e in seen.events] == ["credit"]
+    emulator.calls.reset()
+    assert sink.push(wanted).unchanged == n
+    assert emulator.calls.count() == 0
+
+
+def test_a_vanished_batch_job_is_retried_later_not_fatal(emulator: Emulator) -> None:
+    ledger, clock = MemoryLedger(), Clock()
+    sink = make_sink(emulator, ledger, clock, polling=polling())
+    sink.push(members(20))
+    emulator.hold_batches = True
+
+    def delete_the_job() -> None:
+        while not emulator.batches.batches():
+            time.sleep(0.01)
+        emulator.batches.delete(emulator.batches.batches()[0].id)
+
+    deleter = threading.Thread(target=delete_the_job)
+    deleter.start()
+    summary = sink.push(members(20, status="later"))
+    deleter.join()
+    # Not "unknown audience": the members are transient failures, retried later.
+    assert summary.failed == 20
+    assert not any(f.permanent for f in summary.failures)
+    assert all("not found" in f.reason.lower() for f in summary.failures)
+    emulator.hold_batches = False
+    clock.now += timedelta(days=2)
+    assert sink.push(members(20, status="later")).pushed == 20
+    assert emulator.audience.member("user1@example.com").merge_fields["STATUS"] == "later"  # type: ignore[union-attr]
+
+
 def test_changed_members_beyond_the_threshold_fall_back_without_batches_endpoint(
     emulator: Emulator,
 ) -> None:
+    # A proxy that does not forward /batches: it answers 404 there.
+    emulator.serve_batches = False
     ledger, clock = MemoryLedger(), Clock()
     sink = make_sink(emulator, ledger, clock, bulk_threshold=10)
     sink.push(members(40))
-    reset_calls(emulator)
+    emulator.calls.reset()
     summary = sink.push(members(40, status="registered_H24"))
     assert summary.pushed == 40
     put = "PUT /lists/{list_id}/members/{subscriber_hash}"
-    # The emulator serves no POST /batches: one 404, then direct PUTs.
+    # One 404, then direct PUTs.
     assert emulator.calls.count(put, outcome=200) == 40
     assert emulator.calls.count(outcome=404) == 1
-    # (not the total: the emulator records a call after answering it, so the last
-    # call of the previous push may land after calls.reset())
+    assert emulator.calls.count() == 41
     assert emulator.calls.peak_in_flight <= 9
 
 

@@ -7,13 +7,15 @@ official client pointed at it. The public surface is re-exported here:
 * :class:`Emulator`: the server plus its state; ``with Emulator() as e: ...``;
 * :func:`client_for`: an official client aimed at any base URL;
 * :class:`FaultKind`: the failures one can inject (``e.faults.script(...)``);
+* :class:`BatchQueue` / :class:`Batch`: the ``/batches`` jobs (``e.batches``);
 * :func:`subscriber_hash`: Mailchimp's member id for an address.
 
 ``sync.emulator.fixtures`` is the pytest plugin (``mailchimp_emulator``).
 See ``docs/emulator.md``.
 """
 
-from sync.emulator.calls import Call, CallLog
+from sync.emulator.batches import Batch, BatchQueue
+from sync.emulator.calls import Call, CallLog, OperationCall
 from sync.emulator.client import client_for
 from sync.emulator.faults import FaultKind, FaultPlan
 from sync.emulator.server import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
@@ -23,6 +25,8 @@ __all__ = [
     "DEFAULT_API_KEY",
     "DEFAULT_LIST_ID",
     "Audience",
+    "Batch",
+    "BatchQueue",
     "Call",
     "CallLog",
     "Emulator",
@@ -30,6 +34,7 @@ __all__ = [
     "FaultKind",
     "FaultPlan",
     "Member",
+    "OperationCall",
     "Store",
     "client_for",
     "subscriber_hash",

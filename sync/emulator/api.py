@@ -4,14 +4,90 @@ Each handler only translates between HTTP and the store: parameters in,
 the store's JSON out, status codes as Mailchimp uses them (PUT and merge
 field creation answer 200, tags and events 204). The rules themselves live
 in ``store.py``.
+
+:func:`run_handler` and :func:`perform` are the one way a request reaches a
+handler: the HTTP server uses the first after its gates (limit, faults,
+auth), ``/batches`` uses the second for every operation of a batch, so an
+operation in a batch meets exactly the rules of a direct call.
 """
 
 from __future__ import annotations
 
+import json
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from sync.emulator import problems
+from sync.emulator.problems import ApiProblem
 from sync.emulator.routes import Answer, Request, Router
 from sync.emulator.store import Store
 
 ROUTES: Router[Store] = Router()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a request was answered: ``body`` is a JSON value, None for no body."""
+
+    status: int
+    body: Any = None
+    problem: bool = False  # the body is application/problem+json
+
+    @classmethod
+    def of(cls, problem: ApiProblem) -> Outcome:
+        return cls(problem.status, problem.to_json(), True)
+
+
+def run_handler(
+    handler: Callable[[Request], Answer],
+    method: str,
+    path: str,
+    params: Mapping[str, str],
+    query: Mapping[str, str],
+    raw: bytes | str,
+    errors: list[str],
+) -> Outcome:
+    """Parse the JSON body, run ``handler``, turn what it raises into an answer.
+
+    ``errors`` collects tracebacks of emulator bugs: tests fail on them
+    rather than on the 500 a client sees.
+    """
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        return Outcome.of(problems.bad_json())
+    try:
+        answer = handler(Request(method, path, params, query, body))
+    except ApiProblem as problem:
+        return Outcome.of(problem)
+    except Exception:
+        errors.append(traceback.format_exc())
+        return Outcome.of(problems.internal_error())
+    return Outcome(answer.status, answer.body)
+
+
+def perform(
+    store: Store,
+    method: str,
+    path: str,
+    query: Mapping[str, str],
+    raw: bytes | str,
+    errors: list[str],
+) -> tuple[str, Outcome]:
+    """Route ``method path`` (relative to ``/3.0``) and answer it; no gates.
+
+    Returns the endpoint (route template, or ``"METHOD (unknown)"``) and the
+    outcome; an unknown path is a 404, a known path with another method 405.
+    """
+    route, params, known = ROUTES.resolve(method, path)
+    if route is None:
+        failure = problems.method_not_allowed() if known else problems.not_found()
+        return f"{method} (unknown)", Outcome.of(failure)
+    outcome = run_handler(partial(route.handler, store), method, path, params, query, raw, errors)
+    return route.endpoint, outcome
 
 
 @ROUTES.add("GET", "/ping")

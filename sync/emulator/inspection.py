@@ -10,6 +10,7 @@ counted as calls: this is the test harness's door, not Mailchimp's.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from sync.emulator.routes import Answer, Request, Router
 from sync.emulator.store import Member, timestamp
 
 if TYPE_CHECKING:
+    from sync.emulator.batches import Batch
     from sync.emulator.server import Emulator
 
 ROUTES: Router[Emulator] = Router()
@@ -90,7 +92,50 @@ def set_settings(emulator: Emulator, request: Request) -> Answer:
         emulator.service_delay = float(body["service_delay"])
     if "timeout_hold" in body:
         emulator.timeout_hold = float(body["timeout_hold"])
+    if "batch_delay" in body:
+        emulator.batch_delay = float(body["batch_delay"])
+    if "hold_batches" in body:
+        emulator.hold_batches = _boolean(body["hold_batches"], "hold_batches")
+    if "serve_batches" in body:
+        emulator.serve_batches = _boolean(body["serve_batches"], "serve_batches")
     return Answer(200, emulator.settings())
+
+
+def _boolean(value: Any, name: str) -> bool:
+    # bool("false") is True: insist on JSON booleans.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def batch_json(emulator: Emulator, batch: Batch) -> dict[str, Any]:
+    """A job as the API shows it, plus what its operations did (not API calls)."""
+    executed = emulator.calls.operations(batch.id)
+    return {
+        **emulator.batches.status_json(batch.id),
+        "operations_executed": len(executed),
+        "executed_by_endpoint": dict(Counter(o.endpoint for o in executed)),
+        "executed_by_outcome": dict(Counter(o.outcome for o in executed)),
+    }
+
+
+@ROUTES.add("GET", "/batches")
+def batches(emulator: Emulator, request: Request) -> Answer:
+    found = []
+    for batch in emulator.batches.batches():
+        try:
+            found.append(batch_json(emulator, batch))
+        except ApiProblem:
+            continue  # deleted meanwhile
+    return Answer(200, {"batches": found, "pending": emulator.batches.pending_count()})
+
+
+@ROUTES.add("GET", "/batches/{batch_id}")
+def batch(emulator: Emulator, request: Request) -> Answer:
+    found = emulator.batches.get(request.params["batch_id"])
+    if found is None:
+        return Answer(404, {"error": f"no batch {request.params['batch_id']}"})
+    return Answer(200, batch_json(emulator, found))
 
 
 @ROUTES.add("GET", "/faults")

@@ -9,11 +9,22 @@ Each request goes through the same gates as at Mailchimp, in this order:
 2. injected faults (``faults.py``), which model the infrastructure in front
    of the API and so come before authentication;
 3. HTTP Basic authentication with the account's API key;
-4. the route, and the store behind it.
+4. the route, and the store behind it (``api.py``), or the account's
+   ``/batches`` queue (``batches.py``).
 
+The results archives of ``/batches`` (``/batch-results/{id}.tar.gz``) stand
+for Mailchimp's pre-signed S3 links: they meet the faults and are recorded
+as calls, but need no key and take no slot of the key's connections.
 Paths under ``/_emulator/`` bypass all of this: they are the inspection API
 (``inspection.py``). Standard library only (``http.server``), one thread per
 request, bound to 127.0.0.1 unless told otherwise.
+
+Every call is recorded, and its concurrency slot freed, before the first
+byte of its answer is written, so a client holding its answer can trust
+the call log. A ``timeout`` fault is recorded as soon as the hold starts
+(the client gives up before the hold ends); :meth:`Emulator.reset` cuts
+holds and delays short, so that a request of one test cannot land in the
+next test's log.
 """
 
 from __future__ import annotations
@@ -24,16 +35,18 @@ import json
 import socket
 import struct
 import threading
-import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from sync.emulator import problems
-from sync.emulator.api import ROUTES
+from sync.emulator.api import ROUTES, Outcome, perform, run_handler
+from sync.emulator.batches import BATCH_ROUTES, RESULTS_PREFIX, BatchQueue
 from sync.emulator.calls import Call, CallLog
 from sync.emulator.client import client_for
 from sync.emulator.faults import FaultKind, FaultPlan
@@ -46,6 +59,9 @@ DEFAULT_LIST_ID = "a1b2c3d4e5"
 API_PREFIX = "/3.0"
 INSPECTION_PREFIX = "/_emulator"
 MAX_CONNECTIONS = 10
+# Downloads of batch results share one slot namespace of their own: at
+# Mailchimp they go to S3, not to the API, so they never use the key's 10.
+RESULTS_SLOT = "(batch results)"
 JSON_TYPE = "application/json; charset=utf-8"
 PROBLEM_TYPE = "application/problem+json; charset=utf-8"
 UNAVAILABLE_PAGE = (
@@ -154,6 +170,9 @@ class Emulator:
         max_connections: int = MAX_CONNECTIONS,
         service_delay: float = 0.0,
         timeout_hold: float = 1.0,
+        batch_delay: float = 0.0,
+        hold_batches: bool = False,
+        serve_batches: bool = True,
         clock: Clock = utc_now,
         verbose: bool = False,
     ) -> None:
@@ -164,15 +183,37 @@ class Emulator:
         self.max_connections = max_connections
         self.service_delay = service_delay
         self.timeout_hold = timeout_hold
+        #: False answers 404 on ``/batches``, like a proxy that does not
+        #: forward it: the sink must then fall back to direct calls.
+        self.serve_batches = serve_batches
         self.verbose = verbose
-        self._defaults = (max_connections, service_delay, timeout_hold)
+        self._defaults = (
+            max_connections,
+            service_delay,
+            timeout_hold,
+            batch_delay,
+            hold_batches,
+            serve_batches,
+        )
         self.store = Store(list_id, clock=clock)
         self.faults = FaultPlan()
         self.calls = CallLog()
         # Tracebacks of emulator bugs met while answering: a test should
         # fail on them rather than on the 500 a client sees.
         self.errors: list[str] = []
+        self.batches = BatchQueue(
+            partial(perform, self.store, errors=self.errors),
+            self.calls,
+            clock,
+            lambda: self.root_url,
+            delay=batch_delay,
+            hold=hold_batches,
+        )
         self._stopping = threading.Event()
+        # Set (and replaced) by reset() and stop(): wakes every hold and
+        # delay in progress, so none outlives the test that caused it.
+        self._interrupt = threading.Event()
+        self._interrupt_lock = threading.Lock()
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -184,6 +225,7 @@ class Emulator:
         self._stopping.clear()
         self._server = _HTTPServer((self.host, self.port), self)
         self.port = self._server.server_address[1]
+        self.batches.start(name=f"mailchimp-emulator-{self.port}-batches")
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -197,6 +239,8 @@ class Emulator:
         if self._server is None:
             return
         self._stopping.set()
+        self._interrupt_holds()
+        self.batches.stop()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -244,19 +288,57 @@ class Emulator:
         """An official ``mailchimp_marketing.Client`` pointed at this emulator."""
         return client_for(self.url, self.api_key, timeout=timeout)
 
+    @property
+    def batch_delay(self) -> float:
+        """Seconds a ``/batches`` job stays pending, then stays started."""
+        return self.batches.delay
+
+    @batch_delay.setter
+    def batch_delay(self, seconds: float) -> None:
+        self.batches.delay = seconds
+
+    @property
+    def hold_batches(self) -> bool:
+        """While true, ``/batches`` jobs stay pending."""
+        return self.batches.hold
+
+    @hold_batches.setter
+    def hold_batches(self, value: bool) -> None:
+        self.batches.hold = value
+
     def reset(self) -> None:
-        """Empty audiences, no faults, no recorded calls, settings as constructed."""
+        """Empty audiences, no batches, faults or recorded calls, settings as constructed.
+
+        Requests still held or delayed (a ``timeout`` fault, ``service_delay``)
+        are cut short first, and a running batch stops before its next
+        operation, so nothing from before the reset lands after it.
+        """
+        self._interrupt_holds()
+        # Let interrupted requests record themselves now rather than in the
+        # fresh log; bounded, as a client elsewhere may keep calling.
+        self.calls.wait_idle(timeout=2.0)
+        self.batches.reset()
         self.store.reset()
         self.faults.clear()
         self.calls.reset()
         self.errors.clear()
-        self.max_connections, self.service_delay, self.timeout_hold = self._defaults
+        (
+            self.max_connections,
+            self.service_delay,
+            self.timeout_hold,
+            self.batch_delay,
+            self.hold_batches,
+            self.serve_batches,
+        ) = self._defaults
 
     def settings(self) -> dict[str, Any]:
         return {
             "max_connections": self.max_connections,
             "service_delay": self.service_delay,
             "timeout_hold": self.timeout_hold,
+            "batch_delay": self.batch_delay,
+            "hold_batches": self.hold_batches,
+            "serve_batches": self.serve_batches,
         }
 
     # -- answering -----------------------------------------------------------
@@ -270,73 +352,126 @@ class Emulator:
 
             handler.send_answer(serve_inspection(self, method, path, query, raw))
             return
+        if path.startswith(RESULTS_PREFIX + "/") and method == "GET":
+            name = path.removeprefix(RESULTS_PREFIX + "/")
+            self._gated(
+                handler,
+                method,
+                path,
+                fault_path=path,
+                endpoint=f"GET {RESULTS_PREFIX}/{{batch_id}}.tar.gz",
+                slot=RESULTS_SLOT,
+                api_call=False,
+                answer=lambda: _Reply.download(*self.batches.download(name, query)),
+            )
+            return
         api_path = path.removeprefix(API_PREFIX) if path.startswith(API_PREFIX + "/") else None
-        route, params, known = (
-            ROUTES.resolve(method, api_path) if api_path is not None else (None, {}, False)
+        bound, endpoint, params, known = self._resolve(method, api_path)
+
+        def answer() -> _Reply:
+            self._delay()
+            if bound is None:
+                failure = problems.method_not_allowed() if known else problems.not_found()
+                return _Reply.problem(failure)
+            outcome = run_handler(bound, method, api_path or "", params, query, raw, self.errors)
+            return _Reply.of(outcome)
+
+        self._gated(
+            handler,
+            method,
+            path,
+            fault_path=api_path or path,
+            endpoint=endpoint,
+            slot=_presented_key(handler.headers.get("Authorization")) or "",
+            api_call=True,
+            answer=answer,
         )
+
+    def _resolve(
+        self, method: str, api_path: str | None
+    ) -> tuple[Callable[[Request], Answer] | None, str, dict[str, str], bool]:
+        """The handler bound to its context, the endpoint name, path parameters,
+        and whether the path exists for some method (405 rather than 404)."""
+        if api_path is None:
+            return None, f"{method} (unknown)", {}, False
+        route, params, known = ROUTES.resolve(method, api_path)
+        if route is not None:
+            return partial(route.handler, self.store), route.endpoint, params, True
+        if self.serve_batches:
+            bulk, params, bulk_known = BATCH_ROUTES.resolve(method, api_path)
+            if bulk is not None:
+                return partial(bulk.handler, self.batches), bulk.endpoint, params, True
+            known = known or bulk_known
+        return None, f"{method} (unknown)", {}, known
+
+    def _gated(
+        self,
+        handler: _Handler,
+        method: str,
+        path: str,
+        *,
+        fault_path: str,
+        endpoint: str,
+        slot: str,
+        api_call: bool,
+        answer: Callable[[], _Reply],
+    ) -> None:
+        """The concurrency limit, faults, authentication, then ``answer``;
+        records the call before anything is sent back.
+
+        ``api_call`` False (a results download) skips the key's limit and
+        authentication; faults still apply, as S3 fails too.
+        """
         key = _presented_key(handler.headers.get("Authorization"))
-        in_flight = self.calls.enter(key or "")
+        in_flight = self.calls.enter(slot)
         fault: FaultKind | None = None
         try:
-            if in_flight > self.max_connections:
+            if api_call and in_flight > self.max_connections:
                 reply = _Reply.problem(problems.too_many_requests(self.max_connections))
             else:
-                fault = self.faults.draw(method, api_path or path)
+                fault = self.faults.draw(method, fault_path)
                 if fault is not None:
-                    reply = self._fault(fault)
-                elif key is None:
+                    reply = self._fault(fault, Call(method, path, endpoint, "timeout", fault.value))
+                elif api_call and key is None:
                     reply = _Reply.problem(problems.api_key_missing())
-                elif key != self.api_key:
+                elif api_call and key != self.api_key:
                     reply = _Reply.problem(problems.api_key_invalid())
-                elif route is None:
-                    self._delay()
-                    failure = problems.method_not_allowed() if known else problems.not_found()
-                    reply = _Reply.problem(failure)
                 else:
-                    self._delay()
-                    reply = self._route(route.handler, method, api_path or "", params, query, raw)
-        finally:
-            self.calls.leave(key or "")
-        # Recorded before answering, so that a client that has its answer can
-        # rely on the call log; likewise the slot is freed before the answer.
-        endpoint = route.endpoint if route is not None else f"{method} (unknown)"
-        self.calls.record(
-            Call(method, path, endpoint, reply.outcome, fault.value if fault else None)
+                    reply = answer()
+        except BaseException:
+            self.calls.leave(slot)
+            raise
+        # Recorded and the slot freed before answering, so that a client that
+        # has its answer can rely on the call log and on the slot being free.
+        # (A timeout was recorded when its hold began.)
+        self.calls.finish(
+            slot,
+            None
+            if reply.outcome == "timeout"
+            else Call(method, path, endpoint, reply.outcome, fault.value if fault else None),
         )
         if reply.outcome == "reset":
             handler.server.reset_on_close(handler.connection)
         elif reply.outcome != "timeout":
             handler.send(reply.status, reply.body, reply.content_type)
 
+    def _interrupt_holds(self) -> None:
+        with self._interrupt_lock:
+            self._interrupt.set()
+            self._interrupt = threading.Event()
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the emulator is reset or stopped."""
+        with self._interrupt_lock:
+            interrupt = self._interrupt
+        if not self._stopping.is_set():
+            interrupt.wait(seconds)
+
     def _delay(self) -> None:
         if self.service_delay:
-            self._stopping.wait(self.service_delay)
+            self._wait(self.service_delay)
 
-    def _route(
-        self,
-        func: Any,
-        method: str,
-        path: str,
-        params: dict[str, str],
-        query: dict[str, str],
-        raw: bytes,
-    ) -> _Reply:
-        try:
-            body = json.loads(raw) if raw.strip() else None
-        except ValueError:
-            return _Reply.problem(problems.bad_json())
-        try:
-            answer: Answer = func(self.store, Request(method, path, params, query, body))
-        except ApiProblem as problem:
-            return _Reply.problem(problem)
-        except Exception:
-            self.errors.append(traceback.format_exc())
-            return _Reply.problem(problems.internal_error())
-        payload = b"" if answer.body is None else json.dumps(answer.body).encode()
-        # Mailchimp labels its empty 204s as JSON too.
-        return _Reply(str(answer.status), answer.status, payload, JSON_TYPE)
-
-    def _fault(self, kind: FaultKind) -> _Reply:
+    def _fault(self, kind: FaultKind, held: Call) -> _Reply:
         if kind is FaultKind.TOO_MANY_REQUESTS:
             return _Reply.problem(problems.too_many_requests(self.max_connections))
         if kind is FaultKind.TOO_MANY_REQUESTS_EMPTY:
@@ -350,8 +485,11 @@ class Emulator:
         if kind is FaultKind.UNAVAILABLE_HTML:
             return _Reply("503", 503, UNAVAILABLE_PAGE, "text/html")
         if kind is FaultKind.TIMEOUT:
-            # Hold on to the request past the client's patience, then hang up.
-            self._stopping.wait(self.timeout_hold)
+            # Recorded now: the client gives up before the hold ends, and
+            # must find the call in the log when it does. The slot stays
+            # taken while held, as a hung request's would at Mailchimp.
+            self.calls.record(held)
+            self._wait(self.timeout_hold)
             return _Reply("timeout")
         return _Reply("reset")
 
@@ -367,8 +505,18 @@ class _Reply:
 
     @classmethod
     def problem(cls, problem: ApiProblem) -> _Reply:
-        body = json.dumps(problem.to_json()).encode()
-        return cls(str(problem.status), problem.status, body, PROBLEM_TYPE)
+        return cls.of(Outcome.of(problem))
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> _Reply:
+        payload = b"" if outcome.body is None else json.dumps(outcome.body).encode()
+        # Mailchimp labels its empty 204s as JSON too.
+        content_type = PROBLEM_TYPE if outcome.problem else JSON_TYPE
+        return cls(str(outcome.status), outcome.status, payload, content_type)
+
+    @classmethod
+    def download(cls, status: int, body: bytes, content_type: str) -> _Reply:
+        return cls(str(status), status, body, content_type)
 
 
 def _presented_key(header: str | None) -> str | None:
