@@ -24,7 +24,13 @@ from sync.daemon import build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
 from sync.explain import explain_entity, render_text
-from sync.mailchimp import Caller, MailchimpSettings, fix_merge_fields, make_client
+from sync.mailchimp import (
+    Caller,
+    MailchimpSettings,
+    existing_merge_fields,
+    fix_merge_fields,
+    make_client,
+)
 from sync.sink import MailchimpSink, SinkConfig
 
 
@@ -123,8 +129,12 @@ def demo(directory: str, users: int, days: int, seed: int, start: str | None) ->
             wanted = {
                 f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields
             }
-            created = fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
-            click.echo(f"   merge fields created: {', '.join(created) or 'none needed'}")
+            before = set(existing_merge_fields(client, DEFAULT_LIST_ID))
+            fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
+            created = sorted(set(existing_merge_fields(client, DEFAULT_LIST_ID)) - before)
+            click.echo(
+                f"   merge fields created (as `mailsync check --fix` does): {', '.join(created)}"
+            )
 
             seen_calls: Counter[str] = Counter()
 

@@ -1,0 +1,61 @@
+"""Operator settings: file, environment overrides, located errors."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sync.config import load_config
+from sync.exceptions import RulesError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_example_settings_load():
+    config = load_config(ROOT / "deploy/mailsync.yaml", env={})
+    assert config.mailchimp.list_id == "a1b2c3d4e5"
+    assert config.state_schema == "mailsync"
+    assert config.daemon.interval == timedelta(minutes=1)
+    assert config.metrics == "127.0.0.1:9464"
+
+
+def test_environment_overrides_the_file(tmp_path):
+    path = tmp_path / "mailsync.yaml"
+    path.write_text("database: sqlite:///file.db\ndaemon: {interval: 5min}\n")
+    config = load_config(
+        path,
+        env={
+            "MAILSYNC_DATABASE_URL": "postgresql+psycopg://h/app",
+            "MAILSYNC_INTERVAL": "30s",
+            "MAILCHIMP_LIST_ID": "abc",
+        },
+    )
+    assert config.database == "postgresql+psycopg://h/app"
+    assert config.daemon.interval == timedelta(seconds=30)
+    assert config.mailchimp.list_id == "abc"
+    assert config.rules == tmp_path / "rules.yaml"  # relative to the settings file
+
+
+def test_no_file_is_fine(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(env={})
+    assert config.database is None
+    assert config.state.startswith("sqlite:///")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("daemon: {interval: soon}\n", "mailsync.yaml:1: daemon ==> interval: expected a duration"),
+        ("databse: x\n", "unknown key (did you mean 'database'?)"),
+        ("log_format: xml\n", "expected text or json"),
+        ("mailchimp: {api_key: k-us1}\n", "the API key never goes in a file"),
+        ("daemon: {batch_size: 0}\n", "expected a positive number"),
+    ],
+)
+def test_errors_are_located(tmp_path, text, message):
+    path = tmp_path / "mailsync.yaml"
+    path.write_text(text)
+    with pytest.raises(RulesError) as info:
+        load_config(path, env={})
+    assert any(message in str(p) for p in info.value.problems), info.value.problems
