@@ -16,16 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
-    """A BlouseBrothers demo database and a settings file, without Mailchimp."""
+def setup(tmp_path, monkeypatch, db_url):
+    """A BlouseBrothers demo database (SQLite or PostgreSQL) and a settings
+    file, without Mailchimp. The state store is a SQLite file either way."""
     monkeypatch.delenv("MAILCHIMP_API_KEY", raising=False)
     monkeypatch.delenv("MAILCHIMP_LIST_ID", raising=False)
-    database = f"sqlite:///{tmp_path}/app.sqlite"
-    load_demo(database, "blousebrothers", users=40, seed=2, now=NOW)
+    load_demo(db_url, "blousebrothers", users=40, seed=2, now=NOW)
     config = tmp_path / "mailsync.yaml"
     config.write_text(
         f"rules: {ROOT / 'rules.yaml'}\nsources: {ROOT / 'sources.yaml'}\n"
-        f"database: {database}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
+        f"database: {db_url}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
     )
     return config, tmp_path
 
@@ -145,3 +145,32 @@ def test_demo_shows_the_lifecycle_moving(tmp_path, capsys, monkeypatch):
     assert "->" in out
     assert "mailsync explain" in out
     assert (tmp_path / "demo" / "mailsync.yaml").exists()
+
+
+@pytest.mark.parametrize("example", ["littleworld", "rallia"])
+def test_explain_and_status_on_the_other_lifecycles(example, tmp_path, monkeypatch, db_url, capsys):
+    monkeypatch.delenv("MAILCHIMP_API_KEY", raising=False)
+    monkeypatch.delenv("MAILCHIMP_LIST_ID", raising=False)
+    load_demo(db_url, example, users=30, seed=3, now=NOW)
+    base = ROOT / "examples" / example
+    config = tmp_path / "mailsync.yaml"
+    config.write_text(
+        f"rules: {base / 'rules.yaml'}\nsources: {base / 'sources.yaml'}\n"
+        f"database: {db_url}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
+    )
+    at = NOW.isoformat()
+    assert run(capsys, "once", "--config", str(config), "--at", at)[0] == 0
+    code, out, _ = run(capsys, "status", "--config", str(config), "--at", at, "--json")
+    assert code == 0
+    statuses = json.loads(out)["statuses"]
+    assert (
+        set(statuses) == {"match", "user"} if example == "littleworld" else {"match", "participant"}
+    )
+    entity = "user" if example == "littleworld" else "match"
+    code, out, _ = run(
+        capsys, "explain", "1", "--entity", entity, "--config", str(config), "--at", at, "--json"
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["entity_type"] == entity
+    assert data["status"] in statuses[entity]
