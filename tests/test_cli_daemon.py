@@ -163,9 +163,8 @@ def test_explain_and_status_on_the_other_lifecycles(example, tmp_path, monkeypat
     code, out, _ = run(capsys, "status", "--config", str(config), "--at", at, "--json")
     assert code == 0
     statuses = json.loads(out)["statuses"]
-    assert (
-        set(statuses) == {"match", "user"} if example == "littleworld" else {"match", "participant"}
-    )
+    expected = {"match", "user"} if example == "littleworld" else {"match", "participant"}
+    assert set(statuses) == expected
     entity = "user" if example == "littleworld" else "match"
     code, out, _ = run(
         capsys, "explain", "1", "--entity", entity, "--config", str(config), "--at", at, "--json"
