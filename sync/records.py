@@ -26,6 +26,22 @@ def require_aware(value: datetime, what: str) -> datetime:
     return value
 
 
+def parse_instant(value: object) -> datetime:
+    """An ISO 8601 instant with an offset or ``Z``; ``ValueError`` (with a
+    message fit for a marketer) otherwise. Every instant a person types goes
+    through here: rules-test files, ``--at``, ``--now``."""
+    example = '"2026-01-01T10:00:00Z"'
+    if not isinstance(value, str):
+        raise ValueError(f"expected an instant like {example}, found {value!r}")
+    try:
+        instant = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"expected an instant like {example}, found {value!r}") from None
+    if instant.tzinfo is None:
+        raise ValueError(f"instant {value!r} has no offset; add Z (UTC) or +02:00")
+    return instant
+
+
 @dataclass(frozen=True, order=True)
 class ActionOccurrence:
     """One occurrence of an action: ``signup`` at 2026-01-01T10:00Z."""

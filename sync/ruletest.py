@@ -23,7 +23,7 @@ from sync.engine import Baseline, evaluate, reinit_state
 from sync.exceptions import Problem, RulesError
 from sync.expressions import Type
 from sync.loader import MarkedDict, MarkedList, line_of, read_yaml_file
-from sync.records import ActionOccurrence, FactValue
+from sync.records import ActionOccurrence, FactValue, parse_instant
 from sync.rules import Entity, Ruleset
 from sync.schema import did_you_mean, load_rules
 
@@ -79,21 +79,6 @@ class Failure:
 class Outcome:
     passed: int = 0
     failures: list[Failure] = field(default_factory=list)
-
-
-def parse_instant(value: Any) -> datetime:
-    """An ISO 8601 instant with an offset or ``Z``; raises ValueError otherwise."""
-    if not isinstance(value, str):
-        raise ValueError(f'expected an instant like "2026-01-01T10:00:00Z", found {value!r}')
-    try:
-        instant = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f'expected an instant like "2026-01-01T10:00:00Z", found {value!r}'
-        ) from None
-    if instant.tzinfo is None:
-        raise ValueError(f"instant {value!r} has no offset; add Z (UTC) or +02:00")
-    return instant
 
 
 class _Reader:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from sync.exceptions import ConfigurationError, MailsyncError, RulesError
+from sync.records import parse_instant
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and found something wrong (failing tests, fatal run error)
@@ -60,14 +61,9 @@ def parse_at(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"expected an ISO 8601 instant, got {text!r}", param_hint="--at"
-        ) from None
-    if value.tzinfo is None:
-        raise click.BadParameter(f"{text!r} has no offset; add Z or +02:00", param_hint="--at")
-    return value
+        return parse_instant(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at") from None
 
 
 def report(exc: BaseException) -> None:

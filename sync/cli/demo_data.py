@@ -16,24 +16,17 @@ import click
 from sync.cli._common import handle_errors
 from sync.demo import EXAMPLES, load_demo
 from sync.exceptions import ConfigurationError
+from sync.records import parse_instant
 
 
 def _parse_now(value: str | None) -> datetime:
     if value is None:
         today = datetime.now(UTC).date()
         return datetime(today.year, today.month, today.day, tzinfo=UTC)
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigurationError(
-            f"--now: expected an ISO 8601 instant like 2026-03-01T00:00:00Z, got {value!r}"
-        ) from None
-    if parsed.tzinfo is None:
-        raise ConfigurationError(f"--now: {value!r} has no offset; add Z or +01:00")
-    return parsed.astimezone(UTC)
+        return parse_instant(value).astimezone(UTC)
+    except ValueError as exc:
+        raise ConfigurationError(f"--now: {exc}") from None
 
 
 @click.command("demo-data")
