@@ -289,6 +289,7 @@ class Cycle:
         previous = self.state.entity_states(entity.name, ids)
         evaluations: list[EntityEvaluation] = []
         members: dict[str, MemberBuilder] = {}
+        feeders: dict[str, str] = {}  # member -> the first entity of this chunk feeding it
         statuses = self._evaluated.setdefault(entity.name, {})
         pushes = pushes_anything(entity)
         for record in chunk:
@@ -337,10 +338,31 @@ class Cycle:
             )
             if self.on_evaluated is not None:
                 self.on_evaluated(entity, record, result)
-            if pushes and record.email:
-                email = normalise_email(record.email)
-                builder = members.setdefault(email, MemberBuilder(email))
-                builder.add(entity, record.id, result)
+            if not pushes:
+                continue
+            if not record.email:
+                # Kept in the state store like any entity; there is just no member.
+                log.warning(
+                    "%s %s has no email address: evaluated, nothing pushed", entity.name, record.id
+                )
+                continue
+            email = normalise_email(record.email)
+            builder = members.get(email)
+            if builder is None:
+                builder = members[email] = MemberBuilder(email)
+                feeders[email] = record.id
+            elif entity.merge_fields:
+                # Entities that only send events (a player's matches) share a
+                # member by design; merge fields from two entities conflict.
+                log.warning(
+                    "%s is the address of several %s entities (%s, %s): one member, "
+                    "the last one read sets its merge fields",
+                    email,
+                    entity.name,
+                    feeders[email],
+                    record.id,
+                )
+            builder.add(entity, record.id, result)
         self.state.upsert_evaluations(evaluations, at=self.now)
         if members:
             self.summary.absorb(self.sink.push(b.build() for b in members.values()))
