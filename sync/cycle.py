@@ -305,8 +305,9 @@ class Cycle:
                     baseline,
                     events_since=self.events_since,
                 )
-            except (TypeError, ValueError, KeyError) as exc:
-                # Bad data in one record (a value of the wrong type…) must not
+            except (TypeError, ValueError, KeyError, OverflowError) as exc:
+                # Bad data in one record (a value of the wrong type, a sentinel
+                # date like 0001-01-01 that date arithmetic cannot shift) must not
                 # stop the others; it stays visible in the log and the summary.
                 self.summary.entities_failed[entity.name] += 1
                 log.error(

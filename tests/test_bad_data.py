@@ -228,6 +228,21 @@ def test_future_and_sentinel_instants_do_not_count_yet(db_url, tmp_path, mailchi
     assert members["never@example.com"]["MMERGE25"] == "registered_H24"
 
 
+def test_instants_out_of_arithmetic_range_fail_that_record_only(
+    db_url, tmp_path, mailchimp_emulator, caplog
+):
+    # 0001-01-01 minus 24h cannot be computed; the record is reported, the rest go on.
+    booking_rows = [
+        {"id": 1, "user_id": 1, "starts_at": datetime(1, 1, 1, tzinfo=UTC)},
+        {"id": 2, "user_id": 99, "starts_at": NOW + timedelta(hours=12)},
+    ]
+    with caplog.at_level(logging.ERROR):
+        summary = cycle(db_url, tmp_path, mailchimp_emulator, [], booking_rows=booking_rows)
+    assert summary.entities_failed["booking"] == 1
+    assert audience(mailchimp_emulator)["zed@example.com"]["MMERGE30"] == "booked_soon"
+    assert any("cannot evaluate booking 1" in r.getMessage() for r in caplog.records)
+
+
 # -- text ---------------------------------------------------------------------------------------
 
 
