@@ -289,6 +289,7 @@ class Cycle:
         previous = self.state.entity_states(entity.name, ids)
         evaluations: list[EntityEvaluation] = []
         members: dict[str, MemberBuilder] = {}
+        feeders: dict[str, str] = {}  # member -> the first entity of this chunk feeding it
         statuses = self._evaluated.setdefault(entity.name, {})
         pushes = pushes_anything(entity)
         for record in chunk:
@@ -304,8 +305,9 @@ class Cycle:
                     baseline,
                     events_since=self.events_since,
                 )
-            except (TypeError, ValueError, KeyError) as exc:
-                # Bad data in one record (a value of the wrong type…) must not
+            except (TypeError, ValueError, KeyError, OverflowError) as exc:
+                # Bad data in one record (a value of the wrong type, a sentinel
+                # date like 0001-01-01 that date arithmetic cannot shift) must not
                 # stop the others; it stays visible in the log and the summary.
                 self.summary.entities_failed[entity.name] += 1
                 log.error(
@@ -337,10 +339,31 @@ class Cycle:
             )
             if self.on_evaluated is not None:
                 self.on_evaluated(entity, record, result)
-            if pushes and record.email:
-                email = normalise_email(record.email)
-                builder = members.setdefault(email, MemberBuilder(email))
-                builder.add(entity, record.id, result)
+            if not pushes:
+                continue
+            if not record.email:
+                # Kept in the state store like any entity; there is just no member.
+                log.warning(
+                    "%s %s has no email address: evaluated, nothing pushed", entity.name, record.id
+                )
+                continue
+            email = normalise_email(record.email)
+            builder = members.get(email)
+            if builder is None:
+                builder = members[email] = MemberBuilder(email)
+                feeders[email] = record.id
+            elif entity.merge_fields:
+                # Entities that only send events (a player's matches) share a
+                # member by design; merge fields from two entities conflict.
+                log.warning(
+                    "%s is the address of several %s entities (%s, %s): one member, "
+                    "the last one read sets its merge fields",
+                    email,
+                    entity.name,
+                    feeders[email],
+                    record.id,
+                )
+            builder.add(entity, record.id, result)
         self.state.upsert_evaluations(evaluations, at=self.now)
         if members:
             self.summary.absorb(self.sink.push(b.build() for b in members.values()))

@@ -14,6 +14,9 @@ from datetime import timedelta
 UNITS: dict[str, int] = {"w": 7 * 86400, "d": 86400, "h": 3600, "min": 60, "s": 1}
 _PART = re.compile(r"(\d+)(min|w|d|h|s|m)")
 _WHOLE = re.compile(r"^(?:\d+(?:min|w|d|h|s|m))+$")
+#: Longer delays are typos (an extra zero or ten); they would also push
+#: instants past the year 9999, which Python cannot represent.
+MAX_DURATION = timedelta(days=36500)
 
 
 class DurationError(ValueError):
@@ -39,6 +42,8 @@ def parse_duration(text: str) -> timedelta:
             raise DurationError(f"write the parts of {text!r} largest first, each unit once")
         last_size = size
         seconds += int(number) * size
+    if seconds > MAX_DURATION.total_seconds():
+        raise DurationError(f"{text!r} is longer than 100 years (36500d)")
     return timedelta(seconds=seconds)
 
 

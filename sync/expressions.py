@@ -221,10 +221,33 @@ class _Raw:
     children: tuple[_Raw, ...] = ()
 
 
+#: Parentheses, ``not``, ``-`` and chains of operators nest at most this deep:
+#: the parser, the checker and the evaluator recurse once per level.
+MAX_NESTING = 50
+
+
+def _depth(node: _Raw) -> int:
+    deepest = 0
+    stack = [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in current.children)
+    return deepest
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokenize(text)
         self.index = 0
+        self.nesting = 0
+
+    def nest(self, column: int) -> None:
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise ExpressionError(
+                f"nested more than {MAX_NESTING} levels deep; split it into derived facts", column
+            )
 
     @property
     def token(self) -> _Token:
@@ -257,6 +280,10 @@ class _Parser:
             raise ExpressionError(
                 f"unexpected {self._describe()} (missing 'and' or 'or'?)", self.token.column
             )
+        if _depth(node) > MAX_NESTING:
+            raise ExpressionError(
+                f"nested more than {MAX_NESTING} levels deep; split it into derived facts", 1
+            )
         return node
 
     def or_(self) -> _Raw:
@@ -273,7 +300,10 @@ class _Parser:
 
     def not_(self) -> _Raw:
         if (token := self.accept("not")) is not None:
-            return _Raw("not", token.column, children=(self.not_(),))
+            self.nest(token.column)
+            node = _Raw("not", token.column, children=(self.not_(),))
+            self.nesting -= 1
+            return node
         return self.comparison()
 
     def comparison(self) -> _Raw:
@@ -323,7 +353,10 @@ class _Parser:
 
     def unary(self) -> _Raw:
         if (token := self.accept("-")) is not None:
-            return _Raw("neg", token.column, children=(self.unary(),))
+            self.nest(token.column)
+            node = _Raw("neg", token.column, children=(self.unary(),))
+            self.nesting -= 1
+            return node
         return self.atom()
 
     def atom(self) -> _Raw:
@@ -351,8 +384,10 @@ class _Parser:
                 raise ExpressionError("function calls are not supported", self.token.column)
             return _Raw("name", token.column, token.text)
         if token.text == "(":
+            self.nest(token.column)
             node = self.or_()
             self.expect(")")
+            self.nesting -= 1
             return node
         found = "the end" if token.kind == "end" else repr(token.text)
         raise ExpressionError(f"expected a value or a name, found {found}", token.column)

@@ -35,6 +35,9 @@ from sync.exceptions import Problem, RulesError
 
 #: Rule files are small; anything this big is a mistake (or an attack).
 MAX_BYTES = 2 * 1024 * 1024
+#: How deeply mappings and lists may nest. The shipped files need 6 levels;
+#: thousands of ``[[[[`` would exhaust the recursive composer's stack.
+MAX_DEPTH = 32
 
 
 class MarkedDict(dict[Any, Any]):
@@ -99,6 +102,11 @@ class _AliasFound(Exception):
         self.line = node_line
 
 
+class _TooDeep(Exception):
+    def __init__(self, node_line: int) -> None:
+        self.line = node_line
+
+
 class _Composer(Reader, Scanner, Parser, Composer, _Resolver):
     def __init__(self, stream: str) -> None:
         Reader.__init__(self, stream)
@@ -106,11 +114,18 @@ class _Composer(Reader, Scanner, Parser, Composer, _Resolver):
         Parser.__init__(self)
         Composer.__init__(self)
         _Resolver.__init__(self)
+        self.depth = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(yaml.AliasEvent):
             raise _AliasFound(self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
-        return super().compose_node(parent, index)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 @dataclass
@@ -190,8 +205,10 @@ def load_yaml(text: str, file: str) -> Document:
     text is not YAML at all; duplicate keys and the like are in ``problems``."""
     if len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
         raise RulesError([Problem(file, None, (), f"file is larger than {MAX_BYTES // 1024} KiB")])
-    composer = _Composer(text)
+    composer: _Composer | None = None
     try:
+        # The reader checks for forbidden characters as soon as it is built.
+        composer = _Composer(text)
         node = composer.get_single_node()
     except _AliasFound as exc:
         raise RulesError(
@@ -204,16 +221,27 @@ def load_yaml(text: str, file: str) -> Document:
                 )
             ]
         ) from None
+    except _TooDeep as exc:
+        raise RulesError(
+            [Problem(file, exc.line, (), f"nested more than {MAX_DEPTH} levels deep")]
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         what = exc.problem or "invalid YAML"
         context = f" ({exc.context})" if exc.context else ""
         raise RulesError([Problem(file, line, (), f"YAML syntax error: {what}{context}")]) from None
-    except yaml.YAMLError as exc:  # reader errors: control characters, bad encoding
+    except yaml.reader.ReaderError as exc:  # control characters
+        line = text[: exc.position].count("\n") + 1
+        what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise RulesError(
+            [Problem(file, line, (), f"character {what} is not allowed in YAML; remove it")]
+        ) from None
+    except yaml.YAMLError as exc:
         raise RulesError([Problem(file, None, (), f"cannot read YAML: {exc}")]) from None
     finally:
-        composer.dispose()
+        if composer is not None:
+            composer.dispose()
     if node is None:
         return Document(file, None)
     converter = _Converter(file)

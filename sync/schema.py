@@ -242,7 +242,9 @@ class _Builder:
         reinit = self.reinit(raw, states, typed_names, condition_mode, path)
         merge_fields = self.merge_fields(raw, types, actions, path)
         since = raw.get("since")
-        if since is not None and types.get(since) is not Type.INSTANT:
+        if since is not None and (
+            not isinstance(since, str) or types.get(since) is not Type.INSTANT
+        ):
             self.error(
                 raw,
                 "since",
@@ -262,7 +264,7 @@ class _Builder:
             since=since if isinstance(since, str) else None,
             description=description if isinstance(description, str) else None,
         )
-        if len(states) == len(state_names):
+        if state_names and len(states) == len(state_names):
             self.check_entity(raw, entity, path)
         return entity
 
@@ -280,7 +282,7 @@ class _Builder:
                     f"{', '.join(sorted(RESERVED))}; found {_kind(name)}",
                 )
                 continue
-            if kind not in FACT_TYPES:
+            if not isinstance(kind, str) or kind not in FACT_TYPES:
                 self.error(
                     facts_raw,
                     name,
@@ -413,7 +415,7 @@ class _Builder:
         props_raw = self.mapping(spec, "properties", spec.get("properties"), (*path, "properties"))
         properties: dict[str, str] = {}
         for prop, source in (props_raw or {}).items():
-            if source not in types:
+            if not isinstance(source, str) or source not in types:
                 self.error(
                     props_raw,
                     prop,

@@ -58,3 +58,14 @@ def test_format_round_trips(delta, text):
     assert format_duration(delta) == text
     if not text.startswith("-"):
         assert parse_duration(text) == delta
+
+
+@pytest.mark.parametrize("text", ["36501d", "99999999999999999999999999999924h", "5300w"])
+def test_absurdly_long_durations_are_refused_not_overflowed(text):
+    # Digits without bound used to raise OverflowError from timedelta.
+    with pytest.raises(DurationError, match="longer than 100 years"):
+        parse_duration(text)
+
+
+def test_a_hundred_years_is_accepted():
+    assert parse_duration("36500d") == timedelta(days=36500)

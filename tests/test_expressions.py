@@ -158,3 +158,26 @@ def test_derived_value_types():
 def test_unparse_round_trips(text):
     expr = parse_condition(text, NAMES)
     assert parse_condition(unparse(expr), NAMES) == expr
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * 2000 + "a > 0" + ")" * 2000,
+        "not " * 3000 + "f",
+        "-" * 3000 + "a > 0",
+        "a" + " + a" * 5000 + " > 0",
+        " or ".join(["f"] * 5000),
+    ],
+    ids=["parentheses", "not", "minus", "sum", "or-chain"],
+)
+def test_absurd_nesting_is_an_expression_error_not_a_recursion_error(text):
+    names = {"a": Type.NUMBER, "f": Type.BOOL}
+    with pytest.raises(ExpressionError, match="nested more than 50 levels deep"):
+        parse_condition(text, names)
+
+
+def test_reasonable_nesting_and_chains_are_accepted():
+    names = {"a": Type.NUMBER, "f": Type.BOOL}
+    parse_condition("(" * 20 + "a > 0" + ")" * 20, names)
+    parse_condition(" or ".join(["f"] * 40), names)

@@ -88,3 +88,31 @@ def test_huge_file_is_refused(tmp_path):
 
 def test_empty_document_is_none():
     assert load_yaml("", "f.yaml").data is None
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [("a: 1\nb: x\x07y\n", 2), ("a:\x00 1\n", 1), ('a: 1\nb: 2\nc: "\x1b[31m"\n', 3)],
+    ids=["bell", "nul", "escape"],
+)
+def test_control_characters_are_located_problems(text, line):
+    # PyYAML's reader rejects them while being built, before parsing starts.
+    with pytest.raises(RulesError) as info:
+        load_yaml(text, "f.yaml")
+    (problem,) = info.value.problems
+    assert problem.line == line
+    assert "is not allowed in YAML" in problem.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a: " + "[" * 5000 + "]" * 5000, "a: " + "{b: " * 3000 + "1" + "}" * 3000],
+    ids=["lists", "mappings"],
+)
+def test_deep_nesting_is_refused_instead_of_exhausting_the_stack(text):
+    with pytest.raises(RulesError, match="nested more than 32 levels deep"):
+        load_yaml(text, "f.yaml")
+
+
+def test_nesting_within_the_limit_is_read():
+    assert load_yaml("a: " + "[" * 30 + "]" * 30, "f.yaml").problems == []

@@ -269,3 +269,35 @@ def test_not_a_mapping():
 )
 def test_shipped_rule_files_are_valid_without_warnings(path):
     assert load_rules(path).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # An entity with no statuses at all used to crash the whole-entity checks.
+        ("entities:\n  user: {}\n", "r.yaml:2: entities ==> user ==> statuses: expected a mapping"),
+        (
+            "entities:\n  user:\n    facts: {a: bool}\n",
+            "r.yaml:3: entities ==> user ==> statuses: expected a mapping",
+        ),
+        # A list or mapping where a name is expected used to raise "unhashable type".
+        (
+            "entities:\n  user:\n    facts: {a: [bool]}\n    statuses: {s: {}}\n",
+            "r.yaml:3: entities ==> user ==> facts ==> a: expected a fact type",
+        ),
+        (
+            "entities:\n  user:\n    since: [a]\n    statuses: {s: {}}\n",
+            "r.yaml:3: entities ==> user ==> since: expected the name of an instant fact",
+        ),
+        (
+            "entities:\n  user:\n    actions:\n"
+            "      a: {event: {name: ev, properties: {p: {x: 1}}}}\n"
+            "    statuses: {s: {}}\n",
+            "r.yaml:4: entities ==> user ==> actions ==> a ==> event ==> properties ==> p: "
+            "unknown fact",
+        ),
+    ],
+    ids=["no-statuses", "facts-only", "list-as-type", "list-as-since", "mapping-as-property"],
+)
+def test_wrong_shapes_are_problems_not_crashes(text, expected):
+    assert any(p.startswith(expected) for p in problems(text)), problems(text)

@@ -1,0 +1,305 @@
+"""Bad data in the application database, through real cycles on SQLite and PostgreSQL.
+
+Each case is one row among good ones: the cycle must report the bad row
+clearly (a push failure for that member, a warning, a record that could not
+be evaluated) or apply the behaviour documented in ``docs/reliability.md``
+("Bad data"), and every other member must end up correct in the emulator.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from sync.config import Config, DaemonConfig, MailchimpConfig
+from sync.daemon import build_runtime, run_once
+from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
+from sync.mailchimp import Caller, MailchimpSettings, fix_merge_fields, make_client
+from sync.sink import MailchimpSink, SinkConfig
+
+NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+SIGNUP = datetime(2026, 2, 27, 9, 0)  # naive on purpose: read as UTC (naive_timezone)
+
+RULES = """\
+entities:
+  user:
+    facts: {first_name: string, last_name: string}
+    actions:
+      signup: {enters: registered, code: welcome, event: welcome}
+      wallet_created: {enters: wallet_ok}
+    statuses:
+      registered: {ladder: {_H24: 24h, _J7: 7d}}
+      wallet_ok: {ladder: {_H24: 24h}}
+    merge_fields: {MMERGE25: status, MMERGE28: action_code, FNAME: first_name, LNAME: last_name}
+  booking:
+    facts: {starts_at: instant}
+    statuses:
+      booked_soon: now >= starts_at - 24h
+      booked: {when: otherwise}
+    merge_fields: {MMERGE30: status}
+"""
+SOURCES = """\
+entities:
+  user:
+    list: SELECT id, email, first_name, last_name FROM users
+    actions:
+      signup: SELECT id, signed_up_at AS at FROM users
+      wallet_created: SELECT user_id AS id, created_at AS at FROM wallets
+  booking:
+    list: SELECT b.id, u.email FROM bookings b JOIN users u ON u.id = b.user_id
+    facts:
+      - sql: SELECT id, starts_at FROM bookings
+        columns: {starts_at: instant}
+"""
+
+metadata = sa.MetaData()
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("email", sa.Text),
+    sa.Column("first_name", sa.Text),
+    sa.Column("last_name", sa.Text),
+    sa.Column("signed_up_at", sa.DateTime(timezone=False)),
+)
+wallets = sa.Table(
+    "wallets",
+    metadata,
+    sa.Column("user_id", sa.Integer),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+)
+bookings = sa.Table(
+    "bookings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.Integer),
+    sa.Column("starts_at", sa.DateTime(timezone=True)),
+)
+
+
+def user(id_: int, email: str | None, first: str | None = "Ann", **extra: object) -> dict:
+    row = {"id": id_, "email": email, "first_name": first, "last_name": "Lee"}
+    row["signed_up_at"] = extra.get("signed_up_at", SIGNUP)
+    return row
+
+
+GOOD = [user(1, "ann@example.com"), user(99, "zed@example.com", "Zed")]
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_app(db_url: str, rows: list[dict], wallet_rows=(), booking_rows=()) -> None:
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        conn.execute(users.insert(), rows)
+        if wallet_rows:
+            conn.execute(wallets.insert(), list(wallet_rows))
+        if booking_rows:
+            conn.execute(bookings.insert(), list(booking_rows))
+    engine.dispose()
+
+
+def make_runtime(db_url: str, tmp_path: Path, emulator, clock: Clock):
+    (tmp_path / "rules.yaml").write_text(RULES)
+    (tmp_path / "sources.yaml").write_text(SOURCES)
+    state = db_url if db_url.startswith("postgresql") else f"sqlite:///{tmp_path}/state.sqlite"
+    config = Config(
+        rules=tmp_path / "rules.yaml",
+        sources=tmp_path / "sources.yaml",
+        database=db_url,
+        state=state,
+        mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=emulator.url),
+        daemon=DaemonConfig(full_rescan=timedelta(days=30)),
+    )
+    client = make_client(MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url))
+    caller = Caller(client, DEFAULT_LIST_ID)
+    runtime = build_runtime(
+        config,
+        clock=clock,
+        sink_factory=lambda store: MailchimpSink(caller, store, SinkConfig(), clock=clock),
+    )
+    wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+    fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
+    return runtime
+
+
+def audience(emulator) -> dict[str, dict]:
+    return {m.email_address.lower(): dict(m.merge_fields) for m in emulator.audience.members()}
+
+
+def assert_good_members_correct(emulator) -> None:
+    members = audience(emulator)
+    for email, first in (("ann@example.com", "Ann"), ("zed@example.com", "Zed")):
+        assert members[email]["MMERGE25"] == "registered_H24", members[email]
+        assert members[email]["MMERGE28"] == "welcome"
+        assert members[email]["FNAME"] == first
+
+
+def cycle(db_url, tmp_path, emulator, rows, **tables):
+    make_app(db_url, GOOD + rows, **tables)
+    runtime = make_runtime(db_url, tmp_path, emulator, Clock(NOW))
+    try:
+        summary = run_once(runtime)
+    finally:
+        runtime.close()
+    assert_good_members_correct(emulator)
+    return summary
+
+
+# -- addresses ------------------------------------------------------------------------------
+
+
+def test_invalid_address_is_a_permanent_failure_for_that_member_only(
+    db_url, tmp_path, mailchimp_emulator
+):
+    summary = cycle(db_url, tmp_path, mailchimp_emulator, [user(2, "ann at example dot com")])
+    assert summary.push.failed == 1
+    (failure,) = summary.push.failures
+    assert failure.email == "ann at example dot com"
+    assert failure.permanent
+    assert "ann at example dot com" not in audience(mailchimp_emulator)
+
+
+def test_empty_or_missing_address_is_evaluated_not_pushed_and_logged(
+    db_url, tmp_path, mailchimp_emulator, caplog
+):
+    rows = [user(2, ""), user(3, "   "), user(4, None)]
+    with caplog.at_level(logging.WARNING):
+        summary = cycle(db_url, tmp_path, mailchimp_emulator, rows)
+    assert summary.entities_read["user"] == 5
+    assert summary.push.failed == 0
+    assert len(audience(mailchimp_emulator)) == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("user 2" in m and "no email address" in m for m in messages), messages
+    assert any("user 4" in m and "no email address" in m for m in messages), messages
+
+
+def test_one_address_in_two_users_and_mixed_case_feed_one_member(
+    db_url, tmp_path, mailchimp_emulator, caplog
+):
+    rows = [
+        user(2, "Bob@Example.COM", "Bob", signed_up_at=SIGNUP - timedelta(days=10)),
+        user(3, "  bob@example.com ", "Robert"),
+    ]
+    with caplog.at_level(logging.WARNING):
+        cycle(db_url, tmp_path, mailchimp_emulator, rows)
+    members = audience(mailchimp_emulator)
+    assert len(members) == 3
+    # One member, fed by both users in id order: the last one read (highest id) wins.
+    assert members["bob@example.com"]["FNAME"] == "Robert"
+    assert members["bob@example.com"]["MMERGE25"] == "registered_H24"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("bob@example.com" in m and "several user entities" in m for m in messages)
+
+
+# -- instants --------------------------------------------------------------------------------
+
+
+def test_null_action_instant_skips_that_row_with_a_warning(
+    db_url, tmp_path, mailchimp_emulator, caplog
+):
+    with caplog.at_level(logging.WARNING):
+        cycle(db_url, tmp_path, mailchimp_emulator, [user(2, "nul@example.com", signed_up_at=None)])
+    # No status-giving action: no status, an empty status field (not an error).
+    assert audience(mailchimp_emulator)["nul@example.com"]["MMERGE25"] == ""
+    assert any("null instant" in r.getMessage() for r in caplog.records)
+
+
+def test_future_and_sentinel_instants_do_not_count_yet(db_url, tmp_path, mailchimp_emulator):
+    rows = [user(2, "future@example.com"), user(3, "never@example.com")]
+    wallet_rows = [
+        {"user_id": 2, "created_at": NOW + timedelta(days=30)},
+        {"user_id": 3, "created_at": datetime(9999, 12, 31, tzinfo=UTC)},
+    ]
+    cycle(db_url, tmp_path, mailchimp_emulator, rows, wallet_rows=wallet_rows)
+    members = audience(mailchimp_emulator)
+    assert members["future@example.com"]["MMERGE25"] == "registered_H24"
+    assert members["never@example.com"]["MMERGE25"] == "registered_H24"
+
+
+def test_instants_out_of_arithmetic_range_fail_that_record_only(
+    db_url, tmp_path, mailchimp_emulator, caplog
+):
+    # 0001-01-01 minus 24h cannot be computed; the record is reported, the rest go on.
+    booking_rows = [
+        {"id": 1, "user_id": 1, "starts_at": datetime(1, 1, 1, tzinfo=UTC)},
+        {"id": 2, "user_id": 99, "starts_at": NOW + timedelta(hours=12)},
+    ]
+    with caplog.at_level(logging.ERROR):
+        summary = cycle(db_url, tmp_path, mailchimp_emulator, [], booking_rows=booking_rows)
+    assert summary.entities_failed["booking"] == 1
+    assert audience(mailchimp_emulator)["zed@example.com"]["MMERGE30"] == "booked_soon"
+    assert any("cannot evaluate booking 1" in r.getMessage() for r in caplog.records)
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "sent"),
+    [
+        ("Zoë 😀 Ünïcödé", "Zoë 😀 Ünïcödé"),
+        ("Bell\x07 and \x1b[31mred\x1b[0m\ttab", "Bell\x07 and \x1b[31mred\x1b[0m\ttab"),
+        ("\u202eevil right-to-left", "\u202eevil right-to-left"),
+    ],
+    ids=["emoji", "control-characters", "bidi-override"],
+)
+def test_odd_text_is_sent_as_it_is(db_url, tmp_path, mailchimp_emulator, first, sent):
+    cycle(db_url, tmp_path, mailchimp_emulator, [user(2, "odd@example.com", first)])
+    assert audience(mailchimp_emulator)["odd@example.com"]["FNAME"] == sent
+
+
+def test_very_long_text_is_a_failure_for_that_member_only(db_url, tmp_path, mailchimp_emulator):
+    summary = cycle(db_url, tmp_path, mailchimp_emulator, [user(2, "long@example.com", "A" * 5000)])
+    # Mailchimp (and the emulator) take at most 255 characters in a text field:
+    # a permanent failure for that member, recorded and not retried every tick.
+    (failure,) = summary.push.failures
+    assert failure.email == "long@example.com"
+    assert failure.permanent
+    assert "255" in failure.reason
+
+
+# -- an entity deleted between two cycles ---------------------------------------------------
+
+
+def test_deleted_entity_keeps_its_member_and_stops_being_scheduled(
+    db_url, tmp_path, mailchimp_emulator
+):
+    make_app(db_url, [*GOOD, user(2, "gone@example.com", "Gone")])
+    clock = Clock(NOW)
+    runtime = make_runtime(db_url, tmp_path, mailchimp_emulator, clock)
+    try:
+        run_once(runtime)
+        before = runtime.state.entity_state_of("user", "2")
+        assert before is not None
+        assert before.next_change_at is not None
+        engine = sa.create_engine(db_url)
+        with engine.begin() as conn:
+            conn.execute(users.delete().where(users.c.id == 2))
+        engine.dispose()
+        clock.now = NOW + timedelta(days=8)  # past the _J7 step of everyone
+        later = run_once(runtime)
+        assert not later.full
+        members = audience(mailchimp_emulator)
+        # Never deleted, archived or unsubscribed: it keeps its last pushed values.
+        assert members["gone@example.com"]["MMERGE25"] == "registered_H24"
+        assert members["ann@example.com"]["MMERGE25"] == "registered_J7"
+        after = runtime.state.entity_state_of("user", "2")
+        assert after is not None
+        assert after.next_change_at is None
+        assert after.status == "registered_H24"
+        due = runtime.state.due(clock.now + timedelta(days=365), 10, entity_type="user")
+        assert "2" not in {e.entity_id for e in due}
+    finally:
+        runtime.close()
