@@ -406,6 +406,10 @@ class _Typed:
     duration: timedelta | None = None
 
 
+def _article(kind: Type) -> str:
+    return f"an {kind.value}" if kind.value[0] in "aeiou" else f"a {kind.value}"
+
+
 _MIRROR = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
@@ -516,7 +520,7 @@ class _Checker:
             )
         if left.type is not right.type:
             raise ExpressionError(
-                f"cannot compare a {left.type.value} with a {right.type.value}", raw.column
+                f"cannot compare {_article(left.type)} with {_article(right.type)}", raw.column
             )
         if left.type in (Type.BOOL, Type.STRING) and op not in ("==", "!="):
             raise ExpressionError(

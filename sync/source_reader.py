@@ -145,7 +145,12 @@ def to_utc(value: Any, naive_tz: ZoneInfo) -> datetime | None:
         raise ValueError(f"not an instant: {value!r}")
     if value.tzinfo is None or value.utcoffset() is None:
         value = value.replace(tzinfo=naive_tz)
-    instant: datetime = value.astimezone(UTC)
+    try:
+        instant: datetime = value.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01 in a zone east of UTC has no UTC instant: a bad value of
+        # this one row, like any other, not a reason to stop the read.
+        raise ValueError(f"instant out of range in UTC: {value!r}") from None
     return instant
 
 

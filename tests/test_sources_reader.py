@@ -358,3 +358,15 @@ def test_bound_instants_match_each_backend_storage():
     assert bind_instant(at, "postgresql", paris) == at
     with pytest.raises(ValueError, match="aware"):
         bind_instant(datetime(2026, 1, 1), "sqlite", paris)
+
+
+def test_a_sentinel_date_east_of_utc_is_a_bad_value_not_a_crash():
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    import pytest
+
+    from sync.source_reader import to_utc
+
+    with pytest.raises(ValueError, match="out of range"):
+        to_utc(datetime(1, 1, 1), ZoneInfo("Europe/Paris"))
