@@ -246,3 +246,69 @@ def test_every_example_runs_a_cycle_on_sqlite(example, sqlite_url, tmp_path, mai
     assert sum(summary.entities_read.values()) >= 40
     assert not summary.entities_failed
     assert summary.push.failed == 0
+
+
+def test_tags_follow_the_status(tmp_path, sqlite_url, mailchimp_emulator):
+    """A status's tags are active while the member is in it, and only then."""
+    rules = tmp_path / "rules.yaml"
+    text = (ROOT / "rules.yaml").read_text()
+    text = text.replace(
+        "      registered:\n        description: emails urging to create a wallet, then give up\n",
+        "      registered:\n        description: emails urging to create a wallet, then give up\n"
+        "        tags: [onboarding]\n",
+    ).replace(
+        "      wallet_ok:\n        description",
+        "      wallet_ok:\n        tags: [onboarding, has_wallet]\n        description",
+    )
+    rules.write_text(text)
+    FILES["tagged"] = (rules, ROOT / "sources.yaml")
+    try:
+        load_demo(sqlite_url, "blousebrothers", users=80, seed=9, now=NOW)
+        clock = Clock(NOW)
+        runtime, _ = make_runtime("tagged", sqlite_url, tmp_path, mailchimp_emulator, clock)
+        try:
+            removed: set[str] = set()
+            for days in (0, 10, 60):
+                clock.now = NOW + timedelta(days=days)
+                run_once(runtime)
+                if days == 0:
+                    # Tagged members credit their account: money_ok has no tag,
+                    # so their tags must become inactive at the next cycle.
+                    removed = _credit_tagged_members(sqlite_url, mailchimp_emulator, NOW)
+                user = runtime.ruleset.entity("user")
+                with SourceReader(runtime.sources, sqlite_url) as reader:
+                    for record in reader.read_entities("user", now=clock.now):
+                        expected = evaluate(user, record.facts, record.actions, clock.now).tags
+                        member = mailchimp_emulator.audience.member(record.email)
+                        assert set(member.tags) == set(expected), (days, record.id)
+        finally:
+            runtime.close()
+    finally:
+        del FILES["tagged"]
+    assert removed, "some users must be registered or wallet_ok in the demo data"
+    for email in removed:
+        assert mailchimp_emulator.audience.member(email).tags == {}
+
+
+def _credit_tagged_members(database, emulator, now):
+    tagged = [m.email_address for m in emulator.audience.members() if m.tags][:5]
+    engine = sa.create_engine(database)
+    with engine.begin() as conn:
+        next_id = conn.execute(sa.text("SELECT COALESCE(MAX(id), 0) + 1 FROM credits")).scalar_one()
+        for offset, email in enumerate(tagged):
+            user_id = conn.execute(
+                sa.text("SELECT id FROM users WHERE lower(email) = :e"), {"e": email.lower()}
+            ).scalar_one()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO credits (id, user_id, amount_cents, credited_at) "
+                    "VALUES (:id, :u, 500, :at)"
+                ),
+                {
+                    "id": next_id + offset,
+                    "u": user_id,
+                    "at": (now + timedelta(days=1)).replace(tzinfo=None),
+                },
+            )
+    engine.dispose()
+    return set(tagged)
