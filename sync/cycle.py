@@ -264,7 +264,7 @@ class Cycle:
             self._process(entity, chunk)
             seen.update(r.id for r in chunk)
             if links_needed:
-                self._record_links(entity_type, [r.id for r in chunk])
+                self.state.replace_links(entity_type, {r.id: r.related for r in chunk})
             if self.stop.is_set():
                 self.summary.stopped = True
                 return
@@ -276,12 +276,6 @@ class Cycle:
             self.state.set_watermark(f"watermark:{entity_type}", watermark.isoformat())
         else:
             self.state.set_watermark(f"watermark:{entity_type}", self.now.isoformat())
-
-    def _record_links(self, entity_type: str, ids: list[str]) -> None:
-        links: dict[str, list[tuple[str, str]]] = {i: [] for i in ids}
-        for entity_id, rows in self.reader.read_relations(entity_type, now=self.now, ids=ids):
-            links[entity_id] = [(row.relation, row.related_id) for row in rows]
-        self.state.replace_links(entity_type, links)
 
     def _process(self, entity: Entity, chunk: list[EntityRecord]) -> None:
         ids = [r.id for r in chunk]

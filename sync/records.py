@@ -62,6 +62,9 @@ class EntityRecord:
     email: str | None
     facts: Mapping[str, FactValue] = field(default_factory=dict)
     actions: tuple[ActionOccurrence, ...] = ()
+    #: (related entity type, id) pairs this entity's facts were computed from
+    #: (a Little World user's matches); the daemon re-evaluates it when they change.
+    related: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

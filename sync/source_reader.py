@@ -531,8 +531,8 @@ class SourceReader:
                 for cursor in actions:
                     occurrences.extend(cursor.take(key))
                 occurrences.sort()
+                related: list[RelationRow] = []
                 if relations and related_statuses is not None:
-                    related: list[RelationRow] = []
                     for cursor in relations:
                         related.extend(cursor.take(key))
                     facts_of.update(compute_rollups(source.rollups, related, related_statuses))
@@ -543,6 +543,7 @@ class SourceReader:
                     email,
                     facts_of,
                     tuple(ActionOccurrence(at, name) for at, _, name in occurrences),
+                    tuple(dict.fromkeys((row.relation, row.related_id) for row in related)),
                 )
             for cursor in [*actions, *(c for _, c in facts), *relations]:
                 cursor.drain()

@@ -178,6 +178,9 @@ def test_littleworld_users_count_their_matches_statuses(db_url, tmp_path, mailch
         for record in users:
             assert stored[record.id].status == evaluate(user, record.facts, [], NOW).status
         assert any(r.facts.get("matches_total") for r in users)
+        # Each user's record names the matches its counts were computed from.
+        for record in users:
+            assert len(record.related) == record.facts["matches_total"]
         # A user linked to a match is re-evaluated when that match is.
         linked = runtime.state.dependents("user", "match", list(statuses))
         assert linked
