@@ -486,6 +486,12 @@ class StateStore:
         with self.engine.connect() as conn:
             return [self._entity(row) for row in conn.execute(query)]
 
+    def count_due(self, now: datetime) -> int:
+        """How many entities (of any type) have a ``next_change_at`` at or before ``now``."""
+        query = sa.select(sa.func.count()).where(entity_state.c.next_change_at <= now)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def status_counts(self, entity_type: str) -> dict[str | None, int]:
         """How many entities of this type are in each status (None: no status)."""
         query = (

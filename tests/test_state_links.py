@@ -50,3 +50,15 @@ def test_forget_schedule_stops_an_entity_from_being_due(db_url):
     assert state.due(NOW) == []
     assert state.entity_state_of("user", "1").status == "registered"
     state.close()
+
+
+def test_count_due(db_url):
+    state = store(db_url)
+    state.upsert_evaluations(
+        [
+            EntityEvaluation("user", str(i), None, "x", next_change_at=NOW + timedelta(hours=i - 2))
+            for i in range(5)
+        ]
+    )
+    assert state.count_due(NOW) == 3  # -2h, -1h and exactly now
+    state.close()

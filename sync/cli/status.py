@@ -30,7 +30,7 @@ def status(config_path: str | None, at: str | None, as_json: bool) -> None:
             name: {str(k): v for k, v in sorted(state.status_counts(name).items(), key=str)}
             for name in ruleset.entities
         }
-        due = len(state.due(now, limit=1_000_000))
+        due = state.count_due(now)
         transient = len(state.failures(permanent=False))
         permanent = len(state.failures(permanent=True))
         cycles = state.cycles(limit=100)
