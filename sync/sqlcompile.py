@@ -454,6 +454,8 @@ def _entry_by_actions(
         base_state = sa.case(*whens, else_=fallback) if whens else sa.literal(fallback)
         base_at = reinit_at
 
+    state: SqlExpr = action_state
+    entered: SqlExpr = action_at
     if base_state is not None and base_at is not None:
         # The baseline wins when it is in the past and no action is later.
         use_base = sa.and_(
@@ -463,8 +465,6 @@ def _entry_by_actions(
         )
         state = sa.case((use_base, base_state), else_=action_state)
         entered = sa.case((use_base, base_at), else_=action_at)
-    else:
-        state, entered = action_state, action_at
     return sa.select(
         rows,
         state.label("m_state"),
@@ -652,7 +652,7 @@ class SqlEvaluator:
         self.engine = engine if engine is not None else read_only_engine(url)
         self.dialect = self.engine.dialect.name
         self.batch_size = batch_size
-        self._compiled: dict[tuple[str, bool, bool, bool], CompiledEntity] = {}
+        self._compiled: dict[tuple[str, bool, bool, FromClause | None], CompiledEntity] = {}
 
     def __enter__(self) -> SqlEvaluator:
         return self
@@ -669,8 +669,8 @@ class SqlEvaluator:
         baselines: Baselines | None = None,
     ) -> CompiledEntity:
         baselines = baselines or Baselines()
-        cache = (entity_type, with_ids, baselines.reinit, baselines.table is not None)
-        if baselines.table is None and cache in self._compiled:
+        cache = (entity_type, with_ids, baselines.reinit, baselines.table)
+        if cache in self._compiled:
             return self._compiled[cache]
         source = self.sources.entity(entity_type)
         if self.dialect == "sqlite" and source.naive_timezone != "UTC":
@@ -688,8 +688,7 @@ class SqlEvaluator:
             baselines=baselines,
             with_ids=with_ids,
         )
-        if baselines.table is None:
-            self._compiled[cache] = compiled
+        self._compiled[cache] = compiled
         return compiled
 
     def identity_columns(self, conn: Connection, entity_type: str) -> tuple[str, ...]:

@@ -122,7 +122,7 @@ def inline_constants(statement: S, keep: Iterable[str]) -> S:
     The compiled query has hundreds of constants (offsets, state numbers,
     SQLite's date-parsing positions); bound, they would exceed SQLite's
     parser and parameter limits and hide them from PostgreSQL's planner.
-    Only plain integers and strings are inlined; ``keep`` names the real
+    Only booleans, integers and strings are inlined; ``keep`` names the real
     parameters (``now``, ids), which stay bound.
     """
     kept = set(keep)
@@ -131,8 +131,10 @@ def inline_constants(statement: S, keep: Iterable[str]) -> S:
         if not isinstance(element, BindParameter) or element.key in kept:
             return None
         value = element.value
-        if isinstance(value, bool) or element.callable is not None:
+        if element.callable is not None:
             return None
+        if isinstance(value, bool):
+            return sa.true() if value else sa.false()
         if isinstance(value, int):
             return sa.literal_column(str(value), element.type)
         if isinstance(value, str):
@@ -145,17 +147,27 @@ def inline_constants(statement: S, keep: Iterable[str]) -> S:
 
 @dataclass(frozen=True)
 class Naming:
-    """Where derived tables go: nested subqueries on PostgreSQL (which
-    flattens them), a flat ``WITH`` list on SQLite (whose parser overflows on
-    deep nesting); ``prefix`` keeps a related entity's tables apart."""
+    """Where derived tables go: nested subqueries on PostgreSQL, a flat
+    ``WITH`` list on SQLite (whose parser overflows on deep nesting);
+    ``prefix`` keeps a related entity's tables apart.
+
+    On PostgreSQL every stage is fenced with ``OFFSET 0``: otherwise the
+    planner pulls the subqueries up and substitutes each stage's expressions
+    into the next, and since every stage reads the previous one's columns
+    several times the expression tree grows exponentially (planning one
+    BlouseBrothers query ran out of memory). Fenced, each column is computed
+    once per row.
+    """
 
     dialect: str
     prefix: str = ""
 
     def table(self, select: sa.Select[Any], name: str) -> FromClause:
         if self.dialect == "sqlite":
-            return select.cte(self.prefix + name)
-        return select.subquery(self.prefix + name)
+            # MATERIALIZED for the same reason as the fence below: SQLite
+            # would otherwise inline each stage's expressions into the next.
+            return select.cte(self.prefix + name).prefix_with("MATERIALIZED")
+        return select.offset(0).subquery(self.prefix + name)
 
     def nested(self, prefix: str) -> Naming:
         return Naming(self.dialect, self.prefix + prefix)
