@@ -1,0 +1,768 @@
+"""Rules compiled to set-based SQL: every entity's status in a few queries.
+
+``sync.engine`` evaluates one entity at a time; a daemon that looped over a
+million users with it (or worse, with one query per user and action, as the
+original project did) would spend its life in round trips. This module
+compiles an entity type of ``rules.yaml`` plus its ``sources.yaml`` queries
+into **one** SQLAlchemy Core ``SELECT`` that computes, for the whole
+population (or a given set of ids), what ``engine.evaluate`` computes:
+status, status_since, state, state_entered_at, action_code, merge fields and
+next_change_at. The result is streamed (server-side cursor, ``yield_per``).
+
+How the query is built (details in ``docs/sql.md``):
+
+* **the population**: the ``list`` query, LEFT JOINed with every ``facts``
+  query (a missing row gives the column's default, as in the reader) and,
+  for rollup facts, with the related entity's own compiled query aggregated
+  per entity (``sqlcompile`` of ``match`` inside ``user``);
+* **entry by actions**: the action queries, ``UNION ALL``-ed, each row
+  reduced to one BIGINT ``at_µs * K + declaration order`` so that a single
+  ``MAX ... GROUP BY id`` finds the latest status-giving action *and* breaks
+  ties on declaration order (likewise for the latest code-bearing action);
+  a re-initialisation baseline is LEFT JOINed and supersedes actions at or
+  before it;
+* **entry by conditions**: the priority list is one ``CASE`` over the facts
+  (``sqlcompile_expr``); the instants at which the choice may change are the
+  per-entity condition thresholds, unrolled as rows (``UNION ALL``, one per
+  threshold expression), evaluated at ``t`` and ``t - 1µs`` and aggregated:
+  the latest ``t <= now`` before which another state was chosen is the
+  entry, the earliest ``t > now`` at which another state is chosen is the
+  next change;
+* **timeline**: integer arithmetic over ``now - entered`` (``sqlcompile_timeline``).
+
+``now`` is a bound parameter (``:mailsync_now_us``, epoch microseconds; the
+sources' own ``:now`` gets the value the reader would bind). Only
+``engine.evaluate`` computes events; they need each action occurrence, which
+is precisely what the set-based query avoids reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from fnmatch import fnmatchcase
+from functools import cached_property
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.selectable import FromClause, Subquery
+
+from sync.exceptions import ConfigurationError
+from sync.expressions import Type, time_tests
+from sync.records import FactValue
+from sync.rollups import Rollup
+from sync.rules import ACTION_CODE, STATUS, Entity, Mode, Ruleset
+from sync.source_reader import bind_instant, convert, read_only_engine
+from sync.sources import Column, EntitySource, SourcesConfig
+from sync.sqlcompile_expr import (
+    ExprCompiler,
+    Naming,
+    SqlExpr,
+    from_micros,
+    inline_constants,
+    instant_micros,
+    least,
+    to_micros,
+)
+from sync.sqlcompile_timeline import state_indexes, timeline
+
+#: Bound parameter names the compiled query uses besides the sources' ``:now``.
+NOW_US = "mailsync_now_us"
+REINIT_US = "mailsync_reinit_us"
+IDS = "mailsync_ids"
+
+#: ``m_cur * _STATUS_BASE + m_step`` numbers a status (state and rung) in SQL.
+_STATUS_BASE = 1000
+_TICK = 1  # µs: the engine looks at the choice just before a threshold
+
+
+@dataclass(frozen=True)
+class SqlEvaluation:
+    """What the compiled SQL says about one entity at ``now`` (the fields of
+    ``engine.Evaluation`` that do not need action occurrences)."""
+
+    id: str
+    email: str | None
+    status: str | None
+    status_since: datetime | None
+    state: str | None
+    state_entered_at: datetime | None
+    action_code: str | None
+    merge_fields: Mapping[str, FactValue] = field(default_factory=dict)
+    tags: frozenset[str] = frozenset()
+    next_change_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """Where re-initialisation baselines come from.
+
+    * ``table``: a selectable *in the application database* with columns
+      ``id`` (the entity id), ``state`` (a state name) and ``at`` (the
+      re-initialisation instant): the state store's baseline table when it
+      shares the database, LEFT JOINed by id;
+    * ``reinit_at``: no stored baselines, but one re-initialisation of every
+      entity at a bound instant, whose state SQL computes from the *current*
+      facts (the ``reinit:`` priority list at that instant): exactly what
+      ``mailsync reinit`` stores, and what a rules-test ``reinit_at`` means.
+
+    With neither, no baseline applies (see ``docs/sql.md`` for the fallback
+    when the state store lives in another database).
+    """
+
+    table: FromClause | None = None
+    reinit: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledEntity:
+    """One entity type compiled for one dialect: a ``SELECT`` and its decoder."""
+
+    entity: Entity
+    source: EntitySource
+    dialect: str
+    select: sa.Select[Any]
+    identity: tuple[str, ...]
+    #: merge tag → (how to decode, result column)
+    _merge: tuple[tuple[str, str, str | None], ...]
+    _codes: Mapping[int, str]
+    _code_base: int
+
+    def params(self, now: datetime, *, reinit_at: datetime | None = None) -> dict[str, Any]:
+        """The bound values for evaluating at ``now`` (``ids`` aside)."""
+        tz = ZoneInfo(self.source.naive_timezone)
+        params: dict[str, Any] = {
+            "now": bind_instant(now, self.dialect, tz),
+            NOW_US: to_micros(now),
+        }
+        if reinit_at is not None:
+            params[REINIT_US] = to_micros(reinit_at)
+        return params
+
+    def decode(self, row: sa.Row[Any]) -> SqlEvaluation:
+        """A result row as an evaluation; ids become text as the reader's do.
+
+        Columns are read by position (the ``select``'s order): at a million
+        rows, mapping access by name costs as much as the query itself."""
+        tz = ZoneInfo(self.source.naive_timezone)
+        values: tuple[Any, ...] = tuple(row[:8])
+        ident, email, cur, step, state_at, since, change, code_key = values
+        state = None if cur is None else self._states[cur]
+        status = None if state is None else state.status_name(step)
+        code = None if code_key is None else self._codes.get(code_key % self._code_base)
+        merge: dict[str, FactValue] = {}
+        for tag, how, position in self._positions:
+            if how == STATUS:
+                merge[tag] = status
+            elif how == ACTION_CODE:
+                merge[tag] = code
+            elif position is None:
+                merge[tag] = None
+            else:
+                merge[tag] = _decode_value(how, row[position], tz)
+        return SqlEvaluation(
+            id=str(ident),
+            email=email.strip() or None if isinstance(email, str) else None,
+            status=status,
+            status_since=from_micros(since) if state is not None else None,
+            state=None if state is None else state.name,
+            state_entered_at=from_micros(state_at) if state is not None else None,
+            action_code=code,
+            merge_fields=merge,
+            tags=frozenset() if state is None else state.tags,
+            next_change_at=from_micros(change),
+        )
+
+    @cached_property
+    def _states(self) -> list[Any]:
+        return list(self.entity.states.values())
+
+    @cached_property
+    def _positions(self) -> tuple[tuple[str, str, int | None], ...]:
+        names = [c.name for c in self.select.selected_columns]
+        return tuple(
+            (tag, how, None if column is None else names.index(column))
+            for tag, how, column in self._merge
+        )
+
+
+def _decode_value(how: str, value: Any, tz: ZoneInfo) -> FactValue:
+    """Raw column value → fact value, the way ``SourceReader`` converts it."""
+    if value is None:
+        return None
+    if how == "identity":
+        return str(value)
+    if how == "rollup":
+        return int(value)
+    if how.startswith("derived:"):
+        kind = how.removeprefix("derived:")
+        if kind == Type.INSTANT.value:
+            return from_micros(value)
+        if kind == Type.BOOL.value:
+            return bool(value)
+        return convert(value, "number" if kind == Type.NUMBER.value else "string", tz)
+    return convert(value, how, tz)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------
+# Compilation
+
+
+@dataclass(frozen=True)
+class _Population:
+    """The entities with their facts: one subquery, and how to read it."""
+
+    rows: FromClause
+    #: fact name → (source column type or 'identity'/'rollup', result column name)
+    columns: Mapping[str, tuple[str, str]]
+
+
+def compile_entity(
+    ruleset: Ruleset,
+    sources: SourcesConfig,
+    entity_type: str,
+    dialect: str,
+    *,
+    identity: Sequence[str] = (),
+    baselines: Baselines | None = None,
+    with_ids: bool = False,
+    ordered: bool = True,
+) -> CompiledEntity:
+    """Compile ``entity_type`` for ``dialect`` ("postgresql" or "sqlite").
+
+    ``identity`` names the list query's extra columns (they are only known
+    once it runs: ``SqlEvaluator`` asks the database). ``with_ids`` adds the
+    expanding ``:mailsync_ids`` filter; ``ordered`` sorts by id the way the
+    source reader does (merge-friendly, costs a sort).
+    """
+    entity = ruleset.entity(entity_type)
+    source = sources.entity(entity_type)
+    baselines = baselines or Baselines()
+    core, merge, codes, code_base = _core(
+        ruleset, sources, entity, source, Naming(dialect), identity, baselines, with_ids
+    )
+    select = core
+    if ordered:
+        order = core.selected_columns.id
+        if source.id_type == "text":
+            order = order.collate("C" if dialect == "postgresql" else "BINARY")
+        select = core.order_by(order)
+    select = inline_constants(select, (NOW_US, REINIT_US, IDS, "now"))
+    return CompiledEntity(entity, source, dialect, select, tuple(identity), merge, codes, code_base)
+
+
+def _core(
+    ruleset: Ruleset,
+    sources: SourcesConfig,
+    entity: Entity,
+    source: EntitySource,
+    naming: Naming,
+    identity: Sequence[str],
+    baselines: Baselines,
+    with_ids: bool,
+) -> tuple[sa.Select[Any], tuple[tuple[str, str, str | None], ...], dict[int, str], int]:
+    dialect = naming.dialect
+    now = sa.bindparam(NOW_US, type_=sa.BigInteger)
+    population = _population(ruleset, sources, entity, source, naming, identity, with_ids)
+    rows = population.rows
+    facts = _fact_values(entity, population, dialect)
+    compiler = ExprCompiler(entity, facts(rows), now)
+    code_base = _code_base(entity)
+    codes = {a.order: a.code for a in entity.actions.values() if a.code is not None}
+    latest = _latest_actions(entity, source, naming, code_base, now, with_ids)
+
+    if entity.mode is Mode.CONDITIONS:
+        entry = _entry_by_conditions(entity, rows, facts, now, compiler, naming)
+    else:
+        entry = _entry_by_actions(entity, rows, latest, baselines, compiler, dialect, code_base)
+    entered = naming.table(entry, "m_entry")
+    final = naming.table(timeline(entity, entered, now, naming), "m_final")
+
+    merge: list[tuple[str, str, str | None]] = []
+    for merge_field in entity.merge_fields:
+        src = merge_field.source
+        if src in (STATUS, ACTION_CODE):
+            merge.append((merge_field.tag, src, None))
+        elif src in population.columns:
+            how, column = population.columns[src]
+            merge.append((merge_field.tag, how, column))
+        elif any(d.name == src for d in entity.derived):
+            kind = next(d.type for d in entity.derived if d.name == src)
+            merge.append((merge_field.tag, f"derived:{kind.value if kind else ''}", f"d_{src}"))
+        else:
+            merge.append((merge_field.tag, "missing", None))
+    change = least(final.c.m_next, final.c.m_entry_next)
+    wanted = [final.c.id, final.c.email, final.c.m_cur, final.c.m_step, final.c.m_state_at]
+    wanted += [final.c.m_since, change.label("m_change"), final.c.m_code]
+    for _, _how, wanted_column in merge:
+        if wanted_column is not None and wanted_column not in {c.name for c in wanted}:
+            wanted.append(final.c[wanted_column])
+    return sa.select(*wanted), tuple(merge), codes, code_base
+
+
+def _code_base(entity: Entity) -> int:
+    """K in ``at_µs * K + order``: a power of two above every action order."""
+    top = max((a.order for a in entity.actions.values()), default=0)
+    base = 2
+    while base <= top:
+        base *= 2
+    return base
+
+
+def _text(query_sql: str, columns: Iterable[str], name: str) -> Subquery:
+    return sa.text(query_sql).columns(*(sa.column(c) for c in columns)).subquery(name)
+
+
+def _population(
+    ruleset: Ruleset,
+    sources: SourcesConfig,
+    entity: Entity,
+    source: EntitySource,
+    naming: Naming,
+    identity: Sequence[str],
+    with_ids: bool,
+) -> _Population:
+    listed = _text(source.list_query.sql, ("id", "email", *identity), "m_list")
+    selected: list[SqlExpr] = [listed.c.id, listed.c.email]
+    columns: dict[str, tuple[str, str]] = {}
+    for name in identity:
+        label = f"f_{name}"
+        selected.append(listed.c[name].label(label))
+        columns[name] = ("identity", label)
+    joined: FromClause = listed
+    for number, fact_query in enumerate(source.facts):
+        sub = _text(
+            fact_query.query.sql, ("id", *(c.name for c in fact_query.columns)), f"m_facts{number}"
+        )
+        joined = joined.outerjoin(sub, sub.c.id == listed.c.id)
+        for column in fact_query.columns:
+            label = f"f_{column.name}"
+            selected.append(_with_default(sub, column).label(label))
+            columns[column.name] = (column.type, label)
+    if source.rollups:
+        counts = _rollup_counts(ruleset, sources, source, naming, with_ids)
+        joined = joined.outerjoin(counts, counts.c.id == listed.c.id)
+        for rollup in source.rollups:
+            label = f"f_{rollup.fact}"
+            # Every rollup has a value, 0 when nothing counts (as compute_rollups).
+            selected.append(sa.func.coalesce(counts.c[rollup.fact], 0).label(label))
+            columns[rollup.fact] = ("rollup", label)
+    select = sa.select(*selected).select_from(joined)
+    if with_ids:
+        select = select.where(listed.c.id.in_(sa.bindparam(IDS, expanding=True)))
+    return _Population(naming.table(select, "m_population"), columns)
+
+
+def _with_default(sub: Subquery, column: Column) -> SqlExpr:
+    if column.default is None:
+        return sub.c[column.name]
+    # No row → the default; a row with null stays null (as the reader does).
+    return sa.case((sub.c.id.is_(None), sa.literal(column.default)), else_=sub.c[column.name])
+
+
+def _fact_values(entity: Entity, population: _Population, dialect: str) -> Any:
+    """A function: row source → fact name → SQL value typed for conditions."""
+
+    def values(rows: FromClause) -> dict[str, SqlExpr]:
+        result: dict[str, SqlExpr] = {}
+        for name, (_, label) in population.columns.items():
+            raw = rows.c[label]
+            kind = entity.facts.get(name)
+            if kind is Type.INSTANT:
+                result[name] = instant_micros(raw, dialect)
+            elif kind is Type.BOOL and dialect == "postgresql":
+                result[name] = sa.cast(raw, sa.Boolean)
+            elif kind is Type.STRING:
+                result[name] = sa.cast(raw, sa.Text)
+            else:
+                result[name] = raw
+        return result
+
+    return values
+
+
+def _latest_actions(
+    entity: Entity,
+    source: EntitySource,
+    naming: Naming,
+    code_base: int,
+    now: SqlExpr,
+    with_ids: bool,
+) -> FromClause | None:
+    """Per entity: ``MAX(at_µs * K + order)`` over status-giving actions
+    (``m_skey``) and over code-bearing ones (``m_ckey``), at or before now."""
+    branches: list[sa.Select[Any]] = []
+    for name, query in source.actions:
+        action = entity.actions.get(name)
+        if action is None or (action.enters is None and action.code is None):
+            continue  # never changes status nor code: not read at all
+        sub = _text(query.sql, ("id", "at"), f"m_action_{name}")
+        at = instant_micros(sub.c.at, naming.dialect)
+        key = at * code_base + action.order
+        null = sa.null()
+        branch = sa.select(
+            sub.c.id.label("id"),
+            (key if action.enters is not None else sa.cast(null, sa.BigInteger)).label("skey"),
+            (key if action.code is not None else sa.cast(null, sa.BigInteger)).label("ckey"),
+        ).where(at <= now)
+        if with_ids:
+            branch = branch.where(sub.c.id.in_(sa.bindparam(IDS, expanding=True)))
+        branches.append(branch)
+    if not branches:
+        return None
+    union = sa.union_all(*branches).subquery(naming.prefix + "m_actions")
+    latest = sa.select(
+        union.c.id,
+        sa.func.max(union.c.skey).label("m_skey"),
+        sa.func.max(union.c.ckey).label("m_ckey"),
+    ).group_by(union.c.id)
+    return naming.table(latest, "m_latest")
+
+
+def _state_of_name(entity: Entity, name: SqlExpr) -> SqlExpr:
+    return sa.case(state_indexes(entity), value=name, else_=sa.null())
+
+
+def _entry_by_actions(
+    entity: Entity,
+    rows: FromClause,
+    latest: FromClause | None,
+    baselines: Baselines,
+    compiler: ExprCompiler,
+    dialect: str,
+    code_base: int,
+) -> sa.Select[Any]:
+    index = state_indexes(entity)
+    joined: FromClause = rows
+    skey: SqlExpr = sa.cast(sa.null(), sa.BigInteger)
+    ckey: SqlExpr = sa.cast(sa.null(), sa.BigInteger)
+    if latest is not None:
+        joined = joined.outerjoin(latest, latest.c.id == rows.c.id)
+        skey, ckey = latest.c.m_skey, latest.c.m_ckey
+    by_order = {a.order: index[a.enters] for a in entity.actions.values() if a.enters is not None}
+    action_state: SqlExpr = sa.case(by_order, value=skey % code_base, else_=sa.null())
+    action_at = skey // code_base
+
+    base_state: SqlExpr | None = None
+    base_at: SqlExpr | None = None
+    now = compiler.now
+    if baselines.table is not None:
+        table = baselines.table
+        joined = joined.outerjoin(table, table.c.id == rows.c.id)
+        base_state = _state_of_name(entity, table.c.state)
+        base_at = instant_micros(table.c.at, dialect)
+    elif baselines.reinit and entity.reinit:
+        reinit_at = sa.bindparam(REINIT_US, type_=sa.BigInteger)
+        at_reinit = ExprCompiler(entity, compiler.facts, reinit_at)
+        whens = [(at_reinit.condition(c.when), index[c.state]) for c in entity.reinit if c.when]
+        fallback = next((index[c.state] for c in entity.reinit if c.when is None), None)
+        base_state = sa.case(*whens, else_=fallback) if whens else sa.literal(fallback)
+        base_at = reinit_at
+
+    state: SqlExpr = action_state
+    entered: SqlExpr = action_at
+    if base_state is not None and base_at is not None:
+        # The baseline wins when it is in the past and no action is later.
+        use_base = sa.and_(
+            base_state.is_not(None),
+            base_at <= now,
+            sa.or_(skey.is_(None), action_at <= base_at),
+        )
+        state = sa.case((use_base, base_state), else_=action_state)
+        entered = sa.case((use_base, base_at), else_=action_at)
+    return sa.select(
+        rows,
+        state.label("m_state"),
+        entered.label("m_entered"),
+        sa.cast(sa.null(), sa.BigInteger).label("m_entry_next"),
+        ckey.label("m_code"),
+        *_derived_columns(entity, compiler),
+    ).select_from(joined)
+
+
+def _derived_columns(entity: Entity, compiler: ExprCompiler) -> list[SqlExpr]:
+    wanted = {m.source for m in entity.merge_fields}
+    return [compiler.value(d.name).label(f"d_{d.name}") for d in entity.derived if d.name in wanted]
+
+
+def _choice(entity: Entity, compiler: ExprCompiler) -> SqlExpr:
+    """The index of the first state whose condition holds (null if none)."""
+    index = state_indexes(entity)
+    whens = [(compiler.condition(c.when), index[c.state]) for c in entity.choices if c.when]
+    fallback = next((index[c.state] for c in entity.choices if c.when is None), None)
+    if not whens:
+        return sa.literal(fallback, sa.Integer)
+    return sa.case(*whens, else_=fallback)
+
+
+def _entry_by_conditions(
+    entity: Entity,
+    rows: FromClause,
+    facts: Any,
+    now: SqlExpr,
+    compiler: ExprCompiler,
+    naming: Naming,
+) -> sa.Select[Any]:
+    current = _choice(entity, compiler)
+    chosen = naming.table(sa.select(rows, current.label("m_state")), "m_chosen")
+    chosen_facts = facts(chosen)
+    at_chosen = ExprCompiler(entity, chosen_facts, now)
+    since = at_chosen.value(entity.since) if entity.since else sa.null()
+    derived = _derived_columns(entity, at_chosen)
+    no_code = sa.cast(sa.null(), sa.BigInteger).label("m_code")
+
+    # Every distinct threshold expression (fact ± offset) of every condition.
+    tests = {test.threshold: None for c in entity.choices if c.when for test in time_tests(c.when)}
+    if not tests:
+        # Nothing depends on time: the state held all along.
+        return sa.select(
+            chosen,
+            sa.cast(since, sa.BigInteger).label("m_entered"),
+            sa.cast(sa.null(), sa.BigInteger).label("m_entry_next"),
+            no_code,
+            *derived,
+        )
+    candidates = sa.union_all(
+        *(sa.select(chosen, at_chosen.compile(threshold).label("m_t")) for threshold in tests)
+    ).subquery(naming.prefix + "m_candidates")
+    cand_facts = facts(candidates)
+    t = candidates.c.m_t
+    at_t = _choice(entity, ExprCompiler(entity, cand_facts, t))
+    before_t = _choice(entity, ExprCompiler(entity, cand_facts, t - _TICK))
+    current_c = candidates.c.m_state
+    changes = naming.table(
+        sa.select(
+            candidates.c.id,
+            sa.func.max(
+                sa.case((sa.and_(t <= now, before_t.is_distinct_from(current_c)), t))
+            ).label("m_last"),
+            sa.func.min(sa.case((sa.and_(t > now, at_t.is_distinct_from(current_c)), t))).label(
+                "m_first"
+            ),
+        )
+        .where(t.is_not(None))
+        .group_by(candidates.c.id),
+        "m_changes",
+    )
+    return sa.select(
+        chosen,
+        sa.func.coalesce(changes.c.m_last, since).label("m_entered"),
+        changes.c.m_first.label("m_entry_next"),
+        no_code,
+        *derived,
+    ).select_from(chosen.outerjoin(changes, changes.c.id == chosen.c.id))
+
+
+# --------------------------------------------------------------------------
+# Cross-entity facts: rollups over the related entity's compiled statuses
+
+
+def status_codes(entity: Entity, patterns: Sequence[str]) -> list[int]:
+    """``state * 1000 + rung`` of every status matching one of ``patterns``."""
+    codes = []
+    for number, state in enumerate(entity.states.values()):
+        for step in range(len(state.steps)):
+            name = state.status_name(step)
+            if any(fnmatchcase(name, p) for p in patterns):
+                codes.append(number * _STATUS_BASE + step)
+    return codes
+
+
+def _rollup_counts(
+    ruleset: Ruleset,
+    sources: SourcesConfig,
+    source: EntitySource,
+    naming: Naming,
+    with_ids: bool,
+) -> FromClause:
+    """Per entity, one count column per rollup, from the relation rows joined
+    with the related entity's statuses computed by its own compiled query."""
+    by_relation: dict[str, list[Rollup]] = {}
+    for rollup in source.rollups:
+        by_relation.setdefault(rollup.relation, []).append(rollup)
+    parts: list[FromClause] = []
+    for number, relation in enumerate(r for r in source.relations if r.name in by_relation):
+        related_entity = ruleset.entity(relation.name)
+        related = sources.entity(relation.name)
+        if related.rollups:
+            raise ConfigurationError(
+                f"rollups of {source.entity_type} read {relation.name}, which has rollups"
+                " itself; only one level is supported"
+            )
+        inner, *_ = _core(
+            ruleset,
+            sources,
+            related_entity,
+            related,
+            naming.nested(f"r{number}_"),
+            (),
+            Baselines(),
+            False,
+        )
+        statuses = naming.table(inner, f"m_related{number}")
+        code = statuses.c.m_cur * _STATUS_BASE + statuses.c.m_step
+        rel = _text(
+            relation.query.sql,
+            ("id", "related_id", *(c.name for c in relation.columns)),
+            f"{naming.prefix}m_relation{number}",
+        )
+        counts: list[SqlExpr] = []
+        for rollup in by_relation[relation.name]:
+            tests: list[SqlExpr] = []
+            if rollup.statuses:
+                tests.append(code.in_(status_codes(related_entity, rollup.statuses)))
+            for column, allowed in rollup.where:
+                tests.append(rel.c[column].in_(list(allowed)))
+            counted = sa.and_(*tests) if tests else sa.true()
+            counts.append(sa.func.sum(sa.case((counted, 1), else_=0)).label(rollup.fact))
+        select = (
+            sa.select(rel.c.id, *counts)
+            .select_from(rel.outerjoin(statuses, statuses.c.id == rel.c.related_id))
+            .group_by(rel.c.id)
+        )
+        if with_ids:
+            select = select.where(rel.c.id.in_(sa.bindparam(IDS, expanding=True)))
+        parts.append(naming.table(select, f"m_counts{number}"))
+    if len(parts) != 1:
+        raise ConfigurationError(
+            f"{source.entity_type}: rollups over {len(parts)} relations; one is supported"
+        )
+    return parts[0]
+
+
+# --------------------------------------------------------------------------
+# Running it
+
+
+class SqlEvaluator:
+    """Evaluates whole populations of one application database in SQL.
+
+    ``with SqlEvaluator(rules, sources, url) as ev: for result in
+    ev.evaluate("user", now=now): ...`` Each call is one read-only
+    transaction (the sources' engine rules: ``READ ONLY`` on PostgreSQL,
+    ``mode=ro`` on SQLite), streamed in batches of ``batch_size`` rows.
+    """
+
+    def __init__(
+        self,
+        ruleset: Ruleset,
+        sources: SourcesConfig,
+        url: str | sa.URL,
+        *,
+        batch_size: int = 5000,
+        engine: Engine | None = None,
+    ) -> None:
+        self.ruleset = ruleset
+        self.sources = sources
+        self.engine = engine if engine is not None else read_only_engine(url)
+        self.dialect = self.engine.dialect.name
+        self.batch_size = batch_size
+        self._compiled: dict[tuple[str, bool, bool, FromClause | None], CompiledEntity] = {}
+
+    def __enter__(self) -> SqlEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.engine.dispose()
+
+    def compile(
+        self,
+        conn: Connection,
+        entity_type: str,
+        *,
+        with_ids: bool = False,
+        baselines: Baselines | None = None,
+    ) -> CompiledEntity:
+        baselines = baselines or Baselines()
+        cache = (entity_type, with_ids, baselines.reinit, baselines.table)
+        if cache in self._compiled:
+            return self._compiled[cache]
+        source = self.sources.entity(entity_type)
+        if self.dialect == "sqlite" and source.naive_timezone != "UTC":
+            raise ConfigurationError(
+                f"{entity_type}: SQLite has no time-zone database, so the compiled SQL"
+                f" reads naive instants as UTC only (naive_timezone is"
+                f" {source.naive_timezone}); use the Python evaluator"
+            )
+        compiled = compile_entity(
+            self.ruleset,
+            self.sources,
+            entity_type,
+            self.dialect,
+            identity=self.identity_columns(conn, entity_type),
+            baselines=baselines,
+            with_ids=with_ids,
+        )
+        self._compiled[cache] = compiled
+        return compiled
+
+    def identity_columns(self, conn: Connection, entity_type: str) -> tuple[str, ...]:
+        """The list query's columns besides id and email (asks the database,
+        reading no row: the reader only learns them by running the query)."""
+        source = self.sources.entity(entity_type)
+        probe = sa.text(f"SELECT * FROM (\n{source.list_query.sql}\n) AS m_probe WHERE 1 = 0")
+        tz = ZoneInfo(source.naive_timezone)
+        params = {"now": bind_instant(datetime.now().astimezone(), self.dialect, tz)}
+        names = conn.execute(probe, params if "now" in source.list_query.params else {}).keys()
+        return tuple(n.lower() for n in names if n.lower() not in ("id", "email"))
+
+    def evaluate(
+        self,
+        entity_type: str,
+        *,
+        now: datetime,
+        ids: Iterable[str] | None = None,
+        baselines: Baselines | None = None,
+        reinit_at: datetime | None = None,
+    ) -> Iterator[SqlEvaluation]:
+        """Every entity of ``entity_type`` (or only ``ids``) at ``now``, by id."""
+        for compiled, row in self.rows(
+            entity_type, now=now, ids=ids, baselines=baselines, reinit_at=reinit_at
+        ):
+            yield compiled.decode(row)
+
+    def rows(
+        self,
+        entity_type: str,
+        *,
+        now: datetime,
+        ids: Iterable[str] | None = None,
+        baselines: Baselines | None = None,
+        reinit_at: datetime | None = None,
+    ) -> Iterator[tuple[CompiledEntity, sa.Row[Any]]]:
+        """The raw result rows (for callers that decode lazily)."""
+        if reinit_at is not None:
+            baselines = Baselines(table=baselines.table if baselines else None, reinit=True)
+        source = self.sources.entity(entity_type)
+        with self.engine.connect() as conn:
+            conn.begin()
+            if self.dialect == "postgresql":
+                # As in the reader: naive timestamps are wall-clock times there.
+                conn.execute(
+                    sa.text("SELECT set_config('TimeZone', :tz, true)"),
+                    {"tz": source.naive_timezone},
+                )
+            compiled = self.compile(
+                conn, entity_type, with_ids=ids is not None, baselines=baselines
+            )
+            params = compiled.params(now, reinit_at=reinit_at)
+            chunks: list[list[Any] | None] = [None]
+            if ids is not None:
+                keys = sorted({_key(source, i) for i in ids})
+                chunks = [keys[i : i + 900] for i in range(0, len(keys), 900)]
+            for chunk in chunks:
+                if chunk is not None:
+                    params[IDS] = chunk
+                result = conn.execute(
+                    compiled.select.execution_options(yield_per=self.batch_size), params
+                )
+                for row in result:
+                    yield compiled, row
+            conn.rollback()
+
+
+def _key(source: EntitySource, value: str) -> Any:
+    return int(value) if source.id_type == "integer" else value
