@@ -149,7 +149,9 @@ def test_the_package_never_calls_eval_or_exec():
     # Conditions go through sync.expressions' own parser; nothing may hand text
     # to Python. Comments and docstrings may mention eval; calls may not.
     package = Path(inspect.getfile(sync)).parent
-    call = re.compile(r"(?<![\w.])(eval|exec|compile|__import__)\s*\(")
+    # A method *named* compile (sqlcompile's) is defined with `def` and called
+    # as `.compile(`; only the bare builtins are calls to forbid.
+    call = re.compile(r"(?<![\w.])(?<!def )(eval|exec|compile|__import__)\s*\(")
     offenders = []
     for path in sorted(package.rglob("*.py")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
