@@ -77,6 +77,9 @@ class CycleSummary:
         total.held_back += push.held_back
         total.failed += push.failed
         total.events_sent += push.events_sent
+        total.events_confirmed += push.events_confirmed
+        total.events_resent += push.events_resent
+        total.events_unconfirmed += push.events_unconfirmed
         for kind, count in push.calls.items():
             total.calls[kind] = total.calls.get(kind, 0) + count
         total.failures.extend(push.failures)
@@ -95,6 +98,9 @@ class CycleSummary:
             "members_pushed": self.push.pushed,
             "members_failed": self.push.failed,
             "events_sent": self.push.events_sent,
+            "events_confirmed": self.push.events_confirmed,
+            "events_resent": self.push.events_resent,
+            "events_unconfirmed": self.push.events_unconfirmed,
             "api_calls": dict(self.push.calls),
             "backlog": self.backlog,
             "duration_s": round(self.duration_s, 3),

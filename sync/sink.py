@@ -718,6 +718,14 @@ class MailchimpSink:
                 self.ledger.clear_event_intents(settled)
             # Those found in Mailchimp were not sent by this push.
             summary.events_sent += len(events) - summary.events_confirmed
+            # A member whose earlier failure was about tags or events, and
+            # whose every call went through now, must not stay "failed".
+            clean = {a.email for a in accepted} | {f.email for f in failures}
+            accepted.extend(
+                AcceptedPush(p.key, {}, now)
+                for p in plans
+                if p.previous_failure is not None and p.key not in clean
+            )
             self._record(accepted, failures, failed)
 
     def _reconcile_events(
