@@ -11,9 +11,11 @@ before the users whose facts count matches), and for each type:
 2. streams their records from the sources (read-only), in chunks;
 3. evaluates each with the engine at the cycle's ``now`` (one bad record is
    logged and counted, never fatal to the cycle);
-4. stores the evaluations (status, ``next_change_at``…) in the state store;
-5. hands the members to the sink, which pushes only what changed and records
-   only what Mailchimp accepted.
+4. hands the members to the sink, which pushes only what changed and records
+   only what Mailchimp accepted;
+5. stores the evaluations (status, ``next_change_at``…) in the state store,
+   only now: a cycle killed before this point finds the same entities due,
+   changed or retried next time, and pushes them again.
 
 The watermark of a type moves only after the whole type was processed, so a
 crash re-reads rather than skips. The clock is not read here: ``now`` is a
@@ -347,6 +349,9 @@ class Cycle:
                 email = normalise_email(record.email)
                 builder = members.setdefault(email, MemberBuilder(email))
                 builder.add(entity, record.id, result)
-        self.state.upsert_evaluations(evaluations, at=self.now)
+        # Push first, store after: the stored evaluation moves ``next_change_at``
+        # on, so storing it before the push would let a crash mid-push leave
+        # Mailchimp behind with nothing due to bring it up to date.
         if members:
             self.summary.absorb(self.sink.push(b.build() for b in members.values()))
+        self.state.upsert_evaluations(evaluations, at=self.now)
