@@ -280,10 +280,11 @@ class Cycle:
             gone = set(ids) - seen
             if gone:
                 self.state.forget_schedule(entity_type, gone)
-        if watermark is not None:
-            self.state.set_watermark(f"watermark:{entity_type}", watermark.isoformat())
-        else:
-            self.state.set_watermark(f"watermark:{entity_type}", self.now.isoformat())
+        # Never past ``now``: a row stamped later than this cycle's instant (the
+        # application's clock ahead of ours) was read as a future action and
+        # ignored; it must still count as new data for the cycles after.
+        mark = self.now if watermark is None else min(watermark, self.now)
+        self.state.set_watermark(f"watermark:{entity_type}", mark.isoformat())
 
     def _record_links(self, entity_type: str, ids: list[str]) -> None:
         links: dict[str, list[tuple[str, str]]] = {i: [] for i in ids}

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import timedelta
 
+import sqlalchemy as sa
+
 from sync.daemon import run_once
 from sync.demo import load_demo
 from sync.records import DesiredMember
@@ -54,4 +56,37 @@ def test_a_cycle_killed_mid_push_is_redone(sqlite_url, tmp_path, mailchimp_emula
         run_once(runtime)
         assert audience_fields(mailchimp_emulator) == expected_members(runtime, "user", clock.now)
     finally:
+        runtime.close()
+
+
+def test_a_row_stamped_ahead_of_the_cycle_is_not_skipped(sqlite_url, tmp_path, mailchimp_emulator):
+    """The application's clock runs ahead of the daemon's (or the daemon was
+    restarted on an earlier clock): a row stamped after the cycle's instant is
+    a future action for that cycle, and must be picked up by a later one."""
+    load_demo(sqlite_url, "blousebrothers", users=30, seed=22, now=NOW)
+    clock = Clock(NOW)
+    runtime, _ = make_runtime("blousebrothers", sqlite_url, tmp_path, mailchimp_emulator, clock)
+    engine = sa.create_engine(sqlite_url)
+    try:
+        run_once(runtime)
+        with engine.begin() as conn:
+            user_id, email = conn.execute(
+                sa.text("SELECT id, email FROM users ORDER BY id LIMIT 1")
+            ).one()
+            ahead = NOW + timedelta(hours=2)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO credits (id, user_id, amount_cents, credited_at) "
+                    "VALUES (100000, :u, 1000, :at)"
+                ),
+                {"u": user_id, "at": ahead.replace(tzinfo=None)},
+            )
+        clock.now = NOW + timedelta(hours=1)
+        run_once(runtime)  # the credit is in the future here
+        clock.now = NOW + timedelta(hours=3)
+        run_once(runtime)
+        assert mailchimp_emulator.audience.member(email).merge_fields["MMERGE28"] == "credit"
+        assert audience_fields(mailchimp_emulator) == expected_members(runtime, "user", clock.now)
+    finally:
+        engine.dispose()
         runtime.close()
