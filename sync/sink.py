@@ -192,6 +192,9 @@ class MemberPlan:
     active_tags: frozenset[str]  # the managed active set after the push
     events: tuple[EventDue, ...]  # not sent yet
     previous_failure: PushFailure | None
+    #: Events of an earlier push whose outcome is unknown or that are still to
+    #: send (intents), whether or not the engine still lists them.
+    unsettled_events: bool = False
 
     @property
     def needs_upsert(self) -> bool:
@@ -235,6 +238,7 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
     keys = [_norm(m.email) for m in desired]
     states = ledger.member_states(keys)
     sent = ledger.sent_events(keys)
+    unsettled = ledger.pending_events(keys)
     pushes: list[MemberPlan] = []
     unchanged = held_back = 0
     for member, key in zip(desired, keys, strict=True):
@@ -270,8 +274,9 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
             active_tags=frozenset((state.tags - managed) | desired_active),
             events=tuple(events),
             previous_failure=state.failure,
+            unsettled_events=key in unsettled,
         )
-        if not (plan.needs_upsert or plan.needs_tags or plan.events):
+        if not (plan.needs_upsert or plan.needs_tags or plan.events or plan.unsettled_events):
             unchanged += 1
             continue
         failure = state.failure
@@ -648,7 +653,7 @@ class MailchimpSink:
         settled: list[tuple[str, str]] = []  # intents to forget: known not processed
         failures: list[PushFailure] = []
         try:
-            to_send = self._reconcile_events(pool, plans, events, settled, failures, summary, now)
+            to_send = self._reconcile_events(pool, plans, events, failures, summary, now)
             ops: list[_Op] = []
             for p in plans:
                 base = f"/lists/{self.list_id}/members/{subscriber_hash(p.email)}"
@@ -705,8 +710,12 @@ class MailchimpSink:
                             # Maybe carried out: keep the intent, check next time.
                             summary.events_unconfirmed += 1
                             what += " (outcome unknown, checked before any re-send)"
-                        else:
+                        elif answer.kind is not AnswerClass.TRANSIENT:
+                            # Refused for good: nothing to send again.
                             settled.append((op.plan.key, op.event.key))
+                        # Not taken for now (429, a bare 403): the intent stays
+                        # as the commitment to send it, even once it has left
+                        # the window of due events.
                     failures.append(self._failure(op.plan, answer, now, what))
 
             self._run_ops(pool, ops, apply)
@@ -733,7 +742,6 @@ class MailchimpSink:
         pool: ThreadPoolExecutor,
         plans: Sequence[MemberPlan],
         confirmed: list[SentEvent],
-        forgotten: list[tuple[str, str]],
         failures: list[PushFailure],
         summary: PushSummary,
         now: datetime,
@@ -743,7 +751,8 @@ class MailchimpSink:
 
         Members without intents send their due events. For the others, an
         intent whose event Mailchimp lists is recorded sent (``confirmed``);
-        one it does not list is sent again if still due, else ``forgotten``.
+        one it does not list is sent again, even if it has left the window of
+        due events meanwhile: the intent was the commitment to send it.
         A member whose intents are too recent to check, or whose events could
         not be read, sends no event in this push (a transient failure brings
         it back).
@@ -797,15 +806,11 @@ class MailchimpSink:
                     confirmed.append(SentEvent(p.key, intent.key, intent.name, now, signature))
                     due.pop(intent.key, None)
                     summary.events_confirmed += 1
-                elif intent.key in due:
-                    summary.events_resent += 1
                 else:
-                    forgotten.append((p.key, intent.key))
-                    log.info(
-                        "event %s of %s (%s) no longer due and not in Mailchimp: forgotten",
-                        intent.name,
-                        p.key,
+                    summary.events_resent += 1
+                    due.setdefault(
                         intent.key,
+                        EventDue(intent.key, intent.name, intent.occurred_at, intent.properties),
                     )
             if due:
                 to_send[p.key] = tuple(due.values())
