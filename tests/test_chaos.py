@@ -101,7 +101,7 @@ class ChaosReport:
         return out
 
 
-def chaos_runtime(pg_url: str, emulator: Emulator, clock: Clock) -> Runtime:
+def chaos_runtime(pg_url: str, emulator: Emulator, clock: Clock, timeout: float) -> Runtime:
     config = Config(
         rules=ROOT / "rules.yaml",
         sources=ROOT / "sources.yaml",
@@ -110,7 +110,9 @@ def chaos_runtime(pg_url: str, emulator: Emulator, clock: Clock) -> Runtime:
         mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=emulator.url),
         daemon=DaemonConfig(full_rescan=timedelta(days=30), events_max_age=EVENT_WINDOW),
     )
-    settings = MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url, timeout=0.15)
+    settings = MailchimpSettings(
+        DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url, timeout=timeout
+    )
     client = make_client(settings)
     caller = Caller(
         client,
@@ -267,15 +269,17 @@ def run_chaos(
     step: timedelta,
     seed: int,
     fault_rate: float = 0.2,
+    timeout: float = 0.15,
 ) -> ChaosReport:
     started = time.monotonic()
     report = ChaosReport(users=users)
     rng = random.Random(seed)
     load_demo(pg_url, "blousebrothers", users=users, seed=seed, now=NOW)
-    emulator.timeout_hold = 0.2
+    # A timeout fault outlasts the client's timeout; a 500-member call must not.
+    emulator.timeout_hold = timeout + 0.05
     marks = mark_permanent_failures(emulator, pg_url, every=50)
     clock = Clock(NOW)
-    runtime = chaos_runtime(pg_url, emulator, clock)
+    runtime = chaos_runtime(pg_url, emulator, clock, timeout)
     feed = DataFeed(pg_url, rng, report)
     try:
         emulator.faults.set_random(fault_rate, seed=seed, kinds=TRANSIENT_FAULTS)
@@ -361,6 +365,12 @@ def test_chaos(pg_url: str, mailchimp_emulator: Emulator) -> None:
 @pytest.mark.postgres
 def test_chaos_10k_users_6_weeks(pg_url: str, mailchimp_emulator: Emulator) -> None:
     report = run_chaos(
-        pg_url, mailchimp_emulator, users=10_000, days=42, step=timedelta(hours=4), seed=2
+        pg_url,
+        mailchimp_emulator,
+        users=10_000,
+        days=42,
+        step=timedelta(hours=4),
+        seed=2,
+        timeout=1.0,
     )
     _check_and_print(report, "chaos (slow)")
