@@ -780,6 +780,24 @@ class MailchimpSink:
                 )
             else:
                 ready.append(p)
+        if ready and self._batches_unsettled():
+            # A job queued by a push that died (or whose start answer was
+            # lost) may still POST these events: Mailchimp's list would not
+            # show them yet. Check once every job has finished.
+            for p in ready:
+                failures.append(
+                    self._failure(
+                        p,
+                        Answer(
+                            AnswerClass.TRANSIENT,
+                            "batches_running",
+                            "events of unknown outcome wait for /batches jobs still running",
+                        ),
+                        now,
+                        "events",
+                    )
+                )
+            ready = []
         sent = self.ledger.sent_event_signatures(p.key for p in ready)
         futures = [pool.submit(self._member_events, p) for p in ready]
         listed: dict[str, Counter[str]] = {}
@@ -819,6 +837,31 @@ class MailchimpSink:
                 "%d events of unknown outcome found in Mailchimp: not sent again", len(confirmed)
             )
         return to_send
+
+    def _batches_unsettled(self) -> bool:
+        """Whether some ``/batches`` job of this key is not finished (or the
+        list cannot be read): until then, intents cannot be settled."""
+        if not self.config.use_batches or self._batches_unavailable:
+            return False
+        offset = 0
+        while True:
+            answer = self.caller.call(
+                "GET /batches",
+                lambda offset=offset: self.caller.client.batches.list(  # type: ignore[misc]
+                    count=EVENTS_PAGE, offset=offset
+                ),
+            )
+            if answer.code in {"not_found", "method_not_allowed"}:
+                return False  # no /batches here: no job can be running
+            if not answer.ok or not isinstance(answer.body, Mapping):
+                return True
+            jobs = [b for b in answer.body.get("batches") or [] if isinstance(b, Mapping)]
+            if any(b.get("status") != "finished" for b in jobs):
+                return True
+            offset += len(jobs)
+            total = answer.body.get("total_items")
+            if not jobs or not isinstance(total, int) or offset >= total:
+                return False
 
     def _member_events(self, plan: MemberPlan) -> tuple[MemberPlan, Answer, Counter[str]]:
         """Signatures of every event Mailchimp lists for this member (all pages)."""

@@ -318,6 +318,44 @@ def test_a_batch_job_refused_at_the_start_is_sent_later_once(emulator, ledger):
     assert ledger.pending_events(m.email for m in people) == {}
 
 
+def test_a_job_still_queued_is_waited_for(emulator, ledger):
+    """Found by the kill run (53 duplicates): a daemon killed while its
+    /batches job of events was queued; the next one looked the events up
+    before the job ran, did not find them, sent them again, then the old
+    job ran too."""
+    clock = Clock()
+    sink = sink_for(emulator, ledger, clock)
+    sink.push([member()])
+    event = credit()
+    ledger.record_event_intents(
+        [EventIntent("ann@shop.io", event.key, "credit", event.occurred_at, T0)]
+    )
+    emulator.hold_batches = True
+    body = {"name": "credit", "occurred_at": event.occurred_at.isoformat(), "properties": {}}
+    job = emulator.batches.submit(
+        {
+            "operations": [
+                {
+                    "method": "POST",
+                    "path": f"/lists/{emulator.list_id}/members/ann@shop.io/events",
+                    "body": json.dumps(body),
+                }
+            ]
+        }
+    )
+    clock.now = LATER
+    waiting = sink.push([member(event)])
+    assert waiting.failed == 1
+    assert "/batches jobs still running" in ledger.failures()[0].reason
+    assert posts(emulator) == 0
+    emulator.hold_batches = False
+    emulator.batches.wait_finished(job["id"])
+    clock.now = LATER + timedelta(hours=1)
+    done = sink.push([member(event)])
+    assert (done.events_confirmed, done.events_sent) == (1, 0)
+    assert sum(received(emulator).values()) == 1
+
+
 # -- Mailchimp's own formatting of the event list (responses) ---------------------
 
 KEY = "c0ffee00c0ffee00c0ffee00c0ffee00-us19"
@@ -354,6 +392,7 @@ def test_reconciliation_reads_every_page_in_mailchimps_format() -> None:
         f"{BASE}/lists/L1/members/06c964cf1c521ac79f4f73eec822a061/events",
         callback=listing,
     )
+    responses.add(responses.GET, f"{BASE}/batches", json={"batches": [], "total_items": 0})
     caller = Caller(make_client(MailchimpSettings(KEY, "L1")), "L1")
     sink = MailchimpSink(caller, ledger, SinkConfig(), clock=lambda: LATER)
     summary = sink.push([member(event)])
