@@ -11,9 +11,11 @@ before the users whose facts count matches), and for each type:
 2. streams their records from the sources (read-only), in chunks;
 3. evaluates each with the engine at the cycle's ``now`` (one bad record is
    logged and counted, never fatal to the cycle);
-4. stores the evaluations (status, ``next_change_at``…) in the state store;
-5. hands the members to the sink, which pushes only what changed and records
-   only what Mailchimp accepted.
+4. hands the members to the sink, which pushes only what changed and records
+   only what Mailchimp accepted;
+5. stores the evaluations (status, ``next_change_at``…) in the state store,
+   only now: a cycle killed before this point finds the same entities due,
+   changed or retried next time, and pushes them again.
 
 The watermark of a type moves only after the whole type was processed, so a
 crash re-reads rather than skips. The clock is not read here: ``now`` is a
@@ -77,6 +79,9 @@ class CycleSummary:
         total.held_back += push.held_back
         total.failed += push.failed
         total.events_sent += push.events_sent
+        total.events_confirmed += push.events_confirmed
+        total.events_resent += push.events_resent
+        total.events_unconfirmed += push.events_unconfirmed
         for kind, count in push.calls.items():
             total.calls[kind] = total.calls.get(kind, 0) + count
         total.failures.extend(push.failures)
@@ -95,6 +100,9 @@ class CycleSummary:
             "members_pushed": self.push.pushed,
             "members_failed": self.push.failed,
             "events_sent": self.push.events_sent,
+            "events_confirmed": self.push.events_confirmed,
+            "events_resent": self.push.events_resent,
+            "events_unconfirmed": self.push.events_unconfirmed,
             "api_calls": dict(self.push.calls),
             "backlog": self.backlog,
             "duration_s": round(self.duration_s, 3),
@@ -272,10 +280,11 @@ class Cycle:
             gone = set(ids) - seen
             if gone:
                 self.state.forget_schedule(entity_type, gone)
-        if watermark is not None:
-            self.state.set_watermark(f"watermark:{entity_type}", watermark.isoformat())
-        else:
-            self.state.set_watermark(f"watermark:{entity_type}", self.now.isoformat())
+        # Never past ``now``: a row stamped later than this cycle's instant (the
+        # application's clock ahead of ours) was read as a future action and
+        # ignored; it must still count as new data for the cycles after.
+        mark = self.now if watermark is None else min(watermark, self.now)
+        self.state.set_watermark(f"watermark:{entity_type}", mark.isoformat())
 
     def _process(self, entity: Entity, chunk: list[EntityRecord]) -> None:
         ids = [r.id for r in chunk]
@@ -358,6 +367,9 @@ class Cycle:
                     record.id,
                 )
             builder.add(entity, record.id, result)
-        self.state.upsert_evaluations(evaluations, at=self.now)
+        # Push first, store after: the stored evaluation moves ``next_change_at``
+        # on, so storing it before the push would let a crash mid-push leave
+        # Mailchimp behind with nothing due to bring it up to date.
         if members:
             self.summary.absorb(self.sink.push(b.build() for b in members.values()))
+        self.state.upsert_evaluations(evaluations, at=self.now)

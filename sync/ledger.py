@@ -9,7 +9,10 @@ Checkpoint after commit: the sink calls ``record_accepted`` and
 ``record_events_sent`` only after Mailchimp accepted the change, so a crash
 between push and record causes a harmless re-push (merge fields are
 idempotent) and never a lost update. Events are not idempotent on Mailchimp's
-side, hence the idempotency keys: see ``sync.sink``.
+side, hence the idempotency keys, and, for events, one step more: an *intent*
+(``EventIntent``) is recorded BEFORE the POST and cleared when the answer is
+known, so that an event whose answer was lost (a crash, a timeout) is looked
+up in Mailchimp before it is ever sent again. See ``sync.sink``.
 
 Every method taking several items writes them in one transaction (bulk), so the
 sink can apply the answers of a 500-member call with a few statements. Emails
@@ -19,9 +22,11 @@ the lower-cased address).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from sync.records import MergeValue, require_aware
@@ -71,17 +76,60 @@ class AcceptedPush:
         require_aware(self.at, "accepted instant")
 
 
+def event_signature(name: str, occurred_at: datetime, properties: Mapping[str, str]) -> str:
+    """What tells one event from another in Mailchimp's list of a member's
+    events (which knows nothing of our idempotency keys): its name, its
+    instant to the second in UTC (Mailchimp keeps no fractions), its properties."""
+    instant = require_aware(occurred_at, "event instant").astimezone(UTC).replace(microsecond=0)
+    payload = json.dumps(
+        [name, instant.isoformat(), sorted((str(k), str(v)) for k, v in properties.items())]
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class SentEvent:
-    """An event Mailchimp accepted; ``key`` is its idempotency key."""
+    """An event Mailchimp accepted; ``key`` is its idempotency key.
+
+    ``signature`` (``event_signature``) lets a later reconciliation tell this
+    event's copy in Mailchimp from an unconfirmed one that looks the same."""
 
     email: str
     key: str
     name: str
     at: datetime
+    signature: str | None = None
 
     def __post_init__(self) -> None:
         require_aware(self.at, "event sent instant")
+
+
+@dataclass(frozen=True)
+class EventIntent:
+    """An event about to be POSTed, or POSTed without a known outcome.
+
+    Recorded before the call; cleared when Mailchimp's answer says accepted
+    (the event is then sent) or not processed. One still here after the push
+    (the answer was lost, or the process died) is *unconfirmed*: the sink
+    looks for it in Mailchimp before sending it again."""
+
+    email: str
+    key: str
+    name: str
+    occurred_at: datetime
+    #: When the last POST of it was attempted.
+    attempted_at: datetime
+    properties: Mapping[str, str] = field(default_factory=dict)
+    #: How many POSTs of this event were attempted without a known outcome.
+    attempts: int = 1
+
+    def __post_init__(self) -> None:
+        require_aware(self.occurred_at, "event instant")
+        require_aware(self.attempted_at, "event attempt instant")
+
+    @property
+    def signature(self) -> str:
+        return event_signature(self.name, self.occurred_at, self.properties)
 
 
 @dataclass(frozen=True)
@@ -144,5 +192,26 @@ class PushLedger(Protocol):
         ...
 
     def record_events_sent(self, events: Sequence[SentEvent]) -> None:
-        """``record_event_sent`` for many events, in one transaction."""
+        """``record_event_sent`` for many events, in one transaction; clears
+        their intents in the same transaction."""
+        ...
+
+    def sent_event_signatures(self, emails: Iterable[str]) -> dict[str, list[str]]:
+        """Signatures of the events recorded sent (those recorded with one),
+        per lower-cased email; a signature appears once per event."""
+        ...
+
+    def record_event_intents(self, intents: Sequence[EventIntent]) -> None:
+        """About to POST these events: remember them first, in one transaction.
+        An intent already there takes the new ``attempted_at`` and counts one
+        more attempt."""
+        ...
+
+    def pending_events(self, emails: Iterable[str]) -> dict[str, list[EventIntent]]:
+        """Intents still recorded, per lower-cased email (absent: none), oldest first."""
+        ...
+
+    def clear_event_intents(self, events: Iterable[tuple[str, str]]) -> None:
+        """Forget the intents of these (email, key): Mailchimp said it did not
+        take them, or they are no longer due and it does not have them."""
         ...

@@ -91,6 +91,19 @@ class Answer:
     def ok(self) -> bool:
         return self.kind is AnswerClass.SUCCESS
 
+    @property
+    def maybe_processed(self) -> bool:
+        """A failure after which Mailchimp may still have carried the request
+        out: no answer (timeout, connection reset), a 5xx, or a ``/batches``
+        job whose fate is unknown. Retrying a non-idempotent call (an event)
+        after one of these can do it twice; 429, a bare 403 and 4xx answers
+        say it was not done."""
+        return self.kind is AnswerClass.TRANSIENT and self.code in MAYBE_PROCESSED
+
+
+#: Answer codes after which the request may have been carried out anyway.
+MAYBE_PROCESSED = frozenset({"timeout", "connection", "server_error", "batch_unanswered"})
+
 
 @dataclass(frozen=True)
 class MemberError:
@@ -467,9 +480,25 @@ class Caller:
             self.calls[answer.kind.value] += 1
         return answer
 
-    def call(self, what: str, fn: Callable[[], object], *, scope: Scope = "member") -> Answer:
+    def call(
+        self,
+        what: str,
+        fn: Callable[[], object],
+        *,
+        scope: Scope = "member",
+        idempotent: bool = True,
+    ) -> Answer:
         """Run ``fn`` (one official-client call); retry while the answer is
-        transient. Returns the last answer; raises ``FatalError`` on a fatal one."""
+        transient. Returns the last answer; raises ``FatalError`` on a fatal one.
+
+        A call that is not ``idempotent`` (an event POST, a ``/batches`` job of
+        events) is not retried after an answer that leaves it ``maybe_processed``:
+        the caller must find out what happened before sending it again."""
+
+        def retriable(answer: Answer) -> bool:
+            if answer.kind is not AnswerClass.TRANSIENT:
+                return False
+            return idempotent or not answer.maybe_processed
 
         def log_retry(state: tenacity.RetryCallState) -> None:
             answer = state.outcome.result() if state.outcome else None
@@ -488,7 +517,7 @@ class Caller:
             wait=tenacity.wait_random_exponential(
                 multiplier=self.retry.initial_wait, max=self.retry.max_wait
             ),
-            retry=tenacity.retry_if_result(lambda a: a.kind is AnswerClass.TRANSIENT),
+            retry=tenacity.retry_if_result(retriable),
             before_sleep=log_retry,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
             sleep=self.retry.sleep,
@@ -496,10 +525,12 @@ class Caller:
         answer: Answer = retrying(self._attempt, fn, scope)
         if answer.kind is AnswerClass.FATAL:
             raise FatalError(f"Mailchimp {what}: {answer.reason}")
-        if answer.kind is AnswerClass.TRANSIENT:
+        if answer.kind is AnswerClass.TRANSIENT and retriable(answer):
             log.error(
                 "%s: giving up after %d attempts: %s", what, self.retry.attempts, answer.reason
             )
+        elif answer.kind is AnswerClass.TRANSIENT:
+            log.warning("%s: %s; may have been carried out, not retried", what, answer.reason)
         return answer
 
 
@@ -568,13 +599,19 @@ def run_batch_operations(
     operations: Sequence[Operation],
     polling: BatchPolling | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    *,
+    idempotent: bool = True,
 ) -> dict[str, Answer]:
     """Submit ``operations`` (≤ 500) as one ``/batches`` job and wait for it.
 
     Returns an answer per operation id. Operations missing from the results (the
     job did not finish before the deadline, the archive could not be read) get
-    a transient answer: merge-field PUTs are idempotent, the next cycle sends
-    them again.
+    a transient answer: ``batch_not_started`` when Mailchimp said it did not
+    take the job, else ``batch_unanswered``, which is ``maybe_processed`` (the
+    job may have run). Merge-field PUTs are idempotent, the next cycle sends
+    them again; operations that are not (events) must say so with
+    ``idempotent=False``, so that a start whose answer was lost is not
+    retried (it would queue the job twice).
     """
     if len(operations) > MAX_BATCH:
         raise ValueError(f"at most {MAX_BATCH} operations per batch job")
@@ -582,18 +619,19 @@ def run_batch_operations(
     body = {"operations": [op.as_json() for op in operations]}
     # Member scope: a 404/405 here means "no /batches" (a proxy, an emulator),
     # not an unknown audience; the caller then falls back to direct calls.
-    started = caller.call("POST /batches", lambda: caller.client.batches.start(body))
+    started = caller.call(
+        "POST /batches", lambda: caller.client.batches.start(body), idempotent=idempotent
+    )
     if started.code in {"not_found", "method_not_allowed"}:
         raise BatchesUnavailable(started.reason)
 
-    def unanswered(reason: str) -> dict[str, Answer]:
-        return {
-            op.operation_id: Answer(AnswerClass.TRANSIENT, "batch_unfinished", reason)
-            for op in operations
-        }
+    def unanswered(reason: str, code: str = "batch_unanswered") -> dict[str, Answer]:
+        return {op.operation_id: Answer(AnswerClass.TRANSIENT, code, reason) for op in operations}
 
     if not started.ok or not isinstance(started.body, Mapping) or "id" not in started.body:
-        return unanswered(f"batch job not started: {started.reason}")
+        refused = not started.ok and not started.maybe_processed
+        code = "batch_not_started" if refused else "batch_unanswered"
+        return unanswered(f"batch job not started: {started.reason}", code)
     batch_id = str(started.body["id"])
     begin, wait = polling.clock(), polling.first_wait
     status: Mapping[str, Any] = started.body

@@ -40,6 +40,23 @@ Then tags (``POST …/tags``, managed tags only, active/inactive diff) and event
 only for members whose merge values were accepted in this push (or had
 nothing to send): an event may start a Customer Journey that reads the fields.
 
+Events exactly once
+-------------------
+An event POST is not idempotent: sent twice, it is there twice (and may start
+a journey twice). So before POSTing, the sink records an *intent* per event
+(``EventIntent``, one transaction for the whole push); Mailchimp's answer then
+settles it: accepted → recorded sent (and the intent cleared, in one
+transaction); refused or not processed (429, a bare 403, a 4xx) → intent
+cleared, failure recorded; an answer that leaves the request *maybe processed*
+(timeout, connection reset, 5xx, a ``/batches`` job whose fate is unknown) →
+the intent STAYS and the call is not retried in this run. A kill -9 at any
+point leaves intents too. Before sending anything more to a member with
+intents left, the sink *reconciles*: it reads the member's events from
+Mailchimp (``GET …/events``), removes those already recorded sent (by
+signature: name, instant to the second, properties), and each intent whose
+signature is still there was carried out: recorded sent, not re-sent. The
+others were not: sent again (if still due) or forgotten.
+
 Failures
 --------
 Answers are classified by ``sync.mailchimp.classify``. Transient answers are
@@ -60,6 +77,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -67,7 +85,15 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Literal
 
 from sync.exceptions import ConfigurationError, FatalError
-from sync.ledger import AcceptedPush, MemberPushState, PushFailure, PushLedger, SentEvent
+from sync.ledger import (
+    AcceptedPush,
+    EventIntent,
+    MemberPushState,
+    PushFailure,
+    PushLedger,
+    SentEvent,
+    event_signature,
+)
 from sync.ledger import normalise_email as _norm
 from sync.mailchimp import (
     MAX_BATCH,
@@ -110,6 +136,9 @@ class SinkConfig:
     #: ``is_syncing`` on tags/events: true would keep automations from firing.
     tags_is_syncing: bool = False
     events_is_syncing: bool = False
+    #: An event whose outcome is unknown is looked up in Mailchimp only once
+    #: this long has passed since it was POSTed, so that Mailchimp has listed it.
+    event_settle: timedelta = timedelta(minutes=1)
     skip_merge_validation: bool = True
     polling: BatchPolling = field(default_factory=BatchPolling)
 
@@ -163,6 +192,9 @@ class MemberPlan:
     active_tags: frozenset[str]  # the managed active set after the push
     events: tuple[EventDue, ...]  # not sent yet
     previous_failure: PushFailure | None
+    #: Events of an earlier push whose outcome is unknown or that are still to
+    #: send (intents), whether or not the engine still lists them.
+    unsettled_events: bool = False
 
     @property
     def needs_upsert(self) -> bool:
@@ -206,6 +238,7 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
     keys = [_norm(m.email) for m in desired]
     states = ledger.member_states(keys)
     sent = ledger.sent_events(keys)
+    unsettled = ledger.pending_events(keys)
     pushes: list[MemberPlan] = []
     unchanged = held_back = 0
     for member, key in zip(desired, keys, strict=True):
@@ -241,8 +274,9 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
             active_tags=frozenset((state.tags - managed) | desired_active),
             events=tuple(events),
             previous_failure=state.failure,
+            unsettled_events=key in unsettled,
         )
-        if not (plan.needs_upsert or plan.needs_tags or plan.events):
+        if not (plan.needs_upsert or plan.needs_tags or plan.events or plan.unsettled_events):
             unchanged += 1
             continue
         failure = state.failure
@@ -270,6 +304,12 @@ class PushSummary:
     held_back: int = 0  # failed before with the same desired state; back-off running
     failed: int = 0
     events_sent: int = 0
+    #: Events whose earlier POST had no known outcome, found in Mailchimp (so
+    #: recorded sent without a new POST) or not found (so sent again).
+    events_confirmed: int = 0
+    events_resent: int = 0
+    #: Events POSTed in this push whose outcome is unknown: left pending.
+    events_unconfirmed: int = 0
     calls: dict[str, int] = field(default_factory=dict)  # API calls by answer class
     failures: list[PushFailure] = field(default_factory=list)
 
@@ -280,6 +320,11 @@ class PushSummary:
             f"{self.unchanged} unchanged, {self.held_back} held back, {self.failed} failed, "
             f"{self.events_sent} events sent",
         ]
+        if self.events_confirmed or self.events_resent or self.events_unconfirmed:
+            out.append(
+                f"events of unknown outcome: {self.events_confirmed} found in Mailchimp, "
+                f"{self.events_resent} sent again, {self.events_unconfirmed} left to check"
+            )
         if self.calls:
             out.append("API calls: " + ", ".join(f"{k} {v}" for k, v in sorted(self.calls.items())))
         out.extend(
@@ -411,8 +456,11 @@ class MailchimpSink:
             return self.caller.call(
                 what, lambda: client.lists.update_list_member_tags(list_id, h, body)
             )
+        # Not idempotent: never retried after an answer that may hide a success.
         return self.caller.call(
-            what, lambda: client.lists.create_list_member_event(list_id, h, body)
+            what,
+            lambda: client.lists.create_list_member_event(list_id, h, body),
+            idempotent=False,
         )
 
     def _run_ops(
@@ -443,6 +491,8 @@ class MailchimpSink:
                     [o.operation for o in chunk],
                     self.config.polling,
                     timeout=float(self.caller.client.api_client.timeout),
+                    # A job with events must not be started twice.
+                    idempotent=all(o.kind != "event" for o in chunk),
                 )
             except BatchesUnavailable as exc:
                 if not self._batches_unavailable:
@@ -598,51 +648,247 @@ class MailchimpSink:
         summary: PushSummary,
         now: datetime,
     ) -> None:
-        ops: list[_Op] = []
-        for p in plans:
-            base = f"/lists/{self.list_id}/members/{subscriber_hash(p.email)}"
-            if p.needs_tags:
-                tags = [{"name": t, "status": "active"} for t in sorted(p.tags_add)] + [
-                    {"name": t, "status": "inactive"} for t in sorted(p.tags_remove)
-                ]
-                body = {"tags": tags, "is_syncing": self.config.tags_is_syncing}
-                ops.append(_Op("tags", p, Operation(f"tags:{p.key}", "POST", f"{base}/tags", body)))
-            for i, event in enumerate(p.events):
-                body = {
-                    "name": event.name,
-                    "properties": {k: str(v) for k, v in event.properties.items()},
-                    "occurred_at": event.occurred_at.astimezone(UTC).isoformat(),
-                    "is_syncing": self.config.events_is_syncing,
-                }
-                ops.append(
-                    _Op(
-                        "event",
-                        p,
-                        Operation(f"event:{i}:{p.key}", "POST", f"{base}/events", body),
-                        event,
-                    )
-                )
         accepted: list[AcceptedPush] = []
         events: list[SentEvent] = []
+        settled: list[tuple[str, str]] = []  # intents to forget: known not processed
         failures: list[PushFailure] = []
-
-        def apply(op: _Op, answer: Answer) -> None:
-            if answer.ok and op.kind == "tags":
-                accepted.append(AcceptedPush(op.plan.key, {}, now, op.plan.active_tags))
-            elif answer.ok and op.event is not None:
-                events.append(SentEvent(op.plan.key, op.event.key, op.event.name, now))
-            elif not answer.ok:
-                what = "tags" if op.kind == "tags" else f"event {op.event.name if op.event else ''}"
-                failures.append(self._failure(op.plan, answer, now, what))
-
         try:
+            to_send = self._reconcile_events(pool, plans, events, failures, summary, now)
+            ops: list[_Op] = []
+            for p in plans:
+                base = f"/lists/{self.list_id}/members/{subscriber_hash(p.email)}"
+                if p.needs_tags:
+                    tags = [{"name": t, "status": "active"} for t in sorted(p.tags_add)] + [
+                        {"name": t, "status": "inactive"} for t in sorted(p.tags_remove)
+                    ]
+                    body = {"tags": tags, "is_syncing": self.config.tags_is_syncing}
+                    ops.append(
+                        _Op("tags", p, Operation(f"tags:{p.key}", "POST", f"{base}/tags", body))
+                    )
+                for i, event in enumerate(to_send.get(p.key, ())):
+                    body = {
+                        "name": event.name,
+                        "properties": {k: str(v) for k, v in event.properties.items()},
+                        "occurred_at": event.occurred_at.astimezone(UTC).isoformat(),
+                        "is_syncing": self.config.events_is_syncing,
+                    }
+                    ops.append(
+                        _Op(
+                            "event",
+                            p,
+                            Operation(f"event:{i}:{p.key}", "POST", f"{base}/events", body),
+                            event,
+                        )
+                    )
+            # The intents first, in one transaction: from here on a crash or a
+            # lost answer leaves them behind, to be checked before any re-send.
+            self.ledger.record_event_intents(
+                [
+                    EventIntent(
+                        op.plan.key,
+                        op.event.key,
+                        op.event.name,
+                        op.event.occurred_at,
+                        now,
+                        {k: str(v) for k, v in op.event.properties.items()},
+                    )
+                    for op in ops
+                    if op.event is not None
+                ]
+            )
+
+            def apply(op: _Op, answer: Answer) -> None:
+                if answer.ok and op.kind == "tags":
+                    accepted.append(AcceptedPush(op.plan.key, {}, now, op.plan.active_tags))
+                elif answer.ok and op.event is not None:
+                    events.append(_sent(op.plan.key, op.event, now))
+                elif not answer.ok:
+                    what = "tags"
+                    if op.event is not None:
+                        what = f"event {op.event.name}"
+                        if answer.maybe_processed:
+                            # Maybe carried out: keep the intent, check next time.
+                            summary.events_unconfirmed += 1
+                            what += " (outcome unknown, checked before any re-send)"
+                        elif answer.kind is not AnswerClass.TRANSIENT:
+                            # Refused for good: nothing to send again.
+                            settled.append((op.plan.key, op.event.key))
+                        # Not taken for now (429, a bare 403): the intent stays
+                        # as the commitment to send it, even once it has left
+                        # the window of due events.
+                    failures.append(self._failure(op.plan, answer, now, what))
+
             self._run_ops(pool, ops, apply)
         finally:
             # Events first: an accepted event must never be sent twice.
             if events:
                 self.ledger.record_events_sent(events)
-            summary.events_sent += len(events)
+            if settled:
+                self.ledger.clear_event_intents(settled)
+            # Those found in Mailchimp were not sent by this push.
+            summary.events_sent += len(events) - summary.events_confirmed
+            # A member whose earlier failure was about tags or events, and
+            # whose every call went through now, must not stay "failed".
+            clean = {a.email for a in accepted} | {f.email for f in failures}
+            accepted.extend(
+                AcceptedPush(p.key, {}, now)
+                for p in plans
+                if p.previous_failure is not None and p.key not in clean
+            )
             self._record(accepted, failures, failed)
+
+    def _reconcile_events(
+        self,
+        pool: ThreadPoolExecutor,
+        plans: Sequence[MemberPlan],
+        confirmed: list[SentEvent],
+        failures: list[PushFailure],
+        summary: PushSummary,
+        now: datetime,
+    ) -> dict[str, tuple[EventDue, ...]]:
+        """The events to POST per member, once intents of unknown outcome are
+        settled against Mailchimp's own list of the member's events.
+
+        Members without intents send their due events. For the others, an
+        intent whose event Mailchimp lists is recorded sent (``confirmed``);
+        one it does not list is sent again, even if it has left the window of
+        due events meanwhile: the intent was the commitment to send it.
+        A member whose intents are too recent to check, or whose events could
+        not be read, sends no event in this push (a transient failure brings
+        it back).
+        """
+        pending = self.ledger.pending_events(p.key for p in plans)
+        to_send = {p.key: p.events for p in plans if p.events and p.key not in pending}
+        checking = [p for p in plans if p.key in pending]
+        if not checking:
+            return to_send
+        settle_before = now - self.config.event_settle
+        ready: list[MemberPlan] = []
+        for p in checking:
+            if max(i.attempted_at for i in pending[p.key]) > settle_before:
+                failures.append(
+                    self._failure(
+                        p,
+                        Answer(
+                            AnswerClass.TRANSIENT,
+                            "events_settling",
+                            "events of unknown outcome sent too recently to be checked",
+                        ),
+                        now,
+                        "events",
+                    )
+                )
+            else:
+                ready.append(p)
+        if ready and self._batches_unsettled():
+            # A job queued by a push that died (or whose start answer was
+            # lost) may still POST these events: Mailchimp's list would not
+            # show them yet. Check once every job has finished.
+            for p in ready:
+                failures.append(
+                    self._failure(
+                        p,
+                        Answer(
+                            AnswerClass.TRANSIENT,
+                            "batches_running",
+                            "events of unknown outcome wait for /batches jobs still running",
+                        ),
+                        now,
+                        "events",
+                    )
+                )
+            ready = []
+        sent = self.ledger.sent_event_signatures(p.key for p in ready)
+        futures = [pool.submit(self._member_events, p) for p in ready]
+        listed: dict[str, Counter[str]] = {}
+
+        def collect(result: tuple[MemberPlan, Answer, Counter[str]]) -> None:
+            plan, answer, signatures = result
+            if answer.ok:
+                listed[plan.key] = signatures
+            else:
+                failures.append(self._failure(plan, answer, now, "events lookup"))
+
+        self._collect(futures, collect)
+        for p in ready:
+            if p.key not in listed:
+                continue
+            # Mailchimp's copies of events already recorded sent are theirs,
+            # not the unconfirmed ones', even when they look the same.
+            there = listed[p.key] - Counter(sent.get(p.key, []))
+            due = {e.key: e for e in p.events}
+            for intent in pending[p.key]:
+                signature = intent.signature
+                if there[signature] > 0:
+                    there[signature] -= 1
+                    confirmed.append(SentEvent(p.key, intent.key, intent.name, now, signature))
+                    due.pop(intent.key, None)
+                    summary.events_confirmed += 1
+                else:
+                    summary.events_resent += 1
+                    due.setdefault(
+                        intent.key,
+                        EventDue(intent.key, intent.name, intent.occurred_at, intent.properties),
+                    )
+            if due:
+                to_send[p.key] = tuple(due.values())
+        if confirmed:
+            log.info(
+                "%d events of unknown outcome found in Mailchimp: not sent again", len(confirmed)
+            )
+        return to_send
+
+    def _batches_unsettled(self) -> bool:
+        """Whether some ``/batches`` job of this key is not finished (or the
+        list cannot be read): until then, intents cannot be settled."""
+        if not self.config.use_batches or self._batches_unavailable:
+            return False
+        offset = 0
+        while True:
+            answer = self.caller.call(
+                "GET /batches",
+                lambda offset=offset: self.caller.client.batches.list(  # type: ignore[misc]
+                    count=EVENTS_PAGE, offset=offset
+                ),
+            )
+            if answer.code in {"not_found", "method_not_allowed"}:
+                return False  # no /batches here: no job can be running
+            if not answer.ok or not isinstance(answer.body, Mapping):
+                return True
+            jobs = [b for b in answer.body.get("batches") or [] if isinstance(b, Mapping)]
+            if any(b.get("status") != "finished" for b in jobs):
+                return True
+            offset += len(jobs)
+            total = answer.body.get("total_items")
+            if not jobs or not isinstance(total, int) or offset >= total:
+                return False
+
+    def _member_events(self, plan: MemberPlan) -> tuple[MemberPlan, Answer, Counter[str]]:
+        """Signatures of every event Mailchimp lists for this member (all pages)."""
+        client, list_id = self.caller.client, self.list_id
+        h = subscriber_hash(plan.email)
+        signatures: Counter[str] = Counter()
+        offset = 0
+        while True:
+            answer = self.caller.call(
+                f"GET /lists/{list_id}/members/{h}/events",
+                lambda offset=offset: client.lists.get_list_member_events(  # type: ignore[misc]
+                    list_id, h, count=EVENTS_PAGE, offset=offset
+                ),
+            )
+            if not answer.ok or not isinstance(answer.body, Mapping):
+                if answer.ok:
+                    answer = Answer(AnswerClass.TRANSIENT, "unreadable", "unreadable event list")
+                return plan, answer, signatures
+            page = [e for e in answer.body.get("events") or [] if isinstance(e, Mapping)]
+            for event in page:
+                signature = _listed_signature(event)
+                if signature is not None:
+                    signatures[signature] += 1
+            offset += len(page)
+            total = answer.body.get("total_items")
+            if not page or not isinstance(total, int) or offset >= total:
+                return plan, answer, signatures
 
     def _record(
         self,
@@ -666,6 +912,36 @@ class MailchimpSink:
                 )
         accepted.clear()
         failures.clear()
+
+
+#: Events per page when reading a member's events (Mailchimp's maximum).
+EVENTS_PAGE = 1000
+
+
+def _sent(email: str, event: EventDue, now: datetime) -> SentEvent:
+    signature = event_signature(
+        event.name, event.occurred_at, {k: str(v) for k, v in event.properties.items()}
+    )
+    return SentEvent(email, event.key, event.name, now, signature)
+
+
+def _listed_signature(event: Mapping[str, Any]) -> str | None:
+    """The signature of one event as ``GET …/events`` lists it; None when it
+    cannot be one of ours (no name, no readable instant)."""
+    name, occurred = event.get("name"), event.get("occurred_at")
+    if not isinstance(name, str) or not isinstance(occurred, str):
+        return None
+    try:
+        instant = datetime.fromisoformat(occurred)
+    except ValueError:
+        return None
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)  # Mailchimp's instants are UTC
+    properties = event.get("properties")
+    props = (
+        {str(k): str(v) for k, v in properties.items()} if isinstance(properties, Mapping) else {}
+    )
+    return event_signature(name, instant, props)
 
 
 # -- dry run ---------------------------------------------------------------------

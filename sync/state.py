@@ -33,6 +33,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sync.exceptions import ConfigurationError
 from sync.ledger import (
     AcceptedPush,
+    EventIntent,
     MemberPushState,
     PushFailure,
     SentEvent,
@@ -164,6 +165,19 @@ event_sent = sa.Table(
     sa.Column("event_key", sa.Text, nullable=False),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("sent_at", UtcDateTime, nullable=False),
+    sa.Column("signature", sa.Text),
+)
+event_pending = sa.Table(
+    "event_pending",
+    metadata,
+    sa.Column("email", sa.Text, primary_key=True),
+    sa.Column("event_key", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("occurred_at", UtcDateTime, nullable=False),
+    sa.Column("properties_json", sa.Text, nullable=False),
+    sa.Column("signature", sa.Text, nullable=False),
+    sa.Column("attempted_at", UtcDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
 )
 cycle = sa.Table(
     "cycle",
@@ -855,7 +869,13 @@ class StateStore:
 
     def record_events_sent(self, events: Sequence[SentEvent]) -> None:
         rows = [
-            {"email": normalise_email(e.email), "event_key": e.key, "name": e.name, "sent_at": e.at}
+            {
+                "email": normalise_email(e.email),
+                "event_key": e.key,
+                "name": e.name,
+                "sent_at": e.at,
+                "signature": e.signature,
+            }
             for e in events
         ]
         if not rows:
@@ -868,6 +888,91 @@ class StateStore:
         with self.engine.begin() as conn:
             for chunk in _chunks(unique):
                 conn.execute(stmt, list(chunk))
+            self._delete_intents(conn, [(str(r["email"]), str(r["event_key"])) for r in unique])
+
+    def sent_event_signatures(self, emails: Iterable[str]) -> dict[str, list[str]]:
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                for row in conn.execute(
+                    sa.select(event_sent.c.email, event_sent.c.signature).where(
+                        event_sent.c.email.in_(chunk), event_sent.c.signature.is_not(None)
+                    )
+                ):
+                    found.setdefault(row.email, []).append(row.signature)
+        return found
+
+    def record_event_intents(self, intents: Sequence[EventIntent]) -> None:
+        latest = {(normalise_email(i.email), i.key): i for i in intents}
+        if not latest:
+            return
+        with self.engine.begin() as conn:
+            before: dict[tuple[str, str], int] = {}
+            for chunk in _chunks(list(latest)):
+                # Row values IN (...) is not portable; select by email, filter here.
+                emails = list({email for email, _ in chunk})
+                for row in conn.execute(
+                    sa.select(
+                        event_pending.c.email, event_pending.c.event_key, event_pending.c.attempts
+                    ).where(event_pending.c.email.in_(emails))
+                ):
+                    before[(row.email, row.event_key)] = int(row.attempts)
+            rows = [
+                {
+                    "email": email,
+                    "event_key": key,
+                    "name": i.name,
+                    "occurred_at": i.occurred_at,
+                    "properties_json": json.dumps(dict(i.properties), sort_keys=True),
+                    "signature": i.signature,
+                    "attempted_at": i.attempted_at,
+                    "attempts": max(i.attempts, before.get((email, key), 0) + 1),
+                }
+                for (email, key), i in latest.items()
+            ]
+            self._upsert(conn, event_pending, rows, ("email", "event_key"))
+
+    def pending_events(self, emails: Iterable[str]) -> dict[str, list[EventIntent]]:
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: dict[str, list[EventIntent]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                rows = conn.execute(
+                    sa.select(event_pending)
+                    .where(event_pending.c.email.in_(chunk))
+                    .order_by(event_pending.c.attempted_at, event_pending.c.event_key)
+                )
+                for row in rows:
+                    found.setdefault(row.email, []).append(
+                        EventIntent(
+                            email=row.email,
+                            key=row.event_key,
+                            name=row.name,
+                            occurred_at=row.occurred_at,
+                            attempted_at=row.attempted_at,
+                            properties=json.loads(row.properties_json),
+                            attempts=int(row.attempts),
+                        )
+                    )
+        return found
+
+    def clear_event_intents(self, events: Iterable[tuple[str, str]]) -> None:
+        pairs = list(dict.fromkeys((normalise_email(e), k) for e, k in events))
+        if pairs:
+            with self.engine.begin() as conn:
+                self._delete_intents(conn, pairs)
+
+    @staticmethod
+    def _delete_intents(conn: sa.Connection, pairs: Sequence[tuple[str, str]]) -> None:
+        if pairs:
+            conn.execute(
+                event_pending.delete().where(
+                    event_pending.c.email == sa.bindparam("e"),
+                    event_pending.c.event_key == sa.bindparam("k"),
+                ),
+                [{"e": e, "k": k} for e, k in pairs],
+            )
 
     # -- cycles and watermarks ----------------------------------------------------
 

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sync.ledger import (
     AcceptedPush,
+    EventIntent,
     MemberPushState,
     PushFailure,
     SentEvent,
@@ -29,7 +30,8 @@ class MemoryLedger:
         self._tags: dict[str, frozenset[str]] = {}
         self._pushed_at: dict[str, datetime] = {}
         self._failures: dict[str, PushFailure] = {}
-        self._events: dict[str, dict[str, tuple[str, datetime]]] = {}
+        self._events: dict[str, dict[str, tuple[str, datetime, str | None]]] = {}
+        self._intents: dict[str, dict[str, EventIntent]] = {}
 
     def member_states(self, emails: Iterable[str]) -> dict[str, MemberPushState]:
         states: dict[str, MemberPushState] = {}
@@ -100,7 +102,40 @@ class MemoryLedger:
 
     def record_events_sent(self, events: Sequence[SentEvent]) -> None:
         for event in events:
+            email = normalise_email(event.email)
             # First write wins, like the SQL store's unique (email, key).
-            self._events.setdefault(normalise_email(event.email), {}).setdefault(
-                event.key, (event.name, event.at)
+            self._events.setdefault(email, {}).setdefault(
+                event.key, (event.name, event.at, event.signature)
             )
+            self._intents.get(email, {}).pop(event.key, None)
+
+    def sent_event_signatures(self, emails: Iterable[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for raw in emails:
+            email = normalise_email(raw)
+            signatures = [s for _, _, s in self._events.get(email, {}).values() if s is not None]
+            if signatures and email not in found:
+                found[email] = signatures
+        return found
+
+    def record_event_intents(self, intents: Sequence[EventIntent]) -> None:
+        for intent in intents:
+            email = normalise_email(intent.email)
+            mine = self._intents.setdefault(email, {})
+            before = mine.get(intent.key)
+            attempts = max(intent.attempts, before.attempts + 1 if before else 0)
+            mine[intent.key] = replace(intent, email=email, attempts=attempts)
+
+    def pending_events(self, emails: Iterable[str]) -> dict[str, list[EventIntent]]:
+        found: dict[str, list[EventIntent]] = {}
+        for raw in emails:
+            email = normalise_email(raw)
+            if self._intents.get(email):
+                found[email] = sorted(
+                    self._intents[email].values(), key=lambda i: (i.attempted_at, i.key)
+                )
+        return found
+
+    def clear_event_intents(self, events: Iterable[tuple[str, str]]) -> None:
+        for email, key in events:
+            self._intents.get(normalise_email(email), {}).pop(key, None)

@@ -63,7 +63,11 @@ def state_dump(tmp_path: Path) -> str:
     with engine.connect() as conn:
         tables = sa.inspect(conn).get_table_names()
         text = "\n".join(
-            repr(row) for t in tables for row in conn.execute(sa.text(f'SELECT * FROM "{t}"'))
+            # tuple(): a Row's own repr shortens long values, which would hide
+            # the middle of a cycle record from this search.
+            repr(tuple(row))
+            for t in tables
+            for row in conn.execute(sa.text(f'SELECT * FROM "{t}"'))
         )
     engine.dispose()
     return text

@@ -429,7 +429,7 @@ def test_faults_are_retried_and_the_key_never_reaches_the_logs(
     emulator.faults.script("/lists/*/members/*", FaultKind.UNAVAILABLE_HTML, times=2)
     emulator.faults.script("/lists/*/members/*", FaultKind.TIMEOUT, times=1)
     emulator.faults.script("/lists/*/members/*", FaultKind.RESET, times=1)
-    emulator.faults.script("/lists/*/members/*/events", FaultKind.SERVER_ERROR, times=2)
+    emulator.faults.script("/lists/*/members/*/events", FaultKind.TOO_MANY_REQUESTS_EMPTY, times=2)
     ledger, clock = MemoryLedger(), Clock()
     sink = make_sink(emulator, ledger, clock, timeout=0.3)
     with caplog.at_level(logging.DEBUG):

@@ -32,6 +32,15 @@ class FaultKind(StrEnum):
     UNAVAILABLE_HTML = "503-html"  # an edge filter's HTML page
     TIMEOUT = "timeout"  # hold the request past the client's timeout, then hang up
     RESET = "reset"  # close the socket without answering (TCP RST)
+    # The request IS applied, then the answer is lost: the ambiguous failures a
+    # client cannot tell from the two above (was my POST processed or not?).
+    PROCESS_THEN_TIMEOUT = "process-then-timeout"
+    PROCESS_THEN_RESET = "process-then-reset"
+
+    @property
+    def processes(self) -> bool:
+        """Whether the request is carried out before the answer is withheld."""
+        return self in (FaultKind.PROCESS_THEN_TIMEOUT, FaultKind.PROCESS_THEN_RESET)
 
 
 def _compile(pattern: str) -> re.Pattern[str]:

@@ -7,7 +7,9 @@ Each request goes through the same gates as at Mailchimp, in this order:
    many threads sees it; ``service_delay`` keeps requests in flight longer
    to make that easy to provoke);
 2. injected faults (``faults.py``), which model the infrastructure in front
-   of the API and so come before authentication;
+   of the API and so come before authentication (the ``process-then-*``
+   kinds let an authenticated request through to step 4 first, then lose
+   its answer);
 3. HTTP Basic authentication with the account's API key;
 4. the route, and the store behind it (``api.py``), or the account's
    ``/batches`` queue (``batches.py``).
@@ -430,6 +432,10 @@ class Emulator:
                 reply = _Reply.problem(problems.too_many_requests(self.max_connections))
             else:
                 fault = self.faults.draw(method, fault_path)
+                authorised = not api_call or key == self.api_key
+                if fault is not None and fault.processes and authorised:
+                    # Carried out for real; only the answer is lost on the way back.
+                    answer()
                 if fault is not None:
                     reply = self._fault(fault, Call(method, path, endpoint, "timeout", fault.value))
                 elif api_call and key is None:
@@ -484,7 +490,7 @@ class Emulator:
             return _Reply.problem(problems.internal_error())
         if kind is FaultKind.UNAVAILABLE_HTML:
             return _Reply("503", 503, UNAVAILABLE_PAGE, "text/html")
-        if kind is FaultKind.TIMEOUT:
+        if kind in (FaultKind.TIMEOUT, FaultKind.PROCESS_THEN_TIMEOUT):
             # Recorded now: the client gives up before the hold ends, and
             # must find the call in the log when it does. The slot stays
             # taken while held, as a hung request's would at Mailchimp.

@@ -1,0 +1,376 @@
+"""The chaos run: weeks of cycles on PostgreSQL against a Mailchimp that fails a lot.
+
+BlouseBrothers demo users in PostgreSQL (the state store in the same
+database), the daemon's cycles run in-process (``run_once(now=...)``) against
+the emulator, with EVERY transient fault class injected at random on 20 % of
+the calls: 429 (with and without a body), a bare 403, 500, an HTML 503,
+timeouts, connection resets, and the ambiguous ``process-then-timeout`` /
+``process-then-reset`` (Mailchimp did the work, the answer was lost). Some
+addresses fail for good (compliance state, forgotten, fake). Between cycles
+new rows arrive (credits, transfers, low-balance notices, sign-ups) and the
+clock moves on by hours, over weeks.
+
+Then, faults off, cycles run until nothing is left to retry, and:
+
+* every member in Mailchimp has exactly the merge fields the engine computes,
+  on records read back, for the last cycle's instant;
+* the permanently failing addresses are absent, each with a permanent failure
+  naming its reason in the state store;
+* every event the engine says was due within the window (``events_max_age``
+  before the first cycle up to the last) arrived exactly once, and nothing
+  else arrived.
+
+The default run is scaled down (2,000 users, 3 weeks); ``-m slow`` runs
+10,000 users over 6 weeks. Figures are printed (``-s``) and recorded in
+docs/reliability-runs.md.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import sqlalchemy as sa
+
+from sync.config import Config, DaemonConfig, MailchimpConfig
+from sync.daemon import Runtime, build_runtime, run_once
+from sync.demo import load_demo
+from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator, FaultKind
+from sync.engine import evaluate
+from sync.mailchimp import (
+    BatchPolling,
+    Caller,
+    MailchimpSettings,
+    RetryPolicy,
+    fix_merge_fields,
+    make_client,
+)
+from sync.members import normalise_email
+from sync.sink import MailchimpSink, SinkConfig
+from sync.source_reader import SourceReader
+from sync.state import StateStore
+from tests.test_cycle import NOW, Clock, audience_fields, expected_members
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Every fault that is not final for the run (403-json is: a bad key).
+TRANSIENT_FAULTS = tuple(k for k in FaultKind if k is not FaultKind.FORBIDDEN_JSON)
+#: Addresses that fail for good, by emulator mark, and the reason the sink gives.
+PERMANENT = {
+    "compliance": "compliance state",
+    "forgotten": "permanently deleted",
+    "fake": "fake or invalid",
+}
+EVENT_WINDOW = timedelta(days=7)  # DaemonConfig.events_max_age
+
+
+@dataclass
+class ChaosReport:
+    users: int
+    cycles: int = 0
+    final_cycles: int = 0
+    simulated_days: float = 0.0
+    rows_inserted: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    calls: int = 0
+    batch_operations: int = 0
+    members_checked: int = 0
+    permanent_failures: Counter[str] = field(default_factory=Counter)
+    events_expected: int = 0
+    events_received: int = 0
+    events_missing: int = 0
+    events_duplicated: int = 0
+    events_unexpected: int = 0
+    events_confirmed: int = 0  # found in Mailchimp after an unknown outcome
+    events_resent: int = 0
+    events_unconfirmed: int = 0
+    runtime_s: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        for key, value in out.items():
+            if isinstance(value, Counter):
+                out[key] = dict(sorted(value.items()))
+        return out
+
+
+def chaos_runtime(pg_url: str, emulator: Emulator, clock: Clock, timeout: float) -> Runtime:
+    config = Config(
+        rules=ROOT / "rules.yaml",
+        sources=ROOT / "sources.yaml",
+        database=pg_url,
+        state=pg_url,  # the state store in the application's database
+        mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=emulator.url),
+        daemon=DaemonConfig(full_rescan=timedelta(days=30), events_max_age=EVENT_WINDOW),
+    )
+    settings = MailchimpSettings(
+        DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url, timeout=timeout
+    )
+    client = make_client(settings)
+    caller = Caller(
+        client,
+        DEFAULT_LIST_ID,
+        RetryPolicy(attempts=5, initial_wait=0.005, max_wait=0.05),
+    )
+    # Whole-audience pushes go through /batches, most incremental ones as
+    # direct calls (fewer than 50 operations): both paths meet the faults.
+    sink_config = SinkConfig(bulk_threshold=50, polling=BatchPolling(first_wait=0.01, max_wait=0.1))
+    runtime = build_runtime(
+        config,
+        clock=clock,
+        sink_factory=lambda store: MailchimpSink(caller, store, sink_config, clock=clock),
+    )
+    wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+    fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
+    return runtime
+
+
+class DataFeed:
+    """New rows between cycles, at instants after the previous cycle's."""
+
+    TABLES: ClassVar[dict[str, str]] = {
+        "credits": "INSERT INTO credits (id, user_id, amount_cents, credited_at) "
+        "VALUES (:id, :u, 1500, :at)",
+        "transfers": "INSERT INTO transfers (id, user_id, amount_cents, received_at) "
+        "VALUES (:id, :u, 2500, :at)",
+        "balance_notices": "INSERT INTO balance_notices (id, user_id, sent_at) "
+        "VALUES (:id, :u, :at)",
+    }
+
+    def __init__(self, url: str, rng: random.Random, report: ChaosReport) -> None:
+        self.engine = sa.create_engine(url)
+        self.rng = rng
+        self.report = report
+        with self.engine.connect() as conn:
+            self.users = int(conn.execute(sa.text("SELECT max(id) FROM users")).scalar_one())
+            self.next_id = {
+                table: int(
+                    conn.execute(sa.text(f"SELECT COALESCE(max(id), 0) FROM {table}")).scalar_one()
+                )
+                + 1
+                for table in self.TABLES
+            }
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def between(self, after: datetime, until: datetime) -> None:
+        span = (until - after).total_seconds()
+
+        def instant() -> datetime:
+            return after + timedelta(seconds=self.rng.uniform(1, span))
+
+        with self.engine.begin() as conn:
+            for table, sql in self.TABLES.items():
+                for _ in range(max(1, self.report.users // 400)):
+                    conn.execute(
+                        sa.text(sql),
+                        {
+                            "id": self.next_id[table],
+                            "u": self.rng.randint(1, self.users),
+                            "at": instant(),
+                        },
+                    )
+                    self.next_id[table] += 1
+                    self.report.rows_inserted[table] += 1
+            for _ in range(max(1, self.report.users // 1000)):
+                self.users += 1
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO users "
+                        "(id, email, first_name, last_name, username, date_joined) "
+                        "VALUES (:id, :email, 'New', 'Comer', :name, :at)"
+                    ),
+                    {
+                        "id": self.users,
+                        "email": f"new.comer.{self.users}@example.net",
+                        "name": f"newcomer{self.users}",
+                        "at": instant(),
+                    },
+                )
+                self.report.rows_inserted["users"] += 1
+
+
+def mark_permanent_failures(emulator: Emulator, pg_url: str, every: int) -> dict[str, str]:
+    """Every ``every``-th user's address fails for good; email -> mark."""
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        emails = [
+            normalise_email(e)
+            for e in conn.execute(
+                sa.text(f"SELECT email FROM users WHERE id % {every} = 0")
+            ).scalars()
+        ]
+    engine.dispose()
+    marks: dict[str, str] = {}
+    for i, email in enumerate(emails):
+        mark = list(PERMANENT)[i % len(PERMANENT)]
+        if mark == "compliance":
+            emulator.audience.mark_compliance(email)
+        elif mark == "forgotten":
+            emulator.audience.forget(email)
+        else:
+            emulator.audience.mark_fake(email)
+        marks[email] = mark
+    return marks
+
+
+def expected_events(runtime: Runtime, since: datetime, now: datetime) -> Counter[tuple[str, ...]]:
+    """(email, name, instant, properties) of every event due between ``since`` and ``now``."""
+    entity = runtime.ruleset.entity("user")
+    expected: Counter[tuple[str, ...]] = Counter()
+    with SourceReader(runtime.sources, runtime.config.database) as reader:
+        for record in reader.read_entities("user", now=now):
+            result = evaluate(entity, record.facts, record.actions, now, events_since=since)
+            for event in result.events:
+                expected[
+                    _event_key(
+                        normalise_email(record.email or ""),
+                        event.name,
+                        event.occurred_at.isoformat(),
+                        event.properties,
+                    )
+                ] += 1
+    return expected
+
+
+def _event_key(email: str, name: str, occurred_at: str, properties: Any) -> tuple[str, ...]:
+    instant = datetime.fromisoformat(occurred_at).astimezone(UTC).replace(microsecond=0)
+    return (email, name, instant.isoformat(), json.dumps(dict(properties), sort_keys=True))
+
+
+def received_events(emulator: Emulator) -> Counter[tuple[str, ...]]:
+    return Counter(
+        _event_key(email.lower(), e.name, e.occurred_at or "", e.properties)
+        for email, e in emulator.audience.received_events()
+    )
+
+
+def absorb(report: ChaosReport, runtime: Runtime, now: datetime) -> None:
+    summary = run_once(runtime, now=now)
+    report.events_confirmed += summary.push.events_confirmed
+    report.events_resent += summary.push.events_resent
+    report.events_unconfirmed += summary.push.events_unconfirmed
+
+
+def run_chaos(
+    pg_url: str,
+    emulator: Emulator,
+    *,
+    users: int,
+    days: int,
+    step: timedelta,
+    seed: int,
+    fault_rate: float = 0.2,
+    timeout: float = 0.15,
+) -> ChaosReport:
+    started = time.monotonic()
+    report = ChaosReport(users=users)
+    rng = random.Random(seed)
+    load_demo(pg_url, "blousebrothers", users=users, seed=seed, now=NOW)
+    # A timeout fault outlasts the client's timeout; a 500-member call must not.
+    emulator.timeout_hold = timeout + 0.05
+    marks = mark_permanent_failures(emulator, pg_url, every=50)
+    clock = Clock(NOW)
+    runtime = chaos_runtime(pg_url, emulator, clock, timeout)
+    feed = DataFeed(pg_url, rng, report)
+    try:
+        emulator.faults.set_random(fault_rate, seed=seed, kinds=TRANSIENT_FAULTS)
+        end = NOW + timedelta(days=days)
+        while clock.now <= end:
+            absorb(report, runtime, clock.now)
+            report.cycles += 1
+            after, clock.now = clock.now, clock.now + step
+            feed.between(after, clock.now)
+        # Faults off: run until nothing is left to retry or to confirm.
+        emulator.faults.clear()
+        state: StateStore = runtime.state
+        for _ in range(40):
+            absorb(report, runtime, clock.now)
+            report.final_cycles += 1
+            left = state.failures(permanent=False)
+            pending = state.pending_events(normalise_email(e) for e in audience_fields(emulator))
+            if not left and not pending:
+                break
+            # Past the longest transient back-off (1 day) in a few steps.
+            clock.now += timedelta(hours=6)
+        else:
+            pytest.fail(f"still failing after the faults stopped: {left[:5]}")
+        final = clock.now
+        report.simulated_days = (final - NOW).total_seconds() / 86400
+
+        # 1. Merge fields: exactly the engine's, except the permanent failures.
+        expected = expected_members(runtime, "user", final)
+        failures = {f.email: f for f in state.failures(permanent=True)}
+        assert set(failures) == set(marks), "each permanent failure is recorded, nothing else"
+        for email, mark in marks.items():
+            assert PERMANENT[mark] in failures[email].reason.lower(), failures[email]
+            report.permanent_failures[mark] += 1
+            del expected[email]
+        actual = audience_fields(emulator)
+        assert set(actual) == set(expected), "members missing from (or extra in) Mailchimp"
+        wrong = {e: (actual[e], expected[e]) for e in expected if actual[e] != expected[e]}
+        assert not wrong, f"{len(wrong)} members differ, e.g. {list(wrong.items())[:3]}"
+        report.members_checked = len(actual)
+
+        # 2. Events: every one due in the window, exactly once, nothing else.
+        due = expected_events(runtime, NOW - EVENT_WINDOW, final)
+        due = Counter({k: n for k, n in due.items() if k[0] not in marks})
+        got = received_events(emulator)
+        report.events_expected = sum(due.values())
+        report.events_received = sum(got.values())
+        report.events_missing = sum((due - got).values())
+        report.events_duplicated = sum(n - 1 for n in got.values() if n > 1)
+        report.events_unexpected = sum(1 for k in got if k not in due)
+        assert report.events_missing == 0, f"lost events: {list((due - got).items())[:5]}"
+        assert report.events_duplicated == 0, [k for k, n in got.items() if n > 1][:5]
+        assert report.events_unexpected == 0, [k for k in got if k not in due][:5]
+        assert max(due.values()) == 1
+        assert state.pending_events(marks) == {}
+    finally:
+        feed.close()
+        runtime.close()
+    calls = emulator.calls.calls()
+    report.calls = len(calls)
+    report.faults = Counter(c.fault for c in calls if c.fault)
+    report.batch_operations = emulator.calls.operation_count()
+    report.runtime_s = round(time.monotonic() - started, 1)
+    return report
+
+
+def _check_and_print(report: ChaosReport, name: str) -> None:
+    print(f"\n{name}: " + json.dumps(report.as_json(), indent=1))
+    assert set(report.faults) == {k.value for k in TRANSIENT_FAULTS}, "every fault class was met"
+    assert report.events_expected > 0
+    assert report.events_confirmed > 0, "some processed-then-lost events were found, not resent"
+    assert report.events_resent > 0, "some unprocessed events of unknown outcome were resent"
+
+
+@pytest.mark.postgres
+def test_chaos(pg_url: str, mailchimp_emulator: Emulator) -> None:
+    report = run_chaos(
+        pg_url, mailchimp_emulator, users=2000, days=21, step=timedelta(hours=6), seed=1
+    )
+    _check_and_print(report, "chaos (default)")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_chaos_10k_users_6_weeks(pg_url: str, mailchimp_emulator: Emulator) -> None:
+    report = run_chaos(
+        pg_url,
+        mailchimp_emulator,
+        users=10_000,
+        days=42,
+        step=timedelta(hours=4),
+        seed=2,
+        timeout=1.0,
+    )
+    _check_and_print(report, "chaos (slow)")
