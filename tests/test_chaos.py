@@ -22,7 +22,7 @@ Then, faults off, cycles run until nothing is left to retry, and:
 
 The default run is scaled down (2,000 users, 3 weeks); ``-m slow`` runs
 10,000 users over 6 weeks. Figures are printed (``-s``) and recorded in
-docs/reliability-runs.md.
+docs/reliability.md ("Chaos and kill runs").
 """
 
 from __future__ import annotations
