@@ -47,6 +47,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.selectable import FromClause, Subquery
 
@@ -361,6 +362,16 @@ def _code_base(entity: Entity) -> int:
     return base
 
 
+def _in_ids(column: SqlExpr, naming: Naming, id_type: str) -> SqlExpr:
+    """``column`` is one of the requested ids: ``= ANY(:ids)`` with one array
+    parameter on PostgreSQL (any number of ids in one query), an expanding
+    ``IN`` on SQLite (which has no arrays; the evaluator sends chunks)."""
+    if naming.dialect == "postgresql":
+        element = sa.BigInteger() if id_type == "integer" else sa.Text()
+        return column == sa.any_(sa.bindparam(IDS, type_=postgresql.ARRAY(element)))
+    return column.in_(sa.bindparam(IDS, expanding=True))
+
+
 def _text(query_sql: str, columns: Iterable[str], name: str) -> Subquery:
     return sa.text(query_sql).columns(*(sa.column(c) for c in columns)).subquery(name)
 
@@ -383,9 +394,16 @@ def _population(
         columns[name] = ("identity", label)
     joined: FromClause = listed
     for number, fact_query in enumerate(source.facts):
-        sub = _text(
-            fact_query.query.sql, ("id", *(c.name for c in fact_query.columns)), f"m_facts{number}"
-        )
+        names = ("id", *(c.name for c in fact_query.columns))
+        sub = _text(fact_query.query.sql, names, f"m_facts{number}")
+        if with_ids:
+            # Only the requested entities' rows: the planner does not push the
+            # list's filter through the join into a DISTINCT or a UNION.
+            sub = (
+                sa.select(*(sub.c[n] for n in names))
+                .where(_in_ids(sub.c.id, naming, source.id_type))
+                .subquery(f"m_facts{number}_ids")
+            )
         joined = joined.outerjoin(sub, sub.c.id == listed.c.id)
         for column in fact_query.columns:
             label = f"f_{column.name}"
@@ -401,7 +419,7 @@ def _population(
             columns[rollup.fact] = ("rollup", label)
     select = sa.select(*selected).select_from(joined)
     if with_ids:
-        select = select.where(listed.c.id.in_(sa.bindparam(IDS, expanding=True)))
+        select = select.where(_in_ids(listed.c.id, naming, source.id_type))
     return _Population(naming.table(select, "m_population"), columns)
 
 
@@ -462,7 +480,7 @@ def _latest_actions(
                 .group_by(sub.c.id)
             )
             if with_ids:
-                per_entity = per_entity.where(sub.c.id.in_(sa.bindparam(IDS, expanding=True)))
+                per_entity = per_entity.where(_in_ids(sub.c.id, naming, source.id_type))
             latest_at = per_entity.subquery(f"{naming.prefix}m_latest_{name}")
             ident, at = latest_at.c.id, instant_micros(latest_at.c.at, naming.dialect)
             condition: SqlExpr | None = None
@@ -470,7 +488,7 @@ def _latest_actions(
             ident, at = sub.c.id, instant_micros(sub.c.at, naming.dialect)
             condition = at <= now
             if with_ids:
-                condition = sa.and_(condition, ident.in_(sa.bindparam(IDS, expanding=True)))
+                condition = sa.and_(condition, _in_ids(ident, naming, source.id_type))
         key = at * code_base + action.order
         null = sa.null()
         branch = sa.select(
@@ -692,7 +710,7 @@ def _rollup_counts(
             .group_by(rel.c.id)
         )
         if with_ids:
-            select = select.where(rel.c.id.in_(sa.bindparam(IDS, expanding=True)))
+            select = select.where(_in_ids(rel.c.id, naming, source.id_type))
         parts.append(naming.table(select, f"m_counts{number}"))
     if len(parts) != 1:
         raise ConfigurationError(
@@ -837,7 +855,9 @@ class SqlEvaluator:
             chunks: list[list[Any] | None] = [None]
             if ids is not None:
                 keys = sorted({_key(source, i) for i in ids})
-                chunks = [keys[i : i + 900] for i in range(0, len(keys), 900)]
+                # One array parameter on PostgreSQL; SQLite binds each id.
+                size = 100_000 if self.dialect == "postgresql" else 900
+                chunks = [keys[i : i + size] for i in range(0, len(keys), size)]
             for chunk in chunks:
                 if chunk is not None:
                     params[IDS] = chunk
