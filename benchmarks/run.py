@@ -10,16 +10,23 @@ One run measures, in this process:
 
 * ``scan_limit_s``: the floor. The bare aggregate over the same action
   queries (latest instant per user and action, at or before now), counted on
-  the server: no evaluation, nothing sent to the client;
+  the server: no evaluation, nothing sent to the client; under the same
+  transaction settings as the evaluator (``PG_SETTINGS``);
 * ``full_s``: the compiled SQL for every user, streamed to this process and
-  decoded into ``SqlEvaluation``s (status, instants, merge fields);
+  decoded into complete ``SqlEvaluation``s (status, instants, merge fields),
+  not ordered by id;
 * ``naive_s`` / ``naive_users``: the original project's approach (per user,
   one query per action, then the ladder in Python) on a sample of users,
   scaled to the population;
 * ``peak_rss_mb``: peak resident memory of this process (``getrusage``).
 
-``tick_1pct_s``, ``api_calls_per_tick`` and ``changed_per_tick`` need the
-daemon's incremental cycle (not on main yet): null, marked TODO.
+* the tick (``tick``): an incremental cycle at ``now + 1 h`` after a seeded
+  1 % of the users got an account credit: ``tick_1pct_s`` (changed ids,
+  set-based evaluation of those ids, diff), ``tick_push_s`` (the changed
+  members through ``MailchimpSink`` to an in-process emulator),
+  ``api_calls_per_tick``, ``changed_per_tick`` and counts.
+
+``benchmarks/median.py`` folds several runs into medians and spreads.
 """
 
 from __future__ import annotations
