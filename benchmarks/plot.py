@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 W, H, PAD = 520, 320, 50
@@ -14,8 +15,12 @@ def main() -> None:
         (json.loads(p.read_text()) for p in HERE.glob("results-*.json")), key=lambda r: r["users"]
     )
     xs = [r["users"] for r in runs]
-    series = {"full_s": "#c0392b", "scan_limit_s": "#2c3e50"}
-    top = max(r[k] for r in runs for k in series) * 1.1
+    series = {"full_s": "#c0392b", "scan_limit_s": "#2c3e50", "tick_1pct_s": "#27ae60"}
+
+    def high(r: dict[str, Any], key: str) -> float:
+        return float(r.get("spread", {}).get(key, [r[key], r[key]])[1])
+
+    top = max(high(r, k) for r in runs for k in series) * 1.1
 
     def px(users: float, seconds: float) -> tuple[float, float]:
         return (PAD + (W - 2 * PAD) * users / max(xs), H - PAD - (H - 2 * PAD) * seconds / top)
@@ -29,7 +34,7 @@ def main() -> None:
         f'<text x="14" y="{H / 2}" transform="rotate(-90 14 {H / 2})"'
         ' text-anchor="middle">seconds</text>',
         f'<text x="{W / 2}" y="20" text-anchor="middle">'
-        "BlouseBrothers on PostgreSQL: time vs population</text>",
+        "BlouseBrothers on PostgreSQL: median of 3 runs (bars: min to max)</text>",
     ]
     for x in xs:
         cx, _ = px(x, 0)
@@ -39,6 +44,14 @@ def main() -> None:
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
         parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
         for (x, y), r in zip(points, runs, strict=True):
+            low, up = r.get("spread", {}).get(key, [r[key], r[key]])
+            _, y_low = px(r["users"], low)
+            _, y_up = px(r["users"], up)
+            # The spread of the runs (min to max) around the median.
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{y_low:.1f}" x2="{x:.1f}" y2="{y_up:.1f}"'
+                f' stroke="{colour}"/>'
+            )
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>')
             parts.append(
                 f'<text x="{x + 5:.1f}" y="{y - 5:.1f}" fill="{colour}">{r[key]:.1f}</text>'

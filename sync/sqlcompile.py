@@ -40,13 +40,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.selectable import FromClause, Subquery
 
@@ -58,6 +59,7 @@ from sync.rules import ACTION_CODE, STATUS, Entity, Mode, Ruleset
 from sync.source_reader import bind_instant, convert, read_only_engine
 from sync.sources import Column, EntitySource, SourcesConfig
 from sync.sqlcompile_expr import (
+    EPOCH,
     ExprCompiler,
     Naming,
     SqlExpr,
@@ -73,6 +75,13 @@ from sync.sqlcompile_timeline import state_indexes, timeline
 NOW_US = "mailsync_now_us"
 REINIT_US = "mailsync_reinit_us"
 IDS = "mailsync_ids"
+
+#: Settings local to the evaluating transaction on PostgreSQL (``SET LOCAL``).
+#: The JIT compiler is off: the query has hundreds of small ``CASE``
+#: expressions, and compiling them cost 4 to 7 s at a million users, more than
+#: it ever saved (EXPLAIN ANALYZE, see docs/sql.md). A larger ``work_mem``
+#: keeps the per-entity aggregates and joins in memory instead of spilling.
+PG_SETTINGS: Mapping[str, str] = {"jit": "off", "work_mem": "128MB"}
 
 #: ``m_cur * _STATUS_BASE + m_step`` numbers a status (state and rung) in SQL.
 _STATUS_BASE = 1000
@@ -94,6 +103,10 @@ class SqlEvaluation:
     merge_fields: Mapping[str, FactValue] = field(default_factory=dict)
     tags: frozenset[str] = frozenset()
     next_change_at: datetime | None = None
+
+
+_new = object.__new__
+_set = object.__setattr__
 
 
 @dataclass(frozen=True)
@@ -142,51 +155,88 @@ class CompiledEntity:
             params[REINIT_US] = to_micros(reinit_at)
         return params
 
-    def decode(self, row: sa.Row[Any]) -> SqlEvaluation:
+    def decode(self, row: Sequence[Any]) -> SqlEvaluation:
         """A result row as an evaluation; ids become text as the reader's do.
 
-        Columns are read by position (the ``select``'s order): at a million
-        rows, mapping access by name costs as much as the query itself."""
-        tz = ZoneInfo(self.source.naive_timezone)
-        values: tuple[Any, ...] = tuple(row[:8])
-        ident, email, cur, step, state_at, since, change, code_key = values
-        state = None if cur is None else self._states[cur]
-        status = None if state is None else state.status_name(step)
+        Columns are read by position (the ``select``'s order) and everything
+        that depends only on the rules (state, status name, tags, how each
+        merge field decodes) is looked up in tables built once: at a million
+        rows, per-row attribute and name lookups cost as much as the query."""
+        ident, email, cur, step, state_at, since, change, code_key = row[:8]
         code = None if code_key is None else self._codes.get(code_key % self._code_base)
+        if cur is None:
+            state_name = status = None
+            tags: frozenset[str] = frozenset()
+            entered = started = None
+        else:
+            state_name, status, tags = self._statuses[cur][step]
+            entered = None if state_at is None else EPOCH + timedelta(0, 0, state_at)
+            started = None if since is None else EPOCH + timedelta(0, 0, since)
         merge: dict[str, FactValue] = {}
-        for tag, how, position in self._positions:
-            if how == STATUS:
+        for tag, kind, position, decoder in self._plan:
+            if kind == 0:
                 merge[tag] = status
-            elif how == ACTION_CODE:
+            elif kind == 1:
                 merge[tag] = code
-            elif position is None:
-                merge[tag] = None
+            elif kind == 2:
+                value = row[position]
+                merge[tag] = value if value is None or value.__class__ is str else decoder(value)
+            elif kind == 3:
+                value = row[position]
+                merge[tag] = None if value is None else decoder(value)
             else:
-                merge[tag] = _decode_value(how, row[position], tz)
-        return SqlEvaluation(
-            id=str(ident),
-            email=email.strip() or None if isinstance(email, str) else None,
-            status=status,
-            status_since=from_micros(since) if state is not None else None,
-            state=None if state is None else state.name,
-            state_entered_at=from_micros(state_at) if state is not None else None,
-            action_code=code,
-            merge_fields=merge,
-            tags=frozenset() if state is None else state.tags,
-            next_change_at=from_micros(change),
+                merge[tag] = None
+        # The frozen dataclass's __init__ sets each field through
+        # object.__setattr__ (1.7 µs a row); one __dict__ assignment is
+        # equivalent (no __post_init__, no slots) and 10 times cheaper.
+        result = _new(SqlEvaluation)
+        _set(
+            result,
+            "__dict__",
+            {
+                "id": str(ident),
+                "email": email.strip() or None if email.__class__ is str else None,
+                "status": status,
+                "status_since": started,
+                "state": state_name,
+                "state_entered_at": entered,
+                "action_code": code,
+                "merge_fields": merge,
+                "tags": tags,
+                "next_change_at": None if change is None else EPOCH + timedelta(0, 0, change),
+            },
         )
+        return result
 
     @cached_property
-    def _states(self) -> list[Any]:
-        return list(self.entity.states.values())
+    def _statuses(self) -> list[list[tuple[str, str, frozenset[str]]]]:
+        """State index → rung → (state name, status name, tags)."""
+        return [
+            [(state.name, state.status_name(step), state.tags) for step in range(len(state.steps))]
+            for state in self.entity.states.values()
+        ]
 
     @cached_property
-    def _positions(self) -> tuple[tuple[str, str, int | None], ...]:
+    def _plan(self) -> tuple[tuple[str, int, int, Any], ...]:
+        """Per merge field: (tag, kind, column position, decoder). Kinds: 0
+        status, 1 action code, 2 text (kept as is when already a str), 3
+        decoded, 4 missing (always null)."""
+        tz = ZoneInfo(self.source.naive_timezone)
         names = [c.name for c in self.select.selected_columns]
-        return tuple(
-            (tag, how, None if column is None else names.index(column))
-            for tag, how, column in self._merge
-        )
+        plan: list[tuple[str, int, int, Any]] = []
+        for tag, how, column in self._merge:
+            if how == STATUS:
+                plan.append((tag, 0, -1, None))
+            elif how == ACTION_CODE:
+                plan.append((tag, 1, -1, None))
+            elif column is None:
+                plan.append((tag, 4, -1, None))
+            else:
+                position = names.index(column)
+                decoder = partial(_decode_value, how, tz=tz)
+                textual = how in ("identity", "string", f"derived:{Type.STRING.value}")
+                plan.append((tag, 2 if textual else 3, position, decoder))
+        return tuple(plan)
 
 
 def _decode_value(how: str, value: Any, tz: ZoneInfo) -> FactValue:
@@ -312,6 +362,16 @@ def _code_base(entity: Entity) -> int:
     return base
 
 
+def _in_ids(column: SqlExpr, naming: Naming, id_type: str) -> SqlExpr:
+    """``column`` is one of the requested ids: ``= ANY(:ids)`` with one array
+    parameter on PostgreSQL (any number of ids in one query), an expanding
+    ``IN`` on SQLite (which has no arrays; the evaluator sends chunks)."""
+    if naming.dialect == "postgresql":
+        element = sa.BigInteger() if id_type == "integer" else sa.Text()
+        return column == sa.any_(sa.bindparam(IDS, type_=postgresql.ARRAY(element)))
+    return column.in_(sa.bindparam(IDS, expanding=True))
+
+
 def _text(query_sql: str, columns: Iterable[str], name: str) -> Subquery:
     return sa.text(query_sql).columns(*(sa.column(c) for c in columns)).subquery(name)
 
@@ -334,9 +394,16 @@ def _population(
         columns[name] = ("identity", label)
     joined: FromClause = listed
     for number, fact_query in enumerate(source.facts):
-        sub = _text(
-            fact_query.query.sql, ("id", *(c.name for c in fact_query.columns)), f"m_facts{number}"
-        )
+        names = ("id", *(c.name for c in fact_query.columns))
+        sub = _text(fact_query.query.sql, names, f"m_facts{number}")
+        if with_ids:
+            # Only the requested entities' rows: the planner does not push the
+            # list's filter through the join into a DISTINCT or a UNION.
+            sub = (
+                sa.select(*(sub.c[n] for n in names))
+                .where(_in_ids(sub.c.id, naming, source.id_type))
+                .subquery(f"m_facts{number}_ids")
+            )
         joined = joined.outerjoin(sub, sub.c.id == listed.c.id)
         for column in fact_query.columns:
             label = f"f_{column.name}"
@@ -352,7 +419,7 @@ def _population(
             columns[rollup.fact] = ("rollup", label)
     select = sa.select(*selected).select_from(joined)
     if with_ids:
-        select = select.where(listed.c.id.in_(sa.bindparam(IDS, expanding=True)))
+        select = select.where(_in_ids(listed.c.id, naming, source.id_type))
     return _Population(naming.table(select, "m_population"), columns)
 
 
@@ -400,17 +467,36 @@ def _latest_actions(
         if action is None or (action.enters is None and action.code is None):
             continue  # never changes status nor code: not read at all
         sub = _text(query.sql, ("id", "at"), f"m_action_{name}")
-        at = instant_micros(sub.c.at, naming.dialect)
+        if naming.dialect == "postgresql":
+            # Latest occurrence per entity first, on native instants (the
+            # session time zone reads naive ones), compared with the sources'
+            # own ``:now``; only then the conversion to µs: once per (entity,
+            # action) instead of once per occurrence, the largest single cost
+            # of the query before (see docs/sql.md).
+            native = sa.cast(sub.c.at, sa.DateTime(timezone=True))
+            per_entity = (
+                sa.select(sub.c.id.label("id"), sa.func.max(native).label("at"))
+                .where(native <= sa.bindparam("now", type_=sa.DateTime(timezone=True)))
+                .group_by(sub.c.id)
+            )
+            if with_ids:
+                per_entity = per_entity.where(_in_ids(sub.c.id, naming, source.id_type))
+            latest_at = per_entity.subquery(f"{naming.prefix}m_latest_{name}")
+            ident, at = latest_at.c.id, instant_micros(latest_at.c.at, naming.dialect)
+            condition: SqlExpr | None = None
+        else:
+            ident, at = sub.c.id, instant_micros(sub.c.at, naming.dialect)
+            condition = at <= now
+            if with_ids:
+                condition = sa.and_(condition, _in_ids(ident, naming, source.id_type))
         key = at * code_base + action.order
         null = sa.null()
         branch = sa.select(
-            sub.c.id.label("id"),
+            ident.label("id"),
             (key if action.enters is not None else sa.cast(null, sa.BigInteger)).label("skey"),
             (key if action.code is not None else sa.cast(null, sa.BigInteger)).label("ckey"),
-        ).where(at <= now)
-        if with_ids:
-            branch = branch.where(sub.c.id.in_(sa.bindparam(IDS, expanding=True)))
-        branches.append(branch)
+        )
+        branches.append(branch if condition is None else branch.where(condition))
     if not branches:
         return None
     union = sa.union_all(*branches).subquery(naming.prefix + "m_actions")
@@ -624,7 +710,7 @@ def _rollup_counts(
             .group_by(rel.c.id)
         )
         if with_ids:
-            select = select.where(rel.c.id.in_(sa.bindparam(IDS, expanding=True)))
+            select = select.where(_in_ids(rel.c.id, naming, source.id_type))
         parts.append(naming.table(select, f"m_counts{number}"))
     if len(parts) != 1:
         raise ConfigurationError(
@@ -654,13 +740,15 @@ class SqlEvaluator:
         *,
         batch_size: int = 5000,
         engine: Engine | None = None,
+        pg_settings: Mapping[str, str] | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.sources = sources
         self.engine = engine if engine is not None else read_only_engine(url)
         self.dialect = self.engine.dialect.name
         self.batch_size = batch_size
-        self._compiled: dict[tuple[str, bool, bool, FromClause | None], CompiledEntity] = {}
+        self.pg_settings = dict(PG_SETTINGS if pg_settings is None else pg_settings)
+        self._compiled: dict[tuple[str, bool, bool, FromClause | None, bool], CompiledEntity] = {}
 
     def __enter__(self) -> SqlEvaluator:
         return self
@@ -675,9 +763,10 @@ class SqlEvaluator:
         *,
         with_ids: bool = False,
         baselines: Baselines | None = None,
+        ordered: bool = True,
     ) -> CompiledEntity:
         baselines = baselines or Baselines()
-        cache = (entity_type, with_ids, baselines.reinit, baselines.table)
+        cache = (entity_type, with_ids, baselines.reinit, baselines.table, ordered)
         if cache in self._compiled:
             return self._compiled[cache]
         source = self.sources.entity(entity_type)
@@ -695,6 +784,7 @@ class SqlEvaluator:
             identity=self.identity_columns(conn, entity_type),
             baselines=baselines,
             with_ids=with_ids,
+            ordered=ordered,
         )
         self._compiled[cache] = compiled
         return compiled
@@ -717,10 +807,17 @@ class SqlEvaluator:
         ids: Iterable[str] | None = None,
         baselines: Baselines | None = None,
         reinit_at: datetime | None = None,
+        ordered: bool = True,
     ) -> Iterator[SqlEvaluation]:
-        """Every entity of ``entity_type`` (or only ``ids``) at ``now``, by id."""
+        """Every entity of ``entity_type`` (or only ``ids``) at ``now``, by id
+        (in no particular order with ``ordered=False``, which saves a sort)."""
         for compiled, row in self.rows(
-            entity_type, now=now, ids=ids, baselines=baselines, reinit_at=reinit_at
+            entity_type,
+            now=now,
+            ids=ids,
+            baselines=baselines,
+            reinit_at=reinit_at,
+            ordered=ordered,
         ):
             yield compiled.decode(row)
 
@@ -732,6 +829,7 @@ class SqlEvaluator:
         ids: Iterable[str] | None = None,
         baselines: Baselines | None = None,
         reinit_at: datetime | None = None,
+        ordered: bool = True,
     ) -> Iterator[tuple[CompiledEntity, sa.Row[Any]]]:
         """The raw result rows (for callers that decode lazily)."""
         if reinit_at is not None:
@@ -745,14 +843,21 @@ class SqlEvaluator:
                     sa.text("SELECT set_config('TimeZone', :tz, true)"),
                     {"tz": source.naive_timezone},
                 )
+                for name, value in self.pg_settings.items():
+                    conn.execute(
+                        sa.text("SELECT set_config(:name, :value, true)"),
+                        {"name": name, "value": value},
+                    )
             compiled = self.compile(
-                conn, entity_type, with_ids=ids is not None, baselines=baselines
+                conn, entity_type, with_ids=ids is not None, baselines=baselines, ordered=ordered
             )
             params = compiled.params(now, reinit_at=reinit_at)
             chunks: list[list[Any] | None] = [None]
             if ids is not None:
                 keys = sorted({_key(source, i) for i in ids})
-                chunks = [keys[i : i + 900] for i in range(0, len(keys), 900)]
+                # One array parameter on PostgreSQL; SQLite binds each id.
+                size = 100_000 if self.dialect == "postgresql" else 900
+                chunks = [keys[i : i + size] for i in range(0, len(keys), size)]
             for chunk in chunks:
                 if chunk is not None:
                     params[IDS] = chunk
