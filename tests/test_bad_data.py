@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sync.config import Config, DaemonConfig, MailchimpConfig
-from sync.daemon import build_runtime, run_once
-from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
-from sync.mailchimp import Caller, MailchimpSettings, fix_merge_fields, make_client
-from sync.sink import MailchimpSink, SinkConfig
+from sync.daemon import run_once
+from tests.test_cycle import Clock
+from tests.test_cycle import make_runtime as cycle_runtime
 
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 SIGNUP = datetime(2026, 2, 27, 9, 0)  # naive on purpose: read as UTC (naive_timezone)
@@ -90,14 +88,6 @@ def user(id_: int, email: str | None, first: str | None = "Ann", **extra: object
 GOOD = [user(1, "ann@example.com"), user(99, "zed@example.com", "Zed")]
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def make_app(db_url: str, rows: list[dict], wallet_rows=(), booking_rows=()) -> None:
     engine = sa.create_engine(db_url)
     with engine.begin() as conn:
@@ -113,24 +103,8 @@ def make_app(db_url: str, rows: list[dict], wallet_rows=(), booking_rows=()) -> 
 def make_runtime(db_url: str, tmp_path: Path, emulator, clock: Clock):
     (tmp_path / "rules.yaml").write_text(RULES)
     (tmp_path / "sources.yaml").write_text(SOURCES)
-    state = db_url if db_url.startswith("postgresql") else f"sqlite:///{tmp_path}/state.sqlite"
-    config = Config(
-        rules=tmp_path / "rules.yaml",
-        sources=tmp_path / "sources.yaml",
-        database=db_url,
-        state=state,
-        mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=emulator.url),
-        daemon=DaemonConfig(full_rescan=timedelta(days=30)),
-    )
-    client = make_client(MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url))
-    caller = Caller(client, DEFAULT_LIST_ID)
-    runtime = build_runtime(
-        config,
-        clock=clock,
-        sink_factory=lambda store: MailchimpSink(caller, store, SinkConfig(), clock=clock),
-    )
-    wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
-    fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
+    files = (tmp_path / "rules.yaml", tmp_path / "sources.yaml")
+    runtime, _ = cycle_runtime(files, db_url, tmp_path, emulator, clock)
     return runtime
 
 

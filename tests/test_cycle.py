@@ -45,7 +45,9 @@ class Clock:
 
 
 def make_runtime(example, db_url, tmp_path, emulator, clock, **sink_options):
-    rules, sources = FILES[example]
+    """A runtime against the emulator; ``example`` names one of FILES or is a
+    (rules, sources) pair of paths."""
+    rules, sources = FILES[example] if isinstance(example, str) else example
     # The state store shares PostgreSQL with the application (another schema
     # would do too); on SQLite it is its own file, as in production.
     state = db_url if db_url.startswith("postgresql") else f"sqlite:///{tmp_path}/state.sqlite"
