@@ -34,8 +34,8 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import Protocol
 
-from sync.engine import Baseline, Evaluation, evaluate
-from sync.exceptions import SkippableError
+from sync.engine import Baseline, evaluate
+from sync.exceptions import ConfigurationError
 from sync.members import MemberBuilder, normalise_email
 from sync.records import DesiredMember, EntityRecord
 from sync.rules import Entity, Ruleset
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 #: How many due entities one incremental cycle takes at most; the rest are the
 #: backlog of the next cycle.
 MAX_DUE = 100_000
+
+#: How many individual status changes a cycle summary keeps as examples.
+MAX_CHANGED_KEPT = 10_000
 
 
 class Sink(Protocol):
@@ -64,6 +67,9 @@ class CycleSummary:
     entities_read: Counter[str] = field(default_factory=Counter)
     entities_failed: Counter[str] = field(default_factory=Counter)
     status_changes: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    #: (entity type, id, status before, status after) of the first
+    #: ``MAX_CHANGED_KEPT`` changes: enough to show examples, bounded whatever
+    #: the population (``status_changes`` has the counts).
     changed: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
     push: PushSummary = field(default_factory=PushSummary)
     backlog: int = 0
@@ -143,7 +149,7 @@ def dependency_order(ruleset: Ruleset, sources: SourcesConfig) -> list[str]:
     while len(ordered) < len(types):
         ready = [t for t in types if t not in ordered and deps[t] <= set(ordered)]
         if not ready:
-            raise SkippableError(f"entity relations form a cycle: {deps}")
+            raise ConfigurationError(f"sources: entity relations form a cycle: {deps}")
         ordered.extend(ready)
     return ordered
 
@@ -177,7 +183,6 @@ class Cycle:
         batch_size: int = 5000,
         events_max_age: timedelta = timedelta(days=7),
         stop: threading.Event | None = None,
-        on_evaluated: Callable[[Entity, EntityRecord, Evaluation], None] | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.sources = sources
@@ -189,7 +194,6 @@ class Cycle:
         self.batch_size = batch_size
         self.events_since = now - events_max_age
         self.stop = stop or threading.Event()
-        self.on_evaluated = on_evaluated
         self.summary = CycleSummary(now=now, full=full)
         # Statuses evaluated in this cycle, for the rollups of dependent types.
         self._evaluated: dict[str, dict[str, str | None]] = {}
@@ -325,9 +329,10 @@ class Cycle:
             before = previous.get(record.id)
             if before is None or before.status != result.status:
                 self.summary.status_changes[(entity.name, result.status)] += 1
-                self.summary.changed.append(
-                    (entity.name, record.id, before.status if before else None, result.status)
-                )
+                if len(self.summary.changed) < MAX_CHANGED_KEPT:
+                    self.summary.changed.append(
+                        (entity.name, record.id, before.status if before else None, result.status)
+                    )
             evaluations.append(
                 EntityEvaluation(
                     entity_type=entity.name,
@@ -340,8 +345,6 @@ class Cycle:
                     next_change_at=result.next_change_at,
                 )
             )
-            if self.on_evaluated is not None:
-                self.on_evaluated(entity, record, result)
             if not pushes:
                 continue
             if not record.email:
