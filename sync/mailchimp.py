@@ -60,8 +60,14 @@ API_KEY_FILE_ENV = "MAILCHIMP_API_KEY_FILE"
 DEFAULT_TIMEOUT = 120.0
 #: Mailchimp allows 10 simultaneous connections per key; more gives 429.
 MAX_CONNECTIONS = 9
-#: Members per batch-subscribe call and operations per ``/batches`` job.
+#: Members per batch-subscribe call (``POST /lists/{id}`` refuses more).
 MAX_BATCH = 500
+#: Operations per ``/batches`` job. Mailchimp sets no limit on a job's
+#: operations; one job costs a start, its polls and one download whatever its
+#: size, so large jobs keep the call count of a big push near constant. 5000
+#: keeps a request body to a few megabytes and lets a very large push still
+#: run as several jobs in parallel.
+JOB_SIZE = 5000
 
 
 # -- answer classification ------------------------------------------------------
@@ -602,7 +608,7 @@ def run_batch_operations(
     *,
     idempotent: bool = True,
 ) -> dict[str, Answer]:
-    """Submit ``operations`` (≤ 500) as one ``/batches`` job and wait for it.
+    """Submit ``operations`` as one ``/batches`` job and wait for it.
 
     Returns an answer per operation id. Operations missing from the results (the
     job did not finish before the deadline, the archive could not be read) get
@@ -613,8 +619,6 @@ def run_batch_operations(
     ``idempotent=False``, so that a start whose answer was lost is not
     retried (it would queue the job twice).
     """
-    if len(operations) > MAX_BATCH:
-        raise ValueError(f"at most {MAX_BATCH} operations per batch job")
     polling = polling or BatchPolling()
     body = {"operations": [op.as_json() for op in operations]}
     # Member scope: a 404/405 here means "no /batches" (a proxy, an emulator),

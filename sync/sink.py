@@ -21,19 +21,21 @@ ceil(N/500) calls for N changed members.
 - ``PUT /lists/{id}/members/{hash}`` with ``status_if_new`` (never ``status``)
   is the only upsert that is safe for existing members, but it costs one call
   per member.
-- ``POST /batches`` runs up to 500 such PUTs as one asynchronous job: one call
-  to start, a few polls, one download of the results archive.
+- ``POST /batches`` runs many such PUTs as one asynchronous job: one call
+  to start, a few polls, one download of the results archive, whatever the
+  number of operations (Mailchimp sets no limit on it; ``job_size``, 5000 by
+  default, splits very large pushes into jobs that run in parallel).
 
-So the sink works in two phases, each split in chunks of ≤ 500 and run on at
-most 9 connections (Mailchimp allows 10 per key):
+So the sink works in two phases, run on at most 9 connections (Mailchimp
+allows 10 per key):
 
 1. members the ledger has never seen accepted → batch subscribe with
    ``update_existing: false`` (1 call per 500; synchronous per-member results);
    those answering "already a list member" join phase 2;
 2. members known to exist whose merge values changed → ``PUT … status_if_new``
-   operations, sent as ``/batches`` jobs (1 start + polls + 1 download per 500)
-   when there are at least ``bulk_threshold`` of them, else as direct PUTs
-   (cheaper for a handful, and immediate).
+   operations, sent as ``/batches`` jobs (1 start + polls + 1 download per
+   ``job_size`` operations) when there are at least ``bulk_threshold`` of
+   them, else as direct PUTs (cheaper for a handful, and immediate).
 
 Then tags (``POST …/tags``, managed tags only, active/inactive diff) and events
 (``POST …/events``, once per idempotency key) go the same way as phase 2, and
@@ -96,6 +98,7 @@ from sync.ledger import (
 )
 from sync.ledger import normalise_email as _norm
 from sync.mailchimp import (
+    JOB_SIZE,
     MAX_BATCH,
     MAX_CONNECTIONS,
     Answer,
@@ -124,7 +127,12 @@ class SinkConfig:
     #: status is never sent.
     status_if_new: str = "subscribed"
     max_connections: int = MAX_CONNECTIONS
+    #: Members per batch-subscribe call (creation, phase 1).
     batch_size: int = MAX_BATCH
+    #: Operations per ``/batches`` job (phase 2, tags, events). Larger jobs
+    #: cost fewer calls; a job whose outcome is unknown leaves more events to
+    #: reconcile (one ``GET …/events`` per member concerned).
+    job_size: int = JOB_SIZE
     #: From this many operations on, use a ``/batches`` job instead of direct calls.
     bulk_threshold: int = 10
     use_batches: bool = True
@@ -150,6 +158,8 @@ class SinkConfig:
             )
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise ConfigurationError(f"sink: batch_size must be 1..{MAX_BATCH}")
+        if self.job_size < 1:
+            raise ConfigurationError("sink: job_size must be at least 1")
         if self.status_if_new not in SUBSCRIPTION_STATUSES:
             raise ConfigurationError(
                 f"sink: status_if_new must be one of {sorted(SUBSCRIPTION_STATUSES)}"
@@ -500,7 +510,7 @@ class MailchimpSink:
                 self._batches_unavailable = True
                 return chunk, None
 
-        jobs = [pool.submit(job, chunk) for chunk in iter_chunks(ops, self.config.batch_size)]
+        jobs = [pool.submit(job, chunk) for chunk in iter_chunks(ops, self.config.job_size)]
         fallback: list[_Op] = []
 
         def apply(result: tuple[Sequence[_Op], dict[str, Answer] | None]) -> None:

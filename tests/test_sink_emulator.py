@@ -16,7 +16,14 @@ import pytest
 from sync.emulator import Emulator, FaultKind
 from sync.exceptions import FatalError
 from sync.ledger import PushLedger
-from sync.mailchimp import BatchPolling, Caller, MailchimpSettings, RetryPolicy, make_client
+from sync.mailchimp import (
+    JOB_SIZE,
+    BatchPolling,
+    Caller,
+    MailchimpSettings,
+    RetryPolicy,
+    make_client,
+)
 from sync.records import DesiredMember, EventDue
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
 from sync.state import StateStore
@@ -271,12 +278,19 @@ def polling() -> BatchPolling:
     return BatchPolling(first_wait=0.05, max_wait=0.4, deadline=60)
 
 
-@pytest.mark.parametrize("n", [40, 1200])
+@pytest.mark.parametrize(
+    ("n", "job_size"),
+    [
+        (40, JOB_SIZE),
+        pytest.param(1200, JOB_SIZE, id="1200-in-one-job"),
+        pytest.param(1200, 500, id="1200-in-jobs-of-500"),
+    ],
+)
 def test_changed_existing_members_go_through_batches(
-    emulator: Emulator, ledger: PushLedger, n: int
+    emulator: Emulator, ledger: PushLedger, n: int, job_size: int
 ) -> None:
     clock = Clock()
-    sink = make_sink(emulator, ledger, clock, polling=polling())
+    sink = make_sink(emulator, ledger, clock, polling=polling(), job_size=job_size)
     sink.push(members(n))
     # Two members whose update Mailchimp refuses, each for its own reason.
     emulator.audience.forget("user3@example.com")
@@ -286,7 +300,7 @@ def test_changed_existing_members_go_through_batches(
 
     summary = sink.push(desired)
 
-    jobs = math.ceil(n / 500)
+    jobs = math.ceil(n / job_size)
     calls = emulator.calls
     polls = calls.count(POLL)
     assert calls.count(START) == jobs
@@ -297,7 +311,7 @@ def test_changed_existing_members_go_through_batches(
     assert calls.count(PUT) == 0
     assert calls.operation_count(PUT) == n
     assert sorted(calls.operations_by_batch().values()) == sorted(
-        min(500, n - 500 * j) for j in range(jobs)
+        min(job_size, n - job_size * j) for j in range(jobs)
     )
     assert summary.calls == {"success": calls.count()}
     print(f"\nN={n}: {calls.count()} API calls ({jobs} starts, {polls} polls, {jobs} downloads)")
