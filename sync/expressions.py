@@ -143,6 +143,8 @@ def walk(expr: Expr) -> Iterator[Expr]:
             children = (left, right)
         case IsSet(operand=operand) | In(operand=operand) | Not(operand=operand):
             children = (operand,)
+        case TimeTest(threshold=threshold):
+            children = (threshold,)
         case BoolOp(operands=operands):
             children = operands
         case _:

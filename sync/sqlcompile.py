@@ -52,7 +52,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.selectable import FromClause, Subquery
 
 from sync.exceptions import ConfigurationError
-from sync.expressions import Type, time_tests
+from sync.expressions import Type, references, time_tests
 from sync.records import FactValue
 from sync.rollups import Rollup
 from sync.rules import ACTION_CODE, STATUS, Entity, Mode, Ruleset
@@ -316,7 +316,8 @@ def _core(
 ) -> tuple[sa.Select[Any], tuple[tuple[str, str, str | None], ...], dict[int, str], int]:
     dialect = naming.dialect
     now = sa.bindparam(NOW_US, type_=sa.BigInteger)
-    population = _population(ruleset, sources, entity, source, naming, identity, with_ids)
+    needed = needed_facts(entity, reinit=baselines.reinit)
+    population = _population(ruleset, sources, entity, source, naming, identity, with_ids, needed)
     rows = population.rows
     facts = _fact_values(entity, population, dialect)
     compiler = ExprCompiler(entity, facts(rows), now)
@@ -353,6 +354,32 @@ def _core(
     return sa.select(*wanted), tuple(merge), codes, code_base
 
 
+def needed_facts(entity: Entity, *, reinit: bool) -> frozenset[str]:
+    """The facts this evaluation reads: merge fields' sources, the priority
+    list of a condition-mode entity (and its ``since``), the ``reinit:``
+    list when re-initialising at an instant, and what the derived facts among
+    them read. A facts query none of whose columns is needed is not joined:
+    a status that only actions decide does not pay for facts only
+    ``mailsync reinit`` reads."""
+    names = {m.source for m in entity.merge_fields}
+    conditions = list(entity.choices) if entity.mode is Mode.CONDITIONS else []
+    if entity.mode is Mode.CONDITIONS and entity.since:
+        names.add(entity.since)
+    if reinit:
+        conditions += entity.reinit
+    for choice in conditions:
+        if choice.when is not None:
+            names |= references(choice.when)
+    derived = {d.name: d for d in entity.derived}
+    pending = [n for n in names if n in derived]
+    while pending:
+        for name in references(derived[pending.pop()].expr):
+            if name in derived and name not in names:
+                pending.append(name)
+            names.add(name)
+    return frozenset(names)
+
+
 def _code_base(entity: Entity) -> int:
     """K in ``at_µs * K + order``: a power of two above every action order."""
     top = max((a.order for a in entity.actions.values()), default=0)
@@ -384,6 +411,7 @@ def _population(
     naming: Naming,
     identity: Sequence[str],
     with_ids: bool,
+    needed: frozenset[str],
 ) -> _Population:
     listed = _text(source.list_query.sql, ("id", "email", *identity), "m_list")
     selected: list[SqlExpr] = [listed.c.id, listed.c.email]
@@ -394,6 +422,8 @@ def _population(
         columns[name] = ("identity", label)
     joined: FromClause = listed
     for number, fact_query in enumerate(source.facts):
+        if not any(c.name in needed for c in fact_query.columns):
+            continue
         names = ("id", *(c.name for c in fact_query.columns))
         sub = _text(fact_query.query.sql, names, f"m_facts{number}")
         if with_ids:
@@ -409,7 +439,7 @@ def _population(
             label = f"f_{column.name}"
             selected.append(_with_default(sub, column).label(label))
             columns[column.name] = (column.type, label)
-    if source.rollups:
+    if any(r.fact in needed for r in source.rollups):
         counts = _rollup_counts(ruleset, sources, source, naming, with_ids)
         joined = joined.outerjoin(counts, counts.c.id == listed.c.id)
         for rollup in source.rollups:

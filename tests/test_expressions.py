@@ -11,6 +11,7 @@ from sync.expressions import (
     holds,
     parse_condition,
     parse_value,
+    references,
     thresholds,
     unparse,
 )
@@ -181,3 +182,20 @@ def test_reasonable_nesting_and_chains_are_accepted():
     names = {"a": Type.NUMBER, "f": Type.BOOL}
     parse_condition("(" * 20 + "a > 0" + ")" * 20, names)
     parse_condition(" or ".join(["f"] * 40), names)
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("joined_count >= capacity", {"joined_count", "capacity"}),
+        # The instant of a time test is read too (its threshold).
+        ("full and now >= start_at - 2h", {"full", "start_at"}),
+        ("now < end_at", {"end_at"}),
+        (
+            "not (cancelled_at is set) or participant_status in ['a', 'b']",
+            {"cancelled_at", "participant_status"},
+        ),
+    ],
+)
+def test_references_names_every_fact_read(text, names):
+    assert references(parse_condition(text, NAMES)) == names

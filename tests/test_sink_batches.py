@@ -15,6 +15,7 @@ import requests
 import responses
 
 from sync.mailchimp import (
+    JOB_SIZE,
     BatchPolling,
     Caller,
     MailchimpSettings,
@@ -87,7 +88,8 @@ class FakeBatches:
 
 
 @responses.activate
-def test_changed_existing_members_cost_three_calls_per_500() -> None:
+@pytest.mark.parametrize("job_size", [JOB_SIZE, 500])
+def test_changed_existing_members_cost_three_calls_per_job(job_size: int) -> None:
     fake = FakeBatches(refuse={"m7@x.io"})
     responses.add_callback(
         responses.POST, f"{BASE}/batches", callback=fake.start, content_type="application/json"
@@ -108,9 +110,13 @@ def test_changed_existing_members_cost_three_calls_per_500() -> None:
     client = make_client(MailchimpSettings(KEY, LIST, timeout=5))
     caller = Caller(client, LIST, RetryPolicy(sleep=lambda _: None))
     polling = BatchPolling(first_wait=0, sleep=lambda _: None)
-    sink = MailchimpSink(caller, ledger, SinkConfig(polling=polling), clock=lambda: T0)
+    config = SinkConfig(polling=polling, job_size=job_size)
+    sink = MailchimpSink(caller, ledger, config, clock=lambda: T0)
     summary = sink.push([DesiredMember(f"m{i}@x.io", {"STATUS": "new"}) for i in range(n)])
-    jobs = math.ceil(n / 500)
+    jobs = math.ceil(n / job_size)
+    assert sorted(len(ops) for ops in fake.jobs.values()) == sorted(
+        min(job_size, n - job_size * j) for j in range(jobs)
+    )
     assert len(responses.calls) == 3 * jobs  # start + one poll + results download, per job
     assert summary.calls == {"success": 3 * jobs}
     assert summary.pushed == n - 1
