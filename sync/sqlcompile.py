@@ -39,11 +39,11 @@ is precisely what the set-based query avoids reading.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from functools import cached_property, partial
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -87,12 +87,16 @@ PG_SETTINGS: Mapping[str, str] = {"jit": "off", "work_mem": "128MB"}
 #: ``m_cur * _STATUS_BASE + m_step`` numbers a status (state and rung) in SQL.
 _STATUS_BASE = 1000
 _TICK = 1  # µs: the engine looks at the choice just before a threshold
+_NO_TAGS: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class SqlEvaluation:
+class SqlEvaluation(NamedTuple):
     """What the compiled SQL says about one entity at ``now`` (the fields of
-    ``engine.Evaluation`` that do not need action occurrences)."""
+    ``engine.Evaluation`` that do not need action occurrences).
+
+    A named tuple rather than a frozen dataclass: the evaluator builds one per
+    entity, a million per full evaluation, and a tuple is built in one C call
+    (a frozen dataclass sets each field through ``object.__setattr__``)."""
 
     id: str
     email: str | None
@@ -101,13 +105,12 @@ class SqlEvaluation:
     state: str | None
     state_entered_at: datetime | None
     action_code: str | None
-    merge_fields: Mapping[str, FactValue] = field(default_factory=dict)
+    merge_fields: Mapping[str, FactValue] = {}
     tags: frozenset[str] = frozenset()
     next_change_at: datetime | None = None
 
 
-_new = object.__new__
-_set = object.__setattr__
+_tuple_new = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ class CompiledEntity:
         code = None if code_key is None else self._codes.get(code_key % self._code_base)
         if cur is None:
             state_name = status = None
-            tags: frozenset[str] = frozenset()
+            tags: frozenset[str] = _NO_TAGS
             entered = started = None
         else:
             state_name, status, tags = self._statuses[cur][step]
@@ -175,39 +178,33 @@ class CompiledEntity:
             started = None if since is None else EPOCH + timedelta(0, 0, since)
         merge: dict[str, FactValue] = {}
         for tag, kind, position, decoder in self._plan:
-            if kind == 0:
+            if kind == 2:
+                value = row[position]
+                merge[tag] = value if value is None or value.__class__ is str else decoder(value)
+            elif kind == 0:
                 merge[tag] = status
             elif kind == 1:
                 merge[tag] = code
-            elif kind == 2:
-                value = row[position]
-                merge[tag] = value if value is None or value.__class__ is str else decoder(value)
             elif kind == 3:
                 value = row[position]
                 merge[tag] = None if value is None else decoder(value)
             else:
                 merge[tag] = None
-        # The frozen dataclass's __init__ sets each field through
-        # object.__setattr__ (1.7 µs a row); one __dict__ assignment is
-        # equivalent (no __post_init__, no slots) and 10 times cheaper.
-        result = _new(SqlEvaluation)
-        _set(
-            result,
-            "__dict__",
-            {
-                "id": str(ident),
-                "email": email.strip() or None if email.__class__ is str else None,
-                "status": status,
-                "status_since": started,
-                "state": state_name,
-                "state_entered_at": entered,
-                "action_code": code,
-                "merge_fields": merge,
-                "tags": tags,
-                "next_change_at": None if change is None else EPOCH + timedelta(0, 0, change),
-            },
+        return _tuple_new(
+            SqlEvaluation,
+            (
+                str(ident),
+                email.strip() or None if email.__class__ is str else None,
+                status,
+                started,
+                state_name,
+                entered,
+                code,
+                merge,
+                tags,
+                None if change is None else EPOCH + timedelta(0, 0, change),
+            ),
         )
-        return result
 
     @cached_property
     def _statuses(self) -> list[list[tuple[str, str, frozenset[str]]]]:
@@ -906,7 +903,9 @@ class SqlEvaluator:
             expanded = statement.compile(dialect=conn.dialect).construct_expanded_state(params)
             driver = conn.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
-            with driver.cursor() as cursor:
+            # Binary results: integers and instants are read without parsing
+            # text (0.7 instead of 1.3 µs a row at 1M users).
+            with driver.cursor(binary=True) as cursor:
                 yield from cursor.stream(
                     expanded.statement, expanded.parameters, size=self.batch_size
                 )
