@@ -63,9 +63,9 @@ from sync.records import ActionOccurrence, DesiredMember  # noqa: E402
 from sync.rules import Entity  # noqa: E402
 from sync.schema import load_rules  # noqa: E402
 from sync.sink import MailchimpSink, SinkConfig  # noqa: E402
-from sync.source_reader import SourceReader, to_utc  # noqa: E402
+from sync.source_reader import to_utc  # noqa: E402
 from sync.sources import load_sources  # noqa: E402
-from sync.sqlcompile import PG_SETTINGS, SqlEvaluation, SqlEvaluator  # noqa: E402
+from sync.sqlcompile import PG_SETTINGS, SqlEvaluation, SqlEvaluator, later_keys  # noqa: E402
 from sync.state import StateStore  # noqa: E402
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -239,22 +239,22 @@ def tick(
 ) -> dict[str, Any]:
     """An incremental cycle after the sampled users got an account credit.
 
-    Untimed set-up: the watermark as of the full run, one ``credits`` row per
-    sampled user at an instant in (now, tick_now], a scratch state store
-    (SQLite) and an in-process emulator both seeded with the members' previous
-    state (every member the tick can touch: the sample and the due ids).
-    Timed: (a) the changed ids (``SourceReader.changed_ids`` since the
-    watermark) plus the due ids, (b) their evaluation at ``tick_now``
-    (``SqlEvaluator.evaluate(ids=...)``), (c) the diff against ``run.previous``
-    → ``tick_1pct_s``; (d) pushing the changed members through
-    ``MailchimpSink`` → ``tick_push_s``. The inserted rows are deleted after.
+    Untimed set-up: one ``credits`` row per sampled user at an instant in
+    (now, tick_now], a scratch state store (SQLite) and an in-process
+    emulator both seeded with the members' previous state (every member the
+    tick can touch: the sample and the due ids). Timed: (a) the entities with
+    occurrences since the full run and their keys
+    (``SqlEvaluator.keys_since``), plus the due ids, (b) their evaluation at
+    ``tick_now`` from their previous keys (kept by the full run, as a state
+    store would) and the new ones (``SqlEvaluator.evaluate(keys=...)``), (c)
+    the diff against ``run.previous`` → ``tick_1pct_s``; (d) pushing the
+    changed members through ``MailchimpSink`` → ``tick_push_s``. The
+    inserted rows are deleted after.
     """
     ruleset, sources = load_rules(rules_file), load_sources(sources_file)
     entity = ruleset.entity("user")
     rng = random.Random(len(sample))
     engine = sa.create_engine(url)
-    with SourceReader(sources, url) as reader:
-        watermark = reader.watermark("user", now=NOW) or NOW
     with engine.begin() as conn:
         top = conn.execute(sa.text("SELECT coalesce(max(id), 0) FROM credits")).scalar_one()
     span = int((tick_now - NOW).total_seconds())
@@ -298,24 +298,27 @@ def tick(
             )
             caller = Caller(client, DEFAULT_LIST_ID)
             sink = MailchimpSink(caller, store, SinkConfig(), clock=lambda: tick_now)
-            with (
-                SourceReader(sources, url) as reader,
-                SqlEvaluator(ruleset, sources, url, batch_size=10_000) as evaluator,
-            ):
-                # A running daemon compiled the ids query in an earlier cycle
-                # (the evaluator caches it): compile and run it once here, on
-                # one user at the previous instant, timed apart.
+            with SqlEvaluator(ruleset, sources, url, batch_size=10_000) as evaluator:
+                # A running daemon compiled both queries in an earlier cycle
+                # (the evaluator caches them): compile and run them once here,
+                # on one user at the previous instant, timed apart.
                 started = time.perf_counter()
-                for _ in evaluator.evaluate("user", now=NOW, ids=[min(sample)], ordered=False):
+                one = min(sample)
+                evaluator.keys_since("user", since=NOW - timedelta(hours=1), now=NOW)
+                warm = {one: run.previous[one].keys}
+                for _ in evaluator.evaluate("user", now=NOW, keys=warm, ordered=False):
                     pass
                 compile_s = time.perf_counter() - started
                 started = time.perf_counter()
-                changed_ids = reader.changed_ids("user", since=watermark, now=tick_now)
-                ids = set(changed_ids) | run.due
+                # (a) who has new occurrences since the full run, and their keys
+                new = evaluator.keys_since("user", since=NOW, now=tick_now)
+                ids = set(new) | run.due
                 found_s = time.perf_counter() - started
+                # (b) those and the due ones, from their previous keys + the new
+                keys = {i: later_keys(run.previous[i].keys, new.get(i)) for i in ids}
                 changed: list[DesiredMember] = []
                 status_changes = 0
-                for result in evaluator.evaluate("user", now=tick_now, ids=ids, ordered=False):
+                for result in evaluator.evaluate("user", now=tick_now, keys=keys, ordered=False):
                     before = run.previous.get(result.id)
                     if before is None or before.status != result.status:
                         status_changes += 1
@@ -342,7 +345,7 @@ def tick(
         "api_calls_by_kind": dict(sorted(summary.calls.items())),
         "changed_per_tick": len(changed),
         "tick_sampled_users": len(sample),
-        "tick_changed_ids": len(changed_ids),
+        "tick_changed_ids": len(new),
         "tick_due_ids": len(run.due),
         "tick_evaluated": len(ids),
         "tick_status_changes": status_changes,
