@@ -136,3 +136,23 @@ def test_incremental_evaluation_from_keys_matches_a_full_one(db_url: str) -> Non
     assert sum(after[i].status != before[i].status for i in keys) > len(new)
     for ident in set(after) - set(keys):
         assert after[ident] == before[ident], ident
+
+
+@pytest.mark.postgres
+def test_with_an_older_libpq_rows_come_through_a_cursor(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq before 17 has no chunked rows: the evaluator falls back to a
+    server-side cursor, with the same results."""
+    load_demo(pg_url, "blousebrothers", users=40, seed=4, now=NOW)
+    rules, sources = load_rules(ROOT / "rules.yaml"), load_sources(ROOT / "sources.yaml")
+    with SqlEvaluator(rules, sources, pg_url, batch_size=9) as evaluator:
+        streamed = list(evaluator.evaluate("user", now=NOW))
+        keys = {r.id: r.keys for r in streamed[::3]}
+        some = list(evaluator.evaluate("user", now=NOW, keys=keys))
+        monkeypatch.setattr("sync.sqlcompile.psycopg.pq.version", lambda: 160_000)
+        through_cursor = list(evaluator.evaluate("user", now=NOW))
+        some_through_cursor = list(evaluator.evaluate("user", now=NOW, keys=keys))
+    assert len(streamed) == 40
+    assert through_cursor == streamed
+    assert some == some_through_cursor == streamed[::3]
