@@ -66,7 +66,8 @@ from sync.schema import load_rules  # noqa: E402
 from sync.sink import MailchimpSink, SinkConfig  # noqa: E402
 from sync.source_reader import to_utc  # noqa: E402
 from sync.sources import load_sources  # noqa: E402
-from sync.sqlcompile import PG_SETTINGS, SqlEvaluation, SqlEvaluator, later_keys  # noqa: E402
+from sync.sqlcompile import PG_SETTINGS, SqlEvaluation  # noqa: E402
+from sync.sqlevaluator import SqlEvaluator, later_keys  # noqa: E402
 from sync.state import StateStore  # noqa: E402
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

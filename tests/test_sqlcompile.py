@@ -11,13 +11,8 @@ import sqlalchemy as sa
 from sync.demo import load_demo
 from sync.schema import load_rules
 from sync.sources import load_sources
-from sync.sqlcompile import (
-    Baselines,
-    SqlEvaluator,
-    compile_entity,
-    later_keys,
-    needed_facts,
-)
+from sync.sqlcompile import Baselines, compile_entity, needed_facts
+from sync.sqlevaluator import SqlEvaluator, later_keys
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +145,7 @@ def test_with_an_older_libpq_rows_come_through_a_cursor(
         streamed = list(evaluator.evaluate("user", now=NOW))
         keys = {r.id: r.keys for r in streamed[::3]}
         some = list(evaluator.evaluate("user", now=NOW, keys=keys))
-        monkeypatch.setattr("sync.sqlcompile.psycopg.pq.version", lambda: 160_000)
+        monkeypatch.setattr("sync.sqlevaluator.psycopg.pq.version", lambda: 160_000)
         through_cursor = list(evaluator.evaluate("user", now=NOW))
         some_through_cursor = list(evaluator.evaluate("user", now=NOW, keys=keys))
     assert len(streamed) == 40

@@ -33,7 +33,8 @@ from sync.ruletest import read_test_file
 from sync.schema import load_rules, parse_rules
 from sync.source_reader import SourceReader
 from sync.sources import load_sources, parse_sources
-from sync.sqlcompile import Baselines, SqlEvaluation, SqlEvaluator
+from sync.sqlcompile import Baselines, SqlEvaluation
+from sync.sqlevaluator import SqlEvaluator
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = sorted(
