@@ -151,3 +151,17 @@ def test_with_an_older_libpq_rows_come_through_a_cursor(
     assert len(streamed) == 40
     assert through_cursor == streamed
     assert some == some_through_cursor == streamed[::3]
+
+
+def test_keys_are_refused_where_they_mean_nothing(sqlite_url: str) -> None:
+    load_demo(sqlite_url, "littleworld", users=5, seed=1, now=NOW)
+    rules = load_rules(ROOT / "examples/littleworld/rules.yaml")
+    sources = load_sources(ROOT / "examples/littleworld/sources.yaml")
+    with SqlEvaluator(rules, sources, sqlite_url) as evaluator:
+        # A condition-mode status is chosen from facts: no action keys.
+        with pytest.raises(ValueError, match="chosen by conditions"):
+            evaluator.keys_since("match", since=NOW, now=NOW)
+        with pytest.raises(ValueError, match="chosen by conditions"):
+            list(evaluator.evaluate("user", now=NOW, keys={"1": (None, None)}))
+        with pytest.raises(ValueError, match="ids or keys"):
+            list(evaluator.evaluate("user", now=NOW, ids=["1"], keys={"1": (None, None)}))
