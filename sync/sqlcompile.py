@@ -632,10 +632,7 @@ def _entry_by_actions(
         base_at = instant_micros(table.c.at, dialect)
     elif baselines.reinit and entity.reinit:
         reinit_at = sa.bindparam(REINIT_US, type_=sa.BigInteger)
-        at_reinit = ExprCompiler(entity, compiler.facts, reinit_at)
-        whens = [(at_reinit.condition(c.when), index[c.state]) for c in entity.reinit if c.when]
-        fallback = next((index[c.state] for c in entity.reinit if c.when is None), None)
-        base_state = sa.case(*whens, else_=fallback) if whens else sa.literal(fallback)
+        base_state = _reinit_state(entity, ExprCompiler(entity, compiler.facts, reinit_at))
         base_at = reinit_at
 
     state: SqlExpr = action_state
@@ -658,6 +655,33 @@ def _entry_by_actions(
         skey.label("m_skey"),
         *_derived_columns(entity, compiler),
     ).select_from(joined)
+
+
+def _reinit_state(entity: Entity, compiler: ExprCompiler) -> SqlExpr:
+    """The number of the state the ``reinit:`` list gives (null if none),
+    as ``engine.reinit_state``: the first line whose condition holds."""
+    index = state_indexes(entity)
+    whens = [(compiler.condition(c.when), index[c.state]) for c in entity.reinit if c.when]
+    fallback = next((index[c.state] for c in entity.reinit if c.when is None), None)
+    return sa.case(*whens, else_=fallback) if whens else sa.literal(fallback, sa.Integer)
+
+
+def compile_reinit(
+    ruleset: Ruleset, sources: SourcesConfig, entity_type: str, dialect: str
+) -> sa.Select[Any]:
+    """``(id, m_state)`` for every entity: the state number a
+    re-initialisation at ``:mailsync_reinit_us`` gives from current facts
+    (``mailsync reinit``). Reads the list and the facts the ``reinit:`` list
+    needs, no action."""
+    entity, source = ruleset.entity(entity_type), sources.entity(entity_type)
+    naming = Naming(dialect)
+    needed = needed_facts(entity, reinit=True)
+    population = _population(ruleset, sources, entity, source, naming, (), False, needed)
+    facts = _fact_values(entity, population, dialect)(population.rows)
+    reinit_at = sa.bindparam(REINIT_US, type_=sa.BigInteger)
+    state = _reinit_state(entity, ExprCompiler(entity, facts, reinit_at))
+    select = sa.select(population.rows.c.id, state.label("m_state"))
+    return inline_constants(select, (REINIT_US, "now"))
 
 
 def _derived_columns(entity: Entity, compiler: ExprCompiler) -> list[SqlExpr]:

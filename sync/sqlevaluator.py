@@ -30,6 +30,7 @@ from sync.sqlcompile import (
     KEYS_JSON,
     NOW_US,
     PG_SETTINGS,
+    REINIT_US,
     SINCE,
     SKEYS,
     ActionKeys,
@@ -38,6 +39,7 @@ from sync.sqlcompile import (
     SqlEvaluation,
     compile_entity,
     compile_keys_since,
+    compile_reinit,
 )
 from sync.sqlcompile_expr import to_micros
 
@@ -69,6 +71,7 @@ class SqlEvaluator:
         self.pg_settings = dict(PG_SETTINGS if pg_settings is None else pg_settings)
         self._compiled: dict[tuple[Any, ...], CompiledEntity] = {}
         self._since: dict[str, sa.Select[Any] | None] = {}
+        self._reinit: dict[str, sa.Select[Any]] = {}
         #: Statements compiled for the driver (``_stream`` on PostgreSQL).
         self._driver_sql: dict[sa.Select[Any], SQLCompiler] = {}
 
@@ -93,12 +96,7 @@ class SqlEvaluator:
         if cache in self._compiled:
             return self._compiled[cache]
         source = self.sources.entity(entity_type)
-        if self.dialect == "sqlite" and source.naive_timezone != "UTC":
-            raise ConfigurationError(
-                f"{entity_type}: SQLite has no time-zone database, so the compiled SQL"
-                f" reads naive instants as UTC only (naive_timezone is"
-                f" {source.naive_timezone}); use the Python evaluator"
-            )
+        self._check_dialect(entity_type, source)
         compiled = compile_entity(
             self.ruleset,
             self.sources,
@@ -211,6 +209,7 @@ class SqlEvaluator:
         instant at or before ``since`` is not counted.
         """
         entity, source = self.ruleset.entity(entity_type), self.sources.entity(entity_type)
+        self._check_dialect(entity_type, source)
         if entity.mode is Mode.CONDITIONS:
             raise ValueError(f"{entity_type}: statuses chosen by conditions have no keys")
         if entity_type not in self._since:
@@ -232,6 +231,31 @@ class SqlEvaluator:
             return {
                 str(ident): (skey, ckey) for ident, skey, ckey in self._stream(conn, query, params)
             }
+
+    def reinit_states(self, entity_type: str, *, at: datetime) -> Iterator[tuple[str, str | None]]:
+        """``(id, state)`` of every entity: the state a re-initialisation at
+        ``at`` gives from current facts (None when no line of ``reinit:``
+        holds), as ``engine.reinit_state`` gives it entity by entity."""
+        entity, source = self.ruleset.entity(entity_type), self.sources.entity(entity_type)
+        self._check_dialect(entity_type, source)
+        if entity_type not in self._reinit:
+            self._reinit[entity_type] = compile_reinit(
+                self.ruleset, self.sources, entity_type, self.dialect
+            )
+        names = list(entity.states)
+        tz = ZoneInfo(source.naive_timezone)
+        params = {"now": bind_instant(at, self.dialect, tz), REINIT_US: to_micros(at)}
+        with self._transaction(source) as conn:
+            for ident, state in self._stream(conn, self._reinit[entity_type], params):
+                yield str(ident), None if state is None else names[state]
+
+    def _check_dialect(self, entity_type: str, source: EntitySource) -> None:
+        if self.dialect == "sqlite" and source.naive_timezone != "UTC":
+            raise ConfigurationError(
+                f"{entity_type}: SQLite has no time-zone database, so the compiled SQL"
+                f" reads naive instants as UTC only (naive_timezone is"
+                f" {source.naive_timezone}); use the Python evaluator"
+            )
 
     @contextmanager
     def _transaction(self, source: EntitySource) -> Iterator[Connection]:

@@ -106,6 +106,26 @@ def test_reinit_is_atomic_and_previewable(setup, capsys):
     assert "full cycle" in err
 
 
+def test_reinit_in_sql_stores_what_the_python_evaluator_stores(setup, capsys):
+    config, tmp_path = setup
+    at = NOW.isoformat()
+    outputs, stored = {}, {}
+    state = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
+    state.migrate()
+    for evaluator in ("python", "sql"):
+        code, out, _ = run(
+            capsys, "reinit", "--config", str(config), "--at", at, "--evaluator", evaluator
+        )
+        assert code == 0
+        outputs[evaluator] = out
+        stored[evaluator] = state.baselines("user")
+    state.close()
+    assert outputs["sql"] == outputs["python"]
+    assert stored["sql"] == stored["python"]
+    assert len(stored["sql"]) == 40
+    assert out.count("  entered ") >= 3  # several lines of reinit: taken
+
+
 def test_bad_settings_file_is_located(tmp_path, capsys):
     config = tmp_path / "mailsync.yaml"
     config.write_text("database: sqlite:///x\nmailchimp:\n  api_key: secret-us1\n")
