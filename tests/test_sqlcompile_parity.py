@@ -28,13 +28,13 @@ from sync.demo import load_demo
 from sync.engine import Baseline, Evaluation, evaluate, reinit_state
 from sync.expressions import Type
 from sync.records import ActionOccurrence, FactValue
-from sync.rules import Entity, Ruleset
+from sync.rules import Entity, Mode, Ruleset
 from sync.ruletest import read_test_file
 from sync.schema import load_rules, parse_rules
 from sync.source_reader import SourceReader
 from sync.sources import load_sources, parse_sources
 from sync.sqlcompile import Baselines, SqlEvaluation
-from sync.sqlevaluator import SqlEvaluator
+from sync.sqlevaluator import SqlEvaluator, later_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = sorted(
@@ -167,11 +167,17 @@ def compare(
     *,
     ids: Sequence[int] | None = None,
 ) -> int:
-    """Evaluate every case at every ``now`` both ways; returns comparisons made."""
+    """Evaluate every case at every ``now`` both ways; returns comparisons made.
+
+    For an action-mode entity, each ``now`` after the first is also evaluated
+    incrementally, from the keys at the previous ``now`` and the occurrences
+    since (``keys_since`` + ``evaluate(keys=...)``), which must give the same."""
     entity = db.entity
     compared = 0
+    incremental = entity.mode is Mode.ACTIONS and ids is None
+    previous: tuple[datetime, dict[str, SqlEvaluation]] | None = None
     with db.evaluator() as evaluator:
-        for now in nows:
+        for now in sorted(nows):
             got = {
                 r.id: r
                 for r in evaluator.evaluate(
@@ -181,6 +187,15 @@ def compare(
                     baselines=Baselines(table=db.baselines),
                 )
             }
+            if incremental and previous is not None and previous[0] < now:
+                since, before = previous
+                new = evaluator.keys_since(entity.name, since=since, now=now)
+                keys = {i: later_keys(r.keys, new.get(i)) for i, r in before.items()}
+                stepped = evaluator.evaluate(
+                    entity.name, now=now, keys=keys, baselines=Baselines(table=db.baselines)
+                )
+                assert {r.id: r for r in stepped} == got, (since, now)
+            previous = (now, got)
             for number, case in enumerate(cases, 1):
                 if ids is not None and number not in ids:
                     continue
