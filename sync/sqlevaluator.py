@@ -288,12 +288,12 @@ class SqlEvaluator:
         ``benchmarks/README.md``). Elsewhere, SQLAlchemy's ``yield_per``.
         """
         if self.dialect == "postgresql" and psycopg.pq.version() >= 170000:
-            # IN lists of the rules' own values become plain parameters.
             sql = self._driver_sql.get(statement)
             if sql is None:
                 compiled = statement.compile(dialect=conn.dialect)
                 assert isinstance(compiled, SQLCompiler)
                 sql = self._driver_sql[statement] = compiled
+            # IN lists of the rules' own values become plain parameters.
             expanded = sql.construct_expanded_state(params)
             driver = conn.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
