@@ -250,8 +250,8 @@ def tick(
     tick can touch: the sample and the due ids). Timed: (a) the entities with
     occurrences since the full run and their keys
     (``SqlEvaluator.keys_since``), plus the due ids, (b) their evaluation at
-    ``tick_now`` from their previous keys (kept by the full run, as a state
-    store would) and the new ones (``SqlEvaluator.evaluate(keys=...)``), (c)
+    ``tick_now`` from their previous keys (kept in memory from the full run)
+    and the new ones (``SqlEvaluator.evaluate(keys=...)``), (c)
     the diff against ``run.previous`` → ``tick_1pct_s``; (d) pushing the
     changed members through ``MailchimpSink`` → ``tick_push_s``. The
     inserted rows are deleted after.
