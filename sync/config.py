@@ -18,8 +18,11 @@ never from this file: see ``sync.mailchimp.load_api_key``.
 | API base URL (emulator) | ``mailchimp.base_url`` | ``MAILCHIMP_BASE_URL`` | Mailchimp |
 | status of new members | ``mailchimp.status_if_new`` | | ``subscribed`` |
 | poll interval | ``daemon.interval`` | ``MAILSYNC_INTERVAL`` | ``1min`` |
-| full re-scan interval | ``daemon.full_rescan`` | ``MAILSYNC_FULL_RESCAN`` | ``1d`` |
+| full pass (the safety net) | ``daemon.full_rescan`` | ``MAILSYNC_FULL_RESCAN`` | ``15min`` |
 | events older than this are not sent | ``daemon.events_max_age`` | | ``7d`` |
+| past events sent on going live | ``daemon.backfill_events`` | | ``0`` (none) |
+| member of a deleted entity | ``daemon.on_delete`` | | ``keep`` |
+| how cycles evaluate | ``daemon.evaluator`` | | ``sql`` |
 | leader lease on SQLite | ``daemon.lease_ttl`` | | ``30s`` |
 | log format | ``log_format`` | ``MAILSYNC_LOG_FORMAT`` | ``text`` |
 | metrics address | ``metrics`` | ``MAILSYNC_METRICS`` | none (off) |
@@ -52,7 +55,18 @@ TOP_KEYS = (
     "metrics",
 )
 MAILCHIMP_KEYS = ("list_id", "base_url", "status_if_new", "timeout")
-DAEMON_KEYS = ("interval", "full_rescan", "events_max_age", "batch_size", "lease_ttl")
+DAEMON_KEYS = (
+    "interval",
+    "full_rescan",
+    "events_max_age",
+    "backfill_events",
+    "on_delete",
+    "evaluator",
+    "batch_size",
+    "lease_ttl",
+)
+ON_DELETE = ("keep", "unsubscribe", "archive")
+EVALUATORS = ("sql", "engine")
 
 
 @dataclass(frozen=True)
@@ -66,8 +80,19 @@ class MailchimpConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     interval: timedelta = timedelta(minutes=1)
-    full_rescan: timedelta = timedelta(days=1)
+    #: The full pass derives every entity and diffs it: the safety net for
+    #: late rows, address changes, deletions and rules reloads. Cheap enough
+    #: to run every few minutes.
+    full_rescan: timedelta = timedelta(minutes=15)
     events_max_age: timedelta = timedelta(days=7)
+    #: Going live (the first cycle of a new state store): events that
+    #: happened up to this long before are still sent; none by default.
+    backfill_events: timedelta = timedelta(0)
+    #: What happens to the member of an entity the sources no longer list.
+    on_delete: str = "keep"
+    #: "sql": cycles evaluate with the compiled SQL (the engine where a type
+    #: cannot be compiled); "engine": always the Python engine.
+    evaluator: str = "sql"
     batch_size: int = 5000
     #: SQLite leader lease: a standby takes over this long after the leader died.
     lease_ttl: timedelta = timedelta(seconds=30)
@@ -125,6 +150,15 @@ class _Reader:
             return default
         return value
 
+    def choice(self, mapping: MarkedDict, key: str, allowed: tuple[str, ...]) -> str:
+        """One of ``allowed`` (the first is the default)."""
+        value = mapping.get(key, allowed[0])
+        if value not in allowed:
+            expected = ", ".join(allowed)
+            self.error(mapping, key, ("daemon", key), f"expected one of {expected}, got {value!r}")
+            return allowed[0]
+        return str(value)
+
     def text(self, mapping: MarkedDict, key: str, path: tuple[str, ...]) -> str | None:
         value = mapping.get(key)
         if value is None:
@@ -177,6 +211,11 @@ class _Reader:
                 events_max_age=self.duration(
                     daemon_raw, "events_max_age", DaemonConfig.events_max_age
                 ),
+                backfill_events=self.duration(
+                    daemon_raw, "backfill_events", DaemonConfig.backfill_events
+                ),
+                on_delete=self.choice(daemon_raw, "on_delete", ON_DELETE),
+                evaluator=self.choice(daemon_raw, "evaluator", EVALUATORS),
                 batch_size=batch_size,
                 lease_ttl=self.duration(daemon_raw, "lease_ttl", DaemonConfig.lease_ttl),
             )

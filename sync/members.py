@@ -15,7 +15,7 @@ numbers stay numbers for ``number`` fields (``0`` is sent, not dropped).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -65,12 +65,25 @@ class MemberBuilder:
     events: list[EventDue] = field(default_factory=list)
 
     def add(self, entity: Entity, entity_id: str, evaluation: Evaluation) -> None:
+        self.add_values(
+            entity, entity_id, evaluation.merge_fields, evaluation.tags, evaluation.events
+        )
+
+    def add_values(
+        self,
+        entity: Entity,
+        entity_id: str,
+        merge_fields: Mapping[str, FactValue],
+        tags: frozenset[str],
+        events: Iterable[EventDue],
+    ) -> None:
+        """One entity's contribution, from the engine or the compiled SQL."""
         for merge_field in entity.merge_fields:
-            value = evaluation.merge_fields.get(merge_field.tag)
+            value = merge_fields.get(merge_field.tag)
             self.merge_fields[merge_field.tag] = mailchimp_value(value, merge_field.type)
-        self.tags |= evaluation.tags
+        self.tags |= tags
         self.managed_tags |= entity.managed_tags
-        self.events.extend(scoped_events(entity, entity_id, evaluation.events))
+        self.events.extend(scoped_events(entity, entity_id, events))
 
     def build(self) -> DesiredMember:
         return DesiredMember(

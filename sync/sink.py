@@ -411,6 +411,55 @@ class MailchimpSink:
             raise fatal
         return summary
 
+    def change_address(self, old: str, new: str) -> bool:
+        """Change a member's address in place (``PATCH`` the member found by
+        the old address's hash with the new ``email_address``), so that it
+        keeps its history, tags and events. False when Mailchimp refuses (the
+        new address is already in the audience, the old one is unknown): the
+        new address is then pushed as a member of its own."""
+        answer = self.caller.call(
+            f"PATCH /lists/{self.list_id}/members/{{hash of {old}}} (new address)",
+            lambda: self.caller.client.lists.update_list_member(
+                self.list_id, subscriber_hash(old), {"email_address": new}
+            ),
+        )
+        if answer.ok:
+            log.info("address changed in Mailchimp: %s -> %s", old, new)
+            return True
+        log.warning(
+            "cannot change the address %s to %s in Mailchimp: %s; %s is pushed as a member "
+            "of its own and %s is left as it is",
+            old,
+            new,
+            answer.reason,
+            new,
+            old,
+        )
+        return False
+
+    def remove_member(self, email: str, how: str) -> bool:
+        """The entity behind this member was deleted in the application and the
+        operator chose ``on_delete: unsubscribe`` (``PATCH`` the status; a
+        member who had unsubscribed stays so) or ``archive`` (``DELETE``, which
+        archives the contact in Mailchimp: it can be brought back)."""
+        if how == "archive":
+            answer = self.caller.call(
+                f"DELETE /lists/{self.list_id}/members/{{hash of {email}}}",
+                lambda: self.caller.client.lists.delete_list_member(
+                    self.list_id, subscriber_hash(email)
+                ),
+            )
+        else:
+            answer = self.caller.call(
+                f"PATCH /lists/{self.list_id}/members/{{hash of {email}}} (unsubscribe)",
+                lambda: self.caller.client.lists.update_list_member(
+                    self.list_id, subscriber_hash(email), {"status": "unsubscribed"}
+                ),
+            )
+        if not answer.ok:
+            log.warning("on_delete %s: %s: %s", how, email, answer.reason)
+        return answer.ok
+
     # -- failures --------------------------------------------------------------
 
     def _failure(self, plan: MemberPlan, answer: Answer, now: datetime, what: str) -> PushFailure:
@@ -972,6 +1021,16 @@ class DryRunSink:
         self.stream = stream
         self.config = config or SinkConfig()
         self.clock = clock
+
+    def remove_member(self, email: str, how: str) -> bool:
+        self.stream.write(json.dumps({"dry_run": True, "on_delete": how, "email": email}) + "\n")
+        return False
+
+    def change_address(self, old: str, new: str) -> bool:
+        self.stream.write(
+            json.dumps({"dry_run": True, "change_address": {"from": old, "to": new}}) + "\n"
+        )
+        return False
 
     def push(self, members: Iterable[DesiredMember]) -> PushSummary:
         plan = plan_pushes(members, self.ledger, self.clock())

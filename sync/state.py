@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -107,6 +107,9 @@ entity_state = sa.Table(
     sa.Column("status_since", UtcDateTime),
     sa.Column("next_change_at", UtcDateTime),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    #: Digest of the member contribution (merge fields, tags) Mailchimp last
+    #: accepted from this entity; the cycle pushes when it differs.
+    sa.Column("pushed_fp", sa.Text),
 )
 entity_baseline = sa.Table(
     "entity_baseline",
@@ -219,6 +222,18 @@ class EntityEvaluation:
     base_entered_at: datetime | None = None
     status_since: datetime | None = None
     next_change_at: datetime | None = None
+
+
+class StoredRow(NamedTuple):
+    """One stored evaluation as the cycle compares it (``stored_rows``)."""
+
+    email: str | None
+    status: str | None
+    base_status: str | None
+    base_entered_at: datetime | None
+    status_since: datetime | None
+    next_change_at: datetime | None
+    pushed_fp: str | None
 
 
 @dataclass(frozen=True)
@@ -455,6 +470,103 @@ class StateStore:
             self._upsert(conn, entity_state, rows, ("entity_type", "entity_id"))
         return len(rows)
 
+    def stored_rows(self, entity_type: str, entity_ids: Sequence[str]) -> dict[str, StoredRow]:
+        """What the cycle diffs against, by id: plain tuples, no objects, as
+        a full pass reads one per entity of the population."""
+        columns = (
+            entity_state.c.entity_id,
+            entity_state.c.email,
+            entity_state.c.status,
+            entity_state.c.base_status,
+            entity_state.c.base_entered_at,
+            entity_state.c.status_since,
+            entity_state.c.next_change_at,
+            entity_state.c.pushed_fp,
+        )
+        found: dict[str, StoredRow] = {}
+        size = 900 if self.dialect == "sqlite" else 5000
+        with self.engine.connect() as conn:
+            for chunk in _chunks(entity_ids, size):
+                rows = conn.execute(
+                    sa.select(*columns).where(
+                        entity_state.c.entity_type == entity_type,
+                        entity_state.c.entity_id.in_(chunk),
+                    )
+                )
+                for row in rows:
+                    found[row[0]] = StoredRow(*row[1:])
+        return found
+
+    def set_pushed_fingerprints(self, entity_type: str, fingerprints: Mapping[str, str]) -> None:
+        """Record what Mailchimp accepted from these entities (after the push)."""
+        if not fingerprints:
+            return
+        stmt = (
+            entity_state.update()
+            .where(
+                entity_state.c.entity_type == entity_type,
+                entity_state.c.entity_id == sa.bindparam("k_id"),
+            )
+            .values(pushed_fp=sa.bindparam("k_fp"))
+        )
+        rows = [{"k_id": k, "k_fp": v} for k, v in fingerprints.items()]
+        with self.engine.begin() as conn:
+            for chunk in _chunks(rows, 5000):
+                conn.execute(stmt, list(chunk))
+
+    def entity_ids(self, entity_type: str) -> set[str]:
+        """Every stored id of a type (a full pass finds the deleted ones)."""
+        query = sa.select(entity_state.c.entity_id).where(entity_state.c.entity_type == entity_type)
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def forget_entities(self, entity_type: str, entity_ids: Iterable[str]) -> int:
+        """Entities the sources no longer list: their evaluations and links go
+        (``status`` stops counting them); members and events sent stay."""
+        ids = list(dict.fromkeys(entity_ids))
+        with self.engine.begin() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(
+                    entity_state.delete().where(
+                        entity_state.c.entity_type == entity_type,
+                        entity_state.c.entity_id.in_(chunk),
+                    )
+                )
+                conn.execute(
+                    entity_link.delete().where(
+                        entity_link.c.dependent_type == entity_type,
+                        entity_link.c.dependent_id.in_(chunk),
+                    )
+                )
+        return len(ids)
+
+    def emails_with_pending_events(self) -> set[str]:
+        """Members with events whose outcome is unknown (to reconcile)."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(event_pending.c.email).distinct()).scalars())
+
+    def move_member(self, old: str, new: str) -> None:
+        """The member's address changed in Mailchimp: what was accepted and
+        the events sent follow it, so nothing is sent twice to the new address."""
+        old, new = normalise_email(old), normalise_email(new)
+        if old == new:
+            return
+        with self.engine.begin() as conn:
+            # The new address's own memory (if any) is superseded by the moved one.
+            for table in (member, member_field, member_tag, push, event_pending):
+                conn.execute(table.delete().where(table.c.email == new))
+                conn.execute(table.update().where(table.c.email == old).values(email=new))
+            # Events sent stay sent: a key already recorded for the new address wins.
+            known = sa.select(event_sent.c.event_key).where(event_sent.c.email == new)
+            conn.execute(
+                event_sent.delete().where(
+                    event_sent.c.email == old, event_sent.c.event_key.in_(known)
+                )
+            )
+            conn.execute(event_sent.update().where(event_sent.c.email == old).values(email=new))
+            conn.execute(entity_state.update().where(entity_state.c.email == old).values(email=new))
+
+    @staticmethod
     @staticmethod
     def _entity(row: sa.Row[Any]) -> EntityState:
         return EntityState(

@@ -8,7 +8,7 @@ from types import FrameType
 
 import click
 
-from sync.cli._common import config_option, handle_errors
+from sync.cli._common import config_option, handle_errors, parse_backfill
 from sync.config import load_config
 from sync.daemon import build_runtime, clock_from_env, serve
 from sync.lock import leader_lock
@@ -34,9 +34,19 @@ from sync.metrics import Metrics, MetricsServer, parse_address
     default=None,
     help="Log as text or JSON lines (default: from the settings, else text).",
 )
+@click.option(
+    "--backfill-events",
+    default=None,
+    metavar="DURATION",
+    help="Going live (a new state store): also send the events of this long before.",
+)
 @handle_errors
 def run(
-    config_path: str | None, dry_run: bool, metrics_address: str | None, log_format: str | None
+    config_path: str | None,
+    dry_run: bool,
+    metrics_address: str | None,
+    log_format: str | None,
+    backfill_events: str | None,
 ) -> None:
     """Poll for ever: one cycle per `daemon.interval`, a full re-scan at start
     and every `daemon.full_rescan`.
@@ -50,6 +60,7 @@ def run(
     config = load_config(config_path)
     configure_logging(log_format or config.log_format)
     runtime = build_runtime(config, dry_run=dry_run, out=sys.stdout, clock=clock_from_env())
+    runtime.backfill_events = parse_backfill(backfill_events)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         runtime.stop.set()

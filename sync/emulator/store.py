@@ -264,6 +264,7 @@ class Audience:
         body = _object(body)
         with self._lock:
             member = self._existing(key)
+            self._change_address(member, body.get("email_address"))
             status = body.get("status")
             if status is not None:
                 self._check_status(status)
@@ -557,6 +558,25 @@ class Audience:
                 )
         if problems:
             raise invalid(errors=problems)
+
+    def _change_address(self, member: Member, address: Any) -> None:
+        """``PATCH`` with a new ``email_address`` changes the member's address
+        in place (its id, the hash, follows). A new address that is already in
+        the audience is refused: 400 "Invalid Resource", detail ``"x" is
+        already in this list with a status of "subscribed".`` (see
+        docs/emulator.md for the sources)."""
+        if not isinstance(address, str) or address.lower() == member.email_address.lower():
+            return
+        self._check_new_email(address)
+        taken = self._members.get(subscriber_hash(address))
+        if taken is not None:
+            raise invalid(
+                f'"{address}" is already in this list with a status of "{taken.status}".'
+            )
+        del self._members[member.id]
+        member.email_address = address
+        member.last_changed = self._clock()
+        self._members[member.id] = member
 
     # -- changes -----------------------------------------------------------------
 
