@@ -105,6 +105,13 @@ def test_daemon_benchmark_writes_every_figure(pg_url: str, tmp_path: Path) -> No
         assert nochange["api_calls"] == 0
         assert result["state_rows_written_nochange"] >= 1
         assert nochange["state_rows_by_table"]
+        # PostgreSQL's own count of live row versions agrees: never more than
+        # the rows the statements reported (a row inserted then updated is one).
+        xmin = result["state_rows_written_nochange_xmin"]
+        if state == "postgres":
+            assert 1 <= xmin <= result["state_rows_written_nochange"]
+        else:
+            assert xmin is None
         # The 1 % scenarios changed a few members, at a bounded cost.
         assert result["users_with_new_actions"] == {"full_1pct": sample, "tick_1pct": sample}
         assert result["backdated_actions"] == {"full_1pct": 1, "tick_1pct": 1}
