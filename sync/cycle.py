@@ -54,7 +54,7 @@ import sqlalchemy as sa
 
 from sync.engine import Baseline, Evaluation, evaluate, position_at
 from sync.exceptions import ConfigurationError
-from sync.members import MemberBuilder, mailchimp_value, normalise_email
+from sync.members import MemberBuilder, normalise_email
 from sync.records import ActionOccurrence, DesiredMember, EventDue, FactValue
 from sync.rules import STATUS, Entity, Mode, Ruleset
 from sync.sink import PushSummary
@@ -63,7 +63,7 @@ from sync.sources import SourcesConfig
 from sync.sqlcompile import SqlEvaluation, key_instant
 from sync.sqlevaluator import SqlEvaluator
 from sync.state import Baseline as StoredBaseline
-from sync.state import EntityEvaluation, StateStore, StoredRow
+from sync.state import EntityEvaluation, StateStore, StoredRow, evaluation_digest
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +250,34 @@ def pushes_anything(entity: Entity) -> bool:
 
 
 def contribution_fingerprint(entity: Entity, derived: Derived) -> str:
-    """A digest of what one entity asks of its member (merge fields as
-    Mailchimp receives them, active tags): equal digests, nothing to push."""
-    values = [
-        (f.tag, mailchimp_value(derived.merge_fields.get(f.tag), f.type))
-        for f in entity.merge_fields
-    ]
-    text = repr((values, sorted(derived.tags)))
+    """A digest of what one entity asks of its member (merge fields, active
+    tags): equal digests, nothing to push. Raw values plus each field's type
+    (the formatting for Mailchimp is a function of both), cheaper than
+    formatting every value of a million entities."""
+    values = derived.merge_fields
+    text = repr(
+        (
+            [values.get(f.tag) for f in entity.merge_fields],
+            sorted(derived.tags) if derived.tags else (),
+            _field_types(entity),
+        )
+    )
     return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+
+
+_FIELD_TYPES: dict[int, tuple[Entity, tuple[tuple[str, str], ...]]] = {}
+
+
+def _field_types(entity: Entity) -> tuple[tuple[str, str], ...]:
+    # Keyed by identity (a rule model holds dicts, so it is not hashable); the
+    # entity is kept alongside, so its id cannot be reused while cached.
+    cached = _FIELD_TYPES.get(id(entity))
+    if cached is None or cached[0] is not entity:
+        cached = _FIELD_TYPES[id(entity)] = (
+            entity,
+            tuple((f.tag, f.type) for f in entity.merge_fields),
+        )
+    return cached[1]
 
 
 def event_keys(
@@ -682,15 +702,10 @@ class Cycle:
                         (name, ident, before.status if before else None, r.status)
                     )
             changed: EntityEvaluation | None = None
-            if (
-                before is None
-                or before.email != key
-                or before.status != r.status
-                or before.base_status != r.state
-                or before.base_entered_at != r.state_entered_at
-                or before.status_since != r.status_since
-                or before.next_change_at != r.next_change_at
-            ):
+            digest = evaluation_digest(
+                r.status, r.state, r.state_entered_at, r.status_since, r.next_change_at, key
+            )
+            if before is None or before.eval_fp != digest:
                 changed = EntityEvaluation(
                     entity_type=name,
                     entity_id=ident,
@@ -775,11 +790,10 @@ class Cycle:
             self.state.upsert_evaluations(pending.evaluations, at=self.now)
             self.summary.evaluations_written += len(pending.evaluations)
         failed = {normalise_email(f.email) for f in push.failures}
-        states = self.state.member_states(pending.members)
+        failed |= self.state.failed_emails(pending.members)
         accepted: dict[str, dict[str, str]] = {}
         for email, contributors in pending.contributors.items():
-            state = states.get(email)
-            if email in failed or state is None or state.failure is not None:
+            if email in failed:
                 continue  # refused or held back: the next pass tries again
             for entity_type, ident, fp in contributors:
                 accepted.setdefault(entity_type, {})[ident] = fp

@@ -225,22 +225,34 @@ def test_going_live_with_a_backfill_sends_the_window(bb):
     assert all(e.occurred_at is None or e.occurred_at >= "2026-02-22" for e in sent)
 
 
-def test_a_state_entry_event_honours_events_max_age():
-    rules = load_rules(ROOT / "examples/rallia/rules.yaml")
-    entity = next(e for e in rules.entities.values() if any(s.event for s in e.states.values()))
-    state = next(s for s in entity.states.values() if s.event)
-    # The entity entered the state long ago: within the window it is
-    # reported, outside it is not (a reminder dated months back).
+def test_a_state_entry_event_honours_events_max_age(tmp_path):
+    """Wrong before: status-entry events ignored ``events_max_age`` (reminders
+    dated months back were sent on going live)."""
     from sync.engine import Baseline
+    from sync.records import ActionOccurrence
 
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\n"
+        "entities:\n"
+        "  user:\n"
+        "    actions:\n"
+        "      signup: {enters: registered}\n"
+        "    statuses:\n"
+        "      registered:\n"
+        "        event: {name: registered_entry, once: entry}\n"
+    )
+    entity = load_rules(rules).entity("user")
     entered = NOW - timedelta(days=90)
-    baseline = Baseline(state.name, entered)
-    if entity.mode.value != "actions":
-        pytest.skip("the example's event state is chosen by conditions")
-    old = evaluate(entity, {}, [], NOW, baseline, events_since=NOW - timedelta(days=7))
-    assert not [e for e in old.events if e.key.startswith("status:")]
-    recent = evaluate(entity, {}, [], NOW, baseline, events_since=entered)
-    assert [e for e in recent.events if e.key.startswith("status:")]
+    signup = [ActionOccurrence(entered, "signup")]
+    old = evaluate(entity, {}, signup, NOW, events_since=NOW - timedelta(days=7))
+    assert [e.name for e in old.events] == []
+    recent = evaluate(entity, {}, signup, NOW, events_since=entered)
+    assert [e.name for e in recent.events] == ["registered_entry"]
+    # A re-initialisation entry is an entry too.
+    baseline = Baseline("registered", NOW - timedelta(days=1))
+    fresh = evaluate(entity, {}, [], NOW, baseline, events_since=NOW - timedelta(days=7))
+    assert [e.name for e in fresh.events] == ["registered_entry"]
 
 
 def test_an_address_change_moves_the_member_and_its_history(bb):
