@@ -38,6 +38,7 @@ from sync.mailchimp import (
     make_client,
 )
 from sync.metrics import Metrics
+from sync.reconciliation import ReconciliationPoll
 from sync.rules import Ruleset
 from sync.schema import load_rules
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
@@ -128,6 +129,8 @@ class Runtime:
     clock: Callable[[], datetime] = system_clock
     dry_run: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
+    #: Reads back what changed in Mailchimp (None in a dry run).
+    poller: ReconciliationPoll | None = None
 
     def close(self) -> None:
         self.reader.close()
@@ -189,7 +192,32 @@ def build_runtime(
         sink, dry_run = make_sink(
             config, state, dry_run=dry_run, out=out or sys.stdout, clock=clock
         )
-    return Runtime(config, ruleset, sources, reader, state, sink, clock, dry_run)
+    runtime = Runtime(config, ruleset, sources, reader, state, sink, clock, dry_run)
+    if isinstance(sink, MailchimpSink):
+        runtime.poller = ReconciliationPoll(
+            sink.caller,
+            state,
+            state.get_watermark,
+            state.set_watermark,
+            config.mailchimp.poll_interval,
+        )
+    return runtime
+
+
+def poll_mailchimp(runtime: Runtime, metrics: Metrics | None = None) -> None:
+    """The reconciliation poll, when due; a failure is logged, not raised:
+    the next cycle's poll tries again and the webhooks still flow."""
+    if runtime.poller is None:
+        return
+    try:
+        read = runtime.poller.run_if_due()
+    except (MailsyncError, sa.exc.OperationalError) as exc:
+        log.error("reconciliation poll failed, next try at the next cycle: %s", exc)
+        return
+    if read is not None and metrics is not None:
+        with metrics.lock:
+            metrics.polled += read
+            metrics.last_poll = time.time()
 
 
 def full_cycle_due(runtime: Runtime, now: datetime) -> bool:
@@ -353,6 +381,8 @@ def _lead(
             return
         now = runtime.clock()
         watcher.check(now)
+        # Mailchimp-side changes first, so this cycle's push respects them.
+        poll_mailchimp(runtime, metrics)
         try:
             summary = run_once(runtime, now=now, full=True if first else None)
         except (MailsyncError, sa.exc.OperationalError) as exc:

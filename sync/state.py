@@ -1166,6 +1166,37 @@ class StateStore:
                 for row in conn.execute(query)
             ]
 
+    def mailchimp_previous_addresses(self, emails: Iterable[str]) -> dict[str, list[str]]:
+        """Addresses these members had before changing them in Mailchimp."""
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                for row in conn.execute(
+                    sa.select(mailchimp_alias)
+                    .where(mailchimp_alias.c.new_email.in_(chunk))
+                    .order_by(mailchimp_alias.c.moved_at)
+                ):
+                    found.setdefault(row.new_email, []).append(row.old_email)
+        return found
+
+    def entities_by_email(self, emails: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+        """(entity type, id) of the entities feeding each (lower-cased) member."""
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: dict[str, list[tuple[str, str]]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                rows = conn.execute(
+                    sa.select(
+                        entity_state.c.email, entity_state.c.entity_type, entity_state.c.entity_id
+                    )
+                    .where(entity_state.c.email.in_(chunk))
+                    .order_by(entity_state.c.entity_type, entity_state.c.entity_id)
+                )
+                for email, entity_type, entity_id in rows:
+                    found.setdefault(email, []).append((entity_type, entity_id))
+        return found
+
     def mailchimp_summary(self) -> dict[str, Any]:
         """Counts for ``mailsync status``: members per Mailchimp-side status,
         addresses moved, and the latest webhook received."""

@@ -8,7 +8,7 @@ import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
 from sync.config import load_config
-from sync.daemon import build_runtime, clock_from_env, run_once
+from sync.daemon import build_runtime, clock_from_env, poll_mailchimp, run_once
 
 
 @click.command()
@@ -29,6 +29,7 @@ def once(config_path: str | None, at: str | None, dry_run: bool, full: bool) -> 
     config = load_config(config_path)
     runtime = build_runtime(config, dry_run=dry_run, out=sys.stdout, clock=clock_from_env())
     try:
+        poll_mailchimp(runtime)
         summary = run_once(runtime, now=parse_at(at), full=True if full else None)
     finally:
         runtime.close()
