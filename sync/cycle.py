@@ -83,6 +83,7 @@ class CycleSummary:
         total.pushed += push.pushed
         total.unchanged += push.unchanged
         total.held_back += push.held_back
+        total.archived += push.archived
         total.failed += push.failed
         total.events_sent += push.events_sent
         total.events_confirmed += push.events_confirmed
@@ -105,6 +106,7 @@ class CycleSummary:
             "members_considered": self.push.considered,
             "members_pushed": self.push.pushed,
             "members_failed": self.push.failed,
+            "members_archived": self.push.archived,
             "events_sent": self.push.events_sent,
             "events_confirmed": self.push.events_confirmed,
             "events_resent": self.push.events_resent,
