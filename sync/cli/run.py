@@ -68,9 +68,13 @@ def run(
     address = metrics_address or config.metrics
     receiver = None
     if config.mailchimp.webhook_secret:
-        receiver = WebhookReceiver(
-            runtime.state, config.mailchimp.webhook_secret, config.mailchimp.list_id
-        )
+        try:
+            receiver = WebhookReceiver(
+                runtime.state, config.mailchimp.webhook_secret, config.mailchimp.list_id
+            )
+        except ConfigurationError:
+            runtime.close()
+            raise
     if address:
         host, port = parse_address(address)
         server = MetricsServer(metrics, host, port, webhooks=receiver).start()
