@@ -217,7 +217,6 @@ def poll_mailchimp(runtime: Runtime, metrics: Metrics | None = None) -> None:
     if read is not None and metrics is not None:
         with metrics.lock:
             metrics.polled += read
-            metrics.last_poll = time.time()
 
 
 def full_cycle_due(runtime: Runtime, now: datetime) -> bool:

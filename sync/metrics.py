@@ -42,9 +42,8 @@ class Metrics:
         self.leader = False
         #: Set when the webhook receiver runs: its counts are rendered too.
         self.webhooks: WebhookReceiver | None = None
-        #: Members the reconciliation poll read, and when it last succeeded.
+        #: Members the reconciliation poll read.
         self.polled = 0
-        self.last_poll: float | None = None
 
     def observe(self, summary: CycleSummary, ok: bool) -> None:
         with self.lock:

@@ -42,8 +42,9 @@ FIELDS = (
 
 
 class ReconciliationPoll:
-    """Reads members changed in Mailchimp into ``ledger``; ``marks`` keeps
-    the watermark (the state store's ``get_watermark`` / ``set_watermark``)."""
+    """Reads members changed in Mailchimp into ``ledger``; ``get_mark`` and
+    ``set_mark`` keep the watermark (the state store's ``get_watermark`` and
+    ``set_watermark``)."""
 
     def __init__(
         self,
