@@ -221,6 +221,7 @@ def test_webhook_creation_validates_the_url_with_a_get(
     )
     assert receiver.gets == 1
     assert hook["events"]["unsubscribe"] is True
+    assert hook["events"]["campaign"] is False
     assert hook["sources"] == {"user": True, "admin": True, "api": False}
     with pytest.raises(ApiClientError) as exc:
         mailchimp_client.lists.create_list_webhook(

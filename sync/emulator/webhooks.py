@@ -123,7 +123,8 @@ class Webhooks:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise invalid(errors=[FieldError("url", "This value should be a valid URL.")])
         events = _flags(body.get("events"), EVENTS, "events", default=True)
-        events.setdefault("campaign", False)
+        if not isinstance(body.get("events"), dict) or "campaign" not in body["events"]:
+            events["campaign"] = False  # not about members: only when asked for
         sources = _flags(body.get("sources"), SOURCES, "sources", default=None)
         hook = Webhook(uuid.uuid4().hex[:10], list_id, url, events, sources)
         if validate:
