@@ -125,6 +125,17 @@ def parse_webhook(form: Mapping[str, str]) -> MailchimpChange | None:
     return MailchimpChange("profile", email, at, "webhook", merges=merges, key=key)
 
 
+def profile_edits(listed: Mapping[str, Any], accepted: Mapping[str, Any]) -> dict[str, str]:
+    """Merge values Mailchimp shows that differ from what it last accepted
+    from mailsync: edited on Mailchimp's side (the person, the UI). Compared
+    as text, because Mailchimp may answer a number as a string."""
+    return {
+        tag: str(listed[tag])
+        for tag, value in accepted.items()
+        if tag in listed and listed[tag] is not None and str(listed[tag]) != str(value)
+    }
+
+
 def from_member(
     member: Mapping[str, Any], source: str, seen_at: datetime
 ) -> MailchimpChange | None:
@@ -166,7 +177,12 @@ def apply_change(
     """
     if row is not None and row["changed_at"] > change.at:
         return None
-    if row is None and change.source != "webhook" and change.status in (None, "subscribed"):
+    if (
+        row is None
+        and change.source != "webhook"
+        and change.status in (None, "subscribed")
+        and not change.merges
+    ):
         return None
     before_status = row["status"] if row is not None else None
     status = change.status if change.status is not None else before_status

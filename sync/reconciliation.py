@@ -5,7 +5,10 @@ gave up, no webhook was configured). Every ``mailchimp.poll_interval`` the
 daemon asks Mailchimp for the members changed since the last poll,
 ``GET /lists/{id}/members?since_last_changed=…`` (Mailchimp ignores the
 offset of that instant, so it is sent in UTC), and records their status in
-the state store like a webhook would (``sync.changes``). The first poll has
+the state store like a webhook would (``sync.changes``), with the merge
+values that differ from what Mailchimp last accepted from mailsync (a
+profile edited there). Address changes are not visible this way: only the
+``upemail`` webhook tells them. The first poll has
 no such instant: it reads only the members whose status matters (archived,
 unsubscribed, cleaned), not the whole audience.
 
@@ -20,10 +23,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync.changes import from_member
+from sync.changes import MailchimpChange, from_member, profile_edits
 from sync.exceptions import RetriableError
 from sync.ledger import PushLedger
 from sync.mailchimp import Caller
@@ -37,7 +41,7 @@ PAGE = 1000
 FIRST_STATUSES = ("archived", "unsubscribed", "cleaned")
 FIELDS = (
     "members.email_address,members.status,members.last_changed,"
-    "members.unsubscribe_reason,total_items"
+    "members.unsubscribe_reason,members.merge_fields,total_items"
 )
 
 
@@ -92,9 +96,7 @@ class ReconciliationPoll:
         for query in queries:
             for members in self._pages(query):
                 read += len(members)
-                changes = [
-                    c for c in (from_member(m, "poll", started) for m in members) if c is not None
-                ]
+                changes = self._observe(members, started)
                 if changes:
                     self.ledger.record_mailchimp_changes(changes)
                     newest = max(c.at for c in changes)
@@ -111,6 +113,26 @@ class ReconciliationPoll:
             extra={"poll": {"members": read, "query": queries}},
         )
         return read
+
+    def _observe(
+        self, members: list[Mapping[str, Any]], seen_at: datetime
+    ) -> list[MailchimpChange]:
+        """Each member's status, with the merge values that differ from what
+        Mailchimp last accepted from mailsync (a profile edited there)."""
+        found = [(m, from_member(m, "poll", seen_at)) for m in members]
+        states = self.ledger.member_states(c.email for _, c in found if c is not None)
+        changes = []
+        for member, change in found:
+            if change is None:
+                continue
+            known = states.get(change.email)
+            listed = member.get("merge_fields")
+            if known is not None and isinstance(listed, Mapping):
+                edits = profile_edits(listed, known.fields)
+                if edits:
+                    change = replace(change, merges=edits)
+            changes.append(change)
+        return changes
 
     def _pages(self, query: Mapping[str, str]) -> Any:
         client, list_id = self.caller.client, self.caller.list_id
