@@ -17,6 +17,8 @@ never from this file: see ``sync.mailchimp.load_api_key``.
 | audience | ``mailchimp.list_id`` | ``MAILCHIMP_LIST_ID`` | none: dry run |
 | API base URL (emulator) | ``mailchimp.base_url`` | ``MAILCHIMP_BASE_URL`` | Mailchimp |
 | status of new members | ``mailchimp.status_if_new`` | | ``subscribed`` |
+| webhook secret | ``mailchimp.webhook_secret`` | ``MAILSYNC_WEBHOOK_SECRET`` | none: no receiver |
+| reconciliation poll | ``mailchimp.poll_interval`` | ``MAILSYNC_POLL_INTERVAL`` | ``15min`` |
 | poll interval | ``daemon.interval`` | ``MAILSYNC_INTERVAL`` | ``1min`` |
 | full pass (the safety net) | ``daemon.full_rescan`` | ``MAILSYNC_FULL_RESCAN`` | ``15min`` |
 | events older than this are not sent | ``daemon.events_max_age`` | | ``7d`` |
@@ -54,7 +56,14 @@ TOP_KEYS = (
     "log_format",
     "metrics",
 )
-MAILCHIMP_KEYS = ("list_id", "base_url", "status_if_new", "timeout")
+MAILCHIMP_KEYS = (
+    "list_id",
+    "base_url",
+    "status_if_new",
+    "timeout",
+    "webhook_secret",
+    "poll_interval",
+)
 DAEMON_KEYS = (
     "interval",
     "full_rescan",
@@ -75,6 +84,10 @@ class MailchimpConfig:
     base_url: str | None = None
     status_if_new: str = "subscribed"
     timeout: float = 120.0
+    #: The last part of the webhook receiver's path; None: no receiver.
+    webhook_secret: str | None = None
+    #: How often members changed in Mailchimp are read back (missed webhooks).
+    poll_interval: timedelta = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -137,16 +150,18 @@ class _Reader:
                     f"unknown key{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}",
                 )
 
-    def duration(self, mapping: MarkedDict, key: str, default: timedelta) -> timedelta:
+    def duration(
+        self, mapping: MarkedDict, key: str, default: timedelta, section: str = "daemon"
+    ) -> timedelta:
         if key not in mapping:
             return default
         try:
             value = parse_duration(str(mapping[key]))
         except DurationError as exc:
-            self.error(mapping, key, ("daemon", key), str(exc))
+            self.error(mapping, key, (section, key), str(exc))
             return default
         if value <= timedelta(0):
-            self.error(mapping, key, ("daemon", key), "expected a duration above zero")
+            self.error(mapping, key, (section, key), "expected a duration above zero")
             return default
         return value
 
@@ -196,6 +211,10 @@ class _Reader:
                 status_if_new=self.text(mc_raw, "status_if_new", ("mailchimp", "status_if_new"))
                 or "subscribed",
                 timeout=float(mc_raw.get("timeout", 120.0)),
+                webhook_secret=self.text(mc_raw, "webhook_secret", ("mailchimp", "webhook_secret")),
+                poll_interval=self.duration(
+                    mc_raw, "poll_interval", MailchimpConfig.poll_interval, "mailchimp"
+                ),
             )
         if isinstance(daemon_raw, MarkedDict):
             self.keys(daemon_raw, DAEMON_KEYS, ("daemon",))
@@ -267,6 +286,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         config.mailchimp,
         list_id=env.get("MAILCHIMP_LIST_ID", config.mailchimp.list_id),
         base_url=env.get("MAILCHIMP_BASE_URL", config.mailchimp.base_url),
+        webhook_secret=env.get("MAILSYNC_WEBHOOK_SECRET", config.mailchimp.webhook_secret),
+        poll_interval=_env_duration(env, "MAILSYNC_POLL_INTERVAL", config.mailchimp.poll_interval),
     )
     daemon = replace(
         config.daemon,

@@ -149,6 +149,7 @@ class CycleSummary:
         total.pushed += push.pushed
         total.unchanged += push.unchanged
         total.held_back += push.held_back
+        total.archived += push.archived
         total.failed += push.failed
         total.events_sent += push.events_sent
         total.events_confirmed += push.events_confirmed
@@ -177,6 +178,7 @@ class CycleSummary:
             "members_considered": self.push.considered,
             "members_pushed": self.push.pushed,
             "members_failed": self.push.failed,
+            "members_archived": self.push.archived,
             "events_sent": self.push.events_sent,
             "events_skipped": self.events_skipped,
             "events_confirmed": self.push.events_confirmed,

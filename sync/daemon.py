@@ -38,6 +38,7 @@ from sync.mailchimp import (
     make_client,
 )
 from sync.metrics import Metrics
+from sync.reconciliation import ReconciliationPoll
 from sync.rules import Ruleset
 from sync.schema import load_rules
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
@@ -136,6 +137,8 @@ class Runtime:
     #: Events of the first cycle of a new state store go this far back
     #: (``--backfill-events``; default: the setting, none).
     backfill_events: timedelta | None = None
+    #: Reads back what changed in Mailchimp (None in a dry run).
+    poller: ReconciliationPoll | None = None
     _evaluator: SqlEvaluator | None = field(default=None, repr=False)
 
     @property
@@ -215,7 +218,31 @@ def build_runtime(
         sink, dry_run = make_sink(
             config, state, dry_run=dry_run, out=out or sys.stdout, clock=clock
         )
-    return Runtime(config, ruleset, sources, reader, state, sink, clock, dry_run)
+    runtime = Runtime(config, ruleset, sources, reader, state, sink, clock, dry_run)
+    if isinstance(sink, MailchimpSink):
+        runtime.poller = ReconciliationPoll(
+            sink.caller,
+            state,
+            state.get_watermark,
+            state.set_watermark,
+            config.mailchimp.poll_interval,
+        )
+    return runtime
+
+
+def poll_mailchimp(runtime: Runtime, metrics: Metrics | None = None) -> None:
+    """The reconciliation poll, when due; a failure is logged, not raised:
+    the next cycle's poll tries again and the webhooks still flow."""
+    if runtime.poller is None:
+        return
+    try:
+        read = runtime.poller.run_if_due()
+    except (MailsyncError, sa.exc.OperationalError) as exc:
+        log.error("reconciliation poll failed, next try at the next cycle: %s", exc)
+        return
+    if read is not None and metrics is not None:
+        with metrics.lock:
+            metrics.polled += read
 
 
 def full_cycle_due(runtime: Runtime, now: datetime) -> bool:
@@ -429,6 +456,8 @@ def _lead(
         now = runtime.clock()
         # New rules: a full pass re-derives everyone under them at once.
         reloaded = watcher.check(now)
+        # Mailchimp-side changes first, so this cycle's push respects them.
+        poll_mailchimp(runtime, metrics)
         try:
             summary = run_once(runtime, now=now, full=True if first or reloaded else None)
         except (MailsyncError, sa.exc.OperationalError) as exc:

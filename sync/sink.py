@@ -59,6 +59,20 @@ signature: name, instant to the second, properties), and each intent whose
 signature is still there was carried out: recorded sent, not re-sent. The
 others were not: sent again (if still due) or forgotten.
 
+Changes made in Mailchimp
+-------------------------
+What the state store knows of Mailchimp's side (webhooks, the
+reconciliation poll, earlier answers; ``sync.changes``) is read before
+planning: a member whose address was changed in Mailchimp is pushed to its
+new address (no duplicate contact), and a member known to be **archived** is
+not pushed at all (recorded as a permanent failure "archived in Mailchimp",
+so it shows in ``status`` and ``explain``). Nothing the sink sends can bring
+an archived contact back anyway (``status_if_new`` only, batch subscribe
+without ``update_existing``), and a ``PUT`` answering ``status: archived``
+teaches the state store so, and holds that member's tags and events.
+Unsubscribed and cleaned members keep their status; their merge fields,
+tags and events are still sent.
+
 Failures
 --------
 Answers are classified by ``sync.mailchimp.classify``. Transient answers are
@@ -82,14 +96,16 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Literal
 
+from sync.changes import MailchimpChange, from_member
 from sync.exceptions import ConfigurationError, FatalError
 from sync.ledger import (
     AcceptedPush,
     EventIntent,
+    MailchimpMember,
     MemberPushState,
     PushFailure,
     PushLedger,
@@ -119,6 +135,8 @@ from sync.records import DesiredMember, EventDue, MergeValue
 log = logging.getLogger(__name__)
 
 SUBSCRIPTION_STATUSES = frozenset({"subscribed", "pending", "unsubscribed", "transactional"})
+#: The reason recorded for a member not pushed because it is archived in Mailchimp.
+ARCHIVED_REASON = "archived in Mailchimp: not pushed (mailsync never brings a contact back)"
 
 
 @dataclass(frozen=True)
@@ -221,6 +239,8 @@ class Plan:
     unchanged: int
     held_back: int
     considered: int
+    #: Members with changes that are archived in Mailchimp: not pushed.
+    archived: list[MemberPlan] = field(default_factory=list)
 
 
 def merge_duplicates(members: Iterable[DesiredMember]) -> list[DesiredMember]:
@@ -242,14 +262,35 @@ def merge_duplicates(members: Iterable[DesiredMember]) -> list[DesiredMember]:
     return list(merged.values())
 
 
+def follow_moves(
+    members: Iterable[DesiredMember], ledger: PushLedger
+) -> tuple[list[DesiredMember], dict[str, MailchimpMember]]:
+    """One record per Mailchimp member, at the address Mailchimp knows it by
+    (an address changed in Mailchimp takes the pushes of the old one), and
+    what is known of each on Mailchimp's side."""
+    desired = merge_duplicates(members)
+    remote = ledger.mailchimp_members(_norm(m.email) for m in desired)
+    moved = {k: r.address for k, r in remote.items() if r.address != k}
+    if not moved:
+        return desired, remote
+    desired = merge_duplicates(
+        DesiredMember(
+            moved.get(_norm(m.email), m.email), m.merge_fields, m.tags, m.managed_tags, m.events
+        )
+        for m in desired
+    )
+    return desired, ledger.mailchimp_members(_norm(m.email) for m in desired)
+
+
 def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datetime) -> Plan:
     """Diff desired members against the ledger; read-only."""
-    desired = merge_duplicates(members)
+    desired, remote = follow_moves(members, ledger)
     keys = [_norm(m.email) for m in desired]
     states = ledger.member_states(keys)
     sent = ledger.sent_events(keys)
     unsettled = ledger.pending_events(keys)
     pushes: list[MemberPlan] = []
+    archived: list[MemberPlan] = []
     unchanged = held_back = 0
     for member, key in zip(desired, keys, strict=True):
         state = states.get(key) or MemberPushState(email=key)
@@ -290,16 +331,28 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
             unchanged += 1
             continue
         failure = state.failure
+        status = remote[key].status if key in remote else None
         if (
             failure is not None
             and failure.fingerprint == fp
             and failure.next_retry_at is not None
             and now < failure.next_retry_at
+            # Held back for being archived, and no longer archived: go now.
+            and not (failure.reason == ARCHIVED_REASON and status != "archived")
         ):
             held_back += 1
             continue
+        if status == "archived":
+            archived.append(plan)
+            continue
         pushes.append(plan)
-    return Plan(pushes=pushes, unchanged=unchanged, held_back=held_back, considered=len(desired))
+    return Plan(
+        pushes=pushes,
+        unchanged=unchanged,
+        held_back=held_back,
+        considered=len(desired),
+        archived=archived,
+    )
 
 
 # -- summary ---------------------------------------------------------------------
@@ -312,6 +365,9 @@ class PushSummary:
     pushed: int = 0  # members with every planned change accepted
     unchanged: int = 0
     held_back: int = 0  # failed before with the same desired state; back-off running
+    #: Members not pushed because they are archived in Mailchimp (known
+    #: beforehand, or from the answer to a PUT).
+    archived: int = 0
     failed: int = 0
     events_sent: int = 0
     #: Events whose earlier POST had no known outcome, found in Mailchimp (so
@@ -330,6 +386,8 @@ class PushSummary:
             f"{self.unchanged} unchanged, {self.held_back} held back, {self.failed} failed, "
             f"{self.events_sent} events sent",
         ]
+        if self.archived:
+            out.append(f"{self.archived} members archived in Mailchimp: not pushed")
         if self.events_confirmed or self.events_resent or self.events_unconfirmed:
             out.append(
                 f"events of unknown outcome: {self.events_confirmed} found in Mailchimp, "
@@ -385,21 +443,32 @@ class MailchimpSink:
         plan = plan_pushes(members, self.ledger, now)
         calls_before = dict(self.caller.calls)
         summary = PushSummary(
-            considered=plan.considered, unchanged=plan.unchanged, held_back=plan.held_back
+            considered=plan.considered,
+            unchanged=plan.unchanged,
+            held_back=plan.held_back,
+            archived=len(plan.archived),
         )
+        if plan.archived:
+            self.ledger.record_failures([self._archived(p, now) for p in plan.archived])
         failed: dict[str, PushFailure] = {}
+        archived: set[str] = set()  # found archived by the answer to a PUT
         fatal: FatalError | None = None
         try:
             with ThreadPoolExecutor(
                 max_workers=self.config.max_connections, thread_name_prefix="mailsync-push"
             ) as pool:
-                upserted = self._phase_upsert(pool, plan.pushes, failed, now)
+                upserted = self._phase_upsert(pool, plan.pushes, failed, archived, now)
                 self._phase_tags_events(pool, upserted, failed, summary, now)
         except FatalError as exc:
             fatal = exc
         summary.failures = sorted(failed.values(), key=lambda f: f.email)
         summary.failed = len(failed)
-        summary.pushed = sum(1 for p in plan.pushes if p.key not in failed) if fatal is None else 0
+        summary.archived += len(archived)
+        summary.pushed = (
+            sum(1 for p in plan.pushes if p.key not in failed and p.key not in archived)
+            if fatal is None
+            else 0
+        )
         summary.calls = {
             k: v - calls_before.get(k, 0)
             for k, v in self.caller.calls.items()
@@ -484,6 +553,12 @@ class MailchimpSink:
             attempts=attempts,
             next_retry_at=retry_at,
         )
+
+    def _archived(self, plan: MemberPlan, now: datetime) -> PushFailure:
+        """The record of a member not pushed because it is archived: permanent,
+        so it waits ``permanent_backoff`` unless it is unarchived sooner."""
+        answer = Answer(AnswerClass.PERMANENT, "archived", ARCHIVED_REASON)
+        return replace(self._failure(plan, answer, now, "push"), reason=ARCHIVED_REASON)
 
     # -- running calls ---------------------------------------------------------
 
@@ -594,6 +669,7 @@ class MailchimpSink:
         pool: ThreadPoolExecutor,
         plans: Sequence[MemberPlan],
         failed: dict[str, PushFailure],
+        archived: set[str],
         now: datetime,
     ) -> list[MemberPlan]:
         """Create new members, update changed ones; returns the plans whose
@@ -676,9 +752,20 @@ class MailchimpSink:
         ]
         accepted: list[AcceptedPush] = []
         failures: list[PushFailure] = []
+        seen: list[MailchimpChange] = []
+        held: list[PushFailure] = []
 
         def apply_upsert(op: _Op, answer: Answer) -> None:
-            if answer.ok:
+            observed = from_member(answer.body, "push", now) if answer.ok else None
+            if observed is not None and observed.status != "subscribed":
+                # What the answer says of the member's status is worth keeping.
+                seen.append(observed)
+            if observed is not None and observed.status == "archived":
+                # The PUT did not bring it back (status_if_new only); hold
+                # its tags and events, and everything else until unarchived.
+                archived.add(op.plan.key)
+                held.append(self._archived(op.plan, now))
+            elif answer.ok:
                 accepted.append(AcceptedPush(op.plan.key, dict(op.plan.fields), now))
                 done.append(op.plan)
             else:
@@ -687,6 +774,10 @@ class MailchimpSink:
         try:
             self._run_ops(pool, ops, apply_upsert)
         finally:
+            if seen:
+                self.ledger.record_mailchimp_changes(seen)
+            if held:
+                self.ledger.record_failures(held)
             self._record(accepted, failures, failed)
         return done
 

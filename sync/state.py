@@ -30,10 +30,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from sync.changes import OPTED_OUT, MailchimpChange, apply_change
 from sync.exceptions import ConfigurationError
 from sync.ledger import (
     AcceptedPush,
     EventIntent,
+    MailchimpMember,
     MemberPushState,
     PushFailure,
     SentEvent,
@@ -200,6 +202,42 @@ watermark = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
+
+# Version 7: what changed on Mailchimp's side (sync/changes.py).
+mailchimp_member = sa.Table(
+    "mailchimp_member",
+    metadata,
+    sa.Column("email", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("status_at", UtcDateTime),
+    sa.Column("merges_json", sa.Text),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("changed_at", UtcDateTime, nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+)
+mailchimp_alias = sa.Table(
+    "mailchimp_alias",
+    metadata,
+    sa.Column("old_email", sa.Text, primary_key=True),
+    sa.Column("new_email", sa.Text, nullable=False),
+    sa.Column("moved_at", UtcDateTime, nullable=False),
+)
+mailchimp_change = sa.Table(
+    "mailchimp_change",
+    metadata,
+    sa.Column("change_key", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("old_email", sa.Text),
+    sa.Column("status", sa.Text),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("fired_at", UtcDateTime, nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+)
+#: The ledger's tables keyed by member address: an address change moves them.
+_LEDGER_TABLES = (member, member_field, member_tag, push)
 
 
 entity_link = sa.Table(
@@ -650,27 +688,18 @@ class StateStore:
             return set(conn.execute(sa.select(event_pending.c.email).distinct()).scalars())
 
     def move_member(self, old: str, new: str) -> None:
-        """The member's address changed in Mailchimp: what was accepted and
-        the events sent follow it, so nothing is sent twice to the new address."""
+        """The application changed the address and Mailchimp the member's:
+        the ledger and the entities follow, so nothing is sent twice to the
+        new address."""
         old, new = normalise_email(old), normalise_email(new)
         if old == new:
             return
         with self.engine.begin() as conn:
-            # The new address's own memory (if any) is superseded by the moved one.
-            for table in (member, member_field, member_tag, push, event_pending):
-                conn.execute(table.delete().where(table.c.email == new))
-                conn.execute(table.update().where(table.c.email == old).values(email=new))
-            # Events sent stay sent: a key already recorded for the new address wins.
-            known = sa.select(event_sent.c.event_key).where(event_sent.c.email == new)
+            self._move_ledger(conn, old, new)
             conn.execute(
-                event_sent.delete().where(
-                    event_sent.c.email == old, event_sent.c.event_key.in_(known)
-                )
+                entity_state.update().where(entity_state.c.email == old).values(email=new)
             )
-            conn.execute(event_sent.update().where(event_sent.c.email == old).values(email=new))
-            conn.execute(entity_state.update().where(entity_state.c.email == old).values(email=new))
 
-    @staticmethod
     @staticmethod
     def _entity(row: sa.Row[Any]) -> EntityState:
         return EntityState(
@@ -1189,6 +1218,244 @@ class StateStore:
                 ),
                 [{"e": e, "k": k} for e, k in pairs],
             )
+
+    # -- Mailchimp's side (webhooks, reconciliation poll, push answers) -----------
+
+    def mailchimp_members(self, emails: Iterable[str]) -> dict[str, MailchimpMember]:
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        moved: dict[str, str] = {}
+        rows: dict[str, sa.Row[Any]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                for row in conn.execute(
+                    sa.select(mailchimp_alias).where(mailchimp_alias.c.old_email.in_(chunk))
+                ):
+                    moved[row.old_email] = row.new_email
+            addresses = list({moved.get(e, e) for e in wanted})
+            for chunk in _chunks(addresses):
+                for row in conn.execute(
+                    sa.select(mailchimp_member).where(mailchimp_member.c.email.in_(chunk))
+                ):
+                    rows[row.email] = row
+        found: dict[str, MailchimpMember] = {}
+        for email in wanted:
+            address = moved.get(email, email)
+            known = rows.get(address)
+            if known is None and address == email:
+                continue
+            found[email] = (
+                MailchimpMember(email, address)
+                if known is None
+                else MailchimpMember(
+                    email,
+                    address,
+                    known.status,
+                    known.reason,
+                    known.status_at,
+                    known.source,
+                    json.loads(known.merges_json) if known.merges_json else {},
+                )
+            )
+        return found
+
+    def record_mailchimp_changes(self, changes: Sequence[MailchimpChange]) -> int:
+        ordered = sorted(changes, key=lambda c: c.at)
+        if not ordered:
+            return 0
+        stamp = _now()
+        emails = {c.email for c in ordered} | {c.old_email for c in ordered if c.old_email}
+        applied = 0
+        with self.engine.begin() as conn:
+            current: dict[str, dict[str, Any]] = {}
+            for chunk in _chunks(sorted(emails)):
+                for row in conn.execute(
+                    sa.select(mailchimp_member).where(mailchimp_member.c.email.in_(chunk))
+                ):
+                    current[row.email] = dict(row._mapping)
+            known_keys: set[str] = set()
+            keys = [c.key for c in ordered if c.key is not None]
+            for chunk in _chunks(keys):
+                known_keys.update(
+                    conn.execute(
+                        sa.select(mailchimp_change.c.change_key).where(
+                            mailchimp_change.c.change_key.in_(chunk)
+                        )
+                    ).scalars()
+                )
+            changed: set[str] = set()
+            gone: set[str] = set()
+            for change in ordered:
+                if change.key is not None:
+                    if change.key in known_keys:
+                        continue  # a delivery repeated: applied already
+                    known_keys.add(change.key)
+                    conn.execute(
+                        mailchimp_change.insert().values(
+                            change_key=change.key,
+                            kind=change.kind,
+                            email=change.email,
+                            old_email=change.old_email,
+                            status=change.status,
+                            reason=change.reason,
+                            source=change.source,
+                            fired_at=change.at,
+                            recorded_at=stamp,
+                        )
+                    )
+                if change.kind == "upemail" and change.old_email:
+                    self._move_member(conn, change.old_email, change.email, change.at)
+                    if change.old_email in current and change.email not in current:
+                        current[change.email] = {**current.pop(change.old_email)}
+                        current[change.email]["email"] = change.email
+                        changed.add(change.email)
+                        gone.add(change.old_email)
+                    applied += 1
+                    continue
+                after = apply_change(current.get(change.email), change, stamp)
+                if after is not None:
+                    current[change.email] = after
+                    changed.add(change.email)
+                    gone.discard(change.email)
+                    applied += 1
+            for chunk in _chunks(sorted(gone)):
+                conn.execute(mailchimp_member.delete().where(mailchimp_member.c.email.in_(chunk)))
+            self._upsert(conn, mailchimp_member, [current[e] for e in sorted(changed)], ("email",))
+        return applied
+
+    def _move_member(self, conn: sa.Connection, old: str, new: str, at: datetime) -> None:
+        """The address changed in Mailchimp: what the ledger knows of ``old``
+        is now known of ``new`` (unless ``new`` has its own), and pushes for
+        ``old`` go to ``new`` from now on."""
+        old, new = normalise_email(old), normalise_email(new)
+        if old == new:
+            return
+        self._move_ledger(conn, old, new)
+        # Earlier moves to `old` now lead to `new`; a move back undoes one.
+        conn.execute(
+            mailchimp_alias.update().where(mailchimp_alias.c.new_email == old).values(new_email=new)
+        )
+        conn.execute(mailchimp_alias.delete().where(mailchimp_alias.c.old_email == new))
+        self._upsert(
+            conn,
+            mailchimp_alias,
+            [{"old_email": old, "new_email": new, "moved_at": at}],
+            ("old_email",),
+        )
+
+    @staticmethod
+    def _move_ledger(conn: sa.Connection, old: str, new: str) -> None:
+        """What was accepted, failed, sent or attempted for ``old`` is now
+        ``new``'s (unless ``new`` has a ledger of its own); events sent stay
+        sent under either address's keys, never twice."""
+        taken = conn.execute(sa.select(member.c.email).where(member.c.email == new)).first()
+        for table in _LEDGER_TABLES:
+            if taken is None:
+                conn.execute(table.update().where(table.c.email == old).values(email=new))
+            else:
+                conn.execute(table.delete().where(table.c.email == old))
+        for table in (event_sent, event_pending):
+            theirs = sa.select(table.c.event_key).where(table.c.email == new).scalar_subquery()
+            conn.execute(
+                table.update()
+                .where(table.c.email == old, table.c.event_key.not_in(theirs))
+                .values(email=new)
+            )
+            conn.execute(table.delete().where(table.c.email == old))
+
+    def mailchimp_opt_outs(self, since: datetime | None = None) -> list[MailchimpMember]:
+        """Members now unsubscribed or cleaned in Mailchimp (since ``since``),
+        oldest first: the people the application must not mail."""
+        query = (
+            sa.select(mailchimp_member)
+            .where(mailchimp_member.c.status.in_(OPTED_OUT))
+            .order_by(mailchimp_member.c.status_at, mailchimp_member.c.email)
+        )
+        if since is not None:
+            query = query.where(mailchimp_member.c.status_at >= since)
+        with self.engine.connect() as conn:
+            return [
+                MailchimpMember(
+                    row.email, row.email, row.status, row.reason, row.status_at, row.source
+                )
+                for row in conn.execute(query)
+            ]
+
+    def mailchimp_previous_addresses(self, emails: Iterable[str]) -> dict[str, list[str]]:
+        """Addresses these members had before changing them in Mailchimp."""
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                for row in conn.execute(
+                    sa.select(mailchimp_alias)
+                    .where(mailchimp_alias.c.new_email.in_(chunk))
+                    .order_by(mailchimp_alias.c.moved_at)
+                ):
+                    found.setdefault(row.new_email, []).append(row.old_email)
+        return found
+
+    def entities_by_email(self, emails: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+        """(entity type, id) of the entities feeding each (lower-cased) member."""
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: dict[str, list[tuple[str, str]]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                rows = conn.execute(
+                    sa.select(
+                        entity_state.c.email, entity_state.c.entity_type, entity_state.c.entity_id
+                    )
+                    .where(entity_state.c.email.in_(chunk))
+                    .order_by(entity_state.c.entity_type, entity_state.c.entity_id)
+                )
+                for email, entity_type, entity_id in rows:
+                    found.setdefault(email, []).append((entity_type, entity_id))
+        return found
+
+    def mailchimp_summary(self) -> dict[str, Any]:
+        """Counts for ``mailsync status``: members per Mailchimp-side status,
+        addresses moved, and the latest webhook received."""
+        with self.engine.connect() as conn:
+            statuses = {
+                str(status): int(count)
+                for status, count in conn.execute(
+                    sa.select(mailchimp_member.c.status, sa.func.count())
+                    .where(mailchimp_member.c.status.is_not(None))
+                    .group_by(mailchimp_member.c.status)
+                )
+            }
+            moved = int(
+                conn.execute(sa.select(sa.func.count()).select_from(mailchimp_alias)).scalar_one()
+            )
+            last = conn.execute(sa.select(sa.func.max(mailchimp_change.c.recorded_at))).scalar()
+        return {
+            "statuses": dict(sorted(statuses.items())),
+            "addresses_moved": moved,
+            "last_webhook_at": last.isoformat() if isinstance(last, datetime) else None,
+        }
+
+    def mailchimp_history(self, email: str, limit: int = 20) -> list[MailchimpChange]:
+        """Webhooks received about this address (or moving it), newest first."""
+        key = normalise_email(email)
+        query = (
+            sa.select(mailchimp_change)
+            .where(sa.or_(mailchimp_change.c.email == key, mailchimp_change.c.old_email == key))
+            .order_by(mailchimp_change.c.fired_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [
+                MailchimpChange(
+                    row.kind,
+                    row.email,
+                    row.fired_at,
+                    row.source,
+                    row.status,
+                    row.reason,
+                    row.old_email,
+                    key=row.change_key,
+                )
+                for row in conn.execute(query)
+            ]
 
     # -- cycles and watermarks ----------------------------------------------------
 

@@ -8,7 +8,7 @@ import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at, parse_backfill
 from sync.config import load_config
-from sync.daemon import build_runtime, clock_from_env, run_once
+from sync.daemon import build_runtime, clock_from_env, poll_mailchimp, run_once
 
 
 @click.command()
@@ -43,6 +43,7 @@ def once(
     runtime = build_runtime(config, dry_run=dry_run, out=sys.stdout, clock=clock_from_env())
     runtime.backfill_events = parse_backfill(backfill_events)
     try:
+        poll_mailchimp(runtime)
         summary = run_once(runtime, now=parse_at(at), full=True if full else None)
     finally:
         runtime.close()

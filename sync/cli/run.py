@@ -11,9 +11,11 @@ import click
 from sync.cli._common import config_option, handle_errors, parse_backfill
 from sync.config import load_config
 from sync.daemon import build_runtime, clock_from_env, serve
+from sync.exceptions import ConfigurationError
 from sync.lock import leader_lock
 from sync.logs import configure_logging
 from sync.metrics import Metrics, MetricsServer, parse_address
+from sync.webhooks import PREFIX, WebhookReceiver
 
 
 @click.command()
@@ -59,6 +61,11 @@ def run(
     """
     config = load_config(config_path)
     configure_logging(log_format or config.log_format)
+    if config.mailchimp.webhook_secret and not (metrics_address or config.metrics):
+        raise ConfigurationError(
+            "a webhook secret is set but the daemon has no HTTP port: the webhook "
+            "receiver is served with the metrics (set --metrics or MAILSYNC_METRICS)"
+        )
     runtime = build_runtime(config, dry_run=dry_run, out=sys.stdout, clock=clock_from_env())
     runtime.backfill_events = parse_backfill(backfill_events)
 
@@ -70,10 +77,24 @@ def run(
     metrics = Metrics(config.daemon.interval.total_seconds())
     server = None
     address = metrics_address or config.metrics
+    receiver = None
+    if config.mailchimp.webhook_secret:
+        try:
+            receiver = WebhookReceiver(
+                runtime.state, config.mailchimp.webhook_secret, config.mailchimp.list_id
+            )
+        except ConfigurationError:
+            runtime.close()
+            raise
     if address:
         host, port = parse_address(address)
-        server = MetricsServer(metrics, host, port).start()
+        server = MetricsServer(metrics, host, port, webhooks=receiver).start()
         click.echo(f"metrics on http://{host}:{server.address[1]}/metrics", err=True)
+        if receiver is not None:
+            click.echo(
+                f"Mailchimp webhooks on http://{host}:{server.address[1]}{PREFIX}<secret>",
+                err=True,
+            )
     lock = leader_lock(
         runtime.state, config.mailchimp.list_id or "dry-run", ttl=config.daemon.lease_ttl
     )
