@@ -16,6 +16,7 @@ import click
 
 from sync.exceptions import ConfigurationError, MailsyncError, RulesError
 from sync.records import parse_instant
+from sync.redaction import redact
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and found something wrong (failing tests, fatal run error)
@@ -66,18 +67,24 @@ def parse_at(text: str | None) -> datetime | None:
         raise click.BadParameter(str(exc), param_hint="--at") from None
 
 
+def say(text: str) -> None:
+    """One line on stderr, with any secret redacted (an exception's text may
+    quote a request header, escaped or not)."""
+    click.echo(redact(text), err=True)
+
+
 def report(exc: BaseException) -> None:
     """Print ``exc`` for a human: each rule problem on its own line."""
     if isinstance(exc, RulesError):
         for problem in exc.problems:
-            click.echo(str(problem), err=True)
+            say(str(problem))
         errors = sum(not p.warning for p in exc.problems)
-        click.echo(f"{errors} error{'s' if errors != 1 else ''} found.", err=True)
+        say(f"{errors} error{'s' if errors != 1 else ''} found.")
     elif isinstance(exc, MailsyncError):
-        click.echo(f"Error: {exc}", err=True)
+        say(f"Error: {exc}")
     else:
-        click.echo(f"Internal error: {type(exc).__name__}: {exc}", err=True)
-        click.echo("This is a bug in mailsync; rerun with -v for the traceback.", err=True)
+        say(f"Internal error: {type(exc).__name__}: {exc}")
+        say("This is a bug in mailsync; rerun with -v for the traceback.")
 
 
 def handle_errors(func: F) -> F:
@@ -92,7 +99,7 @@ def handle_errors(func: F) -> F:
         except Exception as exc:
             ctx = click.get_current_context(silent=True)
             if ctx is not None and (ctx.find_root().obj or {}).get("verbose"):
-                click.echo(traceback.format_exc(), err=True)
+                say(traceback.format_exc())
             report(exc)
             raise click.exceptions.Exit(exit_code_for(exc)) from exc
 
