@@ -21,14 +21,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import IO
+from typing import IO, Any
 
 import schedule
 import sqlalchemy as sa
 
 from sync.config import Config
 from sync.cycle import Cycle, CycleSummary, Sink
-from sync.exceptions import ConfigurationError, MailsyncError, Problem, RulesError
+from sync.database_faults import DatabaseUnusable, StoreBroken, database_fault
+from sync.exceptions import (
+    ConfigurationError,
+    MailsyncError,
+    Problem,
+    RetriableError,
+    RulesError,
+)
 from sync.lock import LeaderLock
 from sync.mailchimp import (
     API_KEY_ENV,
@@ -303,6 +310,63 @@ class RulesWatcher:
         return True
 
 
+class Backoff:
+    """Waits between tries at something unavailable: doubling from ``first``
+    up to ``cap`` seconds, back to ``first`` after a success."""
+
+    def __init__(self, first: float = 1.0, cap: float = 60.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.tries = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2.0**self.tries)
+        self.tries += 1
+        return delay
+
+    def reset(self) -> None:
+        self.tries = 0
+
+
+def build_runtime_patiently(
+    config: Config, stop: threading.Event, **options: Any
+) -> Runtime | None:
+    """``build_runtime``, tried again with back-off (each wait logged) while
+    a database cannot be reached; None when ``stop`` is set meanwhile."""
+    backoff = Backoff(cap=max(config.daemon.interval.total_seconds(), 30.0))
+    while not stop.is_set():
+        try:
+            runtime = build_runtime(config, **options)
+        except Exception as exc:
+            fault = transient_fault(exc)
+            delay = backoff.next()
+            log.warning(
+                "starting: %s; retrying in %.0fs",
+                fault,
+                delay,
+                extra={"failure": {"kind": type(fault).__name__, "message": str(fault)}},
+            )
+            stop.wait(delay)
+            continue
+        runtime.stop = stop
+        return runtime
+    return None
+
+
+def transient_fault(exc: Exception) -> RetriableError:
+    """``exc`` as a retriable error, or raised again: as a fatal, explained
+    error when it is a database fault that retrying cannot mend (read-only,
+    corrupt, vanished), and as it is when it is no database fault (a bug)."""
+    if isinstance(exc, RetriableError):
+        return exc
+    fault = database_fault(exc)
+    if isinstance(fault, RetriableError):
+        return fault
+    if fault is not None:
+        raise fault from exc
+    raise exc
+
+
 def serve(
     runtime: Runtime,
     lock: LeaderLock,
@@ -316,22 +380,55 @@ def serve(
     A full cycle runs first, then incremental ones with the periodic full
     re-scan as a safety net. Expected failures (the database or Mailchimp
     unreachable, a source query refused, a fatal Mailchimp answer) are logged
-    and the next cycle tries again; anything else is a bug and propagates.
+    and the next cycle tries again; so is a state store that cannot be
+    reached for the leader lock, with back-off. A state store that needs an
+    operator (read-only, corrupt, vanished) ends the daemon with one line
+    saying so; anything else is a bug and propagates.
     """
     stop = runtime.stop
     interval = runtime.config.daemon.interval.total_seconds()
     watcher = RulesWatcher(runtime)
-    while not stop.is_set():
-        if not lock.try_acquire():
-            metrics.leader = False
-            log.info("standby: another mailsync holds the lock for this audience")
-            stop.wait(standby_wait)
-            continue
-        metrics.leader = True
-        log.info("leader: running cycles every %ss", interval)
-        _lead(runtime, lock, metrics, watcher, interval, tick)
-    lock.release()
+    backoff = Backoff(cap=max(interval, 30.0))
+    try:
+        while not stop.is_set():
+            try:
+                held = lock.try_acquire()
+            except Exception as exc:
+                fault = transient_fault(exc)
+                metrics.leader = False
+                delay = backoff.next()
+                log.warning(
+                    "leader lock: %s; retrying in %.0fs",
+                    fault,
+                    delay,
+                    extra={"failure": {"kind": type(fault).__name__, "message": str(fault)}},
+                )
+                stop.wait(delay)
+                continue
+            backoff.reset()
+            if not held:
+                metrics.leader = False
+                log.info("standby: another mailsync holds the lock for this audience")
+                stop.wait(standby_wait)
+                continue
+            metrics.leader = True
+            log.info("leader: running cycles every %ss", interval)
+            _lead(runtime, lock, metrics, watcher, interval, tick)
+    finally:
+        _release(lock)
     return 0
+
+
+def _release(lock: LeaderLock) -> None:
+    try:
+        lock.release()
+    except Exception as exc:
+        # Leaving anyway: the lease expires, the advisory lock goes with
+        # the connection. A failure here must not hide why we leave.
+        fault = exc if isinstance(exc, MailsyncError) else database_fault(exc)
+        if fault is None:
+            raise
+        log.warning("leader lock not released: %s", fault)
 
 
 def _lead(
@@ -346,23 +443,33 @@ def _lead(
     first = True
     lost = threading.Event()
 
+    def still_leader() -> bool:
+        try:
+            return lock.try_acquire()
+        except Exception as exc:
+            # Unsure whether we still hold it: stop leading; serve() retries
+            # the lock with back-off and comes back here once it answers.
+            log.warning("leader lock: %s; stepping down until it answers", transient_fault(exc))
+            return False
+
     def cycle() -> None:
         nonlocal first
-        if not lock.try_acquire():
+        if not still_leader():
             lost.set()
             return
         now = runtime.clock()
         watcher.check(now)
         try:
             summary = run_once(runtime, now=now, full=True if first else None)
-        except (MailsyncError, sa.exc.OperationalError) as exc:
+        except Exception as exc:
+            why = _cycle_failure(exc)
             metrics.failed_cycle()
             log.error(
                 "cycle failed, next try in %ss: %s: %s",
                 interval,
-                type(exc).__name__,
-                exc,
-                extra={"failure": {"kind": type(exc).__name__, "message": str(exc)}},
+                type(why).__name__,
+                why,
+                extra={"failure": {"kind": type(why).__name__, "message": str(why)}},
             )
             return
         first = False
@@ -389,9 +496,24 @@ def _lead(
         scheduler.run_pending()
         if time.monotonic() - last_renew >= renew_every:
             last_renew = time.monotonic()
-            if not lock.try_acquire():
+            if not still_leader():
                 lost.set()
         stop.wait(tick)
     if lost.is_set():
         metrics.leader = False
         log.error("leader lock lost; going back to standby")
+
+
+def _cycle_failure(exc: Exception) -> Exception:
+    """What a failed cycle logs before the next one tries again; raises what
+    must end the daemon: a state store needing an operator, and bugs."""
+    fault = database_fault(exc)
+    if isinstance(fault, StoreBroken | DatabaseUnusable):
+        raise fault from exc
+    if isinstance(exc, StoreBroken):
+        raise exc
+    if fault is not None:
+        return fault
+    if isinstance(exc, MailsyncError | sa.exc.OperationalError):
+        return exc
+    raise exc

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
+from sync.database_faults import check_present
 from sync.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ class LeaseLock:
         self._held = False
 
     def try_acquire(self) -> bool:
+        # A deleted state file stays writable through open connections:
+        # renewing on it would hide that everything written is being lost.
+        check_present(self.engine.url, "state store")
         now = datetime.now(UTC)
         until = (now + self.ttl).isoformat()
         with self.engine.begin() as conn:
@@ -132,6 +136,7 @@ class LeaseLock:
     def release(self) -> None:
         if not self._held:
             return
+        check_present(self.engine.url, "state store")  # not a new, empty file
         with self.engine.begin() as conn:
             conn.execute(
                 sa.text("DELETE FROM leader_lease WHERE name = :n AND holder = :h"),

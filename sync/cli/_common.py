@@ -7,6 +7,8 @@ reaches a marketer unless they asked for it with ``mailsync -v``.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import traceback
 from collections.abc import Callable
 from datetime import datetime
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+from sync.database_faults import database_fault
 from sync.exceptions import ConfigurationError, MailsyncError, RulesError
 from sync.records import parse_instant
 from sync.redaction import redact
@@ -22,6 +25,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and found something wrong (failing tests, fatal run error)
 EXIT_INVALID = 2  # the input cannot be used (invalid rules, bad configuration)
 EXIT_INTERNAL = 70  # a bug in mailsync itself
+EXIT_PIPE = 141  # the reader of our output went away (`| head`), as for tools killed by SIGPIPE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,6 +91,15 @@ def report(exc: BaseException) -> None:
         say("This is a bug in mailsync; rerun with -v for the traceback.")
 
 
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # not a real file (a test's capture): nothing will flush into a pipe
+
+
 def handle_errors(func: F) -> F:
     """Decorate a click command so that errors become messages and exit codes."""
 
@@ -96,11 +109,19 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except Exception as exc:
+        except BrokenPipeError:
+            # Nobody reads what we print any more: that is the reader's choice,
+            # not an error. Silence the final flush of stdout and leave.
+            _silence_stdout()
+            raise click.exceptions.Exit(EXIT_PIPE) from None
+        except Exception as raised:
+            # A database fault (locked, refused, read-only, corrupt) becomes
+            # one line naming the database and what to do.
+            exc = database_fault(raised) or raised
             ctx = click.get_current_context(silent=True)
             if ctx is not None and (ctx.find_root().obj or {}).get("verbose"):
                 say(traceback.format_exc())
             report(exc)
-            raise click.exceptions.Exit(exit_code_for(exc)) from exc
+            raise click.exceptions.Exit(exit_code_for(exc)) from raised
 
     return wrapper  # type: ignore[return-value]

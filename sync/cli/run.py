@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from types import FrameType
 
 import click
 
 from sync.cli._common import config_option, handle_errors
 from sync.config import load_config
-from sync.daemon import build_runtime, clock_from_env, serve
+from sync.daemon import build_runtime_patiently, clock_from_env, serve
 from sync.lock import leader_lock
 from sync.logs import configure_logging
 from sync.metrics import Metrics, MetricsServer, parse_address
@@ -49,13 +50,20 @@ def run(
     """
     config = load_config(config_path)
     configure_logging(log_format or config.log_format)
-    runtime = build_runtime(config, dry_run=dry_run, out=sys.stdout, clock=clock_from_env())
+    stopping = threading.Event()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
-        runtime.stop.set()
+        stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # A database that cannot be reached yet (a server still starting) is
+    # waited for, with back-off; one that needs an operator ends the run.
+    runtime = build_runtime_patiently(
+        config, stopping, dry_run=dry_run, out=sys.stdout, clock=clock_from_env()
+    )
+    if runtime is None:
+        return
     metrics = Metrics(config.daemon.interval.total_seconds())
     server = None
     address = metrics_address or config.metrics
