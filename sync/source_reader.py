@@ -389,15 +389,23 @@ class SourceReader:
         """Names of the list query's identity columns (all but id and email),
         found by running it with no rows: they become string facts."""
         source = self.config.entity(entity_type)
-        query = source.list_query
+        keys = self.query_columns(source, source.list_query, now=now)
+        return [k for k in keys if k not in ("id", "email")]
+
+    def query_columns(self, source: EntitySource, query: Query, *, now: datetime) -> list[str]:
+        """The columns ``query`` returns, found by running it for no rows in
+        its own read-only transaction (a refused query aborts only that one).
+        Raises ``SourceQueryError`` naming the query when the database refuses it."""
         sql = f"SELECT * FROM (\n{query.sql}\n) AS mailsync_q WHERE 1 = 0"
+        zone = ZoneInfo(source.naive_timezone)
+        params = self._params(query, now, zone)
+        if "since" in query.params:
+            params["since"] = bind_instant(now, self.dialect, zone)
         with self._session(source) as conn:
-            result = self._execute(
-                conn, query, sql, self._params(query, now, ZoneInfo(source.naive_timezone))
-            )
+            result = self._execute(conn, query, sql, params)
             keys = list(result.keys())
             result.close()
-        return [k for k in keys if k not in ("id", "email")]
+        return keys
 
     def watermark(self, entity_type: str, *, now: datetime) -> datetime | None:
         """The newest instant in the data: the ``watermark`` query, else the

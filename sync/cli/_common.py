@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -100,6 +101,18 @@ def _silence_stdout() -> None:
         pass  # not a real file (a test's capture): nothing will flush into a pipe
 
 
+def _unreadable_without_settings(exc: BaseException, ctx: click.Context | None) -> bool:
+    """A file could not be read, and no settings file says where files are:
+    the likely fix is --config (run from another directory, or a typo)."""
+    if not isinstance(exc, RulesError) or ctx is None:
+        return False
+    if not any(p.message.startswith("cannot read file") for p in exc.problems):
+        return False
+    if "config_path" not in ctx.params or ctx.params["config_path"] is not None:
+        return False
+    return not Path("mailsync.yaml").exists()
+
+
 def handle_errors(func: F) -> F:
     """Decorate a click command so that errors become messages and exit codes."""
 
@@ -122,6 +135,12 @@ def handle_errors(func: F) -> F:
             if ctx is not None and (ctx.find_root().obj or {}).get("verbose"):
                 say(traceback.format_exc())
             report(exc)
+            if _unreadable_without_settings(exc, ctx):
+                say(
+                    "No mailsync.yaml in this directory: point at your settings with "
+                    "--config FILE (or MAILSYNC_RULES / MAILSYNC_SOURCES), or run mailsync "
+                    "where they are."
+                )
             raise click.exceptions.Exit(exit_code_for(exc)) from raised
 
     return wrapper  # type: ignore[return-value]
