@@ -44,7 +44,7 @@ from sync.mailchimp import (
     MailchimpSettings,
     make_client,
 )
-from sync.metrics import Metrics
+from sync.metrics import Metrics, degraded_reasons
 from sync.rules import Ruleset
 from sync.schema import load_rules
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
@@ -180,7 +180,12 @@ def build_runtime(
     state = StateStore(config.state, schema=config.state_schema)
     try:
         state.migrate()
-        reader = SourceReader(sources, database, batch_size=config.daemon.batch_size)
+        reader = SourceReader(
+            sources,
+            database,
+            batch_size=config.daemon.batch_size,
+            statement_timeout=config.daemon.statement_timeout,
+        )
     except Exception:
         state.close()
         raise
@@ -459,9 +464,15 @@ def _lead(
             return
         now = runtime.clock()
         watcher.check(now)
+        metrics.cycle_started()
         try:
             summary = run_once(runtime, now=now, full=True if first else None)
         except Exception as exc:
+            metrics.cycle_ended()
+            if stop.is_set() and database_fault(exc) is None:
+                # Our own cancel of a running query, on SIGTERM: not a failure.
+                log.info("cycle interrupted: stopping (%s)", type(exc).__name__)
+                return
             why = _cycle_failure(exc)
             metrics.failed_cycle()
             log.error(
@@ -472,8 +483,16 @@ def _lead(
                 extra={"failure": {"kind": type(why).__name__, "message": str(why)}},
             )
             return
+        metrics.cycle_ended()
         first = False
         metrics.observe(summary, ok=not summary.stopped)
+        trouble = degraded_reasons(summary)
+        if trouble and not summary.stopped:
+            log.warning(
+                "cycle degraded: %s",
+                "; ".join(trouble),
+                extra={"cycle": {"outcome": "degraded", "reasons": trouble}},
+            )
         for failure in summary.push.failures:
             log.warning(
                 "push failed for %s",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -11,10 +12,12 @@ import click
 
 from sync.cli._common import config_option, handle_errors
 from sync.config import load_config
-from sync.daemon import build_runtime_patiently, clock_from_env, serve
+from sync.daemon import Runtime, build_runtime_patiently, clock_from_env, serve
 from sync.lock import leader_lock
 from sync.logs import configure_logging
 from sync.metrics import Metrics, MetricsServer, parse_address
+
+log = logging.getLogger(__name__)
 
 
 @click.command()
@@ -64,7 +67,15 @@ def run(
     )
     if runtime is None:
         return
-    metrics = Metrics(config.daemon.interval.total_seconds())
+    # SIGTERM mid-query: the handler only sets the event (a signal handler
+    # must not do I/O); this thread then cancels the running source query,
+    # so that the daemon ends in seconds, not when the query does.
+    threading.Thread(
+        target=_cancel_on_stop, args=(stopping, runtime), name="cancel-on-stop", daemon=True
+    ).start()
+    metrics = Metrics(
+        config.daemon.interval.total_seconds(), config.daemon.cycle_overrun.total_seconds()
+    )
     server = None
     address = metrics_address or config.metrics
     if address:
@@ -80,3 +91,9 @@ def run(
         if server is not None:
             server.stop()
         runtime.close()
+
+
+def _cancel_on_stop(stopping: threading.Event, runtime: Runtime) -> None:
+    stopping.wait()
+    if runtime.reader.cancel():
+        log.info("stopping: the running source query was cancelled")

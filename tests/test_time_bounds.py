@@ -1,0 +1,118 @@
+"""Time bounds and honest health (issue 13, rows 6 and 7).
+
+A source query that hangs (``pg_sleep``) used to stall the daemon silently:
+``/healthz`` said 200, SIGTERM waited for the query, and there was no
+statement timeout unless the operator put one in the URL. A cycle whose
+every Mailchimp call answered 503 was counted ``outcome="ok"``. Now source
+sessions carry ``daemon.statement_timeout``, SIGTERM cancels the running
+query, ``/healthz`` answers 503 ``overrun`` while a cycle runs too long, and
+a cycle whose writes Mailchimp did not accept is ``degraded`` in the log,
+the metrics and ``/healthz``. The hanging queries run on the real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sync.cli import main
+from sync.demo import load_demo
+from sync.emulator.faults import FaultKind
+from tests.test_cycle import NOW
+from tests.test_daemon_run import Daemon, setup, write_settings  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+SIGNUP = "signup: SELECT id, date_joined AS at FROM users"
+#: The same action, after a long sleep in the database (only when rows are read:
+#: ``mailsync check``'s probe for no rows does not wait).
+SLOW_SIGNUP = "signup: SELECT u.id, u.date_joined AS at FROM users u, pg_sleep(120)"
+
+
+def slow_settings(tmp_path: Path, database: str, daemon: str) -> Path:
+    sources = (ROOT / "sources.yaml").read_text()
+    assert SIGNUP in sources
+    (tmp_path / "sources.yaml").write_text(sources.replace(SIGNUP, SLOW_SIGNUP))
+    path = tmp_path / "mailsync.yaml"
+    path.write_text(
+        f"rules: {ROOT / 'rules.yaml'}\nsources: {tmp_path / 'sources.yaml'}\n"
+        f"database: {database}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
+        f"daemon: {{{daemon}}}\n"
+    )
+    return path
+
+
+@pytest.fixture
+def slow_app(pg_url, monkeypatch):
+    monkeypatch.delenv("MAILCHIMP_API_KEY", raising=False)
+    monkeypatch.delenv("MAILCHIMP_LIST_ID", raising=False)
+    load_demo(pg_url, "blousebrothers", users=5, seed=1, now=NOW)
+    return pg_url
+
+
+@pytest.mark.postgres
+def test_a_hanging_source_query_is_cancelled_by_the_statement_timeout(slow_app, tmp_path, capsys):
+    config = slow_settings(tmp_path, slow_app, "statement_timeout: 1s")
+    code = main(["once", "--config", str(config), "--at", NOW.isoformat()])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "sources.yaml" in err
+    assert "statement timeout" in err
+    assert "This is a bug" not in err
+
+
+def healthz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as answer:
+        return answer.code, answer.read().decode()
+
+
+def wait_health(port: int, daemon: Daemon, status: int, word: str) -> str:
+    seen: tuple[int, str] = (0, "")
+    for _ in range(300):
+        seen = healthz(port)
+        if seen[0] == status and word in seen[1]:
+            return seen[1]
+        assert daemon.process.poll() is None, daemon.text()
+        threading.Event().wait(0.2)
+    raise AssertionError(f"/healthz stayed {seen}:\n{daemon.text()}")
+
+
+@pytest.mark.postgres
+def test_healthz_reports_an_overrun_and_sigterm_cancels_the_query(slow_app, tmp_path):
+    config = slow_settings(tmp_path, slow_app, "interval: 1s, cycle_overrun: 1s")
+    daemon = Daemon(config, NOW, "--metrics", "127.0.0.1:0")
+    port = int(daemon.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
+    # The first cycle sleeps in the database for 120 s; after 3 intervals:
+    reason = wait_health(port, daemon, 503, "overrun")
+    assert "the current cycle has run for" in reason
+    # SIGTERM ends it long before the query would have (the wait is a bound
+    # against hanging, far below the query's 120 s, not a speed measurement).
+    assert daemon.stop(signal.SIGTERM, timeout=60) == 0
+    text = daemon.text()
+    assert "the running source query was cancelled" in text
+    assert "This is a bug" not in text
+
+
+def test_a_cycle_whose_writes_mailchimp_refused_is_degraded(setup):  # noqa: F811
+    tmp_path, database, state, emulator = setup
+    settings = write_settings(tmp_path, database, state, emulator)
+    emulator.faults.set_random(1.0, seed=1, kinds=[FaultKind.SERVER_ERROR])
+    daemon = Daemon(settings, NOW, "--metrics", "127.0.0.1:0")
+    port = int(daemon.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
+    daemon.wait_for("cycle degraded: Mailchimp did not accept", timeout=120)
+    reason = wait_health(port, daemon, 503, "degraded")
+    assert "Mailchimp did not accept" in reason
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        metrics = answer.read().decode()
+    assert 'mailsync_cycles_total{outcome="degraded"}' in metrics
+    # Mailchimp answers again: the next cycles push, and health is ok again.
+    emulator.faults.clear()
+    wait_health(port, daemon, 200, "ok")
+    assert daemon.stop() == 0
