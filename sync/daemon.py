@@ -36,7 +36,7 @@ from sync.exceptions import (
     RetriableError,
     RulesError,
 )
-from sync.lock import LeaderLock
+from sync.lock import Fence, Keeper, LeaderLock, LeadershipLost
 from sync.mailchimp import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
@@ -135,6 +135,9 @@ class Runtime:
     clock: Callable[[], datetime] = system_clock
     dry_run: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
+    #: Raises ``LeadershipLost`` before a Mailchimp request once this process
+    #: may no longer lead (armed by ``serve``; open otherwise).
+    fence: Fence = field(default_factory=Fence)
 
     def close(self) -> None:
         self.reader.close()
@@ -148,6 +151,7 @@ def make_sink(
     dry_run: bool,
     out: IO[str],
     clock: Callable[[], datetime],
+    fence: Callable[[], None] | None = None,
 ) -> tuple[Sink, bool]:
     """The sink to use, and whether it is a dry run. Without an audience or
     credentials there is nothing to push to: that is a dry run, said loudly."""
@@ -161,7 +165,7 @@ def make_sink(
     settings = MailchimpSettings.from_env(
         list_id, host=config.mailchimp.base_url, timeout=config.mailchimp.timeout
     )
-    caller = Caller(make_client(settings), list_id)
+    caller = Caller(make_client(settings), list_id, fence=fence)
     return MailchimpSink(caller, state, sink_config, clock=clock), False
 
 
@@ -174,7 +178,10 @@ def build_runtime(
     sink_factory: Callable[[StateStore], Sink] | None = None,
 ) -> Runtime:
     """Everything a cycle needs. ``sink_factory`` replaces the sink chosen from
-    the configuration (the demo and tests hand in their own)."""
+    the configuration (the demo and tests hand in their own). The Mailchimp
+    sink's ``Caller`` checks ``runtime.fence`` before every request; ``serve``
+    arms it with the leader lock."""
+    fence = Fence()
     ruleset, sources = load_checked(config)
     database = config.require_database()
     state = StateStore(config.state, schema=config.state_schema)
@@ -199,9 +206,9 @@ def build_runtime(
         sink = sink_factory(state)
     else:
         sink, dry_run = make_sink(
-            config, state, dry_run=dry_run, out=out or sys.stdout, clock=clock
+            config, state, dry_run=dry_run, out=out or sys.stdout, clock=clock, fence=fence
         )
-    return Runtime(config, ruleset, sources, reader, state, sink, clock, dry_run)
+    return Runtime(config, ruleset, sources, reader, state, sink, clock, dry_run, fence=fence)
 
 
 def full_cycle_due(runtime: Runtime, now: datetime) -> bool:
@@ -418,7 +425,11 @@ def serve(
                 continue
             metrics.leader = True
             log.info("leader: running cycles every %ss", interval)
-            _lead(runtime, lock, metrics, watcher, interval, tick)
+            runtime.fence.arm(lock)
+            try:
+                _lead(runtime, lock, metrics, watcher, interval, tick)
+            finally:
+                runtime.fence.arm(None)
     finally:
         _release(lock)
     return 0
@@ -475,6 +486,8 @@ def _lead(
                 return
             why = _cycle_failure(exc)
             metrics.failed_cycle()
+            if isinstance(exc, LeadershipLost):
+                lost.set()  # stopped writing; back to standby after the log line
             log.error(
                 "cycle failed, next try in %ss: %s: %s",
                 interval,
@@ -508,16 +521,13 @@ def _lead(
 
     scheduler = schedule.Scheduler()
     scheduler.every(max(1, round(interval))).seconds.do(cycle)
-    cycle()
-    renew_every = 5.0
-    last_renew = time.monotonic()
-    while not stop.is_set() and not lost.is_set():
-        scheduler.run_pending()
-        if time.monotonic() - last_renew >= renew_every:
-            last_renew = time.monotonic()
-            if not still_leader():
-                lost.set()
-        stop.wait(tick)
+    # The keeper renews the lock while cycles run (a cycle can outlast the
+    # lease); the fence stops Mailchimp writes when renewals stop succeeding.
+    with Keeper(lock, on_lost=lost.set):
+        cycle()
+        while not stop.is_set() and not lost.is_set():
+            scheduler.run_pending()
+            stop.wait(tick)
     if lost.is_set():
         metrics.leader = False
         log.error("leader lock lost; going back to standby")

@@ -414,10 +414,20 @@ class RetryPolicy:
 class Caller:
     """Runs calls for the sink: retries transient answers, counts every answer."""
 
-    def __init__(self, client: Any, list_id: str, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        list_id: str,
+        retry: RetryPolicy | None = None,
+        *,
+        fence: Callable[[], None] | None = None,
+    ) -> None:
         self.client = client
         self.list_id = list_id
         self.retry = retry or RetryPolicy()
+        #: Called before every request (each attempt): raises when this
+        #: process may no longer write (``sync.lock.Fence``, leadership lost).
+        self.fence = fence
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -425,6 +435,8 @@ class Caller:
         return f"Caller(list_id={self.list_id!r}, calls={dict(self.calls)!r})"
 
     def _attempt(self, fn: Callable[[], object], scope: Scope) -> Answer:
+        if self.fence is not None:
+            self.fence()  # the single choke point of writes: none once deposed
         try:
             outcome: object = fn()
         except ApiClientError as exc:
