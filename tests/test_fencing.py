@@ -130,9 +130,9 @@ def test_a_fenced_caller_sends_nothing(mailchimp_emulator):
 
 def test_two_daemons_on_one_sqlite_store_with_slow_mailchimp_send_each_event_once(setup):  # noqa: F811
     tmp_path, database, state, emulator = setup
-    # Each call takes longer than half the lease: a cycle of a few sequential
-    # calls outlasts the 2 s lease many times over.
-    emulator.service_delay = 0.6
+    # Each call takes longer than the whole 2 s lease (16 s against 30 s in
+    # the run): every cycle that sends anything outlasts it.
+    emulator.service_delay = 3.0
     settings = write_settings(tmp_path, database, state, emulator)
     leader = Daemon(settings, NOW)
     leader.wait_for("leader: running cycles")
