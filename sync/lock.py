@@ -141,9 +141,7 @@ class AdvisoryLock:
                 self._drop()
         conn = self.engine.connect()
         try:
-            got = conn.execute(
-                sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}
-            ).scalar()
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
             conn.commit()
         except BaseException:
             conn.close()
