@@ -48,7 +48,7 @@ from sync.metrics import Metrics, degraded_reasons
 from sync.rules import Ruleset
 from sync.schema import load_rules
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
-from sync.source_reader import SourceReader
+from sync.source_reader import SourceReader, SourceUnavailableError
 from sync.sources import SourcesConfig, check_contract, load_sources
 from sync.state import StateStore
 
@@ -480,7 +480,7 @@ def _lead(
             summary = run_once(runtime, now=now, full=True if first else None)
         except Exception as exc:
             metrics.cycle_ended()
-            if stop.is_set() and database_fault(exc) is None:
+            if stop.is_set() and isinstance(exc, SourceUnavailableError):
                 # Our own cancel of a running query, on SIGTERM: not a failure.
                 log.info("cycle interrupted: stopping (%s)", type(exc).__name__)
                 return

@@ -819,7 +819,7 @@ class SourceReader:
 
 
 #: SQLite reports everything as OperationalError; these ones pass with time.
-_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o", "interrupted")
 
 
 def _transient(exc: sa.exc.DBAPIError) -> bool:
@@ -898,12 +898,19 @@ class _Session:
             conn.exec_driver_sql("BEGIN")
         return conn
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         assert self.conn is not None
         with self.busy_lock:
             self.busy.discard(self.driver)
         try:
             close_cursors(self.conn)
             self.conn.rollback()  # read-only: nothing to commit, ever
+        except sa.exc.DBAPIError:
+            if exc_type is None:
+                raise
+            # The read failed already (cancelled: SQLite then interrupts the
+            # rollback too; connection lost): that error is the one to
+            # report, and this connection is not reused.
+            self.conn.invalidate()
         finally:
             self.conn.close()

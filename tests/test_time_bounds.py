@@ -23,6 +23,8 @@ import pytest
 from sync.cli import main
 from sync.demo import load_demo
 from sync.emulator.faults import FaultKind
+from sync.source_reader import SourceReader, SourceUnavailableError
+from sync.sources import parse_sources
 from tests.test_cycle import NOW
 from tests.test_daemon_run import Daemon, setup, write_settings  # noqa: F401 (fixture)
 
@@ -116,3 +118,40 @@ def test_a_cycle_whose_writes_mailchimp_refused_is_degraded(setup):  # noqa: F81
     emulator.faults.clear()
     wait_health(port, daemon, 200, "ok")
     assert daemon.stop() == 0
+
+
+SLOW_BY_DIALECT = {
+    "postgresql": SLOW_SIGNUP,
+    # An uncorrelated subquery counting to a billion: minutes of work.
+    "sqlite": SIGNUP + " WHERE (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c"
+    " WHERE x < 1000000000) SELECT count(*) FROM c) > 0",
+}
+
+
+def test_cancel_ends_a_running_source_query(db_url):
+    load_demo(db_url, "blousebrothers", users=3, seed=1, now=NOW)
+    dialect = "postgresql" if db_url.startswith("postgresql") else "sqlite"
+    sources = parse_sources(
+        (ROOT / "sources.yaml").read_text().replace(SIGNUP, SLOW_BY_DIALECT[dialect])
+    )
+    failure: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            list(reader.read_entities("user", now=NOW))
+        except BaseException as exc:
+            failure.append(exc)
+
+    with SourceReader(sources, db_url) as reader:
+        worker = threading.Thread(target=read)
+        worker.start()
+        for _ in range(300):  # until the read's session is open
+            if reader._busy:
+                break
+            worker.join(0.05)
+        worker.join(1.0)  # its slow query is running now (the others are quick)
+        assert reader.cancel() == 1
+        worker.join(60)  # a bound against hanging, far below the query's length
+        assert not worker.is_alive(), "the query was not cancelled"
+    assert len(failure) == 1
+    assert isinstance(failure[0], SourceUnavailableError), failure[0]

@@ -90,15 +90,13 @@ def check(
 
 
 def _sources_file(given: str | None, rules_path: str | None, configured: Path) -> Path | None:
-    """The sources file to check: the one given; else the sources.yaml beside
-    the rule file given with --rules; else the configured one, if it exists."""
+    """The sources file to check: the one given; else, with --rules, the
+    sources.yaml beside that rule file; else the configured one. None when
+    that file does not exist."""
     if given:
         return Path(given)
-    if rules_path:
-        beside = Path(rules_path).parent / "sources.yaml"
-        if beside.exists():
-            return beside
-    return configured if configured.exists() else None
+    candidate = Path(rules_path).parent / "sources.yaml" if rules_path else configured
+    return candidate if candidate.exists() else None
 
 
 def _check_sources(ruleset: Ruleset, sources_file: Path, database: str | None) -> None:
