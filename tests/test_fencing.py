@@ -153,6 +153,8 @@ def test_two_daemons_on_one_sqlite_store_with_slow_mailchimp_send_each_event_onc
     ]
     assert received, "events were due"
     assert len(received) == len(set(received)), "an event was sent twice"
+    # One writer at a time, each on at most 9 connections (Mailchimp's limit is 10).
+    assert emulator.calls.peak_in_flight <= 9
     final = last_cycle_now(state)
     runtime = build_runtime(load_config(settings))
     try:
