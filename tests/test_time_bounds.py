@@ -16,13 +16,16 @@ import signal
 import threading
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from sync.cli import main
+from sync.config import DaemonConfig, load_config
 from sync.demo import load_demo
 from sync.emulator.faults import FaultKind
+from sync.exceptions import RulesError
 from sync.source_reader import SourceReader, SourceUnavailableError
 from sync.sources import parse_sources
 from tests.test_cycle import NOW
@@ -155,3 +158,18 @@ def test_cancel_ends_a_running_source_query(db_url):
         assert not worker.is_alive(), "the query was not cancelled"
     assert len(failure) == 1
     assert isinstance(failure[0], SourceUnavailableError), failure[0]
+
+
+def test_time_bound_settings_have_defaults_a_file_key_and_an_environment_override(tmp_path):
+    assert DaemonConfig().statement_timeout == timedelta(minutes=5)
+    assert DaemonConfig().cycle_overrun == timedelta(minutes=15)
+    path = tmp_path / "mailsync.yaml"
+    path.write_text("daemon: {statement_timeout: 30s, cycle_overrun: 1h}\n")
+    config = load_config(path, env={})
+    assert config.daemon.statement_timeout == timedelta(seconds=30)
+    assert config.daemon.cycle_overrun == timedelta(hours=1)
+    config = load_config(path, env={"MAILSYNC_STATEMENT_TIMEOUT": "2min"})
+    assert config.daemon.statement_timeout == timedelta(minutes=2)
+    path.write_text("daemon: {statement_timeout: soon}\n")
+    with pytest.raises(RulesError, match="statement_timeout"):
+        load_config(path, env={})
