@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
@@ -23,9 +24,12 @@ import pytest
 
 from sync.cli import main
 from sync.config import DaemonConfig, load_config
+from sync.cycle import CycleSummary
 from sync.demo import load_demo
 from sync.emulator.faults import FaultKind
 from sync.exceptions import RulesError
+from sync.ledger import PushFailure
+from sync.metrics import Metrics
 from sync.source_reader import SourceReader, SourceUnavailableError
 from sync.sources import parse_sources
 from tests.test_cycle import NOW
@@ -173,3 +177,33 @@ def test_time_bound_settings_have_defaults_a_file_key_and_an_environment_overrid
     path.write_text("daemon: {statement_timeout: soon}\n")
     with pytest.raises(RulesError, match="statement_timeout"):
         load_config(path, env={})
+
+
+def test_health_reasons_in_order_of_urgency():
+    metrics = Metrics(interval_s=60, overrun_s=1)
+    assert metrics.health() == (True, "ok: standby")
+    metrics.leader = True
+    assert metrics.health() == (True, "ok")
+    metrics.cycle_started()
+    metrics.cycle_since = time.time() - 181  # 3 intervals is the floor of the limit
+    ok, reason = metrics.health()
+    assert not ok
+    assert reason.startswith("overrun: the current cycle has run for ")
+    assert reason.endswith("s (limit 180s)")
+    metrics.cycle_ended()
+    summary = CycleSummary(now=NOW, full=False)
+    summary.push.considered = 3
+    summary.push.failures = [
+        PushFailure("a@example.com", "PUT: HTTP 503", False, NOW, "f", 1, NOW),
+        PushFailure("b@example.com", "fake address", True, NOW, "f", 1, NOW),
+    ]
+    metrics.observe(summary, ok=True)
+    assert metrics.health() == (
+        False,
+        "degraded: Mailchimp did not accept 1 of 3 members (e.g. PUT: HTTP 503); "
+        "retried next cycle",
+    )
+    assert 'mailsync_cycles_total{outcome="degraded"} 1' in metrics.render()
+    summary.push.failures = summary.push.failures[1:]  # only a permanent refusal
+    metrics.observe(summary, ok=True)
+    assert metrics.health() == (True, "ok")
