@@ -14,7 +14,7 @@ The lock name is derived from the audience, so daemons for different
 audiences sharing a state store do not block each other.
 
 Fencing: while it leads, the daemon renews (or re-checks) the lock from a
-thread of its own (``Keeper``), several times per ``ttl``, so that a long
+thread of its own (``Keeper``), every second, so that a long
 cycle cannot let the lease lapse. Before each Mailchimp request the sink's
 ``Caller`` calls the ``Fence``: it raises ``LeadershipLost`` unless the lock
 was confirmed less than 3/4 of ``ttl`` ago, so a leader cut off from the state
@@ -136,8 +136,10 @@ class AdvisoryLock:
                 self._conn.commit()
                 return True
             except sa.exc.DBAPIError:
-                # Connection lost: so is the lock. Try to take it again.
+                # Connection lost: so is the lock, this instant (a standby
+                # may hold it already). Fence now, then try to take it again.
                 log.warning("leader lock %s: connection lost", self.name)
+                self._confirmed.lost("the advisory lock's session was lost")
                 self._drop()
         conn = self.engine.connect()
         try:
@@ -272,13 +274,14 @@ class Fence:
 
 class Keeper:
     """Renews (or re-checks) the leader lock from its own thread while the
-    daemon leads, every ``ttl`` / 4, so that a long cycle in the main thread
-    cannot let it lapse. ``on_lost`` is called once if it is lost."""
+    daemon leads, every second (``ttl`` / 4 if shorter), so that a long cycle
+    in the main thread cannot let it lapse, and a lost advisory-lock session
+    is noticed within a second. ``on_lost`` is called once if it is lost."""
 
     def __init__(self, lock: LeaderLock, on_lost: Callable[[], None]) -> None:
         self.lock = lock
         self.on_lost = on_lost
-        self.every = max(0.1, lock.ttl.total_seconds() / 4)
+        self.every = max(0.1, min(1.0, lock.ttl.total_seconds() / 4))
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="leader-keeper", daemon=True)
 
