@@ -26,6 +26,8 @@ never from this file: see ``sync.mailchimp.load_api_key``.
 | member of a deleted entity | ``daemon.on_delete`` | | ``keep`` |
 | how cycles evaluate | ``daemon.evaluator`` | | ``sql`` |
 | leader lease on SQLite | ``daemon.lease_ttl`` | | ``30s`` |
+| source query limit | ``daemon.statement_timeout`` | ``MAILSYNC_STATEMENT_TIMEOUT`` | ``5min`` |
+| a cycle overruns after (``/healthz``) | ``daemon.cycle_overrun`` | | ``15min`` |
 | log format | ``log_format`` | ``MAILSYNC_LOG_FORMAT`` | ``text`` |
 | metrics address | ``metrics`` | ``MAILSYNC_METRICS`` | none (off) |
 """
@@ -73,6 +75,8 @@ DAEMON_KEYS = (
     "evaluator",
     "batch_size",
     "lease_ttl",
+    "statement_timeout",
+    "cycle_overrun",
 )
 ON_DELETE = ("keep", "unsubscribe", "archive")
 EVALUATORS = ("sql", "engine")
@@ -109,6 +113,12 @@ class DaemonConfig:
     batch_size: int = 5000
     #: SQLite leader lease: a standby takes over this long after the leader died.
     lease_ttl: timedelta = timedelta(seconds=30)
+    #: A source query running longer is cancelled by PostgreSQL and the cycle
+    #: fails (retried next interval) instead of hanging the daemon.
+    statement_timeout: timedelta = timedelta(minutes=5)
+    #: ``/healthz`` answers 503 while a cycle runs longer than this, or
+    #: three intervals if that is longer.
+    cycle_overrun: timedelta = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -237,6 +247,12 @@ class _Reader:
                 evaluator=self.choice(daemon_raw, "evaluator", EVALUATORS),
                 batch_size=batch_size,
                 lease_ttl=self.duration(daemon_raw, "lease_ttl", DaemonConfig.lease_ttl),
+                statement_timeout=self.duration(
+                    daemon_raw, "statement_timeout", DaemonConfig.statement_timeout
+                ),
+                cycle_overrun=self.duration(
+                    daemon_raw, "cycle_overrun", DaemonConfig.cycle_overrun
+                ),
             )
         log_format = data.get("log_format", "text")
         if log_format not in ("text", "json"):
@@ -293,6 +309,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         config.daemon,
         interval=_env_duration(env, "MAILSYNC_INTERVAL", config.daemon.interval),
         full_rescan=_env_duration(env, "MAILSYNC_FULL_RESCAN", config.daemon.full_rescan),
+        statement_timeout=_env_duration(
+            env, "MAILSYNC_STATEMENT_TIMEOUT", config.daemon.statement_timeout
+        ),
     )
     return replace(
         config,

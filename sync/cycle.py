@@ -50,6 +50,7 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import Protocol
 
+import psycopg
 import sqlalchemy as sa
 
 from sync.engine import Baseline, Evaluation, evaluate, position_at
@@ -58,7 +59,7 @@ from sync.members import MemberBuilder, normalise_email
 from sync.records import ActionOccurrence, DesiredMember, EventDue, FactValue
 from sync.rules import STATUS, Entity, Mode, Ruleset
 from sync.sink import PushSummary
-from sync.source_reader import SourceReader
+from sync.source_reader import SourceQueryError, SourceReader, SourceUnavailableError
 from sync.sources import SourcesConfig
 from sync.sqlcompile import SqlEvaluation, key_instant
 from sync.sqlevaluator import SqlEvaluator
@@ -481,13 +482,19 @@ class Cycle:
             run.occurrences = self._occurrences(run)
             try:
                 self._run_sql(run, ids)
-            except (sa.exc.DBAPIError, ValueError, OverflowError, TypeError) as exc:
+            except (sa.exc.DBAPIError, psycopg.Error, ValueError, OverflowError, TypeError) as exc:
+                if self.stop.is_set():
+                    # Our own cancel of the running query, on SIGTERM.
+                    self.summary.stopped = True
+                    return
+                if not _bad_data(exc):
+                    raise _source_error(entity_type, exc) from exc
                 # One bad row makes the whole statement fail; the engine reads
                 # record by record and sets bad ones aside. Everything derived
                 # so far is derived again: pushes and writes are diffs.
                 log.error(
-                    "%s: the compiled SQL failed (%s: %s); evaluating with the Python "
-                    "engine in this cycle",
+                    "%s: the compiled SQL failed on the data (%s: %s); evaluating with the "
+                    "Python engine in this cycle",
                     entity_type,
                     type(exc).__name__,
                     str(exc).splitlines()[0] if str(exc) else "",
@@ -824,6 +831,36 @@ class Cycle:
         for email in sorted(emails - still_fed):
             if self.sink.remove_member(email, self.on_delete):
                 self.summary.removed[self.on_delete] += 1
+
+
+def _bad_data(exc: BaseException) -> bool:
+    """A value the compiled SQL (or its decoding) cannot handle: an instant
+    out of range, text where a date was expected, a wrong type."""
+    if isinstance(exc, ValueError | OverflowError | TypeError):
+        return True
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    return isinstance(exc, sa.exc.DataError) or isinstance(orig, psycopg.errors.DataError)
+
+
+def _source_error(entity_type: str, exc: BaseException) -> Exception:
+    """A failure of the compiled query that is not about one row: the
+    database went away (retried next cycle) or refused the query (the
+    sources need fixing; a statement timeout says so)."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if isinstance(orig, psycopg.errors.QueryCanceled):
+        # As the reader classifies it: retried at the next cycle.
+        return SourceUnavailableError(
+            f"sources.yaml: the compiled query of {entity_type} was cancelled "
+            f"(daemon.statement_timeout): {text}"
+        )
+    if isinstance(orig, psycopg.OperationalError) or (
+        isinstance(exc, sa.exc.OperationalError) and exc.connection_invalidated
+    ):
+        return SourceUnavailableError(f"{entity_type}: the application database: {text}")
+    return SourceQueryError(
+        f"sources.yaml: the database refused the compiled query of {entity_type}: {text}"
+    )
 
 
 class _StoredStatus:

@@ -21,15 +21,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import IO
+from typing import IO, Any
 
 import schedule
 import sqlalchemy as sa
 
 from sync.config import Config
 from sync.cycle import Cycle, CycleSummary, Sink
-from sync.exceptions import ConfigurationError, MailsyncError, Problem, RulesError
-from sync.lock import LeaderLock
+from sync.database_faults import DatabaseUnusable, StoreBroken, database_fault
+from sync.exceptions import (
+    ConfigurationError,
+    MailsyncError,
+    Problem,
+    RetriableError,
+    RulesError,
+)
+from sync.lock import Fence, Keeper, LeaderLock, LeadershipLost
 from sync.mailchimp import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
@@ -37,12 +44,12 @@ from sync.mailchimp import (
     MailchimpSettings,
     make_client,
 )
-from sync.metrics import Metrics
+from sync.metrics import Metrics, degraded_reasons
 from sync.reconciliation import ReconciliationPoll
 from sync.rules import Ruleset
 from sync.schema import load_rules
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
-from sync.source_reader import SourceReader
+from sync.source_reader import SourceReader, SourceUnavailableError
 from sync.sources import SourcesConfig, check_contract, load_sources
 from sync.sqlevaluator import SqlEvaluator
 from sync.state import StateStore
@@ -139,6 +146,9 @@ class Runtime:
     backfill_events: timedelta | None = None
     #: Reads back what changed in Mailchimp (None in a dry run).
     poller: ReconciliationPoll | None = None
+    #: Raises ``LeadershipLost`` before a Mailchimp request once this process
+    #: may no longer lead (armed by ``serve``; open otherwise).
+    fence: Fence = field(default_factory=Fence)
     _evaluator: SqlEvaluator | None = field(default=None, repr=False)
 
     @property
@@ -155,6 +165,7 @@ class Runtime:
                 self.reader.engine.url,
                 engine=self.reader.engine,
                 batch_size=self.config.daemon.batch_size,
+                track=self.reader.tracked,
             )
         return self._evaluator
 
@@ -170,6 +181,7 @@ def make_sink(
     dry_run: bool,
     out: IO[str],
     clock: Callable[[], datetime],
+    fence: Callable[[], None] | None = None,
 ) -> tuple[Sink, bool]:
     """The sink to use, and whether it is a dry run. Without an audience or
     credentials there is nothing to push to: that is a dry run, said loudly."""
@@ -183,7 +195,7 @@ def make_sink(
     settings = MailchimpSettings.from_env(
         list_id, host=config.mailchimp.base_url, timeout=config.mailchimp.timeout
     )
-    caller = Caller(make_client(settings), list_id)
+    caller = Caller(make_client(settings), list_id, fence=fence)
     return MailchimpSink(caller, state, sink_config, clock=clock), False
 
 
@@ -196,13 +208,21 @@ def build_runtime(
     sink_factory: Callable[[StateStore], Sink] | None = None,
 ) -> Runtime:
     """Everything a cycle needs. ``sink_factory`` replaces the sink chosen from
-    the configuration (the demo and tests hand in their own)."""
+    the configuration (the demo and tests hand in their own). The Mailchimp
+    sink's ``Caller`` checks ``runtime.fence`` before every request; ``serve``
+    arms it with the leader lock."""
+    fence = Fence()
     ruleset, sources = load_checked(config)
     database = config.require_database()
     state = StateStore(config.state, schema=config.state_schema)
     try:
         state.migrate()
-        reader = SourceReader(sources, database, batch_size=config.daemon.batch_size)
+        reader = SourceReader(
+            sources,
+            database,
+            batch_size=config.daemon.batch_size,
+            statement_timeout=config.daemon.statement_timeout,
+        )
     except Exception:
         state.close()
         raise
@@ -216,9 +236,9 @@ def build_runtime(
         sink = sink_factory(state)
     else:
         sink, dry_run = make_sink(
-            config, state, dry_run=dry_run, out=out or sys.stdout, clock=clock
+            config, state, dry_run=dry_run, out=out or sys.stdout, clock=clock, fence=fence
         )
-    runtime = Runtime(config, ruleset, sources, reader, state, sink, clock, dry_run)
+    runtime = Runtime(config, ruleset, sources, reader, state, sink, clock, dry_run, fence=fence)
     if isinstance(sink, MailchimpSink):
         runtime.poller = ReconciliationPoll(
             sink.caller,
@@ -405,6 +425,63 @@ class RulesWatcher:
         return True
 
 
+class Backoff:
+    """Waits between tries at something unavailable: doubling from ``first``
+    up to ``cap`` seconds, back to ``first`` after a success."""
+
+    def __init__(self, first: float = 1.0, cap: float = 60.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.tries = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2.0**self.tries)
+        self.tries += 1
+        return delay
+
+    def reset(self) -> None:
+        self.tries = 0
+
+
+def build_runtime_patiently(
+    config: Config, stop: threading.Event, **options: Any
+) -> Runtime | None:
+    """``build_runtime``, tried again with back-off (each wait logged) while
+    a database cannot be reached; None when ``stop`` is set meanwhile."""
+    backoff = Backoff(cap=max(config.daemon.interval.total_seconds(), 30.0))
+    while not stop.is_set():
+        try:
+            runtime = build_runtime(config, **options)
+        except Exception as exc:
+            fault = transient_fault(exc)
+            delay = backoff.next()
+            log.warning(
+                "starting: %s; retrying in %.0fs",
+                fault,
+                delay,
+                extra={"failure": {"kind": type(fault).__name__, "message": str(fault)}},
+            )
+            stop.wait(delay)
+            continue
+        runtime.stop = stop
+        return runtime
+    return None
+
+
+def transient_fault(exc: Exception) -> RetriableError:
+    """``exc`` as a retriable error, or raised again: as a fatal, explained
+    error when it is a database fault that retrying cannot mend (read-only,
+    corrupt, vanished), and as it is when it is no database fault (a bug)."""
+    if isinstance(exc, RetriableError):
+        return exc
+    fault = database_fault(exc)
+    if isinstance(fault, RetriableError):
+        return fault
+    if fault is not None:
+        raise fault from exc
+    raise exc
+
+
 def serve(
     runtime: Runtime,
     lock: LeaderLock,
@@ -418,22 +495,59 @@ def serve(
     A full cycle runs first, then incremental ones with the periodic full
     re-scan as a safety net. Expected failures (the database or Mailchimp
     unreachable, a source query refused, a fatal Mailchimp answer) are logged
-    and the next cycle tries again; anything else is a bug and propagates.
+    and the next cycle tries again; so is a state store that cannot be
+    reached for the leader lock, with back-off. A state store that needs an
+    operator (read-only, corrupt, vanished) ends the daemon with one line
+    saying so; anything else is a bug and propagates.
     """
     stop = runtime.stop
     interval = runtime.config.daemon.interval.total_seconds()
     watcher = RulesWatcher(runtime)
-    while not stop.is_set():
-        if not lock.try_acquire():
-            metrics.leader = False
-            log.info("standby: another mailsync holds the lock for this audience")
-            stop.wait(standby_wait)
-            continue
-        metrics.leader = True
-        log.info("leader: running cycles every %ss", interval)
-        _lead(runtime, lock, metrics, watcher, interval, tick)
-    lock.release()
+    backoff = Backoff(cap=max(interval, 30.0))
+    try:
+        while not stop.is_set():
+            try:
+                held = lock.try_acquire()
+            except Exception as exc:
+                fault = transient_fault(exc)
+                metrics.leader = False
+                delay = backoff.next()
+                log.warning(
+                    "leader lock: %s; retrying in %.0fs",
+                    fault,
+                    delay,
+                    extra={"failure": {"kind": type(fault).__name__, "message": str(fault)}},
+                )
+                stop.wait(delay)
+                continue
+            backoff.reset()
+            if not held:
+                metrics.leader = False
+                log.info("standby: another mailsync holds the lock for this audience")
+                stop.wait(standby_wait)
+                continue
+            metrics.leader = True
+            log.info("leader: running cycles every %ss", interval)
+            runtime.fence.arm(lock)
+            try:
+                _lead(runtime, lock, metrics, watcher, interval, tick)
+            finally:
+                runtime.fence.arm(None)
+    finally:
+        _release(lock)
     return 0
+
+
+def _release(lock: LeaderLock) -> None:
+    try:
+        lock.release()
+    except Exception as exc:
+        # Leaving anyway: the lease expires, the advisory lock goes with
+        # the connection. A failure here must not hide why we leave.
+        fault = exc if isinstance(exc, MailsyncError) else database_fault(exc)
+        if fault is None:
+            raise
+        log.warning("leader lock not released: %s", fault)
 
 
 def _lead(
@@ -448,9 +562,18 @@ def _lead(
     first = True
     lost = threading.Event()
 
+    def still_leader() -> bool:
+        try:
+            return lock.try_acquire()
+        except Exception as exc:
+            # Unsure whether we still hold it: stop leading; serve() retries
+            # the lock with back-off and comes back here once it answers.
+            log.warning("leader lock: %s; stepping down until it answers", transient_fault(exc))
+            return False
+
     def cycle() -> None:
         nonlocal first
-        if not lock.try_acquire():
+        if not still_leader():
             lost.set()
             return
         now = runtime.clock()
@@ -458,20 +581,37 @@ def _lead(
         reloaded = watcher.check(now)
         # Mailchimp-side changes first, so this cycle's push respects them.
         poll_mailchimp(runtime, metrics)
+        metrics.cycle_started()
         try:
             summary = run_once(runtime, now=now, full=True if first or reloaded else None)
-        except (MailsyncError, sa.exc.OperationalError) as exc:
+        except Exception as exc:
+            metrics.cycle_ended()
+            if stop.is_set() and isinstance(exc, SourceUnavailableError):
+                # Our own cancel of a running query, on SIGTERM: not a failure.
+                log.info("cycle interrupted: stopping (%s)", type(exc).__name__)
+                return
+            why = _cycle_failure(exc)
             metrics.failed_cycle()
+            if isinstance(exc, LeadershipLost):
+                lost.set()  # stopped writing; back to standby after the log line
             log.error(
                 "cycle failed, next try in %ss: %s: %s",
                 interval,
-                type(exc).__name__,
-                exc,
-                extra={"failure": {"kind": type(exc).__name__, "message": str(exc)}},
+                type(why).__name__,
+                why,
+                extra={"failure": {"kind": type(why).__name__, "message": str(why)}},
             )
             return
+        metrics.cycle_ended()
         first = False
         metrics.observe(summary, ok=not summary.stopped)
+        trouble = degraded_reasons(summary)
+        if trouble and not summary.stopped:
+            log.warning(
+                "cycle degraded: %s",
+                "; ".join(trouble),
+                extra={"cycle": {"outcome": "degraded", "reasons": trouble}},
+            )
         for failure in summary.push.failures:
             log.warning(
                 "push failed for %s",
@@ -487,16 +627,28 @@ def _lead(
 
     scheduler = schedule.Scheduler()
     scheduler.every(max(1, round(interval))).seconds.do(cycle)
-    cycle()
-    renew_every = 5.0
-    last_renew = time.monotonic()
-    while not stop.is_set() and not lost.is_set():
-        scheduler.run_pending()
-        if time.monotonic() - last_renew >= renew_every:
-            last_renew = time.monotonic()
-            if not lock.try_acquire():
-                lost.set()
-        stop.wait(tick)
+    # The keeper renews the lock while cycles run (a cycle can outlast the
+    # lease); the fence stops Mailchimp writes when renewals stop succeeding.
+    with Keeper(lock, on_lost=lost.set):
+        cycle()
+        while not stop.is_set() and not lost.is_set():
+            scheduler.run_pending()
+            stop.wait(tick)
     if lost.is_set():
         metrics.leader = False
         log.error("leader lock lost; going back to standby")
+
+
+def _cycle_failure(exc: Exception) -> Exception:
+    """What a failed cycle logs before the next one tries again; raises what
+    must end the daemon: a state store needing an operator, and bugs."""
+    fault = database_fault(exc)
+    if isinstance(fault, StoreBroken | DatabaseUnusable):
+        raise fault from exc
+    if isinstance(exc, StoreBroken):
+        raise exc
+    if fault is not None:
+        return fault
+    if isinstance(exc, MailsyncError | sa.exc.OperationalError):
+        return exc
+    raise exc

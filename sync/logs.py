@@ -1,7 +1,9 @@
 """Logging set-up for the daemon: readable text, or JSON lines for machines.
 
-Every record goes through the secret filter of ``sync.mailchimp`` first, so
-the API key cannot reach a log line, whatever the format. Structured data
+Every record goes through the secret filter of ``sync.redaction`` first, and
+each formatted line is redacted again (structured fields and exception texts
+included, in every escaped spelling), so the API key cannot reach a log
+line, whatever the format. Structured data
 passed as ``extra={"cycle": {...}}`` or ``extra={"failure": {...}}`` becomes
 fields of the JSON object (and a compact suffix in text mode).
 """
@@ -14,7 +16,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from sync.mailchimp import SecretFilter, install_redaction
+from sync.redaction import SecretFilter, install_redaction, redact, redact_value
 
 STRUCTURED = ("cycle", "failure")
 
@@ -29,10 +31,12 @@ class JsonFormatter(logging.Formatter):
         }
         for key in STRUCTURED:
             if hasattr(record, key):
-                data[key] = getattr(record, key)
+                data[key] = redact_value(getattr(record, key))
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+        # Redacted twice: the fields above as values, the line as JSON text
+        # (where a key with non-ASCII characters is spelled with \u escapes).
+        return redact(json.dumps(redact_value(data), default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -44,7 +48,7 @@ class TextFormatter(logging.Formatter):
         for key in STRUCTURED:
             if hasattr(record, key):
                 text += f" {key}={json.dumps(getattr(record, key), default=str)}"
-        return text
+        return redact(text)
 
 
 def configure_logging(

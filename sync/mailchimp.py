@@ -14,7 +14,7 @@
 - ``run_batch_operations``: ``POST /batches`` + polling + the results archive.
 - Audience checks for ``mailsync check`` (``check_audience``,
   ``fix_merge_fields``), returning human-readable, located problem strings.
-- Secret redaction (``install_redaction``): the API key never reaches a log line.
+- The key is checked and registered for redaction (``sync.redaction``).
 
 Quirks of ``mailchimp-marketing`` 3.0.80 handled here (see
 /work/shared/spec/mailchimp.md): error answers with an empty body are
@@ -37,7 +37,6 @@ import re
 import tarfile
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from mailchimp_marketing import Client
 from mailchimp_marketing.api_client import ApiClientError
 
 from sync.exceptions import ConfigurationError, FatalError
+from sync.redaction import clean_api_key, install_redaction, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -286,66 +286,6 @@ def classify(outcome: object, *, scope: Scope = "member") -> Answer:
     return Answer(AnswerClass.FATAL, "unexpected_answer", f"unexpected answer {type(outcome)!r}")
 
 
-# -- secrets ------------------------------------------------------------------
-
-_SECRETS: set[str] = set()
-_SECRETS_LOCK = threading.Lock()
-_FACTORY_INSTALLED = False
-
-
-def register_secret(secret: str) -> None:
-    """Remember a value that must never be written anywhere (the API key)."""
-    if secret:
-        with _SECRETS_LOCK:
-            _SECRETS.add(secret)
-
-
-def redact(text: str) -> str:
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _redact_record(record: logging.LogRecord) -> None:
-    if not _SECRETS:
-        return
-    try:
-        message = record.getMessage()
-    except (TypeError, ValueError):
-        return  # logging reports the bad format string itself, later
-    record.msg, record.args = redact(message), None
-    if record.exc_info and record.exc_info[1] is not None:
-        record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)))
-    if record.stack_info:
-        record.stack_info = redact(record.stack_info)
-
-
-class SecretFilter(logging.Filter):
-    """A handler/logger filter that redacts registered secrets."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        _redact_record(record)
-        return True
-
-
-def install_redaction() -> None:
-    """Redact registered secrets from every log record, whatever its logger or
-    handler (handlers added later included), by wrapping the record factory."""
-    global _FACTORY_INSTALLED
-    with _SECRETS_LOCK:
-        if _FACTORY_INSTALLED:
-            return
-        previous = logging.getLogRecordFactory()
-
-        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-            record = previous(*args, **kwargs)
-            _redact_record(record)
-            return record
-
-        logging.setLogRecordFactory(factory)
-        _FACTORY_INSTALLED = True
-
-
 # -- settings and client -----------------------------------------------------
 
 _DATACENTER = re.compile(r"^[a-z]{2,}\d+$")
@@ -365,15 +305,21 @@ def load_api_key(env: Mapping[str, str] | None = None) -> str:
     """The key from ``MAILCHIMP_API_KEY``, else from the file named by
     ``MAILCHIMP_API_KEY_FILE`` (Docker/Kubernetes secrets)."""
     env = os.environ if env is None else env
-    key = env.get(API_KEY_ENV, "").strip()
+    key = clean_api_key(env.get(API_KEY_ENV, ""), API_KEY_ENV)
     if not key and env.get(API_KEY_FILE_ENV):
         path = Path(env[API_KEY_FILE_ENV])
         try:
-            key = path.read_text("utf-8").strip()
+            raw = path.read_bytes().decode("utf-8")
         except OSError as exc:
             raise ConfigurationError(
                 f"{API_KEY_FILE_ENV}={path}: cannot read the API key file ({exc.strerror})"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigurationError(
+                f"{API_KEY_FILE_ENV}={path}: the API key file is not UTF-8 text: "
+                "save it again as plain text holding only the key"
+            ) from None
+        key = clean_api_key(raw, f"{API_KEY_FILE_ENV}={path}")
         if not key:
             raise ConfigurationError(f"{API_KEY_FILE_ENV}={path}: the API key file is empty")
     if not key:
@@ -393,6 +339,10 @@ class MailchimpSettings:
 
     def __post_init__(self) -> None:
         register_secret(self.api_key)
+        if clean_api_key(self.api_key, "Mailchimp API key") != self.api_key:
+            raise ConfigurationError(
+                "Mailchimp API key: surrounded by spaces or a byte-order mark; remove them"
+            )
         if self.host is None:
             datacenter_of(self.api_key)  # fail early on a key without a datacenter
 
@@ -464,10 +414,20 @@ class RetryPolicy:
 class Caller:
     """Runs calls for the sink: retries transient answers, counts every answer."""
 
-    def __init__(self, client: Any, list_id: str, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        list_id: str,
+        retry: RetryPolicy | None = None,
+        *,
+        fence: Callable[[], None] | None = None,
+    ) -> None:
         self.client = client
         self.list_id = list_id
         self.retry = retry or RetryPolicy()
+        #: Called before every request (each attempt): raises when this
+        #: process may no longer write (``sync.lock.Fence``, leadership lost).
+        self.fence = fence
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -475,6 +435,8 @@ class Caller:
         return f"Caller(list_id={self.list_id!r}, calls={dict(self.calls)!r})"
 
     def _attempt(self, fn: Callable[[], object], scope: Scope) -> Answer:
+        if self.fence is not None:
+            self.fence()  # the single choke point of writes: none once deposed
         try:
             outcome: object = fn()
         except ApiClientError as exc:

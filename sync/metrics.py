@@ -9,9 +9,14 @@ nobody else's business.
 The same server receives Mailchimp's webhooks when a secret is configured
 (``sync.webhooks``): they need an HTTP port, and this is the daemon's one.
 
-``/healthz`` answers 200 while the last successful cycle is recent (within
-three poll intervals, or the daemon is a standby waiting for the lock), else
-503, so a supervisor can restart a daemon that is stuck.
+``/healthz`` answers 200 "ok" while the last successful cycle is recent
+(within three poll intervals, or the daemon is a standby waiting for the
+lock), and 503 with the reason otherwise: ``stale`` (no successful cycle for
+too long), ``overrun`` (the cycle running now has run longer than
+``daemon.cycle_overrun`` or three intervals, say a hanging query) or
+``degraded`` (the last cycle ran, but Mailchimp did not accept some of its
+writes: answers 5xx, 429 or timeouts until the retries gave up). A
+supervisor can restart a daemon that is stuck, and an alert can say why.
 """
 
 from __future__ import annotations
@@ -26,9 +31,27 @@ from sync.cycle import CycleSummary
 from sync.webhooks import WebhookReceiver
 
 
+def degraded_reasons(summary: CycleSummary) -> list[str]:
+    """Why a cycle that ran is ``degraded``: Mailchimp did not accept writes
+    for a transient reason (they are retried next cycle). Permanent refusals
+    (a fake address) are the data's business, not the daemon's health."""
+    transient = [f for f in summary.push.failures if not f.permanent]
+    if not transient:
+        return []
+    example = transient[0].reason
+    return [
+        f"Mailchimp did not accept {len(transient)} of {summary.push.considered} members "
+        f"(e.g. {example}); retried next cycle"
+    ]
+
+
 class Metrics:
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, overrun_s: float = 900.0) -> None:
         self.interval_s = interval_s
+        #: A cycle running longer than this makes /healthz answer 503.
+        self.overrun_s = max(3 * interval_s, overrun_s)
+        self.cycle_since: float | None = None
+        self.degraded: list[str] = []
         self.lock = threading.Lock()
         self.cycles: Counter[str] = Counter()  # by outcome
         self.entities = Counter[str]()
@@ -45,9 +68,19 @@ class Metrics:
         #: Members the reconciliation poll read.
         self.polled = 0
 
-    def observe(self, summary: CycleSummary, ok: bool) -> None:
+    def cycle_started(self) -> None:
         with self.lock:
-            self.cycles["ok" if ok else "failed"] += 1
+            self.cycle_since = time.time()
+
+    def cycle_ended(self) -> None:
+        with self.lock:
+            self.cycle_since = None
+
+    def observe(self, summary: CycleSummary, ok: bool) -> None:
+        trouble = degraded_reasons(summary) if ok else []
+        with self.lock:
+            self.degraded = trouble
+            self.cycles["failed" if not ok else "degraded" if trouble else "ok"] += 1
             self.entities.update(summary.entities_read)
             self.pushes["pushed"] += summary.push.pushed
             self.pushes["unchanged"] += summary.push.unchanged
@@ -66,11 +99,25 @@ class Metrics:
             self.cycles["failed"] += 1
 
     def healthy(self) -> bool:
+        return self.health()[0]
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, the reason in one line) for ``/healthz``."""
         with self.lock:
             if not self.leader:
-                return True  # a standby is healthy while it waits
+                return True, "ok: standby"  # a standby is healthy while it waits
+            now = time.time()
+            if self.cycle_since is not None and now - self.cycle_since > self.overrun_s:
+                return False, (
+                    f"overrun: the current cycle has run for {now - self.cycle_since:.0f}s "
+                    f"(limit {self.overrun_s:.0f}s)"
+                )
             reference = self.last_success or self.started
-            return time.time() - reference <= 3 * self.interval_s + 60
+            if now - reference > 3 * self.interval_s + 60:
+                return False, f"stale: no successful cycle for {now - reference:.0f}s"
+            if self.degraded:
+                return False, "degraded: " + "; ".join(self.degraded)
+            return True, "ok"
 
     def render(self) -> str:
         with self.lock:
@@ -173,8 +220,8 @@ class MetricsServer:
                     body = outer.render().encode()
                     self._send(200, body, "text/plain; version=0.0.4; charset=utf-8")
                 elif self.path == "/healthz":
-                    ok = outer.healthy()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"stale\n", "text/plain")
+                    ok, reason = outer.health()
+                    self._send(200 if ok else 503, (reason + "\n").encode(), "text/plain")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 

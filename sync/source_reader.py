@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -71,7 +73,12 @@ class SourceUnavailableError(RetriableError):
 # Read-only engines
 
 
-def read_only_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
+_CURSORS = "mailsync_cursors"
+
+
+def read_only_engine(
+    url: str | sa.URL, *, statement_timeout: timedelta | None = None, **kwargs: Any
+) -> Engine:
     """An engine whose every session refuses writes.
 
     PostgreSQL: each transaction begins ``READ ONLY`` at ``REPEATABLE READ``
@@ -79,6 +86,10 @@ def read_only_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
     too, so even a ``COMMIT`` smuggled into a query cannot open a writable
     transaction. SQLite: the file is opened through a ``mode=ro`` URI, and
     ``PRAGMA query_only`` covers in-memory databases.
+
+    ``statement_timeout`` (PostgreSQL) makes the server cancel any statement
+    of these sessions that runs longer, so that a hanging query cannot stall
+    the daemon; the cycle fails and the next one tries again.
     """
     parsed = sa.make_url(url)
     backend = parsed.get_backend_name()
@@ -90,6 +101,17 @@ def read_only_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
         options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
         engine = sa.create_engine(parsed, execution_options=options, **kwargs)
         sa.event.listen(engine, "connect", _pg_session_read_only)
+        sa.event.listen(engine, "before_cursor_execute", _remember_cursor)
+        if statement_timeout is not None:
+            milliseconds = max(1, int(statement_timeout.total_seconds() * 1000))
+
+            @sa.event.listens_for(engine, "connect")
+            def _statement_timeout(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute(f"SET SESSION statement_timeout = {milliseconds}")
+                cursor.close()
+                dbapi_connection.commit()
+
         return engine
     raise ConfigurationError(
         f"unsupported database {backend!r} for sources (supported: postgresql, sqlite)"
@@ -113,6 +135,26 @@ def _sqlite_query_only(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA query_only = ON")
     cursor.close()
+
+
+def _remember_cursor(
+    conn: Connection, cursor: Any, _statement: Any, _params: Any, _context: Any, _many: bool
+) -> None:
+    # A streamed query cancelled (statement timeout, SIGTERM) aborts the
+    # transaction, and SQLAlchemy drops its server-side cursors (this one and
+    # the other streams of the read) without closing them; psycopg then
+    # complains when they are garbage-collected. The session closes them.
+    conn.info.setdefault(_CURSORS, []).append(cursor)
+
+
+def close_cursors(conn: Connection) -> None:
+    """Close the cursors of this session's queries still open."""
+    for cursor in conn.info.pop(_CURSORS, []):
+        if not getattr(cursor, "closed", True):
+            try:
+                cursor.close()
+            except Exception as exc:
+                log.debug("closing the cursor of a failed query: %s", exc)
 
 
 def _pg_session_read_only(dbapi_connection: Any, _record: Any) -> None:
@@ -317,11 +359,17 @@ class SourceReader:
         *,
         batch_size: int = DEFAULT_BATCH,
         engine_options: Mapping[str, Any] | None = None,
+        statement_timeout: timedelta | None = None,
     ) -> None:
         self.config = config
-        self.engine = read_only_engine(url, **dict(engine_options or {}))
+        self.engine = read_only_engine(
+            url, statement_timeout=statement_timeout, **dict(engine_options or {})
+        )
         self.dialect = self.engine.dialect.name
         self.batch_size = batch_size
+        #: Driver connections running a query now, for ``cancel``.
+        self._busy: set[Any] = set()
+        self._busy_lock = threading.Lock()
 
     def __enter__(self) -> SourceReader:
         return self
@@ -331,6 +379,35 @@ class SourceReader:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def tracked(self, conn: Connection) -> Iterator[None]:
+        """Count a connection opened elsewhere on this reader's engine (the
+        compiled SQL's) among the running queries that ``cancel`` stops."""
+        driver = conn.connection.dbapi_connection
+        with self._busy_lock:
+            self._busy.add(driver)
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy.discard(driver)
+
+    def cancel(self) -> int:
+        """Cancel the queries running now (from another thread: the daemon's
+        stop path); each fails in its reader with a retriable error. Returns
+        how many were cancelled."""
+        with self._busy_lock:
+            busy = list(self._busy)
+        for connection in busy:
+            # psycopg: a cancel request on a side channel; sqlite3: interrupt.
+            stop = getattr(connection, "cancel", None) or getattr(connection, "interrupt", None)
+            if stop is not None:
+                try:
+                    stop()
+                except Exception as exc:  # the query may have just ended
+                    log.debug("cancelling a source query: %s", exc)
+        return len(busy)
 
     # -- public reads ------------------------------------------------------
 
@@ -389,15 +466,23 @@ class SourceReader:
         """Names of the list query's identity columns (all but id and email),
         found by running it with no rows: they become string facts."""
         source = self.config.entity(entity_type)
-        query = source.list_query
+        keys = self.query_columns(source, source.list_query, now=now)
+        return [k for k in keys if k not in ("id", "email")]
+
+    def query_columns(self, source: EntitySource, query: Query, *, now: datetime) -> list[str]:
+        """The columns ``query`` returns, found by running it for no rows in
+        its own read-only transaction (a refused query aborts only that one).
+        Raises ``SourceQueryError`` naming the query when the database refuses it."""
         sql = f"SELECT * FROM (\n{query.sql}\n) AS mailsync_q WHERE 1 = 0"
+        zone = ZoneInfo(source.naive_timezone)
+        params = self._params(query, now, zone)
+        if "since" in query.params:
+            params["since"] = bind_instant(now, self.dialect, zone)
         with self._session(source) as conn:
-            result = self._execute(
-                conn, query, sql, self._params(query, now, ZoneInfo(source.naive_timezone))
-            )
+            result = self._execute(conn, query, sql, params)
             keys = list(result.keys())
             result.close()
-        return [k for k in keys if k not in ("id", "email")]
+        return keys
 
     def watermark(self, entity_type: str, *, now: datetime) -> datetime | None:
         """The newest instant in the data: the ``watermark`` query, else the
@@ -502,7 +587,7 @@ class SourceReader:
             yield keys[start : start + size]
 
     def _session(self, source: EntitySource) -> _Session:
-        return _Session(self.engine, source)
+        return _Session(self.engine, source, self._busy, self._busy_lock)
 
     def _read(
         self,
@@ -793,7 +878,7 @@ class SourceReader:
 
 
 #: SQLite reports everything as OperationalError; these ones pass with time.
-_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o", "interrupted")
 
 
 def _transient(exc: sa.exc.DBAPIError) -> bool:
@@ -833,10 +918,19 @@ def _guarded(result: sa.CursorResult[Any], query: Query) -> Iterator[Row[Any]]:
 class _Session:
     """One read-only transaction, with the source's naive time zone in force."""
 
-    def __init__(self, engine: Engine, source: EntitySource) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        source: EntitySource,
+        busy: set[Any] | None = None,
+        busy_lock: threading.Lock | None = None,
+    ) -> None:
         self.engine = engine
         self.source = source
         self.conn: Connection | None = None
+        self.busy = busy if busy is not None else set()
+        self.busy_lock = busy_lock or threading.Lock()
+        self.driver: Any = None
 
     def __enter__(self) -> Connection:
         try:
@@ -846,6 +940,9 @@ class _Session:
                 f"cannot connect to the source database: {exc.orig}"
             ) from exc
         self.conn = conn
+        self.driver = conn.connection.dbapi_connection
+        with self.busy_lock:
+            self.busy.add(self.driver)
         conn.begin()
         if conn.dialect.name == "postgresql":
             # Local to this transaction: `timestamp` values and :now then
@@ -860,9 +957,19 @@ class _Session:
             conn.exec_driver_sql("BEGIN")
         return conn
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         assert self.conn is not None
+        with self.busy_lock:
+            self.busy.discard(self.driver)
         try:
+            close_cursors(self.conn)
             self.conn.rollback()  # read-only: nothing to commit, ever
+        except sa.exc.DBAPIError:
+            if exc_type is None:
+                raise
+            # The read failed already (cancelled: SQLite then interrupts the
+            # rollback too; connection lost): that error is the one to
+            # report, and this connection is not reused.
+            self.conn.invalidate()
         finally:
             self.conn.close()

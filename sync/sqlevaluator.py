@@ -9,8 +9,8 @@ runs it against the application database, streams and decodes the rows
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -62,6 +62,7 @@ class SqlEvaluator:
         batch_size: int = 5000,
         engine: Engine | None = None,
         pg_settings: Mapping[str, str] | None = None,
+        track: Callable[[Connection], AbstractContextManager[None]] | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.sources = sources
@@ -73,6 +74,9 @@ class SqlEvaluator:
         self._since: dict[str, sa.Select[Any] | None] = {}
         self._reinit: dict[str, sa.Select[Any]] = {}
         self._support: dict[str, str | None] = {}
+        #: Registers each connection while it runs (the daemon's SIGTERM
+        #: cancels running queries: ``SourceReader.tracked``).
+        self._track = track
         #: Statements compiled for the driver (``_stream`` on PostgreSQL).
         self._driver_sql: dict[sa.Select[Any], SQLCompiler] = {}
 
@@ -266,6 +270,9 @@ class SqlEvaluator:
             for ident, state in self._stream(conn, self._reinit[entity_type], params):
                 yield str(ident), None if state is None else names[state]
 
+    def _tracking(self, conn: Connection) -> AbstractContextManager[None]:
+        return nullcontext() if self._track is None else self._track(conn)
+
     def _check_dialect(self, entity_type: str, source: EntitySource) -> None:
         if self.dialect == "sqlite" and source.naive_timezone != "UTC":
             raise ConfigurationError(
@@ -277,7 +284,7 @@ class SqlEvaluator:
     @contextmanager
     def _transaction(self, source: EntitySource) -> Iterator[Connection]:
         """A read-only transaction with the evaluating settings, rolled back."""
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, self._tracking(conn):
             conn.begin()
             if self.dialect == "postgresql":
                 # As in the reader: naive timestamps are wall-clock times there.

@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from sync.changes import OPTED_OUT, MailchimpChange, apply_change
+from sync.database_faults import label_engine
 from sync.exceptions import ConfigurationError
 from sync.ledger import (
     AcceptedPush,
@@ -409,6 +410,8 @@ class StateStore:
     def __init__(self, url: str | None = None, *, schema: str | None = None) -> None:
         self.url = url or f"sqlite:///{DEFAULT_SQLITE_FILE}"
         self.engine = sa.create_engine(self.url)
+        # Its errors then name this file or URL, and say retriable or fatal.
+        label_engine(self.engine, "state store")
         self.dialect = self.engine.dialect.name
         if self.dialect not in _PLACEHOLDERS:
             raise ConfigurationError(

@@ -38,8 +38,8 @@ def test_without_credentials_mailchimp_is_skipped_and_said(settings, capsys):
     assert code == 0
     assert "rules.yaml: OK" in out
     assert (
-        "sources.yaml: OK, provides every action and fact the rules read (against the database)"
-        in out
+        "sources.yaml: OK, provides every action and fact the rules read (against the "
+        "database: every query ran, with the columns it must return)" in out
     )
     assert "Mailchimp: skipped (no MAILCHIMP_LIST_ID configured)" in out
 

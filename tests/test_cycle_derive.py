@@ -368,14 +368,6 @@ def test_calls_are_proportional_to_change_across_chunks(bb):
     assert creates <= math.ceil(new / 500) + 3
 
 
-class _AlwaysLeader:
-    def try_acquire(self) -> bool:
-        return True
-
-    def release(self) -> None:
-        pass
-
-
 def test_a_rules_reload_forces_a_full_pass(bb, tmp_path):
     """Wrong before: "using it from this cycle", then nothing moved until the
     daily re-scan. The leader's loop (``_lead``) runs a full pass right after
@@ -385,6 +377,7 @@ def test_a_rules_reload_forces_a_full_pass(bb, tmp_path):
     import time
 
     from sync.daemon import RulesWatcher, _lead
+    from sync.lock import leader_lock
     from sync.metrics import Metrics
 
     make, clock, _engine, emulator = bb
@@ -394,9 +387,11 @@ def test_a_rules_reload_forces_a_full_pass(bb, tmp_path):
     runtime.config = replace(runtime.config, rules=rules)
     runtime.ruleset = load_rules(rules)
     watcher = RulesWatcher(runtime)
+    lock = leader_lock(runtime.state, "reload-test")
+    assert lock.try_acquire()
     leader = threading.Thread(
         target=_lead,
-        args=(runtime, _AlwaysLeader(), Metrics(1.0), watcher, 1.0, 0.05),
+        args=(runtime, lock, Metrics(1.0), watcher, 1.0, 0.05),
         daemon=True,
     )
     leader.start()
@@ -419,6 +414,7 @@ def test_a_rules_reload_forces_a_full_pass(bb, tmp_path):
     finally:
         runtime.stop.set()
         leader.join(30)
+        lock.release()
     cycles = sorted(runtime.state.cycles(10), key=lambda c: c.id)
     # full_rescan is 30 days and nothing was re-initialised: the only reason
     # for a full pass after the first is the reload.

@@ -1,8 +1,10 @@
 """``mailsync check``: validate everything before anything runs on it.
 
-In order: the rule file; the sources file, and that it provides every action
-and fact the rules read (the entity list query is probed, without rows, when a
-database is configured); then, when credentials and an audience are
+In order: the rule file; the sources file (given, else beside a rule file
+given with ``--rules``, else the configured one), and that it provides every
+action and fact the rules read; with a database configured, every query runs
+for no rows in a read-only transaction and must return its columns
+(``sync.source_check``); then, when credentials and an audience are
 configured, Mailchimp itself: the key works, the audience exists, and every
 merge tag the rules push exists with a suitable type (``--fix`` creates the
 missing ones). Without credentials the Mailchimp part is skipped, and the
@@ -19,7 +21,7 @@ import click
 from sync.cli._common import EXIT_INVALID, config_option, handle_errors
 from sync.config import load_config
 from sync.daemon import contract_problems, has_credentials
-from sync.exceptions import RulesError
+from sync.exceptions import Problem, RulesError
 from sync.mailchimp import (
     MailchimpSettings,
     check_audience,
@@ -29,8 +31,9 @@ from sync.mailchimp import (
 )
 from sync.rules import Ruleset
 from sync.schema import load_rules
+from sync.source_check import probe_sources
 from sync.source_reader import SourceReader
-from sync.sources import check_contract, load_sources
+from sync.sources import SourcesConfig, check_contract, load_sources
 
 
 @click.command()
@@ -74,37 +77,62 @@ def check(
         )
     click.echo(f"{rules_file}: OK")
 
-    sources_file = Path(sources_path) if sources_path else config.sources
-    if sources_path or (sources_file.exists() and rules_path is None):
+    sources_file = _sources_file(sources_path, rules_path, config.sources)
+    if sources_file is not None:
         _check_sources(ruleset, sources_file, config.database)
     else:
-        click.echo("sources: not checked (no sources file given)")
+        beside = Path(rules_path).parent if rules_path else Path()
+        click.echo(
+            f"sources: not checked (no sources.yaml in {beside.resolve()}; give --sources FILE)"
+        )
 
     _check_mailchimp(ruleset, config.mailchimp.list_id, config.mailchimp.base_url, fix)
+
+
+def _sources_file(given: str | None, rules_path: str | None, configured: Path) -> Path | None:
+    """The sources file to check: the one given; else, with --rules, the
+    sources.yaml beside that rule file; else the configured one. None when
+    that file does not exist."""
+    if given:
+        return Path(given)
+    candidate = Path(rules_path).parent / "sources.yaml" if rules_path else configured
+    return candidate if candidate.exists() else None
 
 
 def _check_sources(ruleset: Ruleset, sources_file: Path, database: str | None) -> None:
     sources = load_sources(sources_file)
     if database:
+        now = datetime.now(UTC)
         with SourceReader(sources, database) as reader:
-            problems = contract_problems(ruleset, sources, reader, datetime.now(UTC))
-        how = "against the database"
+            # Every query runs first (for no rows): a broken one is reported
+            # with its line, and the contract is then checked on declarations.
+            problems = probe_sources(reader, sources, tuple(ruleset.entities), now)
+            if problems:
+                problems += _declared_contract(ruleset, sources)
+            else:
+                problems = contract_problems(ruleset, sources, reader, now)
+        how = "against the database: every query ran, with the columns it must return"
     else:
-        # Without a database the list query's identity columns are unknown:
-        # string facts may come from it, so only the others are checked.
-        problems = []
-        for entity in ruleset.entities.values():
-            if entity.name in sources.entities:
-                problems += check_contract(
-                    sources,
-                    entity.name,
-                    actions=tuple(entity.actions),
-                    facts=tuple(f for f, t in entity.facts.items() if t.value != "string"),
-                )
-        how = "without a database (identity columns not probed)"
+        problems = _declared_contract(ruleset, sources)
+        how = "without a database: queries not run, identity columns not probed"
     if problems:
         raise RulesError(problems)
     click.echo(f"{sources_file}: OK, provides every action and fact the rules read ({how})")
+
+
+def _declared_contract(ruleset: Ruleset, sources: SourcesConfig) -> list[Problem]:
+    # Without the list query's identity columns, string facts may come from
+    # it: only the others are checked.
+    problems: list[Problem] = []
+    for entity in ruleset.entities.values():
+        if entity.name in sources.entities:
+            problems += check_contract(
+                sources,
+                entity.name,
+                actions=tuple(entity.actions),
+                facts=tuple(f for f, t in entity.facts.items() if t.value != "string"),
+            )
+    return problems
 
 
 def _check_mailchimp(

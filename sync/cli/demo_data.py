@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import click
 
 from sync.cli._common import handle_errors
+from sync.database_faults import database_errors, describe
 from sync.demo import EXAMPLES, load_demo
 from sync.exceptions import ConfigurationError
 from sync.records import parse_instant
@@ -48,7 +49,8 @@ def demo_data(
     """Create a demo application's schema and fill it with synthetic data."""
     now = _parse_now(now_text)
     started = time.perf_counter()
-    counts = load_demo(url, example, users=users, seed=seed, now=now, replace=replace)
+    with database_errors(f"database {describe(url)}"):
+        counts = load_demo(url, example, users=users, seed=seed, now=now, replace=replace)
     elapsed = time.perf_counter() - started
     for table, count in counts.items():
         click.echo(f"{table:>16} {count:>10}")

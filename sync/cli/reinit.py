@@ -49,9 +49,9 @@ def reinit(config_path: str | None, at: str | None, dry_run: bool, evaluator: st
     ruleset, sources = load_checked(config)
     instant = parse_at(at) or system_clock()
     state = StateStore(config.state, schema=config.state_schema)
-    state.migrate()
     database = config.require_database()
     try:
+        state.migrate()
         with (
             SourceReader(sources, database) as reader,
             SqlEvaluator(ruleset, sources, database) as sql,

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
+import threading
 from types import FrameType
 
 import click
 
 from sync.cli._common import config_option, handle_errors, parse_backfill
 from sync.config import load_config
-from sync.daemon import build_runtime, clock_from_env, serve
+from sync.daemon import Runtime, build_runtime_patiently, clock_from_env, serve
 from sync.exceptions import ConfigurationError
 from sync.lock import leader_lock
 from sync.logs import configure_logging
 from sync.metrics import Metrics, MetricsServer, parse_address
 from sync.webhooks import PREFIX, WebhookReceiver
+
+log = logging.getLogger(__name__)
 
 
 @click.command()
@@ -66,15 +70,31 @@ def run(
             "a webhook secret is set but the daemon has no HTTP port: the webhook "
             "receiver is served with the metrics (set --metrics or MAILSYNC_METRICS)"
         )
-    runtime = build_runtime(config, dry_run=dry_run, out=sys.stdout, clock=clock_from_env())
-    runtime.backfill_events = parse_backfill(backfill_events)
+    backfill = parse_backfill(backfill_events)
+    stopping = threading.Event()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
-        runtime.stop.set()
+        stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    metrics = Metrics(config.daemon.interval.total_seconds())
+    # A database that cannot be reached yet (a server still starting) is
+    # waited for, with back-off; one that needs an operator ends the run.
+    runtime = build_runtime_patiently(
+        config, stopping, dry_run=dry_run, out=sys.stdout, clock=clock_from_env()
+    )
+    if runtime is None:
+        return
+    runtime.backfill_events = backfill
+    # SIGTERM mid-query: the handler only sets the event (a signal handler
+    # must not do I/O); this thread then cancels the running source query,
+    # so that the daemon ends in seconds, not when the query does.
+    threading.Thread(
+        target=_cancel_on_stop, args=(stopping, runtime), name="cancel-on-stop", daemon=True
+    ).start()
+    metrics = Metrics(
+        config.daemon.interval.total_seconds(), config.daemon.cycle_overrun.total_seconds()
+    )
     server = None
     address = metrics_address or config.metrics
     receiver = None
@@ -104,3 +124,9 @@ def run(
         if server is not None:
             server.stop()
         runtime.close()
+
+
+def _cancel_on_stop(stopping: threading.Event, runtime: Runtime) -> None:
+    stopping.wait()
+    if runtime.reader.cancel():
+        log.info("stopping: the running source query was cancelled")
