@@ -118,7 +118,7 @@ def test_time_test_with_null_fact_is_false_and_has_no_threshold():
         ("a == null", "write 'x is null'", 3),
         ("1 < a < 3", "chained comparisons", 7),
         ("start_at + 3 > end_at", "cannot compute instant + number", 10),
-        ("start_at - 5m >= end_at", "ambiguous unit 'm'", 12),
+        ("start_at - 5m >= end_at", "`m` is ambiguous: write 5min", 12),
         ("participant_status > 'a'", "only be compared with == or !=", 20),
         ("searching and a", "expected true/false here", 15),
         ("cancelled_at is empty", "expected 'set' or 'null'", 17),
