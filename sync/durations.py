@@ -53,7 +53,7 @@ def _loose_parts(text: str) -> list[tuple[str, str]] | None:
     return parts or None
 
 
-def _suggestion(text: str) -> str | None:
+def duration_suggestion(text: str) -> str | None:
     """The accepted spelling of a duration written loosely, when there is exactly one."""
     parts = _loose_parts(text.strip())
     if parts is None or any(unit not in _SPELLINGS for _, unit in parts):
@@ -98,13 +98,13 @@ def parse_duration(text: str) -> timedelta:
         )
     parts = _loose_parts(stripped)
     if parts and any(_SPELLINGS.get(unit, "") is None for _, unit in parts):
-        suggestion = _suggestion(stripped)
+        suggestion = duration_suggestion(stripped)
         hint = f"did you mean {suggestion}? " if suggestion else ""
         raise DurationError(
             f"{hint}Months and years differ in length, so write them in days: "
             f"30d for a month, 365d for a year; found {text!r}"
         )
-    suggestion = _suggestion(stripped)
+    suggestion = duration_suggestion(stripped)
     if suggestion is not None and "." in stripped:
         raise DurationError(
             f"did you mean {suggestion}? Durations use whole numbers; found {text!r}"
