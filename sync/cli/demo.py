@@ -175,13 +175,13 @@ def demo(directory: str | None, users: int, days: int, seed: int, start: str | N
         finally:
             runtime.close()
 
-    settings = shlex.quote(str(space.settings))
+    settings_file = shlex.quote(str(space.settings))
     at = clock["now"].isoformat()
     click.secho("Where to look next (each works from any directory):", bold=True)
     if example is not None and record.email:
-        click.echo(f"  mailsync explain {record.email} --config {settings} --at {at}")
-    click.echo(f"  mailsync status --config {settings} --at {at}")
-    click.echo(f"  mailsync check --config {settings}   # rules, sources and database agree")
+        click.echo(f"  mailsync explain {record.email} --config {settings_file} --at {at}")
+    click.echo(f"  mailsync status --config {settings_file} --at {at}")
+    click.echo(f"  mailsync check --config {settings_file}   # rules, sources and database agree")
     click.echo(f"  mailsync graph {shlex.quote(str(rules))}   # the lifecycle as a diagram")
     click.echo(
         f"  mailsync test {shlex.quote(str(space.rules_test))}   # what the rules promise, pinned"
