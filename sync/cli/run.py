@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from types import FrameType
@@ -14,6 +15,8 @@ from sync.daemon import build_runtime, clock_from_env, serve
 from sync.lock import leader_lock
 from sync.logs import configure_logging
 from sync.metrics import Metrics, MetricsServer, parse_address
+
+log = logging.getLogger("sync.daemon")
 
 
 @click.command()
@@ -62,7 +65,8 @@ def run(
     if address:
         host, port = parse_address(address)
         server = MetricsServer(metrics, host, port).start()
-        click.echo(f"metrics on http://{host}:{server.address[1]}/metrics", err=True)
+        # Through the log, not echoed: with --log-format json every line is JSON.
+        log.info("metrics on http://%s:%s/metrics", host, server.address[1])
     lock = leader_lock(
         runtime.state, config.mailchimp.list_id or "dry-run", ttl=config.daemon.lease_ttl
     )
