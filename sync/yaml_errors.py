@@ -236,10 +236,55 @@ def _misaligned(
             f"{_name(here)} is not lined up with the lines around it; "
             "indent it like the names it belongs with"
         )
+    culprit = _first_child_off(source, outer, here)
+    if culprit is not None:
+        return culprit
     return number, (
         f"{_name(here)} is indented by {_spaces(here.indent)}, but the lines around it use "
         f"{inner.indent} (like {_name(inner)} on line {inner.number}) or {outer.indent} "
         f"(like {_name(outer)} on line {outer.number}): indent it by "
         f"{_spaces(inner.indent)} to put it under {_name(outer)}, or by {_spaces(outer.indent)} "
         f"to put it beside {_name(outer)}"
+    )
+
+
+def _first_child_off(source: _Text, outer: _Line, here: _Line) -> tuple[int, str] | None:
+    """The first line of a group indented unlike the names that follow it.
+
+    ``here`` and the names after it agree on an indentation; when ``outer`` is
+    the first name under its parent and nothing after it lines up with it,
+    ``outer`` is the line that is off; when names after it do line up with
+    ``outer``, ``here`` belongs under it and the first name under ``outer`` is off."""
+    above = source.content_before(outer.number)
+    parent = above[0] if above else None
+    if parent is None or parent.indent >= outer.indent or here.indent <= parent.indent:
+        return None
+    agreeing, like_outer = 0, False
+    for n in range(here.number + 1, len(source.raw) + 1):
+        line = source.line(n)
+        if not line.text.strip() or line.text.startswith("#"):
+            continue
+        if line.indent <= parent.indent:
+            break
+        agreeing += line.indent == here.indent
+        like_outer = like_outer or line.indent == outer.indent
+    if agreeing == 0:
+        return None
+    off, owner = outer, parent
+    if like_outer:
+        first = next(
+            (
+                source.line(n)
+                for n in range(outer.number + 1, here.number)
+                if source.line(n).text.strip() and not source.line(n).text.startswith("#")
+            ),
+            None,
+        )
+        if first is None or first.indent <= here.indent:
+            return None
+        off, owner = first, outer
+    return off.number, (
+        f"{_name(off)} is indented by {_spaces(off.indent)}, but the names after it "
+        f"under {_name(owner)} use {here.indent} (like {_name(here)} on line {here.number}): "
+        f"indent {_name(off)} by {_spaces(here.indent)}"
     )
