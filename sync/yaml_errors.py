@@ -21,6 +21,7 @@ import yaml
 _UNREADABLE = (
     "this line cannot be read; compare its indentation, colons and quotes with the lines above"
 )
+_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 _KEY = re.compile(r"^(\s*)(?:-\s+)?([^\s:#][^:#]*?)\s*:(?:\s|$)")
 
 
@@ -52,7 +53,9 @@ class _Line:
 
 class _Text:
     def __init__(self, text: str) -> None:
-        self.raw = text.splitlines()
+        # PyYAML's line breaks, not str.splitlines' (which also splits on \f, \v …),
+        # so that line numbers agree with the error's marks.
+        self.raw = _BREAK.split(text)
 
     def line(self, number: int) -> _Line:
         raw = self.raw[number - 1] if 0 < number <= len(self.raw) else ""
@@ -94,7 +97,9 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int | None, str]:
         return None, "this file cannot be read; check its indentation, colons and quotes"
     if "quoted scalar" in context and "end of stream" in problem:
         cmark = exc.context_mark
-        opened = source.raw[cmark.line][cmark.column] if cmark is not None else '"'
+        quoted = source.line(cmark.line + 1) if cmark is not None else None
+        at = (cmark.column - quoted.indent) if cmark is not None and quoted is not None else -1
+        opened = quoted.text[at] if quoted is not None and 0 <= at < len(quoted.text) else '"'
         return where, (
             f"the quote {opened} opened on this line is never closed; "
             f"add a closing {opened} at the end of the text"
@@ -104,6 +109,8 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int | None, str]:
             "a backslash inside double quotes must start a known code like \\n; "
             "put the text in single quotes instead, or write \\\\ for a backslash"
         )
+    if "<stream end>" in problem or "end of stream" in problem:
+        return _unclosed(source, where or line)
     if "flow mapping" in context or "flow sequence" in context:
         return _bracket(exc, source, where or line, line)
     if problem == "mapping values are not allowed here":
@@ -130,6 +137,8 @@ def explain(exc: yaml.MarkedYAMLError, text: str) -> tuple[int | None, str]:
         )
     if "anchor" in context or "alias" in context or "undefined alias" in problem:
         return line, "a value cannot start with & or *; put the whole value in quotes"
+    if "<document start>" in problem:
+        return _indented_start(source, line)
     if problem.startswith("expected <block end>") or problem.startswith("did not find expected"):
         return _misaligned(exc, source, line, column)
     return line, _UNREADABLE
@@ -231,6 +240,15 @@ def _misaligned(
             f"(like {_name(neighbour)} on line {neighbour.number}); a list goes under a name "
             "with nothing after its :, indented further than that name"
         )
+    if inner is None and outer is not None and outer.key is not None:
+        culprit = _first_child_off(source, outer, here)
+        if culprit is not None:
+            return culprit
+        return number, (
+            f"{_name(here)} is indented by {_spaces(here.indent)}, but {_name(outer)} just "
+            f"above it (line {outer.number}) uses {outer.indent}: if they sit side by side, "
+            "indent both by the same number of spaces, like the names around them"
+        )
     if inner is None or outer is None or outer.key is None:
         return number, (
             f"{_name(here)} is not lined up with the lines around it; "
@@ -288,3 +306,35 @@ def _first_child_off(source: _Text, outer: _Line, here: _Line) -> tuple[int, str
         f"under {_name(owner)} use {here.indent} (like {_name(here)} on line {here.number}): "
         f"indent {_name(off)} by {_spaces(here.indent)}"
     )
+
+
+def _unclosed(source: _Text, number: int) -> tuple[int, str]:
+    """The file ended inside brackets: name the last line that opens more than it closes."""
+    for n in range(min(number, len(source.raw)), 0, -1):
+        text = source.line(n).text.split(" #", 1)[0]
+        for opening, closing in (("{", "}"), ("[", "]")):
+            if text.count(opening) > text.count(closing):
+                return n, (
+                    f"the {opening} opened on this line is never closed; "
+                    f"add {closing} at the end of what it holds"
+                )
+    return number, (
+        "the file ends while something opened above (a quote or a bracket) is still open; close it"
+    )
+
+
+def _indented_start(source: _Text, number: int) -> tuple[int, str]:
+    """The file's first line is indented, the next ones are not."""
+    above = source.content_before(number)
+    first = above[-1] if above else None
+    if first is not None and first.indent > 0:
+        return first.number, (
+            f"{_name(first)} is indented by {_spaces(first.indent)}, but the lines after it "
+            f"start at the beginning of the line: remove the spaces before {_name(first)}"
+        )
+    if first is not None and first.key is None:
+        return first.number, (
+            f"{_name(first)} is not a `name: value` line: add a : after the name, "
+            "or start the line with # to make it a comment"
+        )
+    return number, _UNREADABLE

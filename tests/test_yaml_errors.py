@@ -16,6 +16,30 @@ from sync.loader import load_yaml
 
 CASES = [
     (
+        "first-line-indented",
+        "# rules\n version: 1\nladders:\n  a: 1\n",
+        2,
+        "`version` is indented by 1 space, but the lines after it start at the beginning of the line: remove the spaces before `version`",
+    ),
+    (
+        "two-siblings-disagree",
+        "actions:\n signup: {a: 1}\n  wallet: {b: 2}\nstatuses: 1\n",
+        3,
+        "`wallet` is indented by 2 spaces, but `signup` just above it (line 2) uses 1: if they sit side by side, indent both by the same number of spaces, like the names around them",
+    ),
+    (
+        "file-ends-in-brackets",
+        "a:\n  b: [1,\n",
+        2,
+        "the [ opened on this line is never closed; add ] at the end of what it holds",
+    ),
+    (
+        "anchor-sign-alone",
+        "x: 1\na: &\n",
+        2,
+        "a value cannot start with & or *; put the whole value in quotes",
+    ),
+    (
         "value-continued",
         "a:\n  when: x > 1\n    ladder: n\n",
         3,
