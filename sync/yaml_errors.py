@@ -240,16 +240,7 @@ def _misaligned(
             f"(like {_name(neighbour)} on line {neighbour.number}); a list goes under a name "
             "with nothing after its :, indented further than that name"
         )
-    if inner is None and outer is not None and outer.key is not None:
-        culprit = _first_child_off(source, outer, here)
-        if culprit is not None:
-            return culprit
-        return number, (
-            f"{_name(here)} is indented by {_spaces(here.indent)}, but {_name(outer)} just "
-            f"above it (line {outer.number}) uses {outer.indent}: if they sit side by side, "
-            "indent both by the same number of spaces, like the names around them"
-        )
-    if inner is None or outer is None or outer.key is None:
+    if outer is None or outer.key is None:
         return number, (
             f"{_name(here)} is not lined up with the lines around it; "
             "indent it like the names it belongs with"
@@ -257,6 +248,12 @@ def _misaligned(
     culprit = _first_child_off(source, outer, here)
     if culprit is not None:
         return culprit
+    if inner is None:
+        return number, (
+            f"{_name(here)} is indented by {_spaces(here.indent)}, but {_name(outer)} just "
+            f"above it (line {outer.number}) uses {outer.indent}: if they sit side by side, "
+            "indent both by the same number of spaces, like the names around them"
+        )
     return number, (
         f"{_name(here)} is indented by {_spaces(here.indent)}, but the lines around it use "
         f"{inner.indent} (like {_name(inner)} on line {inner.number}) or {outer.indent} "

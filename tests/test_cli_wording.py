@@ -23,9 +23,9 @@ import pytest
 import requests
 
 from sync.cli import main
-from sync.demo import load_demo
 from sync.logs import configure_logging
 from sync.mailchimp import Caller, MailchimpSettings, RetryPolicy, make_client
+from tests.test_cli_daemon import setup  # noqa: F401 (a fixture)
 from tests.test_cycle import NOW
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,15 +42,9 @@ def restore_logging():
 
 
 @pytest.fixture
-def settings(tmp_path, monkeypatch, db_url):
-    monkeypatch.delenv("MAILCHIMP_API_KEY", raising=False)
-    monkeypatch.delenv("MAILCHIMP_LIST_ID", raising=False)
-    load_demo(db_url, "blousebrothers", users=40, seed=2, now=NOW)
-    config = tmp_path / "mailsync.yaml"
-    config.write_text(
-        f"rules: {ROOT / 'rules.yaml'}\nsources: {ROOT / 'sources.yaml'}\n"
-        f"database: {db_url}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
-    )
+def settings(setup):  # noqa: F811 (the imported fixture, by name)
+    """test_cli_daemon's demo database and settings file, without Mailchimp."""
+    config, _ = setup
     return config
 
 
