@@ -156,6 +156,7 @@ class CycleSummary:
         total.events_confirmed += push.events_confirmed
         total.events_resent += push.events_resent
         total.events_unconfirmed += push.events_unconfirmed
+        total.events_planned += push.events_planned
         for kind, count in push.calls.items():
             total.calls[kind] = total.calls.get(kind, 0) + count
         total.failures.extend(push.failures)

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Union
 
-from sync.durations import DurationError, parse_duration
+from sync.durations import DurationError, duration_suggestion, parse_duration
 from sync.records import FactValue
 
 
@@ -194,13 +194,11 @@ def _tokenize(text: str) -> list[_Token]:
     tokens: list[_Token] = []
     pos = 0
     while pos < len(text):
+        if text.startswith("<>", pos):
+            raise ExpressionError("write != for 'is not equal to' (not <>)", pos + 1)
         match = _TOKEN.match(text, pos)
         if match is None:
-            bad = text[pos]
-            hint = " (use == to compare)" if bad == "=" else ""
-            if bad in "&|!":
-                hint = " (write and, or, not)"
-            raise ExpressionError(f"unexpected character {bad!r}{hint}", pos + 1)
+            raise _bad_character(text, pos)
         kind = match.lastgroup or ""
         if kind == "name" and match.group() in KEYWORDS:
             kind = "keyword"
@@ -209,6 +207,24 @@ def _tokenize(text: str) -> list[_Token]:
         pos = match.end()
     tokens.append(_Token("end", "", len(text) + 1))
     return tokens
+
+
+#: Operators written the other way round, as people often type them.
+_SWAPPED = {"=>": ">=", "=<": "<="}
+
+
+def _bad_character(text: str, pos: int) -> ExpressionError:
+    bad = text[pos]
+    swapped = _SWAPPED.get(text[pos : pos + 2])
+    if swapped is not None:
+        return ExpressionError(f"write {swapped} (not {text[pos : pos + 2]})", pos + 1)
+    loose = re.match(r"\d+[A-Za-z]+", text[pos:])
+    if loose is not None and (suggestion := duration_suggestion(loose.group())) is not None:
+        return ExpressionError(f"did you mean {suggestion}? (found {loose.group()!r})", pos + 1)
+    hint = " (use == to compare)" if bad == "=" else ""
+    if bad in "&|!":
+        hint = " (write and, or, not)"
+    return ExpressionError(f"unexpected character {bad!r}{hint}", pos + 1)
 
 
 # ---------------------------------------------------------------- raw parse tree
@@ -279,6 +295,17 @@ class _Parser:
             raise ExpressionError("empty condition", 1)
         node = self.or_()
         if self.token.kind != "end":
+            before = self.tokens[self.index - 1] if self.index else None
+            if before is not None and before.kind == "number" and self.token.kind == "name":
+                # `start_at + 7 days`: a duration written as in prose.
+                written = f"{before.text} {self.token.text}"
+                suggestion = duration_suggestion(written)
+                if suggestion is not None:
+                    raise ExpressionError(
+                        f"did you mean {suggestion}? A duration is a number then its unit, "
+                        f"with no space (found {written!r})",
+                        before.column,
+                    )
             raise ExpressionError(
                 f"unexpected {self._describe()} (missing 'and' or 'or'?)", self.token.column
             )
@@ -420,9 +447,11 @@ class _Checker:
         self.names = names
         self.allow_now = allow_now
 
-    def unknown(self, name: str, column: int) -> ExpressionError:
+    def unknown(self, name: str, column: int, *, maybe_text: bool = False) -> ExpressionError:
         close = difflib.get_close_matches(name, list(self.names), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
+        if maybe_text and not close:
+            hint = f" (if {name} is a text, put it in quotes: '{name}')"
         known = ", ".join(sorted(self.names)) or "none declared"
         return ExpressionError(f"unknown fact {name!r}{hint}; known facts: {known}", column)
 
@@ -503,9 +532,16 @@ class _Checker:
             raw.column,
         )
 
+    def operand(self, raw: _Raw, op: str) -> _Typed:
+        """Check one side of a comparison; a bare word compared with == or != is
+        probably a text that lost its quotes."""
+        if raw.kind == "name" and op in ("==", "!=") and str(raw.value) not in self.names:
+            raise self.unknown(str(raw.value), raw.column, maybe_text=True)
+        return self.check(raw)
+
     def _cmp(self, raw: _Raw) -> _Typed:
-        left, right = (self.check(child) for child in raw.children)
         op = str(raw.value)
+        left, right = (self.operand(child, op) for child in raw.children)
         now_left = left.instant is not None and left.instant[0] is None
         now_right = right.instant is not None and right.instant[0] is None
         if now_left or now_right:

@@ -10,13 +10,16 @@ parsing either output format.
 What is drawn, per entity:
 
 * every state, and its ladder as a chain of steps, each edge labelled with
-  the step's offset from entering the state (``+24h``, ``+7d`` …);
-* ``then``: from the last step to the state it enters afresh (``+31d``);
+  the step's offset from entering the state ("7 days after entry": an offset
+  counts from the entry, not from the step before);
+* ``then``: from the last step to the state it enters afresh ("31 days after
+  entry");
 * ``loop``: from the last step back to the step it returns to, with the
   delay and the period of the cycle it starts;
 * actions mode: one edge per status-giving action from the start, labelled
   with the action (and its code and event); the re-initialisation priority
-  list as a ``reinit`` choice node with numbered edges;
+  list as a ``reinit`` choice node with numbered edges ("1. if not
+  has_wallet"), and the whole list in order in a note beside it;
 * condition mode: the priority list as a choice node from the start, edges
   numbered top to bottom and labelled with the condition text;
 * events sent on entering a state, as ``⚡ name`` after the state's name.
@@ -171,6 +174,25 @@ def delay(after: timedelta) -> str:
     return "+" + format_duration(after)
 
 
+_UNIT_WORDS = {"w": "week", "d": "day", "h": "hour", "min": "minute", "s": "second"}
+
+
+def in_words(after: timedelta) -> str:
+    """``timedelta(days=7)`` → ``"7 days"``, in the units ladders are written in."""
+    parts = re.findall(r"(\d+)([a-z]+)", delay(after))
+    return " ".join(
+        f"{count} {_UNIT_WORDS[unit]}{'' if count == '1' else 's'}" for count, unit in parts
+    )
+
+
+def after_entry(after: timedelta) -> str:
+    """An edge's offset, said as what it is: ``"7 days after entry"``.
+
+    Every offset of a ladder, ``then`` or ``loop`` counts from entering the
+    state; "+7d" on an edge from ``_H24`` to ``_J7`` read as "seven days later"."""
+    return f"{in_words(after)} after entry" if after else "on entry"
+
+
 def _action_label(action: Action) -> str:
     label = action.name
     if action.code is not None:
@@ -180,12 +202,20 @@ def _action_label(action: Action) -> str:
     return label
 
 
-def _numbered(choices: Iterable[Choice]) -> list[tuple[str, str]]:
-    """(state, "3. condition") for each line of a priority list."""
+def _numbered(choices: Iterable[Choice], word: str = "") -> list[tuple[str, str]]:
+    """(state, "3. condition") for each line of a priority list; ``word`` goes
+    before each condition (``"if "``), not before ``otherwise``."""
     return [
-        (choice.state, f"{i}. {unparse(choice.when) if choice.when is not None else 'otherwise'}")
+        (
+            choice.state,
+            f"{i}. {word}{unparse(choice.when)}" if choice.when is not None else f"{i}. otherwise",
+        )
         for i, choice in enumerate(choices, start=1)
     ]
+
+
+#: First line of the note listing the re-initialisation in order.
+REINIT_TITLE = "mailsync reinit: the first line that holds wins"
 
 
 def build_graph(entity: Entity) -> Graph:
@@ -229,8 +259,15 @@ def build_graph(entity: Entity) -> Graph:
         reinit = ids.new("reinit")
         nodes.append(Node(reinit, "reinit", NodeKind.CHOICE))
         edges.append(Edge(start, reinit, "mailsync reinit", EdgeKind.REINIT))
-        for state_name, label in _numbered(entity.reinit):
+        lines = _numbered(entity.reinit, "if ")
+        for state_name, label in lines:
             edges.append(Edge(reinit, steps[state_name][0], label, EdgeKind.REINIT))
+        # Eight edges fanning out of one diamond are hard to read in order: the
+        # note says the whole list top to bottom, each line with its status.
+        listing = [f"{label} → {state_name}" for state_name, label in lines]
+        nodes.append(
+            Node(ids.new("reinit_order"), "\n".join([REINIT_TITLE, *listing]), NodeKind.NOTE)
+        )
 
     return Graph(entity.name, entity.mode, tuple(nodes), tuple(edges), tuple(clusters))
 
@@ -256,16 +293,16 @@ def _draw_state(
         )
     for i in range(1, len(own)):
         # Every offset counts from entering the state, not from the previous step.
-        edges.append(Edge(own[i - 1], own[i], delay(state.steps[i].after), EdgeKind.STEP))
+        edges.append(Edge(own[i - 1], own[i], after_entry(state.steps[i].after), EdgeKind.STEP))
     if len(own) > 1:
         clusters.append(Cluster(ids.new(f"ladder_{state.name}"), state.name, tuple(own)))
     if state.then is not None:
         target = steps[state.then.enter][0]
-        edges.append(Edge(own[-1], target, delay(state.then.after), EdgeKind.THEN))
+        edges.append(Edge(own[-1], target, after_entry(state.then.after), EdgeKind.THEN))
     if state.loop is not None:
         back = state.steps[state.loop.back_to]
-        period = delay(state.loop.after - back.after)[1:]
-        label = f"{delay(state.loop.after)}, then every {period}"
+        period = in_words(state.loop.after - back.after)
+        label = f"{after_entry(state.loop.after)}, then every {period}"
         edges.append(Edge(own[-1], own[state.loop.back_to], label, EdgeKind.LOOP))
 
 
@@ -352,7 +389,11 @@ def render_mermaid(graphs: Sequence[Graph]) -> str:
             if node.kind is NodeKind.CHOICE:
                 lines.append(f"{indent}state {ref(node.id)} <<choice>>")
             else:
-                lines.append(f'{indent}state "{mermaid_text(_node_text(node))}" as {ref(node.id)}')
+                # A note of several lines: the first names the box, each next one
+                # is a description line of it (Mermaid stacks them in order).
+                first, *more = _node_text(node).split("\n")
+                lines.append(f'{indent}state "{mermaid_text(first)}" as {ref(node.id)}')
+                lines.extend(f"{indent}{ref(node.id)} : {mermaid_text(m)}" for m in more)
         for edge in graph.edges:
             label = f" : {mermaid_text(edge.label)}" if edge.label else ""
             lines.append(f"{indent}{ref(edge.source)} --> {ref(edge.target)}{label}")
@@ -364,9 +405,14 @@ def render_mermaid(graphs: Sequence[Graph]) -> str:
 # ---------------------------------------------------------------- DOT
 
 
-def dot_string(text: str) -> str:
-    """``text`` as a DOT double-quoted string (backslash first: it escapes the rest)."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def dot_string(text: str, *, left: bool = False) -> str:
+    """``text`` as a DOT double-quoted string (backslash first: it escapes the rest).
+    With ``left``, every line is left-justified (``\\l``), as a list reads."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    if left:
+        escaped = escaped.replace("\n", "\\l") + "\\l"
+    else:
+        escaped = escaped.replace("\n", "\\n")
     return f'"{escaped}"'
 
 
@@ -403,7 +449,8 @@ def render_dot(graphs: Sequence[Graph], name: str = "lifecycle") -> str:
         in_ladder = {node_id for cluster in graph.clusters for node_id in cluster.nodes}
 
         def node_line(node: Node, indent: str, graph: Graph = graph) -> str:
-            attrs = f"{_DOT_NODE[node.kind]}, label={dot_string(_dot_label(node))}"
+            label = dot_string(_dot_label(node), left=node.kind is NodeKind.NOTE)
+            attrs = f"{_DOT_NODE[node.kind]}, label={label}"
             if node.description:
                 attrs += f", tooltip={dot_string(node.description)}"
             return f"{indent}{dot_string(local(graph, node.id))} [{attrs}];"

@@ -32,6 +32,7 @@ from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
 from sync.exceptions import Problem, RulesError
+from sync.yaml_errors import explain as explain_yaml_error
 
 #: Rule files are small; anything this big is a mistake (or an attack).
 MAX_BYTES = 2 * 1024 * 1024
@@ -45,10 +46,15 @@ class MarkedDict(dict[Any, Any]):
 
     line: int | None = None
     key_lines: dict[Any, int]
+    #: First and last line of values written over several lines without quotes:
+    #: a line indented further than its key continues the value, which explains
+    #: conditions that "swallowed" the lines below them.
+    value_spans: dict[Any, tuple[int, int]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.key_lines = {}
+        self.value_spans = {}
 
     def line_of(self, key: Any) -> int | None:
         return self.key_lines.get(key, self.line)
@@ -175,7 +181,10 @@ class _Converter:
                 if not isinstance(key_node, ScalarNode):
                     self.problems.append(
                         Problem(
-                            self.file, key_line, path, "a key must be a name, not a list or mapping"
+                            self.file,
+                            key_line,
+                            path,
+                            "a name must be a word, not a list or a group of lines",
                         )
                     )
                     continue
@@ -190,12 +199,15 @@ class _Converter:
                             self.file,
                             key_line,
                             path,
-                            f"key {key!r} appears twice (first on line {first})",
+                            f"`{key}` appears twice here (first on line {first}); keep only one",
                         )
                     )
                     continue
                 mapping[key] = self.convert(value_node, (*path, key))
                 mapping.key_lines[key] = key_line
+                first, last = value_node.start_mark.line + 1, value_node.end_mark.line + 1
+                if isinstance(value_node, ScalarNode) and value_node.style is None and last > first:
+                    mapping.value_spans[key] = (first, last)
             return mapping
         raise AssertionError(f"unexpected YAML node {node!r}")  # pragma: no cover
 
@@ -217,25 +229,32 @@ def load_yaml(text: str, file: str) -> Document:
                     file,
                     exc.line,
                     (),
-                    "anchors and aliases (& and *) are not supported; write it out",
+                    "a value cannot start with & or *: they copy part of the file from "
+                    "elsewhere, which is not supported here; write the part out in full, or "
+                    "put the value in quotes if the & or * is text",
                 )
             ]
         ) from None
     except _TooDeep as exc:
         raise RulesError(
-            [Problem(file, exc.line, (), f"nested more than {MAX_DEPTH} levels deep")]
+            [Problem(file, exc.line, (), f"indented more than {MAX_DEPTH} levels deep; flatten it")]
         ) from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        what = exc.problem or "invalid YAML"
-        context = f" ({exc.context})" if exc.context else ""
-        raise RulesError([Problem(file, line, (), f"YAML syntax error: {what}{context}")]) from None
+        line, message = explain_yaml_error(exc, text)
+        raise RulesError([Problem(file, line, (), message)]) from None
     except yaml.reader.ReaderError as exc:  # control characters
         line = text[: exc.position].count("\n") + 1
         what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
         raise RulesError(
-            [Problem(file, line, (), f"character {what} is not allowed in YAML; remove it")]
+            [
+                Problem(
+                    file,
+                    line,
+                    (),
+                    f"an invisible control character ({what}) is on this line; delete it "
+                    "(retype the line if you cannot see it)",
+                )
+            ]
         ) from None
     except yaml.YAMLError as exc:
         raise RulesError([Problem(file, None, (), f"cannot read YAML: {exc}")]) from None
@@ -263,5 +282,15 @@ def read_yaml_file(path: str | Path) -> Document:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise RulesError([Problem(name, line, (), "file is not valid UTF-8")]) from None
+        raise RulesError(
+            [
+                Problem(
+                    name,
+                    line,
+                    (),
+                    "this line has a character the file's encoding cannot show: "
+                    "save the file as UTF-8 in your editor",
+                )
+            ]
+        ) from None
     return load_yaml(text, name)

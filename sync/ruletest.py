@@ -145,7 +145,7 @@ class _Reader:
         self.problems.extend(document.problems)
         data = document.data
         if not isinstance(data, MarkedDict):
-            self.error(data, None, (), "expected a mapping with 'rules:' and 'tests:'")
+            self.error(data, None, (), "expected `rules:` and `tests:` at the top of the file")
             return None
         self.keys(data, TOP_KEYS, ())
         rules_ref = data.get("rules")
@@ -190,7 +190,12 @@ class _Reader:
     def scenario(self, entity: Entity, tests: MarkedList, index: int, raw: Any) -> Scenario | None:
         path: tuple[str | int, ...] = ("tests", index + 1)
         if not isinstance(raw, MarkedDict):
-            self.error(tests, index, path, "expected a test (a mapping with name and expect)")
+            self.error(
+                tests,
+                index,
+                path,
+                "expected a test: `name:`, then `events:` and `expect:` lines under it",
+            )
             return None
         self.keys(raw, TEST_KEYS, path)
         name = raw.get("name")
@@ -202,7 +207,7 @@ class _Reader:
         facts: dict[str, FactValue] = {}
         facts_raw = raw.get("facts") or MarkedDict()
         if not isinstance(facts_raw, MarkedDict):
-            self.error(raw, "facts", (*path, "facts"), "expected a mapping of fact: value")
+            self.error(raw, "facts", (*path, "facts"), "expected `fact: value` lines")
             ok = False
         else:
             for fact, value in facts_raw.items():
@@ -288,7 +293,7 @@ class _Reader:
                     item,
                     "merge_fields",
                     (*here, "merge_fields"),
-                    "expected a mapping of TAG: value",
+                    "expected `TAG: value` lines",
                 )
                 continue
             bad = [tag for tag in merge if tag not in tags]

@@ -24,6 +24,16 @@ from typing import Any
 from sync.durations import DurationError, format_duration, parse_duration
 from sync.exceptions import Problem, RulesError
 from sync.expressions import FACT_TYPES, ExpressionError, Type, parse_condition, parse_value
+from sync.layout import (
+    ACTION_KEYS,
+    ENTITY_KEYS,
+    LOOP_KEYS,
+    STATE_KEYS,
+    THEN_KEYS,
+    TOP_KEYS,
+    misplaced_key,
+    misplaced_name,
+)
 from sync.loader import MarkedDict, MarkedList, line_of, load_yaml, read_yaml_file
 from sync.rules import (
     ACTION_CODE,
@@ -50,23 +60,11 @@ SUFFIX = re.compile(r"^[A-Za-z0-9_.-]+$")
 RESERVED = {"now", STATUS, ACTION_CODE, "otherwise", "and", "or", "not", "is", "in", "set"}
 RESERVED |= {"null", "true", "false"}
 
-TOP_KEYS = ("version", "ladders", "entities")
-ENTITY_KEYS = (
-    "description",
-    "since",
-    "facts",
-    "derived",
-    "actions",
-    "statuses",
-    "reinit",
-    "merge_fields",
-)
-ACTION_KEYS = ("enters", "code", "event", "description")
-STATE_KEYS = ("when", "ladder", "then", "loop", "event", "tags", "description")
 EVENT_KEYS = ("name", "properties", "once")
 OTHERWISE = "otherwise"
 
 Path_ = tuple[str | int, ...]
+_EMPTY = "`{key}` has nothing under it: write {inner} on the lines below it, indented further"
 
 
 def did_you_mean(name: object, candidates: Iterable[str]) -> str:
@@ -81,7 +79,7 @@ def _kind(value: object) -> str:
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
     if isinstance(value, MarkedDict | dict):
-        return "a mapping"
+        return "a group of `name: value` lines"
     if isinstance(value, MarkedList | list):
         return "a list"
     if isinstance(value, int | float):
@@ -95,6 +93,10 @@ class _Builder:
     def __init__(self, file: str) -> None:
         self.file = file
         self.problems: list[Problem] = []
+        #: Ladders declared but invalid: already reported, not "unknown" where used.
+        self.broken_ladders: set[str] = set()
+        #: Names found indented inside a status, as if they were statuses of their own.
+        self.nested: set[str] = set()
 
     # -- reporting
 
@@ -110,23 +112,51 @@ class _Builder:
         if value is None:
             return MarkedDict()
         if not isinstance(value, MarkedDict):
-            self.error(parent, key, path, f"expected a mapping (name: value), found {_kind(value)}")
+            self.error(parent, key, path, f"expected `name: value` lines, found {_kind(value)}")
             return None
         return value
 
-    def unknown_keys(self, mapping: MarkedDict, allowed: tuple[str, ...], path: Path_) -> None:
+    def unknown_keys(
+        self,
+        mapping: MarkedDict,
+        allowed: tuple[str, ...],
+        path: Path_,
+        level: str | None = None,
+        owner: str | None = None,
+    ) -> None:
+        """Report keys not in ``allowed``; at a known ``level`` of the file, a key that
+        belongs to another level is reported as the indentation slip it is."""
         for key in mapping:
-            if key not in allowed:
-                self.error(
-                    mapping,
-                    key,
-                    (*path, key),
-                    f"unknown key{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}",
-                )
+            if key in allowed:
+                continue
+            slip = None
+            if level is not None:
+                slip = misplaced_key(key, level, owner, then_line=mapping.key_lines.get("then"))
+                if slip and level == "status" and "of its own" in slip:
+                    self.nested.add(str(key))
+            self.error(
+                mapping,
+                key,
+                (*path, key),
+                slip
+                or f"unknown key{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}",
+            )
+
+    def misplaced(self, group_raw: MarkedDict, name: Any, group: str, path: Path_) -> bool:
+        """Report ``name`` of entity section ``group`` when it is an indentation slip."""
+        if misplaced_name(name, group, None) is None:
+            return False
+        names = list(group_raw)
+        before = [n for n in names[: names.index(name)] if misplaced_name(n, group, None) is None]
+        previous = str(before[-1]) if before else None
+        self.error(group_raw, name, (*path, name), str(misplaced_name(name, group, previous)))
+        return True
 
     def duration(self, parent: Any, key: Any, value: Any, path: Path_) -> timedelta | None:
         if isinstance(value, int) and not isinstance(value, bool) and value == 0:
             return timedelta(0)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)  # parse_duration says what unit is missing
         if not isinstance(value, str):
             self.error(
                 parent, key, path, f"expected a duration like 24h or 7d, found {_kind(value)}"
@@ -153,11 +183,13 @@ class _Builder:
                     self.file,
                     line_of(data) or 1,
                     (),
-                    f"expected a mapping with 'entities:' at the top, found {_kind(data)}",
+                    f"expected `entities:` at the top of the file, found {_kind(data)}",
                 )
             )
             return None
-        self.unknown_keys(data, TOP_KEYS, ())
+        entity_names = list(data.get("entities") or ()) if isinstance(data, MarkedDict) else []
+        owner = str(entity_names[0]) if len(entity_names) == 1 else None
+        self.unknown_keys(data, TOP_KEYS, (), "top", owner)
         version = data.get("version", 1)
         if version != 1:
             self.error(data, "version", ("version",), f"expected version 1, found {_kind(version)}")
@@ -167,9 +199,27 @@ class _Builder:
             self.error(data, "entities", ("entities",), "declare at least one entity type")
         entities: dict[str, Entity] = {}
         for name, body in (entities_raw or MarkedDict()).items():
+            if isinstance(name, str) and name in ENTITY_KEYS:
+                previous = [n for n in entities_raw or () if n not in ENTITY_KEYS]
+                under = f"under `{previous[0]}`" if previous else "under its entity"
+                self.error(
+                    entities_raw,
+                    name,
+                    ("entities", name),
+                    f"`{name}` is indented like an entity type; indent it {under}, "
+                    "like the other sections",
+                )
+                continue
             entity = self.entity(entities_raw or MarkedDict(), name, body, ladders)
             if entity is not None:
                 entities[name] = entity
+        # A status indented under another one is reported once, where it is written;
+        # "unknown status" wherever it is used would only repeat that.
+        self.problems = [
+            p
+            for p in self.problems
+            if not any(p.message.startswith(f"unknown status {n!r}") for n in self.nested)
+        ]
         errors = [p for p in self.problems if not p.warning]
         if errors:
             return None
@@ -182,6 +232,8 @@ class _Builder:
             steps = self.ladder_steps(raw, name, body, ("ladders", name))
             if steps is not None:
                 ladders[name] = steps
+            else:
+                self.broken_ladders.add(str(name))
         return ladders
 
     def ladder_steps(
@@ -230,7 +282,7 @@ class _Builder:
         raw = self.mapping(parent, name, body, path)
         if raw is None:
             return None
-        self.unknown_keys(raw, ENTITY_KEYS, path)
+        self.unknown_keys(raw, ENTITY_KEYS, path, "entity", str(name))
         facts = self.facts(raw, path)
         derived = self.derived(raw, facts, path)
         types: dict[str, Type | None] = {**facts, **{d.name: d.type for d in derived}}
@@ -273,6 +325,8 @@ class _Builder:
         facts: dict[str, Type] = {}
         for name, kind in (facts_raw or {}).items():
             where = (*path, "facts", name)
+            if facts_raw is not None and self.misplaced(facts_raw, name, "facts", where[:-1]):
+                continue
             if not isinstance(name, str) or not NAME.match(name) or name in RESERVED:
                 self.error(
                     facts_raw,
@@ -302,6 +356,8 @@ class _Builder:
         result: list[Derived] = []
         for name, text in (derived_raw or {}).items():
             where = (*path, "derived", name)
+            if derived_raw is not None and self.misplaced(derived_raw, name, "derived", where[:-1]):
+                continue
             if not isinstance(name, str) or not NAME.match(name) or name in RESERVED:
                 self.error(
                     derived_raw, name, where, f"a derived fact name is a word, found {_kind(name)}"
@@ -315,7 +371,9 @@ class _Builder:
             try:
                 expr, kind = parse_value(str(text), names)
             except ExpressionError as exc:
-                self.error(derived_raw, name, where, self.expression_message(text, exc))
+                self.error(
+                    derived_raw, name, where, self.expression_message(text, exc, derived_raw, name)
+                )
                 continue
             result.append(Derived(name, expr, kind))
             if kind is not None:
@@ -323,9 +381,24 @@ class _Builder:
         return tuple(result)
 
     @staticmethod
-    def expression_message(text: Any, exc: ExpressionError) -> str:
+    def expression_message(
+        text: Any, exc: ExpressionError, container: Any = None, key: Any = None
+    ) -> str:
         column = f" at column {exc.column}" if exc.column else ""
-        return f"in {str(text)!r}{column}: {exc.message}"
+        message = f"in {str(text)!r}{column}: {exc.message}"
+        spans = getattr(container, "value_spans", {})
+        if key in spans:
+            # YAML joins lines indented further than their key into one value: the
+            # usual cause of a condition that "swallowed" the setting below it.
+            first, last = spans[key]
+            lines = f"line {last}" if last == first + 1 else f"lines {first + 1} to {last}"
+            message += (
+                f"; {lines} continue{'s' if last == first + 1 else ''} this condition "
+                f"because {'it is' if last == first + 1 else 'they are'} indented further "
+                f"than `{key}`: a setting of its own must line up with `{key}` and be "
+                "written `name: value`"
+            )
+        return message
 
     def state_names(self, raw: MarkedDict, path: Path_) -> list[str]:
         statuses = raw.get("statuses")
@@ -334,7 +407,7 @@ class _Builder:
                 raw,
                 "statuses",
                 (*path, "statuses"),
-                f"expected a mapping of statuses, found {_kind(statuses)}",
+                f"expected the statuses, one `name:` per line, found {_kind(statuses)}",
             )
             return []
         return [str(name) for name in statuses]
@@ -350,6 +423,8 @@ class _Builder:
         actions: dict[str, Action] = {}
         for order, (name, body) in enumerate((actions_raw or {}).items()):
             where: Path_ = (*path, "actions", name)
+            if actions_raw is not None and self.misplaced(actions_raw, name, "actions", where[:-1]):
+                continue
             if not isinstance(name, str) or not NAME.match(name):
                 self.error(
                     actions_raw, name, where, f"an action name is a word, found {_kind(name)}"
@@ -358,7 +433,7 @@ class _Builder:
             spec = self.mapping(actions_raw, name, body, where)
             if spec is None:
                 continue
-            self.unknown_keys(spec, ACTION_KEYS, where)
+            self.unknown_keys(spec, ACTION_KEYS, where, "action", str(name))
             enters = spec.get("enters")
             if enters is not None and enters not in state_names:
                 self.error(
@@ -450,6 +525,8 @@ class _Builder:
         states: dict[str, State] = {}
         for name, body in statuses.items():
             where: Path_ = (*path, "statuses", name)
+            if self.misplaced(statuses, name, "statuses", where[:-1]):
+                continue
             if not isinstance(name, str) or not STATUS_NAME.match(name):
                 self.error(
                     statuses,
@@ -477,7 +554,8 @@ class _Builder:
         types: Mapping[str, Type | None],
         where: Path_,
     ) -> State | None:
-        if isinstance(body, str):  # shorthand: `status: condition`
+        one_line = isinstance(body, str)
+        if one_line:  # shorthand: `status: condition`
             body_map = MarkedDict({"when": body})
             body_map.line = line_of(statuses, name)
             body_map.key_lines["when"] = line_of(statuses, name) or 0
@@ -485,7 +563,7 @@ class _Builder:
         spec = self.mapping(statuses, name, body, where)
         if spec is None:
             return None
-        self.unknown_keys(spec, STATE_KEYS, where)
+        self.unknown_keys(spec, STATE_KEYS, where, "status", name)
         ok = True
         when = None
         otherwise = False
@@ -499,13 +577,22 @@ class _Builder:
                 try:
                     when = parse_condition(str(text), typed_names)
                 except ExpressionError as exc:
-                    self.error(spec, "when", (*where, "when"), self.expression_message(text, exc))
+                    owner, key = (spec, "when") if spec.value_spans else (statuses, name)
+                    message = self.expression_message(text, exc, owner, key)
+                    if one_line and exc.message.startswith("unexpected '") and text.count(" ") > 2:
+                        # The one-line form: `name: condition`. A note written as
+                        # `Note: some text` lands here, so say how it was read.
+                        message += (
+                            f"; `{name}: {text}` on one line means the status `{name}` "
+                            f"is entered when `{text}` holds (start the line with # for a note)"
+                        )
+                    self.error(spec, "when", (*where, "when"), message)
                     ok = False
         steps: tuple[Step, ...] | None = (Step("", timedelta(0)),)
         ladder = spec.get("ladder")
         if isinstance(ladder, str):
             steps = ladders.get(ladder)
-            if steps is None:
+            if steps is None and ladder not in self.broken_ladders:
                 self.error(
                     spec,
                     "ladder",
@@ -552,10 +639,13 @@ class _Builder:
         self, spec: MarkedDict, steps: tuple[Step, ...], state_names: list[str], where: Path_
     ) -> Then | None:
         path = (*where, "then")
+        if spec["then"] is None:
+            self.error(spec, "then", path, _EMPTY.format(key="then", inner="`after:` and `enter:`"))
+            return None
         raw = self.mapping(spec, "then", spec["then"], path)
         if raw is None:
             return None
-        self.unknown_keys(raw, ("after", "enter"), path)
+        self.unknown_keys(raw, THEN_KEYS, path, "then", str(where[-1]))
         after = self.duration(raw, "after", raw.get("after"), (*path, "after"))
         enter = raw.get("enter")
         if enter not in state_names:
@@ -583,10 +673,15 @@ class _Builder:
         self, spec: MarkedDict, name: str, steps: tuple[Step, ...], where: Path_
     ) -> Loop | None:
         path = (*where, "loop")
+        if spec["loop"] is None:
+            self.error(
+                spec, "loop", path, _EMPTY.format(key="loop", inner="`after:` and `back_to:`")
+            )
+            return None
         raw = self.mapping(spec, "loop", spec["loop"], path)
         if raw is None:
             return None
-        self.unknown_keys(raw, ("after", "back_to"), path)
+        self.unknown_keys(raw, LOOP_KEYS, path, "loop", name)
         after = self.duration(raw, "after", raw.get("after"), (*path, "after"))
         back_to = raw.get("back_to")
         suffixes = [s.suffix for s in steps]
@@ -668,6 +763,8 @@ class _Builder:
                 continue
             ((status, text),) = line.items()
             if status not in states:
+                if status in (raw.get("statuses") or ()):
+                    continue  # declared, but invalid: reported where it is declared
                 self.error(
                     line, status, here, f"unknown status {status!r}{did_you_mean(status, states)}"
                 )
@@ -686,7 +783,7 @@ class _Builder:
             try:
                 choices.append(Choice(status, parse_condition(str(text), typed_names)))
             except ExpressionError as exc:
-                self.error(line, status, here, self.expression_message(text, exc))
+                self.error(line, status, here, self.expression_message(text, exc, line, status))
         return tuple(choices)
 
     def merge_fields(
@@ -702,6 +799,8 @@ class _Builder:
         result: list[MergeField] = []
         for tag, source in (fields_raw or {}).items():
             here = (*where, tag)
+            if fields_raw is not None and self.misplaced(fields_raw, tag, "merge_fields", where):
+                continue
             if not isinstance(tag, str) or not MERGE_TAG.match(tag):
                 self.error(
                     fields_raw,

@@ -376,11 +376,19 @@ class PushSummary:
     events_resent: int = 0
     #: Events POSTed in this push whose outcome is unknown: left pending.
     events_unconfirmed: int = 0
+    #: Events a dry run would send (``events_sent`` stays 0: nothing was sent).
+    events_planned: int = 0
     calls: dict[str, int] = field(default_factory=dict)  # API calls by answer class
     failures: list[PushFailure] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        head = "DRY RUN, nothing sent: " if self.dry_run else ""
+        if self.dry_run:
+            return [
+                f"DRY RUN, nothing sent: {self.considered} members considered, would push "
+                f"{self.pushed}, {self.unchanged} unchanged, {self.held_back} held back; "
+                f"would send {self.events_planned} events"
+            ]
+        head = ""
         out = [
             f"{head}{self.considered} members considered, {self.pushed} pushed, "
             f"{self.unchanged} unchanged, {self.held_back} held back, {self.failed} failed, "
@@ -1160,6 +1168,7 @@ class DryRunSink:
             unchanged=plan.unchanged,
             held_back=plan.held_back,
             pushed=len(plan.pushes),
+            events_planned=sum(len(p.events) for p in plan.pushes),
         )
         for text in summary.lines():
             log.info("%s", text)

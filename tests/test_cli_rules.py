@@ -134,7 +134,7 @@ def test_test_command_reports_each_failure(rules, tmp_path, capsys):
             "unknown merge tag 'MMERGE82' (did you mean 'MMERGE28'?)",
         ),
         ("tests: []\n", "expected a non-empty list of tests"),
-        ("tests:\n  - name: [unclosed\n", "YAML syntax error"),
+        ("tests:\n  - name: [unclosed\n", "the [ opened on this line is never closed"),
     ],
 )
 def test_test_command_invalid_file_exits_2(rules, tmp_path, capsys, body, message):

@@ -26,19 +26,32 @@ def test_parse(text, expected):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("soon", "expected a duration"),
-        ("10", "expected a duration"),
-        ("3 hours", "expected a duration"),
-        ("1.5h", "expected a duration"),
-        ("-3h", "expected a duration"),
-        ("5m", "ambiguous unit 'm'"),
-        ("12h1d", "largest first"),
-        ("1h1h", "largest first"),
+        ("soon", "expected a duration like 10min, 3h, 7d or 12w, found 'soon'"),
+        ("10", "10 what? Add a unit: 10min, 10h, 10d or 10w"),
+        ("3 hours", "did you mean 3h? Write a number then its unit"),
+        ("2 days", "did you mean 2d?"),
+        ("2 d", "did you mean 2d?"),
+        ("2D", "did you mean 2d?"),
+        ("1d 12h", "did you mean 1d12h?"),
+        ("1 day and 12 hours", "did you mean 1d12h?"),
+        ("90 mins", "did you mean 90min?"),
+        ("1 week", "did you mean 1w?"),
+        ("1.5h", "did you mean 1h30min? Durations use whole numbers"),
+        ("-3h", "a delay cannot be negative"),
+        ("1m", "`m` is ambiguous: write 1min for a minute, or 30d for a month"),
+        ("5m", "`m` is ambiguous: write 5min for 5 minutes, or 150d for 5 months"),
+        ("1 month", "did you mean 30d? Months and years differ in length"),
+        ("2 months", "did you mean 60d?"),
+        ("1 year", "did you mean 365d?"),
+        ("12h1d", "write the largest unit first, each unit once: did you mean 1d12h?"),
+        ("1h1h", "each unit once: did you mean 2h?"),
+        ("3 fortnights", "expected a duration like"),
     ],
 )
 def test_parse_rejects(text, message):
-    with pytest.raises(DurationError, match=message):
+    with pytest.raises(DurationError) as info:
         parse_duration(text)
+    assert message in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -22,10 +22,12 @@ from click.testing import CliRunner
 
 from sync.cli import cli
 from sync.graph import (
+    REINIT_TITLE,
     SAFE_ID,
     EdgeKind,
     Graph,
     NodeKind,
+    after_entry,
     build_graph,
     build_graphs,
     delay,
@@ -81,7 +83,7 @@ def choice_lines(graph: Graph, choice_label: str) -> list[tuple[str, str]]:
 def test_ladder_is_a_chain_of_steps_labelled_with_offsets_from_entry(user: Graph) -> None:
     names = ["registered", "registered_H24", "registered_J7", "registered_J15", "registered_M1",
              "registered_inact"]  # fmt: skip
-    offsets = ["+24h", "+7d", "+15d", "+30d", "+45d"]
+    offsets = [f"{o} after entry" for o in ("24 hours", "7 days", "15 days", "30 days", "45 days")]
     for (a, b), offset in zip(itertools.pairwise(names), offsets, strict=True):
         assert edge(user, a, b) == [(offset, EdgeKind.STEP)]
     assert user.node(user.node_id("registered")).kind is NodeKind.STATE
@@ -93,15 +95,16 @@ def test_ladder_is_a_chain_of_steps_labelled_with_offsets_from_entry(user: Graph
 
 
 def test_then_enters_another_state_afresh_from_the_last_step(user: Graph) -> None:
-    assert edge(user, "buyer_ok_M1", "money_ok") == [("+31d", EdgeKind.THEN)]
-    assert edge(user, "give_eval_notok_M1", "money_ok") == [("+31d", EdgeKind.THEN)]
+    then = [("31 days after entry", EdgeKind.THEN)]
+    assert edge(user, "buyer_ok_M1", "money_ok") == then
+    assert edge(user, "give_eval_notok_M1", "money_ok") == then
     # No ladder: straight from the state itself.
-    assert edge(user, "conf_publi_ok", "creat_wait") == [("+24h", EdgeKind.THEN)]
+    assert edge(user, "conf_publi_ok", "creat_wait") == [("24 hours after entry", EdgeKind.THEN)]
 
 
 def test_loop_goes_back_to_its_step_with_delay_and_period(user: Graph) -> None:
     assert edge(user, "creat_wait_M1", "creat_wait_J15") == [
-        ("+31d, then every 16d", EdgeKind.LOOP)
+        ("31 days after entry, then every 16 days", EdgeKind.LOOP)
     ]
 
 
@@ -121,7 +124,8 @@ def test_actions_enter_their_state_from_the_start(user: Graph) -> None:
 
 
 def test_actions_that_enter_nothing_are_listed_in_a_note(user: Graph) -> None:
-    (note,) = (n for n in user.nodes if n.kind is NodeKind.NOTE)
+    (note,) = (n for n in user.nodes if n.label.startswith("status unchanged by"))
+    assert note.kind is NodeKind.NOTE
     assert "transfer_received (code virement)" in note.label
     assert "balance_low (code credit_low)" in note.label
     assert not [e for e in user.edges if note.id in (e.source, e.target)]
@@ -134,17 +138,43 @@ def test_reinit_is_a_numbered_choice_of_its_own(user: Graph) -> None:
     assert [(e.label, e.kind) for e in user.edges if e.target == reinit.id] == [
         ("mailsync reinit", EdgeKind.REINIT)
     ]
-    assert choice_lines(user, "reinit") == [
-        ("1. not has_wallet", "registered"),
-        ("2. has_finished_unpublished_conf", "creat_conf_100"),
-        ("3. has_conf_in_progress", "creat_conf_begin"),
-        ("4. has_published_conf", "conf_publi_ok"),
-        ("5. not has_credit", "wallet_ok"),
-        ("6. not has_pending_evaluation", "money_ok"),
-        ("7. has_pending_evaluation", "give_eval_notok"),
+    lines = [
+        ("1. if not has_wallet", "registered"),
+        ("2. if has_finished_unpublished_conf", "creat_conf_100"),
+        ("3. if has_conf_in_progress", "creat_conf_begin"),
+        ("4. if has_published_conf", "conf_publi_ok"),
+        ("5. if not has_credit", "wallet_ok"),
+        ("6. if not has_pending_evaluation", "money_ok"),
+        ("7. if has_pending_evaluation", "give_eval_notok"),
         ("8. otherwise", "money_ok"),
     ]
+    assert choice_lines(user, "reinit") == lines
     assert all(e.kind is EdgeKind.REINIT for e in user.edges_from(reinit.id))
+
+
+def test_the_reinit_list_is_also_written_out_in_order_in_a_note(user: Graph) -> None:
+    (note,) = (n for n in user.nodes if n.label.startswith(REINIT_TITLE))
+    assert note.kind is NodeKind.NOTE
+    assert note.label.split("\n") == [
+        "mailsync reinit: the first line that holds wins",
+        "1. if not has_wallet → registered",
+        "2. if has_finished_unpublished_conf → creat_conf_100",
+        "3. if has_conf_in_progress → creat_conf_begin",
+        "4. if has_published_conf → conf_publi_ok",
+        "5. if not has_credit → wallet_ok",
+        "6. if not has_pending_evaluation → money_ok",
+        "7. if has_pending_evaluation → give_eval_notok",
+        "8. otherwise → money_ok",
+    ]
+    mermaid = render_mermaid([user])
+    assert 'state "mailsync reinit#58; the first line that holds wins" as reinit_order' in mermaid
+    assert "    reinit_order : 8. otherwise → money_ok\n" in mermaid
+    dot = render_dot([user])
+    assert (
+        'label="mailsync reinit: the first line that holds wins\\l1. if not has_wallet → '
+        "registered\\l2. if"
+    ) in dot
+    assert 'otherwise → money_ok\\l"];' in dot
 
 
 def test_condition_mode_draws_the_priority_list_numbered_with_conditions(
@@ -203,6 +233,20 @@ def test_delays_read_like_the_ladder_names(after: dict[str, int], text: str) -> 
     from datetime import timedelta
 
     assert delay(timedelta(**after)) == text
+
+
+@pytest.mark.parametrize(
+    ("after", "text"),
+    [({"hours": 24}, "24 hours after entry"), ({"days": 7}, "7 days after entry"),
+     ({"days": 1, "hours": 12}, "1 day 12 hours after entry"),
+     ({"minutes": 1}, "1 minute after entry"), ({"weeks": 12}, "84 days after entry"),
+     ({}, "on entry")],
+    ids=["24h", "7d", "36h", "1min", "12w", "zero"],
+)  # fmt: skip
+def test_edge_labels_say_the_offset_counts_from_entry(after: dict[str, int], text: str) -> None:
+    from datetime import timedelta
+
+    assert after_entry(timedelta(**after)) == text
 
 
 # ---------------------------------------------------------------- ids
@@ -271,6 +315,7 @@ _DECLARE = re.compile(r'^state "([^"]*)" as ([A-Za-z0-9_]+)$')
 _COMPOSITE = re.compile(r'^state "([^"]*)" as ([A-Za-z0-9_]+) \{$')
 _CHOICE = re.compile(r"^state ([A-Za-z0-9_]+) <<choice>>$")
 _EDGE = re.compile(rf"^({_MERMAID_ID}) --> ({_MERMAID_ID})(?: : (.*))?$")
+_DESCRIBE = re.compile(r"^([A-Za-z0-9_]+) : (.*)$")
 
 
 def decode_mermaid(text: str) -> str:
@@ -311,6 +356,9 @@ def check_mermaid(text: str) -> None:
         elif m := _CHOICE.match(line):
             declared[-1].add(m.group(1))
             continue
+        elif m := _DESCRIBE.match(line):
+            assert m.group(1) in declared[-1], f"description of an undeclared state: {line}"
+            label = m.group(2)
         elif m := _EDGE.match(line):
             source, target, label = m.group(1), m.group(2), m.group(3) or ""
             assert target != "[*]", "nothing ends a lifecycle"
@@ -479,10 +527,10 @@ def test_the_diagram_changes_when_the_rules_change() -> None:
         assert "paying_J7" in new
     assert mermaid_edges(render(after, "mermaid")) == sorted(
         [*mermaid_edges(render(before, "mermaid")),
-         ("[*]", "paying", "paid"), ("paying", "paying_J7", "+7d")]
+         ("[*]", "paying", "paid"), ("paying", "paying_J7", "7 days after entry")]
     )  # fmt: skip
     slower = parse_rules(BASE.replace("_H24: 24h", "_H24: 48h"))
-    assert "registered --> registered_H24 : +2d" in render(slower, "mermaid")
+    assert "registered --> registered_H24 : 2 days after entry" in render(slower, "mermaid")
 
 
 # ---------------------------------------------------------------- the command

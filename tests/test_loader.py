@@ -42,8 +42,8 @@ def test_duplicate_keys_are_all_reported_with_lines():
     doc = load_yaml("a: 1\nb: 2\na: 3\nm:\n  x: 1\n  x: 2\n", "f.yaml")
     messages = [(p.line, p.path, p.message) for p in doc.problems]
     assert messages == [
-        (3, (), "key 'a' appears twice (first on line 1)"),
-        (6, ("m",), "key 'x' appears twice (first on line 5)"),
+        (3, (), "`a` appears twice here (first on line 1); keep only one"),
+        (6, ("m",), "`x` appears twice here (first on line 5); keep only one"),
     ]
 
 
@@ -57,11 +57,13 @@ def test_syntax_error_names_file_and_line():
     (problem,) = info.value.problems
     assert problem.file == "broken.yaml"
     assert problem.line is not None
-    assert "YAML syntax error" in problem.message
+    assert problem.message == (
+        "the [ opened on this line is never closed; add ] at the end of what it holds"
+    )
 
 
 def test_aliases_are_refused():
-    with pytest.raises(RulesError, match="anchors and aliases"):
+    with pytest.raises(RulesError, match="a value cannot start with & or \\*"):
         load_yaml("a: &x {b: 1}\nc: *x\n", "f.yaml")
 
 
@@ -101,7 +103,7 @@ def test_control_characters_are_located_problems(text, line):
         load_yaml(text, "f.yaml")
     (problem,) = info.value.problems
     assert problem.line == line
-    assert "is not allowed in YAML" in problem.message
+    assert "invisible control character" in problem.message
 
 
 @pytest.mark.parametrize(
@@ -110,7 +112,7 @@ def test_control_characters_are_located_problems(text, line):
     ids=["lists", "mappings"],
 )
 def test_deep_nesting_is_refused_instead_of_exhausting_the_stack(text):
-    with pytest.raises(RulesError, match="nested more than 32 levels deep"):
+    with pytest.raises(RulesError, match="indented more than 32 levels deep"):
         load_yaml(text, "f.yaml")
 
 

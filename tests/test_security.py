@@ -136,7 +136,7 @@ entities:
         ("has_wallet == true -- comment", "unknown fact 'comment'"),
         ("(SELECT 1)", "expected ')', found '1'"),
         ("has_wallet.__class__.__bases__", "unexpected character '.'"),
-        ("lambda: 1", "YAML syntax error"),
+        ("lambda: 1", "put the whole value in quotes"),
         ("[x for x in ()]", "expected a condition or 'otherwise', found a list"),
     ],
 )

@@ -203,7 +203,11 @@ entities:
 def test_duplicate_keys_from_the_loader_are_reported_too():
     text = MINIMAL + "    actions:\n      signup: SELECT 1 AS id, 2 AS at\n      signup: SELECT 2\n"
     assert problems(text) == [
-        (6, "entities ==> user ==> actions", "key 'signup' appears twice (first on line 5)")
+        (
+            6,
+            "entities ==> user ==> actions",
+            "`signup` appears twice here (first on line 5); keep only one",
+        )
     ]
 
 

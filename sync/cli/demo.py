@@ -3,16 +3,19 @@
 It creates a BlouseBrothers demo database (SQLite), starts the Mailchimp
 emulator in this process, creates the merge fields, runs a full cycle, then
 moves a simulated clock forward a day at a time and runs again, printing what
-moved, so a newcomer sees ladders and transitions happen. It leaves a
-``mailsync.yaml`` behind so that ``explain`` and ``status`` work on the result.
+moved, so a newcomer sees ladders and transitions happen.
+
+Everything lives in one workspace (``sync.demo.workspace``), whatever the
+current directory: the rules, sources and rules tests copied from the package,
+the data, and a ``mailsync.yaml``. The "where to look next" commands it prints
+name the workspace by absolute path, so each works when pasted anywhere.
 """
 
 from __future__ import annotations
 
-import os
+import shlex
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 
 import click
@@ -22,6 +25,7 @@ from sync.config import Config, MailchimpConfig
 from sync.cycle import CycleSummary
 from sync.daemon import build_runtime, run_once
 from sync.demo import load_demo
+from sync.demo.workspace import Workspace, default_folder
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
 from sync.explain import explain_entity, render_text
 from sync.mailchimp import (
@@ -32,16 +36,6 @@ from sync.mailchimp import (
     make_client,
 )
 from sync.sink import MailchimpSink, SinkConfig
-
-
-def _rule_files() -> tuple[Path, Path]:
-    """``./rules.yaml`` and ``./sources.yaml`` when run in a checkout, else the
-    copies shipped in the package."""
-    here = Path("rules.yaml"), Path("sources.yaml")
-    if all(p.exists() for p in here):
-        return here[0].resolve(), here[1].resolve()
-    files = resources.files("sync.demo") / "files"
-    return Path(str(files / "rules.yaml")), Path(str(files / "sources.yaml"))
 
 
 def _moves(summary: CycleSummary) -> Counter[tuple[str | None, str | None]]:
@@ -70,10 +64,10 @@ def _print_cycle(title: str, summary: CycleSummary, calls: Counter[str]) -> None
 @click.option(
     "--dir",
     "directory",
-    default="mailsync-demo",
-    show_default=True,
+    default=None,
     type=click.Path(file_okay=False),
-    help="Where to put the demo database, state store and settings.",
+    help="The demo's workspace: rules, sources, rules tests, data and settings "
+    "[default: $XDG_DATA_HOME/mailsync/demo, i.e. ~/.local/share/mailsync/demo].",
 )
 @click.option("--users", default=2000, show_default=True, help="Demo users to generate.")
 @click.option(
@@ -82,25 +76,27 @@ def _print_cycle(title: str, summary: CycleSummary, calls: Counter[str]) -> None
 @click.option("--seed", default=1, show_default=True, help="Seed of the synthetic data.")
 @click.option("--start", default=None, metavar="INSTANT", help="Simulated start (default: now).")
 @handle_errors
-def demo(directory: str, users: int, days: int, seed: int, start: str | None) -> None:
+def demo(directory: str | None, users: int, days: int, seed: int, start: str | None) -> None:
     """Run mailsync end to end on demo data, against a local Mailchimp emulator.
 
     Creates a BlouseBrothers demo database (SQLite), runs one cycle, then
     advances a simulated clock a day at a time, printing which statuses moved
-    and what was pushed. Nothing leaves this machine.
+    and what was pushed. Nothing leaves this machine; everything it writes is in
+    one workspace folder, the same from whatever directory it is run.
     """
-    folder = Path(directory).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
     now = parse_at(start) or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    rules, sources = _rule_files()
-    database = f"sqlite:///{folder / 'app.sqlite'}"
-    state_url = f"sqlite:///{folder / 'state.sqlite'}"
-    state_file = folder / "state.sqlite"
-    if state_file.exists():
-        state_file.unlink()  # a fresh story each time
+    space = Workspace(Path(directory).expanduser().resolve() if directory else default_folder())
+    copied, kept = space.prepare()
+    rules, sources, database, state_url = space.rules, space.sources, space.database, space.state
+    click.secho(f"0. Workspace: {space.folder}", bold=True)
+    if copied:
+        click.echo(f"   copied from the package: {', '.join(copied)}")
+    if kept:
+        click.echo(f"   kept as you left them: {', '.join(kept)} (delete one to get it back)")
 
     click.secho(
-        f"1. Demo database: {users} BlouseBrothers users in {folder / 'app.sqlite'}", bold=True
+        f"1. Demo database: {users} BlouseBrothers users in {space.folder / 'app.sqlite'}",
+        bold=True,
     )
     counts = load_demo(database, "blousebrothers", users=users, seed=seed, now=now, replace=True)
     click.echo("   " + ", ".join(f"{n} {table}" for table, n in counts.items()))
@@ -179,17 +175,16 @@ def demo(directory: str, users: int, days: int, seed: int, start: str | None) ->
         finally:
             runtime.close()
 
-    settings_file = folder / "mailsync.yaml"
-    settings_file.write_text(
-        "# Written by `mailsync demo`. No audience is set, so `mailsync once` here is a dry run.\n"
-        f"rules: {rules}\nsources: {sources}\ndatabase: {database}\nstate: {state_url}\n"
-    )
-    rel = os.path.relpath(settings_file)
-    click.secho("Where to look next:", bold=True)
+    settings_file = shlex.quote(str(space.settings))
+    at = clock["now"].isoformat()
+    click.secho("Where to look next (each works from any directory):", bold=True)
     if example is not None and record.email:
-        at = clock["now"].isoformat()
-        click.echo(f"  mailsync explain {record.email} --config {rel} --at {at}")
-    click.echo(f"  mailsync status --config {rel} --at {clock['now'].isoformat()}")
-    click.echo(f"  mailsync graph {os.path.relpath(rules)}      # the lifecycle as a diagram")
-    click.echo("  mailsync test rules.test.yaml   # what the rules promise, pinned")
-    click.echo("  docs/rules.md, docs/architecture.md")
+        click.echo(f"  mailsync explain {record.email} --config {settings_file} --at {at}")
+    click.echo(f"  mailsync status --config {settings_file} --at {at}")
+    click.echo(f"  mailsync check --config {settings_file}   # rules, sources and database agree")
+    click.echo(f"  mailsync graph {shlex.quote(str(rules))}   # the lifecycle as a diagram")
+    click.echo(
+        f"  mailsync test {shlex.quote(str(space.rules_test))}   # what the rules promise, pinned"
+    )
+    again = "mailsync demo" + (f" --dir {shlex.quote(str(space.folder))}" if directory else "")
+    click.echo(f"Edit {rules}, then run `{again}` again to see what your change does.")

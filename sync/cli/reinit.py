@@ -72,7 +72,8 @@ def reinit(config_path: str | None, at: str | None, dry_run: bool, evaluator: st
                     state.replace_baselines(entity.name, instant, stream)
                 verb = "would enter" if dry_run else "entered"
                 total = sum(counts.values())
-                click.echo(f"{entity.name}: {total} re-initialised at {instant.isoformat()}")
+                done = f"would re-initialise {total}" if dry_run else f"{total} re-initialised"
+                click.echo(f"{entity.name}: {done} at {instant.isoformat()}")
                 for status, count in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))):
                     click.echo(f"  {verb} {status or '(no status)'}: {count}")
     finally:

@@ -21,6 +21,8 @@ from sync.webhooks import PREFIX, WebhookReceiver
 
 log = logging.getLogger(__name__)
 
+log = logging.getLogger("sync.daemon")
+
 
 @click.command()
 @config_option
@@ -109,11 +111,11 @@ def run(
     if address:
         host, port = parse_address(address)
         server = MetricsServer(metrics, host, port, webhooks=receiver).start()
-        click.echo(f"metrics on http://{host}:{server.address[1]}/metrics", err=True)
+        # Through the log, not echoed: with --log-format json every line is JSON.
+        log.info("metrics on http://%s:%s/metrics", host, server.address[1])
         if receiver is not None:
-            click.echo(
-                f"Mailchimp webhooks on http://{host}:{server.address[1]}{PREFIX}<secret>",
-                err=True,
+            log.info(
+                "Mailchimp webhooks on http://%s:%s%s<secret>", host, server.address[1], PREFIX
             )
     lock = leader_lock(
         runtime.state, config.mailchimp.list_id or "dry-run", ttl=config.daemon.lease_ttl

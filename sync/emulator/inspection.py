@@ -55,6 +55,21 @@ def member_json(member: Member) -> dict[str, Any]:
     }
 
 
+@ROUTES.add("GET", "/")
+def index(emulator: Emulator, request: Request) -> Answer:
+    # The address the `mailsync emulator` banner prints: say what is behind it.
+    return Answer(
+        200,
+        {
+            "inspection": f"{emulator.root_url}/_emulator",
+            "api": emulator.url,
+            "endpoints": [
+                endpoint.replace(" ", " /_emulator", 1) for endpoint in ROUTES.endpoints()
+            ],
+        },
+    )
+
+
 @ROUTES.add("GET", "/health")
 def health(emulator: Emulator, request: Request) -> Answer:
     return Answer(
