@@ -186,7 +186,8 @@ def test_hash_must_match_address_on_creation(mailchimp_emulator, mailchimp_clien
 )
 def test_merge_field_values_are_checked(mailchimp_emulator, mailchimp_client, merge_fields, field):
     list_id = mailchimp_emulator.list_id
-    for tag, kind in [("SCORE", "number"), ("SINCE", "date"), ("SITE", "url"), ("BDAY", "birthday")]:
+    kinds = [("SCORE", "number"), ("SINCE", "date"), ("SITE", "url"), ("BDAY", "birthday")]
+    for tag, kind in kinds:
         mailchimp_client.lists.add_list_merge_field(
             list_id, {"tag": tag, "name": tag, "type": kind}
         )

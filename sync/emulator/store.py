@@ -526,9 +526,7 @@ class Audience:
     def _check_status(self, status: Any) -> None:
         if status not in REQUEST_STATUSES:
             raise invalid(
-                errors=[
-                    FieldError("status", f"Value is not one of: {', '.join(REQUEST_STATUSES)}")
-                ]
+                errors=[FieldError("status", f"Value is not one of: {', '.join(REQUEST_STATUSES)}")]
             )
 
     def _check_new_email(self, email: str) -> None:
