@@ -145,6 +145,26 @@ class MemberPushState:
     failure: PushFailure | None = None
 
 
+@dataclass(frozen=True)
+class AudienceProblem:
+    """A merge tag the rules push that the audience does not have.
+
+    Mailchimp drops such a value with a 200 answer, so the sink finds out by
+    reading the audience's merge fields and by comparing what came back with
+    what it sent; the problem stays recorded until the tag exists again."""
+
+    tag: str
+    reason: str
+    #: Values held back or dropped for this tag in the push that saw it last.
+    members: int
+    seen_at: datetime
+    #: When it was first seen (the store keeps the earliest); None: ``seen_at``.
+    first_seen_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        require_aware(self.seen_at, "audience problem instant")
+
+
 class PushLedger(Protocol):
     """What the sink needs from a store. All emails are normalised by the store."""
 
@@ -214,4 +234,17 @@ class PushLedger(Protocol):
     def clear_event_intents(self, events: Iterable[tuple[str, str]]) -> None:
         """Forget the intents of these (email, key): Mailchimp said it did not
         take them, or they are no longer due and it does not have them."""
+        ...
+
+    def record_audience_problems(self, problems: Sequence[AudienceProblem]) -> None:
+        """Remember merge tags missing from the audience (one row per tag: the
+        latest reason and count, the earliest ``first_seen_at``)."""
+        ...
+
+    def clear_audience_problems(self, tags: Iterable[str]) -> None:
+        """These tags exist in the audience again."""
+        ...
+
+    def audience_problems(self) -> list[AudienceProblem]:
+        """Problems recorded, by tag."""
         ...

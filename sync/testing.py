@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sync.ledger import (
     AcceptedPush,
+    AudienceProblem,
     EventIntent,
     MemberPushState,
     PushFailure,
@@ -32,6 +33,7 @@ class MemoryLedger:
         self._failures: dict[str, PushFailure] = {}
         self._events: dict[str, dict[str, tuple[str, datetime, str | None]]] = {}
         self._intents: dict[str, dict[str, EventIntent]] = {}
+        self._audience: dict[str, AudienceProblem] = {}
 
     def member_states(self, emails: Iterable[str]) -> dict[str, MemberPushState]:
         states: dict[str, MemberPushState] = {}
@@ -139,3 +141,18 @@ class MemoryLedger:
     def clear_event_intents(self, events: Iterable[tuple[str, str]]) -> None:
         for email, key in events:
             self._intents.get(normalise_email(email), {}).pop(key, None)
+
+    def record_audience_problems(self, problems: Sequence[AudienceProblem]) -> None:
+        for problem in problems:
+            before = self._audience.get(problem.tag)
+            first = before.first_seen_at if before is not None else None
+            self._audience[problem.tag] = replace(
+                problem, first_seen_at=first or problem.first_seen_at or problem.seen_at
+            )
+
+    def clear_audience_problems(self, tags: Iterable[str]) -> None:
+        for tag in tags:
+            self._audience.pop(tag, None)
+
+    def audience_problems(self) -> list[AudienceProblem]:
+        return [self._audience[tag] for tag in sorted(self._audience)]
