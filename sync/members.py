@@ -80,9 +80,7 @@ class MemberBuilder:
                 self.invalid.pop(tag, None)
             else:
                 self.merge_fields.pop(tag, None)
-                self.invalid[tag] = (
-                    f"{entity.name} {entity_id}: {merge_field.source} is {problem}"
-                )
+                self.invalid[tag] = f"{entity.name} {entity_id}: {merge_field.source} is {problem}"
         self.tags |= evaluation.tags
         self.managed_tags |= entity.managed_tags
         self.events.extend(scoped_events(entity, entity_id, evaluation.events))
