@@ -91,6 +91,9 @@ class CycleSummary:
         for kind, count in push.calls.items():
             total.calls[kind] = total.calls.get(kind, 0) + count
         total.failures.extend(push.failures)
+        for tag, count in push.missing_merge_tags.items():
+            total.missing_merge_tags[tag] = total.missing_merge_tags.get(tag, 0) + count
+        total.invalid_values += push.invalid_values
 
     def counts(self) -> dict[str, object]:
         """A JSON-able record of the cycle (stored with it in the state store)."""
@@ -110,6 +113,8 @@ class CycleSummary:
             "events_resent": self.push.events_resent,
             "events_unconfirmed": self.push.events_unconfirmed,
             "api_calls": dict(self.push.calls),
+            "missing_merge_tags": dict(self.push.missing_merge_tags),
+            "merge_values_not_json": self.push.invalid_values,
             "backlog": self.backlog,
             "duration_s": round(self.duration_s, 3),
             "stopped": self.stopped,

@@ -19,7 +19,8 @@ from sync.state import StateStore
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for tools.")
 @handle_errors
 def status(config_path: str | None, at: str | None, as_json: bool) -> None:
-    """Counts per status, entities due, pending and failed pushes, last good cycle."""
+    """Counts per status, entities due, pending and failed pushes, audience
+    problems (merge tags missing from the audience), last good cycle."""
     config = load_config(config_path)
     ruleset = load_rules(config.rules)
     now = parse_at(at) or system_clock()
@@ -34,6 +35,7 @@ def status(config_path: str | None, at: str | None, as_json: bool) -> None:
         transient = len(state.failures(permanent=False))
         permanent = len(state.failures(permanent=True))
         cycles = state.cycles(limit=100)
+        audience = state.audience_problems()
     finally:
         state.close()
     good = [c for c in cycles if c.ok]
@@ -44,6 +46,16 @@ def status(config_path: str | None, at: str | None, as_json: bool) -> None:
             "statuses": statuses,
             "due": due,
             "failed_pushes": {"transient": transient, "permanent": permanent},
+            "audience_problems": [
+                {
+                    "merge_tag": p.tag,
+                    "reason": p.reason,
+                    "values_not_kept": p.members,
+                    "first_seen_at": (p.first_seen_at or p.seen_at).isoformat(),
+                    "last_seen_at": p.seen_at.isoformat(),
+                }
+                for p in audience
+            ],
             "last_successful_cycle": last_good,
             "last_cycles": [
                 {
@@ -63,4 +75,10 @@ def status(config_path: str | None, at: str | None, as_json: bool) -> None:
             click.echo(f"  {status_name:<32} {count}")
     click.echo(f"due now: {due}")
     click.echo(f"failed pushes: {transient} transient (will retry), {permanent} permanent")
+    if audience:
+        click.echo(f"AUDIENCE PROBLEMS: {len(audience)} merge tag(s) missing from the audience")
+        for p in audience:
+            since = (p.first_seen_at or p.seen_at).isoformat()
+            click.echo(f"  {p.tag}: since {since}, {p.members} value(s) not kept last time")
+            click.echo(f"    {p.reason}")
     click.echo(f"last successful cycle: {last_good or 'never'}")

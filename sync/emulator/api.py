@@ -195,3 +195,9 @@ def add_merge_field(store: Store, request: Request) -> Answer:
 def get_merge_field(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
     return Answer(200, audience.merge_field_json(request.params["merge_id"]))
+
+
+@ROUTES.add("DELETE", "/lists/{list_id}/merge-fields/{merge_id}")
+def delete_merge_field(store: Store, request: Request) -> Answer:
+    store.audience(request.params["list_id"]).delete_merge_field(request.params["merge_id"])
+    return Answer(204)

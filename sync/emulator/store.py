@@ -509,6 +509,17 @@ class Audience:
                     return f.to_json(self.list_id)
         raise not_found()
 
+    def delete_merge_field(self, merge_id: str) -> None:
+        """``DELETE …/merge-fields/{merge_id}``: the field and every member's
+        value of it are gone (as when a marketer deletes it in Mailchimp)."""
+        with self._lock:
+            found = next((f for f in self.merge_fields if str(f.merge_id) == merge_id), None)
+            if found is None:
+                raise not_found()
+            self.merge_fields.remove(found)
+            for member in self._members.values():
+                member.merge_fields.pop(found.tag, None)
+
     def add_merge_field(self, body: Any) -> dict[str, Any]:
         with self._lock:
             created = new_field(body, self.merge_fields)
