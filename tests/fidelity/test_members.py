@@ -132,7 +132,7 @@ def test_required_fields_are_enforced_on_update(
         assert (problem["title"], problem["status"]) == ("Invalid Resource", 400)
         assert problem["detail"] == "Your merge fields were invalid."
         assert problem["errors"] == [{"field": "MMERGE4", "message": "Please enter a value"}]
-        assert isinstance(problem["instance"], str) and problem["instance"]
+        assert problem["instance"]
 
 
 def test_skip_merge_validation_lets_updates_through(
