@@ -8,20 +8,27 @@ refused for good that could have gone, every problem visible.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from sync.emulator import Emulator
+from sync.cli import main
+from sync.demo import load_demo
+from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
 from sync.ledger import PushLedger
 from sync.mailchimp import BatchPolling, Caller, MailchimpSettings, RetryPolicy, make_client
 from sync.payload import EVENT_PROPERTIES_MAX, properties_size
 from sync.records import DesiredMember, EventDue
 from sync.sink import MailchimpSink, SinkConfig
 from sync.testing import MemoryLedger
+from tests.test_cycle import NOW
 
+ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 READ_TAGS = "GET /lists/{list_id}/merge-fields"
 PUT = "PUT /lists/{list_id}/members/{subscriber_hash}"
@@ -228,3 +235,41 @@ def test_a_value_that_is_not_json_fails_that_member_only(
     assert emulator.calls.count(PUT) == 0
     assert again.failed == 0
     assert [f.email for f in ledger.failures()] == ["p1@x.io"]
+
+
+# -- end to end: `mailsync once` then `mailsync status` -------------------------
+
+
+def test_a_missing_merge_field_shows_in_status(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sqlite_url: str,
+    mailchimp_emulator: Emulator,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The audience has every field the shipped rules push but MMERGE3 (a
+    marketer deleted it): the cycle goes on, and status says what is wrong."""
+    load_demo(sqlite_url, "blousebrothers", users=20, seed=2, now=NOW)
+    for tag in ("MMERGE25", "MMERGE28"):
+        mailchimp_emulator.audience.add_merge_field({"tag": tag, "name": tag, "type": "text"})
+    config = tmp_path / "mailsync.yaml"
+    config.write_text(
+        f"rules: {ROOT / 'rules.yaml'}\nsources: {ROOT / 'sources.yaml'}\n"
+        f"database: {sqlite_url}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
+        f"mailchimp:\n  list_id: {DEFAULT_LIST_ID}\n  base_url: {mailchimp_emulator.url}\n"
+    )
+    monkeypatch.setenv("MAILCHIMP_API_KEY", DEFAULT_API_KEY)
+    at = NOW.isoformat()
+    assert main(["once", "--config", str(config), "--at", at]) == 0
+    assert "merge tags missing from the audience (values not kept): MMERGE3 20" in (
+        capsys.readouterr().out
+    )
+    assert len(mailchimp_emulator.audience.members()) == 20
+    assert main(["status", "--config", str(config), "--at", at]) == 0
+    out = capsys.readouterr().out
+    assert "AUDIENCE PROBLEMS: 1 merge tag(s) missing from the audience" in out
+    # Stamped by the sink's clock (the wall clock here, not `--at`).
+    assert re.search(r"MMERGE3: since \S+, 20 value\(s\) not kept", out)
+    assert main(["status", "--config", str(config), "--at", at, "--json"]) == 0
+    (problem,) = json.loads(capsys.readouterr().out)["audience_problems"]
+    assert (problem["merge_tag"], problem["values_not_kept"]) == ("MMERGE3", 20)
