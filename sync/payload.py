@@ -27,14 +27,15 @@ EVENT_PROPERTIES_MAX = 1000
 
 
 def json_problem(value: object) -> str | None:
-    """Why ``value`` cannot be a merge-field value in a JSON body, or None."""
-    if isinstance(value, bool):
-        return "a boolean is not a merge-field value"
+    """Why ``value`` cannot be a merge-field value in a JSON body, or None.
+
+    Only what JSON cannot carry is refused here; whether Mailchimp takes a
+    JSON value for a given field is its answer to give."""
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value!r} is not a JSON number"
-    if isinstance(value, str | int | float):
+    if value is None or isinstance(value, str | int | float):
         return None
-    return f"a {type(value).__name__} is not a merge-field value"
+    return f"a {type(value).__name__} is not a JSON value"
 
 
 def properties_size(properties: Mapping[str, str]) -> int:

@@ -48,7 +48,13 @@ def emulator(mailchimp_emulator: Emulator) -> Emulator:
 
 
 def make_sink(
-    emulator: Emulator, ledger: PushLedger, clock: Clock, timeout: float = 5.0, **config: object
+    emulator: Emulator,
+    ledger: PushLedger,
+    clock: Clock,
+    timeout: float = 5.0,
+    *,
+    warm: bool = True,
+    **config: object,
 ) -> MailchimpSink:
     settings = MailchimpSettings(
         api_key=emulator.api_key, list_id=emulator.list_id, host=emulator.url, timeout=timeout
@@ -59,10 +65,11 @@ def make_sink(
         RetryPolicy(attempts=6, initial_wait=0.0, max_wait=0.0, sleep=lambda _: None),
     )
     sink = MailchimpSink(caller, ledger, SinkConfig(**config), clock=clock)  # type: ignore[arg-type]
-    # The sink reads the audience's merge tags once per `merge_fields_ttl`:
-    # read them now, so that the call counts below are those of the pushes.
-    sink.audience_tags(clock())
-    emulator.calls.reset()
+    if warm:
+        # The sink reads the audience's merge tags once per `merge_fields_ttl`:
+        # read them now, so that the call counts below are those of the pushes.
+        sink.audience_tags(clock())
+        emulator.calls.reset()
     return sink
 
 

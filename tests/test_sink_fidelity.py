@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,25 +21,18 @@ from sync.cli import main
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
 from sync.ledger import PushLedger
-from sync.mailchimp import BatchPolling, Caller, MailchimpSettings, RetryPolicy, make_client
+from sync.mailchimp import BatchPolling
 from sync.payload import EVENT_PROPERTIES_MAX, properties_size
 from sync.records import DesiredMember, EventDue
-from sync.sink import MailchimpSink, SinkConfig
+from sync.sink import MailchimpSink
 from sync.testing import MemoryLedger
 from tests.test_cycle import NOW
+from tests.test_sink_emulator import T0, Clock
+from tests.test_sink_emulator import make_sink as sink_for
 
 ROOT = Path(__file__).resolve().parent.parent
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 READ_TAGS = "GET /lists/{list_id}/merge-fields"
 PUT = "PUT /lists/{list_id}/members/{subscriber_hash}"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
@@ -52,16 +45,9 @@ def emulator(mailchimp_emulator: Emulator) -> Emulator:
 def make_sink(
     emulator: Emulator, ledger: PushLedger, clock: Clock, **config: object
 ) -> MailchimpSink:
-    settings = MailchimpSettings(
-        api_key=emulator.api_key, list_id=emulator.list_id, host=emulator.url, timeout=5.0
-    )
-    caller = Caller(
-        make_client(settings),
-        emulator.list_id,
-        RetryPolicy(attempts=3, initial_wait=0.0, max_wait=0.0, sleep=lambda _: None),
-    )
+    """The sink of ``test_sink_emulator``, polling ``/batches`` briskly."""
     config.setdefault("polling", BatchPolling(first_wait=0.02, max_wait=0.2, deadline=60))
-    return MailchimpSink(caller, ledger, SinkConfig(**config), clock=clock)  # type: ignore[arg-type]
+    return sink_for(emulator, ledger, clock, **config)
 
 
 def people(n: int, **fields: object) -> list[DesiredMember]:
@@ -115,8 +101,7 @@ def test_a_field_deleted_mid_run_is_caught_in_the_answer_and_not_recorded(
     sink = make_sink(emulator, ledger, clock, bulk_threshold=10)
     if path != "create":
         sink.push(people(n, STATUS="a", SCORE=1))
-    else:
-        sink.audience_tags(clock())  # SCORE is there when the tags are read
+    # The sink read the tags (SCORE among them) when it was made.
     delete_field(emulator, "SCORE")
     emulator.calls.reset()
 
@@ -139,13 +124,14 @@ def test_a_field_deleted_mid_run_is_caught_in_the_answer_and_not_recorded(
 def test_the_audience_is_read_once_per_ttl_not_once_per_push(emulator: Emulator) -> None:
     ledger, clock = MemoryLedger(), Clock()
     sink = make_sink(emulator, ledger, clock, merge_fields_ttl=timedelta(minutes=15))
+    # Read once when the sink was made, at T0.
     for minute, status in enumerate(("a", "b", "c")):
         clock.now = T0 + timedelta(minutes=minute)
         sink.push([DesiredMember("a@x.io", {"STATUS": status})])
-    assert emulator.calls.count(READ_TAGS) == 1
+    assert emulator.calls.count(READ_TAGS) == 0
     clock.now = T0 + timedelta(minutes=16)
     sink.push([DesiredMember("a@x.io", {"STATUS": "d"})])
-    assert emulator.calls.count(READ_TAGS) == 2
+    assert emulator.calls.count(READ_TAGS) == 1
 
 
 # -- row 2: required merge fields on updates ------------------------------------

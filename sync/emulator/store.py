@@ -257,12 +257,7 @@ class Audience:
                     )
                 self._check_status(status)
                 self._check_new_email(email)
-                values = checked_values(
-                    self.merge_fields,
-                    body.get("merge_fields"),
-                    stored=None,
-                    skip_required=skip_merge_validation,
-                )
+                values = self._merge_values(body, None, skip_merge_validation)
                 self._check_may_subscribe(h, None, email, status)
                 created = self._create(email, status, values, _tag_names(body))
                 self._apply_profile(created, body)
@@ -272,12 +267,7 @@ class Audience:
             if status is not None:
                 self._check_status(status)
                 self._check_may_subscribe(h, member, member.email_address, status)
-            values = checked_values(
-                self.merge_fields,
-                body.get("merge_fields"),
-                stored=member.merge_fields,
-                skip_required=skip_merge_validation,
-            )
+            values = self._merge_values(body, member.merge_fields, skip_merge_validation)
             self._update(member, status, values)
             self._apply_profile(member, body)
             return False, self._render(member)
@@ -292,12 +282,7 @@ class Audience:
             if status is not None:
                 self._check_status(status)
                 self._check_may_subscribe(member.id, member, member.email_address, status)
-            values = checked_values(
-                self.merge_fields,
-                body.get("merge_fields"),
-                stored=member.merge_fields,
-                skip_required=skip_merge_validation,
-            )
+            values = self._merge_values(body, member.merge_fields, skip_merge_validation)
             self._update(member, status, values)
             self._apply_profile(member, body)
             return self._render(member)
@@ -365,12 +350,7 @@ class Audience:
                 try:
                     if member is None:
                         self._check_new_email(email)
-                        values = checked_values(
-                            self.merge_fields,
-                            item.get("merge_fields"),
-                            stored=None,
-                            skip_required=skip_merge_validation,
-                        )
+                        values = self._merge_values(item, None, skip_merge_validation)
                         self._check_may_subscribe(h, None, email, item["status"])
                         new = self._create(email, item["status"], values, _tag_names(item))
                         self._apply_profile(new, item)
@@ -387,12 +367,7 @@ class Audience:
                         )
                         continue
                     self._check_may_subscribe(h, member, email, item["status"])
-                    values = checked_values(
-                        self.merge_fields,
-                        item.get("merge_fields"),
-                        stored=member.merge_fields,
-                        skip_required=skip_merge_validation,
-                    )
+                    values = self._merge_values(item, member.merge_fields, skip_merge_validation)
                     self._update(member, item["status"], values)
                     if sync_tags:
                         self._replace_tags(member, _tag_names(item))
@@ -555,6 +530,14 @@ class Audience:
             return
         if h in self._compliance or (member is not None and member.status in COMPLIANCE_STATUSES):
             raise compliance_state(email)
+
+    def _merge_values(
+        self, body: Mapping[str, Any], stored: dict[str, Any] | None, skip_required: bool
+    ) -> dict[str, Any]:
+        """The merge values of ``body`` this audience keeps (see ``checked_values``)."""
+        return checked_values(
+            self.merge_fields, body.get("merge_fields"), stored=stored, skip_required=skip_required
+        )
 
     def _check_batch_schema(self, items: list[Any]) -> None:
         problems: list[FieldError] = []
