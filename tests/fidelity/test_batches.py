@@ -20,18 +20,7 @@ import requests
 from sync.emulator import Emulator
 from sync.emulator.store import subscriber_hash
 from sync.mailchimp import parse_batch_results
-
-JOB_KEYS = {
-    "id",
-    "status",
-    "total_operations",
-    "finished_operations",
-    "errored_operations",
-    "submitted_at",
-    "completed_at",
-    "response_body_url",
-    "_links",
-}
+from tests.test_emulator_batch_operations import BATCH_KEYS as JOB_KEYS
 
 
 def test_a_job_its_states_and_its_results(
