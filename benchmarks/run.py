@@ -104,9 +104,13 @@ TICK_NOW = NOW + timedelta(hours=1)
 CALLS_CONSTANT = 3
 
 
-def bench_database(admin_url: str, users: int, seed: int) -> str:
-    """URL of the dedicated benchmark database, filled once for (users, seed)."""
-    name = f"mailsync_bench_{users}_s{seed}"
+def bench_database(admin_url: str, users: int, seed: int, prefix: str = "mailsync_bench") -> str:
+    """URL of the dedicated benchmark database, filled once for (users, seed).
+
+    ``prefix`` names it (``<prefix>_<users>_s<seed>``): the daemon benchmark,
+    which inserts rows while it runs, keeps a database of its own.
+    """
+    name = f"{prefix}_{users}_s{seed}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         exists = conn.execute(
@@ -137,13 +141,20 @@ def bench_database(admin_url: str, users: int, seed: int) -> str:
                 {"u": users, "s": seed, "n": NOW.isoformat()},
             )
         print(f"generated {users} users in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    engine.dispose()
+    index_instants(url)
+    return url
+
+
+def index_instants(url: str) -> None:
+    """An index on each instant column the action queries read (``INSTANT_COLUMNS``)."""
+    engine = sa.create_engine(url)
     with engine.begin() as conn:
         for table, column in INSTANT_COLUMNS:
             conn.exec_driver_sql(
                 f"CREATE INDEX IF NOT EXISTS ix_bench_{table}_{column} ON {table} ({column})"
             )
     engine.dispose()
-    return url
 
 
 def scan_limit(url: str, sources_file: Path) -> tuple[float, int]:

@@ -17,9 +17,14 @@ never from this file: see ``sync.mailchimp.load_api_key``.
 | audience | ``mailchimp.list_id`` | ``MAILCHIMP_LIST_ID`` | none: dry run |
 | API base URL (emulator) | ``mailchimp.base_url`` | ``MAILCHIMP_BASE_URL`` | Mailchimp |
 | status of new members | ``mailchimp.status_if_new`` | | ``subscribed`` |
+| webhook secret | ``mailchimp.webhook_secret`` | ``MAILSYNC_WEBHOOK_SECRET`` | none: no receiver |
+| reconciliation poll | ``mailchimp.poll_interval`` | ``MAILSYNC_POLL_INTERVAL`` | ``15min`` |
 | poll interval | ``daemon.interval`` | ``MAILSYNC_INTERVAL`` | ``1min`` |
-| full re-scan interval | ``daemon.full_rescan`` | ``MAILSYNC_FULL_RESCAN`` | ``1d`` |
+| full pass (the safety net) | ``daemon.full_rescan`` | ``MAILSYNC_FULL_RESCAN`` | ``15min`` |
 | events older than this are not sent | ``daemon.events_max_age`` | | ``7d`` |
+| past events sent on going live | ``daemon.backfill_events`` | | ``0`` (none) |
+| member of a deleted entity | ``daemon.on_delete`` | | ``keep`` |
+| how cycles evaluate | ``daemon.evaluator`` | | ``sql`` |
 | leader lease on SQLite | ``daemon.lease_ttl`` | | ``30s`` |
 | log format | ``log_format`` | ``MAILSYNC_LOG_FORMAT`` | ``text`` |
 | metrics address | ``metrics`` | ``MAILSYNC_METRICS`` | none (off) |
@@ -51,8 +56,26 @@ TOP_KEYS = (
     "log_format",
     "metrics",
 )
-MAILCHIMP_KEYS = ("list_id", "base_url", "status_if_new", "timeout")
-DAEMON_KEYS = ("interval", "full_rescan", "events_max_age", "batch_size", "lease_ttl")
+MAILCHIMP_KEYS = (
+    "list_id",
+    "base_url",
+    "status_if_new",
+    "timeout",
+    "webhook_secret",
+    "poll_interval",
+)
+DAEMON_KEYS = (
+    "interval",
+    "full_rescan",
+    "events_max_age",
+    "backfill_events",
+    "on_delete",
+    "evaluator",
+    "batch_size",
+    "lease_ttl",
+)
+ON_DELETE = ("keep", "unsubscribe", "archive")
+EVALUATORS = ("sql", "engine")
 
 
 @dataclass(frozen=True)
@@ -61,13 +84,28 @@ class MailchimpConfig:
     base_url: str | None = None
     status_if_new: str = "subscribed"
     timeout: float = 120.0
+    #: The last part of the webhook receiver's path; None: no receiver.
+    webhook_secret: str | None = None
+    #: How often members changed in Mailchimp are read back (missed webhooks).
+    poll_interval: timedelta = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
     interval: timedelta = timedelta(minutes=1)
-    full_rescan: timedelta = timedelta(days=1)
+    #: The full pass derives every entity and diffs it: the safety net for
+    #: late rows, address changes, deletions and rules reloads. Cheap enough
+    #: to run every few minutes.
+    full_rescan: timedelta = timedelta(minutes=15)
     events_max_age: timedelta = timedelta(days=7)
+    #: Going live (the first cycle of a new state store): events that
+    #: happened up to this long before are still sent; none by default.
+    backfill_events: timedelta = timedelta(0)
+    #: What happens to the member of an entity the sources no longer list.
+    on_delete: str = "keep"
+    #: "sql": cycles evaluate with the compiled SQL (the engine where a type
+    #: cannot be compiled); "engine": always the Python engine.
+    evaluator: str = "sql"
     batch_size: int = 5000
     #: SQLite leader lease: a standby takes over this long after the leader died.
     lease_ttl: timedelta = timedelta(seconds=30)
@@ -112,18 +150,29 @@ class _Reader:
                     f"unknown key{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}",
                 )
 
-    def duration(self, mapping: MarkedDict, key: str, default: timedelta) -> timedelta:
+    def duration(
+        self, mapping: MarkedDict, key: str, default: timedelta, section: str = "daemon"
+    ) -> timedelta:
         if key not in mapping:
             return default
         try:
             value = parse_duration(str(mapping[key]))
         except DurationError as exc:
-            self.error(mapping, key, ("daemon", key), str(exc))
+            self.error(mapping, key, (section, key), str(exc))
             return default
         if value <= timedelta(0):
-            self.error(mapping, key, ("daemon", key), "expected a duration above zero")
+            self.error(mapping, key, (section, key), "expected a duration above zero")
             return default
         return value
+
+    def choice(self, mapping: MarkedDict, key: str, allowed: tuple[str, ...]) -> str:
+        """One of ``allowed`` (the first is the default)."""
+        value = mapping.get(key, allowed[0])
+        if value not in allowed:
+            expected = ", ".join(allowed)
+            self.error(mapping, key, ("daemon", key), f"expected one of {expected}, got {value!r}")
+            return allowed[0]
+        return str(value)
 
     def text(self, mapping: MarkedDict, key: str, path: tuple[str, ...]) -> str | None:
         value = mapping.get(key)
@@ -162,6 +211,10 @@ class _Reader:
                 status_if_new=self.text(mc_raw, "status_if_new", ("mailchimp", "status_if_new"))
                 or "subscribed",
                 timeout=float(mc_raw.get("timeout", 120.0)),
+                webhook_secret=self.text(mc_raw, "webhook_secret", ("mailchimp", "webhook_secret")),
+                poll_interval=self.duration(
+                    mc_raw, "poll_interval", MailchimpConfig.poll_interval, "mailchimp"
+                ),
             )
         if isinstance(daemon_raw, MarkedDict):
             self.keys(daemon_raw, DAEMON_KEYS, ("daemon",))
@@ -177,6 +230,11 @@ class _Reader:
                 events_max_age=self.duration(
                     daemon_raw, "events_max_age", DaemonConfig.events_max_age
                 ),
+                backfill_events=self.duration(
+                    daemon_raw, "backfill_events", DaemonConfig.backfill_events
+                ),
+                on_delete=self.choice(daemon_raw, "on_delete", ON_DELETE),
+                evaluator=self.choice(daemon_raw, "evaluator", EVALUATORS),
                 batch_size=batch_size,
                 lease_ttl=self.duration(daemon_raw, "lease_ttl", DaemonConfig.lease_ttl),
             )
@@ -228,6 +286,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         config.mailchimp,
         list_id=env.get("MAILCHIMP_LIST_ID", config.mailchimp.list_id),
         base_url=env.get("MAILCHIMP_BASE_URL", config.mailchimp.base_url),
+        webhook_secret=env.get("MAILSYNC_WEBHOOK_SECRET", config.mailchimp.webhook_secret),
+        poll_interval=_env_duration(env, "MAILSYNC_POLL_INTERVAL", config.mailchimp.poll_interval),
     )
     daemon = replace(
         config.daemon,

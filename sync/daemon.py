@@ -38,16 +38,22 @@ from sync.mailchimp import (
     make_client,
 )
 from sync.metrics import Metrics
+from sync.reconciliation import ReconciliationPoll
 from sync.rules import Ruleset
 from sync.schema import load_rules
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
 from sync.source_reader import SourceReader
 from sync.sources import SourcesConfig, check_contract, load_sources
+from sync.sqlevaluator import SqlEvaluator
 from sync.state import StateStore
 
 log = logging.getLogger(__name__)
 
 LAST_FULL = "last_full_cycle"
+#: When mailsync went live on this state store (events before are not sent).
+LIVE_SINCE = "events_live_since"
+#: Prefix of the per-type instant of the last cycle (ticks read rows after it).
+TICK = "tick:"
 
 
 def system_clock() -> datetime:
@@ -128,6 +134,29 @@ class Runtime:
     clock: Callable[[], datetime] = system_clock
     dry_run: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
+    #: Events of the first cycle of a new state store go this far back
+    #: (``--backfill-events``; default: the setting, none).
+    backfill_events: timedelta | None = None
+    #: Reads back what changed in Mailchimp (None in a dry run).
+    poller: ReconciliationPoll | None = None
+    _evaluator: SqlEvaluator | None = field(default=None, repr=False)
+
+    @property
+    def evaluator(self) -> SqlEvaluator | None:
+        """The compiled-SQL evaluator for the rules in force (rebuilt when
+        they change), sharing the reader's read-only engine; None when the
+        operator chose the Python engine."""
+        if self.config.daemon.evaluator != "sql":
+            return None
+        if self._evaluator is None or self._evaluator.ruleset is not self.ruleset:
+            self._evaluator = SqlEvaluator(
+                self.ruleset,
+                self.sources,
+                self.reader.engine.url,
+                engine=self.reader.engine,
+                batch_size=self.config.daemon.batch_size,
+            )
+        return self._evaluator
 
     def close(self) -> None:
         self.reader.close()
@@ -189,7 +218,31 @@ def build_runtime(
         sink, dry_run = make_sink(
             config, state, dry_run=dry_run, out=out or sys.stdout, clock=clock
         )
-    return Runtime(config, ruleset, sources, reader, state, sink, clock, dry_run)
+    runtime = Runtime(config, ruleset, sources, reader, state, sink, clock, dry_run)
+    if isinstance(sink, MailchimpSink):
+        runtime.poller = ReconciliationPoll(
+            sink.caller,
+            state,
+            state.get_watermark,
+            state.set_watermark,
+            config.mailchimp.poll_interval,
+        )
+    return runtime
+
+
+def poll_mailchimp(runtime: Runtime, metrics: Metrics | None = None) -> None:
+    """The reconciliation poll, when due; a failure is logged, not raised:
+    the next cycle's poll tries again and the webhooks still flow."""
+    if runtime.poller is None:
+        return
+    try:
+        read = runtime.poller.run_if_due()
+    except (MailsyncError, sa.exc.OperationalError) as exc:
+        log.error("reconciliation poll failed, next try at the next cycle: %s", exc)
+        return
+    if read is not None and metrics is not None:
+        with metrics.lock:
+            metrics.polled += read
 
 
 def full_cycle_due(runtime: Runtime, now: datetime) -> bool:
@@ -205,15 +258,53 @@ def full_cycle_due(runtime: Runtime, now: datetime) -> bool:
     return now - last_full >= runtime.config.daemon.full_rescan
 
 
+def events_window(runtime: Runtime, now: datetime) -> tuple[datetime, datetime | None]:
+    """The instant events may be sent from, and (on going live) the instant
+    from which the events not sent are counted as skipped.
+
+    Events older than ``events_max_age`` are never sent. Nor are events that
+    happened before mailsync went live on this state store: the first cycle
+    of a new store records the instant (less ``backfill_events``), so that
+    going live, or replacing a lost state store, does not send a burst of
+    past events that a re-initialisation or the audience already reflects.
+    """
+    daemon = runtime.config.daemon
+    oldest = now - daemon.events_max_age
+    live = runtime.state.get_watermark(LIVE_SINCE)
+    if live is not None:
+        return max(oldest, datetime.fromisoformat(live)), None
+    backfill = runtime.backfill_events
+    if backfill is None:
+        backfill = daemon.backfill_events
+    live_since = now - backfill
+    if not runtime.dry_run:
+        runtime.state.set_watermark(LIVE_SINCE, live_since.isoformat())
+    log.info(
+        "going live at %s: events before %s are not sent (backfill %s)",
+        now.isoformat(),
+        live_since.isoformat(),
+        backfill,
+    )
+    return max(oldest, live_since), oldest if live_since > oldest else None
+
+
 def run_once(
     runtime: Runtime, *, now: datetime | None = None, full: bool | None = None
 ) -> CycleSummary:
-    """One cycle, recorded in the state store whatever its outcome."""
+    """One cycle, recorded in the state store whatever its outcome (a dry
+    run writes nothing to the state store)."""
     now = now or runtime.clock()
     if now.tzinfo is None:
         raise ConfigurationError("the cycle instant must carry a time zone")
+    record = not runtime.dry_run
     full = full_cycle_due(runtime, now) if full is None else full
-    cycle_id = runtime.state.start_cycle(now)
+    events_since, skipped_since = events_window(runtime, now)
+    ticks = {
+        t: datetime.fromisoformat(mark)
+        for t in runtime.ruleset.entities
+        if (mark := runtime.state.get_watermark(f"{TICK}{t}")) is not None
+    }
+    cycle_id = runtime.state.start_cycle(now) if record else None
     cycle = Cycle(
         runtime.ruleset,
         runtime.sources,
@@ -222,21 +313,32 @@ def run_once(
         runtime.sink,
         now=now,
         full=full,
+        evaluator=runtime.evaluator,
         batch_size=runtime.config.daemon.batch_size,
-        events_max_age=runtime.config.daemon.events_max_age,
+        events_since=events_since,
+        count_skipped_since=skipped_since,
+        tick_since=ticks,
+        record=record,
+        on_delete=runtime.config.daemon.on_delete,
         stop=runtime.stop,
     )
     try:
         summary = cycle.run()
     except BaseException:
-        runtime.state.finish_cycle(
-            cycle_id, runtime.clock(), ok=False, counts=cycle.summary.counts()
-        )
+        if cycle_id is not None:
+            runtime.state.finish_cycle(
+                cycle_id, runtime.clock(), ok=False, counts=cycle.summary.counts()
+            )
         raise
     ok = not summary.stopped
-    if ok and full:
-        runtime.state.set_watermark(LAST_FULL, now.isoformat())
-    runtime.state.finish_cycle(cycle_id, runtime.clock(), ok=ok, counts=summary.counts())
+    if cycle_id is not None:
+        if ok:
+            # Ticks read rows after this instant; the full pass catches the rest.
+            for entity_type in summary.evaluated_by:
+                runtime.state.set_watermark(f"{TICK}{entity_type}", now.isoformat())
+            if full:
+                runtime.state.set_watermark(LAST_FULL, now.isoformat())
+        runtime.state.finish_cycle(cycle_id, runtime.clock(), ok=ok, counts=summary.counts())
     log.info("cycle done", extra={"cycle": summary.counts()})
     return summary
 
@@ -295,7 +397,7 @@ class RulesWatcher:
             )
             return False
         log.info(
-            "rules reload: %s changed and is valid; using it from this cycle: %s",
+            "rules reload: %s changed and is valid; a full pass re-derives everyone now: %s",
             self.path,
             "; ".join(rules_changes(self.runtime.ruleset, new)),
         )
@@ -352,9 +454,12 @@ def _lead(
             lost.set()
             return
         now = runtime.clock()
-        watcher.check(now)
+        # New rules: a full pass re-derives everyone under them at once.
+        reloaded = watcher.check(now)
+        # Mailchimp-side changes first, so this cycle's push respects them.
+        poll_mailchimp(runtime, metrics)
         try:
-            summary = run_once(runtime, now=now, full=True if first else None)
+            summary = run_once(runtime, now=now, full=True if first or reloaded else None)
         except (MailsyncError, sa.exc.OperationalError) as exc:
             metrics.failed_cycle()
             log.error(

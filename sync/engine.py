@@ -130,7 +130,12 @@ def evaluate(
     candidates = [t for t in (position.next_at, entry_next) if t is not None]
     events = _action_events(entity, env, past, events_since)
     if position.state.event is not None:
-        events += (_state_event(position.state.event, position, env, now),)
+        entry_event = _state_event(position.state.event, position, env, now)
+        # Status-entry events honour the event window like action events: an
+        # entry older than ``events_since`` is not reported (a reminder dated
+        # months back is not sent on going live).
+        if events_since is None or entry_event.occurred_at >= events_since:
+            events += (entry_event,)
     return Evaluation(
         now=now,
         status=status,
@@ -208,6 +213,33 @@ def _entry_by_conditions(
 
 
 # ---------------------------------------------------------------- timeline
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a state's timeline stands at an instant (see ``position_at``)."""
+
+    status: str
+    status_since: datetime | None
+    state: str
+    state_entered_at: datetime | None
+    tags: frozenset[str]
+    next_at: datetime | None
+
+
+def position_at(entity: Entity, state: str, entered_at: datetime, now: datetime) -> Position:
+    """The timeline of ``state`` entered at ``entered_at``, seen at ``now``: a
+    pure function of those three, used where the entry is known from elsewhere
+    (a re-initialisation baseline applied to a set-based evaluation)."""
+    position = _timeline(entity, entity.states[state], entered_at, now)
+    return Position(
+        status=position.state.status_name(position.step),
+        status_since=position.step_since,
+        state=position.state.name,
+        state_entered_at=position.entered_at,
+        tags=position.state.tags,
+        next_at=position.next_at,
+    )
 
 
 def _timeline(

@@ -168,6 +168,9 @@ def explain_entity(
             baseline = Baseline(stored.status, stored.entered_at)
         if record.email:
             email = normalise_email(record.email)
+            side = mailchimp_side(state, email)
+            # An address changed in Mailchimp: the ledger knows the new one.
+            email = side.get("address", email) if side else email
             member = state.member_states([email]).get(email)
             if member is not None:
                 pushed = {
@@ -193,11 +196,41 @@ def explain_entity(
             events = scoped_events(entity, record.id, due.events)
             sent = state.sent_event_keys(email, [e.key for e in events])
             pushed["events_sent"] = sorted(sent)
+            if side:
+                pushed["mailchimp_side"] = side
     evaluation = evaluate(
         entity, record.facts, record.actions, now, baseline, events_since=events_since
     )
     steps, truncated = timeline(entity, record.facts, record.actions, now, baseline, limit=limit)
     return Explanation(entity, record, now, evaluation, steps, truncated, baseline, pushed)
+
+
+def mailchimp_side(state: StateStore, email: str) -> dict[str, Any]:
+    """What changed on Mailchimp's side for this address (webhooks, poll,
+    answers): status, address moved, profile edits, recent webhooks; {} if nothing."""
+    known = state.mailchimp_members([email]).get(email)
+    history = state.mailchimp_history(email, limit=10)
+    if known is None and not history:
+        return {}
+    side: dict[str, Any] = {
+        "address": known.address if known else email,
+        "status": known.status if known else None,
+        "reason": known.reason if known else "",
+        "status_at": _iso(known.status_at) if known else None,
+        "source": known.source if known else None,
+        "profile_edits": dict(known.merges) if known else {},
+        "webhooks": [
+            {
+                "type": c.kind,
+                "at": _iso(c.at),
+                "status": c.status,
+                "old_email": c.old_email,
+                "email": c.email,
+            }
+            for c in history
+        ],
+    }
+    return side
 
 
 def render_text(explanation: Explanation) -> list[str]:
@@ -239,6 +272,21 @@ def render_text(explanation: Explanation) -> list[str]:
             lines.extend(f"    {tag} = {value!r}" for tag, value in mc["fields"].items())
         else:
             lines.append("  Mailchimp: nothing pushed yet")
+        side = mc.get("mailchimp_side")
+        if side:
+            if side["address"] != normalise_email(data["email"] or ""):
+                lines.append(f"  address changed in Mailchimp: pushes go to {side['address']}")
+            if side["status"]:
+                reason = f", reason {side['reason']}" if side["reason"] else ""
+                lines.append(
+                    f"  in Mailchimp: {side['status']} since {side['status_at']}"
+                    f" (from {side['source']}{reason})"
+                )
+            lines.extend(
+                f"    edited in Mailchimp: {tag} = {value!r}"
+                for tag, value in side["profile_edits"].items()
+            )
+            lines.extend(f"    webhook {w['type']} at {w['at']}" for w in side["webhooks"])
         failure = mc.get("failure")
         if failure:
             kind = "permanent" if failure["permanent"] else "transient"

@@ -27,9 +27,12 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sync.records import MergeValue, require_aware
+
+if TYPE_CHECKING:
+    from sync.changes import MailchimpChange
 
 
 def normalise_email(email: str) -> str:
@@ -165,6 +168,25 @@ class AudienceProblem:
         require_aware(self.seen_at, "audience problem instant")
 
 
+@dataclass(frozen=True)
+class MailchimpMember:
+    """What is known of a member's state on Mailchimp's side (from webhooks,
+    the reconciliation poll and push answers; see ``sync.changes``)."""
+
+    email: str  # the key asked about
+    #: Where the member lives in Mailchimp now: ``email``, unless the address
+    #: was changed in Mailchimp (``upemail``).
+    address: str
+    #: Mailchimp's status (``archived``, ``unsubscribed`` ...); None: not known.
+    status: str | None = None
+    reason: str = ""
+    #: When the status was last set to this value, as Mailchimp says.
+    status_at: datetime | None = None
+    source: str = ""
+    #: Merge values last edited on Mailchimp's side (a ``profile`` webhook).
+    merges: Mapping[str, str] = field(default_factory=dict)
+
+
 class PushLedger(Protocol):
     """What the sink needs from a store. All emails are normalised by the store."""
 
@@ -247,4 +269,16 @@ class PushLedger(Protocol):
 
     def audience_problems(self) -> list[AudienceProblem]:
         """Problems recorded, by tag."""
+        ...
+
+    def mailchimp_members(self, emails: Iterable[str]) -> dict[str, MailchimpMember]:
+        """Mailchimp-side knowledge per lower-cased email (absent: nothing
+        known, the address has not moved)."""
+        ...
+
+    def record_mailchimp_changes(self, changes: Sequence[MailchimpChange]) -> int:
+        """Apply changes made on Mailchimp's side, in one transaction; a webhook
+        already applied (same key) and a change older than what is known are
+        skipped. An address change moves the member's ledger entry. Returns
+        how many changes were applied."""
         ...

@@ -18,7 +18,7 @@ member's failure while the member's other fields and the other members go.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -70,9 +70,22 @@ class MemberBuilder:
     invalid: dict[str, str] = field(default_factory=dict)
 
     def add(self, entity: Entity, entity_id: str, evaluation: Evaluation) -> None:
+        self.add_values(
+            entity, entity_id, evaluation.merge_fields, evaluation.tags, evaluation.events
+        )
+
+    def add_values(
+        self,
+        entity: Entity,
+        entity_id: str,
+        merge_fields: Mapping[str, FactValue],
+        tags: frozenset[str],
+        events: Iterable[EventDue],
+    ) -> None:
+        """One entity's contribution, from the engine or the compiled SQL."""
         for merge_field in entity.merge_fields:
             tag = merge_field.tag
-            value = mailchimp_value(evaluation.merge_fields.get(tag), merge_field.type)
+            value = mailchimp_value(merge_fields.get(tag), merge_field.type)
             problem = json_problem(value)
             # The last entity read sets the field, valid or not.
             if problem is None:
@@ -81,9 +94,9 @@ class MemberBuilder:
             else:
                 self.merge_fields.pop(tag, None)
                 self.invalid[tag] = f"{entity.name} {entity_id}: {merge_field.source} is {problem}"
-        self.tags |= evaluation.tags
+        self.tags |= tags
         self.managed_tags |= entity.managed_tags
-        self.events.extend(scoped_events(entity, entity_id, evaluation.events))
+        self.events.extend(scoped_events(entity, entity_id, events))
 
     def build(self) -> DesiredMember:
         return DesiredMember(

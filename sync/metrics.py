@@ -6,6 +6,9 @@ server in a background thread. It binds to 127.0.0.1 unless told otherwise:
 the numbers say how big the audience is and how the daemon fares, which is
 nobody else's business.
 
+The same server receives Mailchimp's webhooks when a secret is configured
+(``sync.webhooks``): they need an HTTP port, and this is the daemon's one.
+
 ``/healthz`` answers 200 while the last successful cycle is recent (within
 three poll intervals, or the daemon is a standby waiting for the lock), else
 503, so a supervisor can restart a daemon that is stuck.
@@ -20,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from sync.cycle import CycleSummary
+from sync.webhooks import WebhookReceiver
 
 
 class Metrics:
@@ -38,6 +42,10 @@ class Metrics:
         self.last_success: float | None = None
         self.started = time.time()
         self.leader = False
+        #: Set when the webhook receiver runs: its counts are rendered too.
+        self.webhooks: WebhookReceiver | None = None
+        #: Members the reconciliation poll read.
+        self.polled = 0
 
     def observe(self, summary: CycleSummary, ok: bool) -> None:
         with self.lock:
@@ -46,6 +54,7 @@ class Metrics:
             self.pushes["pushed"] += summary.push.pushed
             self.pushes["unchanged"] += summary.push.unchanged
             self.pushes["failed"] += summary.push.failed
+            self.pushes["archived"] += summary.push.archived
             self.pushes["events"] += summary.push.events_sent
             self.pushes["not_json"] += summary.push.invalid_values
             self.missing_tags.update(summary.push.missing_merge_tags)
@@ -133,6 +142,20 @@ class Metrics:
                 "Lag since the last successful cycle (since start if none).",
                 {"": round(lag, 3)},
             )
+            if self.webhooks is not None:
+                counts = dict(self.webhooks.counts)
+                family(
+                    "mailsync_webhooks_total",
+                    "counter",
+                    "Mailchimp webhooks received, by result.",
+                    {f'{{result="{k}"}}': v for k, v in sorted(counts.items())} or {"": 0},
+                )
+            family(
+                "mailsync_poll_members_total",
+                "counter",
+                "Members read by the reconciliation poll (GET members?since_last_changed).",
+                {"": self.polled},
+            )
             family(
                 "mailsync_leader",
                 "gauge",
@@ -143,17 +166,34 @@ class Metrics:
 
 
 class MetricsServer:
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9464) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str = "127.0.0.1",
+        port: int = 9464,
+        webhooks: WebhookReceiver | None = None,
+    ) -> None:
         outer = metrics
+        metrics.webhooks = webhooks
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path == "/metrics":
+                if webhooks is not None and webhooks.handles(self.path):
+                    self._send(*webhooks.answer_get(), "text/plain")
+                elif self.path == "/metrics":
                     body = outer.render().encode()
                     self._send(200, body, "text/plain; version=0.0.4; charset=utf-8")
                 elif self.path == "/healthz":
                     ok = outer.healthy()
                     self._send(200 if ok else 503, b"ok\n" if ok else b"stale\n", "text/plain")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if webhooks is not None and webhooks.handles(self.path):
+                    self._send(*webhooks.answer_post(body), "text/plain")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 

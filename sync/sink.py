@@ -59,6 +59,20 @@ signature: name, instant to the second, properties), and each intent whose
 signature is still there was carried out: recorded sent, not re-sent. The
 others were not: sent again (if still due) or forgotten.
 
+Changes made in Mailchimp
+-------------------------
+What the state store knows of Mailchimp's side (webhooks, the
+reconciliation poll, earlier answers; ``sync.changes``) is read before
+planning: a member whose address was changed in Mailchimp is pushed to its
+new address (no duplicate contact), and a member known to be **archived** is
+not pushed at all (recorded as a permanent failure "archived in Mailchimp",
+so it shows in ``status`` and ``explain``). Nothing the sink sends can bring
+an archived contact back anyway (``status_if_new`` only, batch subscribe
+without ``update_existing``), and a ``PUT`` answering ``status: archived``
+teaches the state store so, and holds that member's tags and events.
+Unsubscribed and cleaned members keep their status; their merge fields,
+tags and events are still sent.
+
 Failures
 --------
 Answers are classified by ``sync.mailchimp.classify``. Transient answers are
@@ -107,11 +121,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Literal
 
+from sync.changes import MailchimpChange, from_member
 from sync.exceptions import ConfigurationError, FatalError
 from sync.ledger import (
     AcceptedPush,
     AudienceProblem,
     EventIntent,
+    MailchimpMember,
     MemberPushState,
     PushFailure,
     PushLedger,
@@ -142,6 +158,8 @@ from sync.records import DesiredMember, EventDue, MergeValue
 log = logging.getLogger(__name__)
 
 SUBSCRIPTION_STATUSES = frozenset({"subscribed", "pending", "unsubscribed", "transactional"})
+#: The reason recorded for a member not pushed because it is archived in Mailchimp.
+ARCHIVED_REASON = "archived in Mailchimp: not pushed (mailsync never brings a contact back)"
 
 
 @dataclass(frozen=True)
@@ -255,6 +273,8 @@ class Plan:
     unchanged: int
     held_back: int
     considered: int
+    #: Members with changes that are archived in Mailchimp: not pushed.
+    archived: list[MemberPlan] = field(default_factory=list)
 
 
 def merge_duplicates(members: Iterable[DesiredMember]) -> list[DesiredMember]:
@@ -315,14 +335,41 @@ def bounded_event(event: EventDue, email: str) -> EventDue:
     return replace(event, properties=properties)
 
 
+def follow_moves(
+    members: Iterable[DesiredMember], ledger: PushLedger
+) -> tuple[list[DesiredMember], dict[str, MailchimpMember]]:
+    """One record per Mailchimp member, at the address Mailchimp knows it by
+    (an address changed in Mailchimp takes the pushes of the old one), and
+    what is known of each on Mailchimp's side."""
+    desired = merge_duplicates(members)
+    remote = ledger.mailchimp_members(_norm(m.email) for m in desired)
+    moved = {k: r.address for k, r in remote.items() if r.address != k}
+    if not moved:
+        return desired, remote
+    desired = merge_duplicates(
+        DesiredMember(
+            moved.get(_norm(m.email), m.email),
+            m.merge_fields,
+            m.tags,
+            m.managed_tags,
+            m.events,
+            invalid=m.invalid,
+        )
+        for m in desired
+    )
+    return desired, ledger.mailchimp_members(_norm(m.email) for m in desired)
+
+
 def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datetime) -> Plan:
     """Diff desired members against the ledger; read-only."""
-    desired = [screen_values(m) for m in merge_duplicates(members)]
+    desired, remote = follow_moves(members, ledger)
+    desired = [screen_values(m) for m in desired]
     keys = [_norm(m.email) for m in desired]
     states = ledger.member_states(keys)
     sent = ledger.sent_events(keys)
     unsettled = ledger.pending_events(keys)
     pushes: list[MemberPlan] = []
+    archived: list[MemberPlan] = []
     unchanged = held_back = 0
     for member, key in zip(desired, keys, strict=True):
         state = states.get(key) or MemberPushState(email=key)
@@ -372,16 +419,28 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
         ):
             unchanged += 1
             continue
+        status = remote[key].status if key in remote else None
         if (
             failure is not None
             and failure.fingerprint == fp
             and failure.next_retry_at is not None
             and now < failure.next_retry_at
+            # Held back for being archived, and no longer archived: go now.
+            and not (failure.reason == ARCHIVED_REASON and status != "archived")
         ):
             held_back += 1
             continue
+        if status == "archived":
+            archived.append(plan)
+            continue
         pushes.append(plan)
-    return Plan(pushes=pushes, unchanged=unchanged, held_back=held_back, considered=len(desired))
+    return Plan(
+        pushes=pushes,
+        unchanged=unchanged,
+        held_back=held_back,
+        considered=len(desired),
+        archived=archived,
+    )
 
 
 # -- summary ---------------------------------------------------------------------
@@ -394,6 +453,9 @@ class PushSummary:
     pushed: int = 0  # members with every planned change accepted
     unchanged: int = 0
     held_back: int = 0  # failed before with the same desired state; back-off running
+    #: Members not pushed because they are archived in Mailchimp (known
+    #: beforehand, or from the answer to a PUT).
+    archived: int = 0
     failed: int = 0
     events_sent: int = 0
     #: Events whose earlier POST had no known outcome, found in Mailchimp (so
@@ -409,6 +471,9 @@ class PushSummary:
     missing_merge_tags: dict[str, int] = field(default_factory=dict)
     #: Merge values not sent because they are not JSON (NaN, ±Infinity).
     invalid_values: int = 0
+    #: Members (lower-cased) with values of a missing tag not kept: their
+    #: contribution is not accepted whole, so the cycle must push it again.
+    not_kept: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         head = "DRY RUN, nothing sent: " if self.dry_run else ""
@@ -417,6 +482,8 @@ class PushSummary:
             f"{self.unchanged} unchanged, {self.held_back} held back, {self.failed} failed, "
             f"{self.events_sent} events sent",
         ]
+        if self.archived:
+            out.append(f"{self.archived} members archived in Mailchimp: not pushed")
         if self.events_confirmed or self.events_resent or self.events_unconfirmed:
             out.append(
                 f"events of unknown outcome: {self.events_confirmed} found in Mailchimp, "
@@ -471,8 +538,10 @@ class MailchimpSink:
         # The audience's merge tags as last read, and when (None: read them).
         self._audience_tags: frozenset[str] | None = None
         self._tags_read_at: datetime | None = None
-        # Per push: tag -> values not sent or dropped because the audience lacks it.
+        # Per push: tag -> values not sent or dropped because the audience lacks
+        # it, and the members concerned.
         self._missing: Counter[str] = Counter()
+        self._not_kept: set[str] = set()
 
     def __repr__(self) -> str:
         return f"MailchimpSink(list_id={self.list_id!r}, config={self.config!r})"
@@ -484,24 +553,35 @@ class MailchimpSink:
         plan = plan_pushes(members, self.ledger, now)
         calls_before = dict(self.caller.calls)
         summary = PushSummary(
-            considered=plan.considered, unchanged=plan.unchanged, held_back=plan.held_back
+            considered=plan.considered,
+            unchanged=plan.unchanged,
+            held_back=plan.held_back,
+            archived=len(plan.archived),
         )
+        if plan.archived:
+            self.ledger.record_failures([self._archived(p, now) for p in plan.archived])
         failed: dict[str, PushFailure] = {}
+        archived: set[str] = set()  # found archived by the answer to a PUT
         fatal: FatalError | None = None
-        self._missing = Counter()
+        self._missing, self._not_kept = Counter(), set()
         try:
             pushes = self._screen_audience(plan.pushes, now)
             with ThreadPoolExecutor(
                 max_workers=self.config.max_connections, thread_name_prefix="mailsync-push"
             ) as pool:
-                upserted = self._phase_upsert(pool, pushes, failed, now)
+                upserted = self._phase_upsert(pool, pushes, failed, archived, now)
                 self._phase_tags_events(pool, upserted, failed, summary, now)
         except FatalError as exc:
             fatal = exc
         self._report_values(plan.pushes, failed, summary, now)
         summary.failures = sorted(failed.values(), key=lambda f: f.email)
         summary.failed = len(failed)
-        summary.pushed = sum(1 for p in plan.pushes if p.key not in failed) if fatal is None else 0
+        summary.archived += len(archived)
+        summary.pushed = (
+            sum(1 for p in plan.pushes if p.key not in failed and p.key not in archived)
+            if fatal is None
+            else 0
+        )
         summary.calls = {
             k: v - calls_before.get(k, 0)
             for k, v in self.caller.calls.items()
@@ -556,6 +636,7 @@ class MailchimpSink:
             missing = {t: v for t, v in p.fields.items() if t not in tags}
             if missing:
                 self._missing.update(missing.keys())
+                self._not_kept.add(p.key)
                 p = replace(
                     p, fields={t: v for t, v in p.fields.items() if t in tags}, withheld=missing
                 )
@@ -572,6 +653,7 @@ class MailchimpSink:
         dropped = [t for t in plan.fields if t not in fields]
         if dropped:
             self._missing.update(dropped)
+            self._not_kept.add(plan.key)
             self._tags_read_at = None  # the audience changed: read it next time
         return kept
 
@@ -606,6 +688,7 @@ class MailchimpSink:
         if not self._missing:
             return
         summary.missing_merge_tags = dict(self._missing)
+        summary.not_kept = sorted(self._not_kept)
         problems = []
         for tag, count in sorted(self._missing.items()):
             reason = (
@@ -616,6 +699,55 @@ class MailchimpSink:
             log.error("%s; %d value(s) not kept in this push", reason, count)
             problems.append(AudienceProblem(tag, reason, count, now))
         self.ledger.record_audience_problems(problems)
+
+    def change_address(self, old: str, new: str) -> bool:
+        """Change a member's address in place (``PATCH`` the member found by
+        the old address's hash with the new ``email_address``), so that it
+        keeps its history, tags and events. False when Mailchimp refuses (the
+        new address is already in the audience, the old one is unknown): the
+        new address is then pushed as a member of its own."""
+        answer = self.caller.call(
+            f"PATCH /lists/{self.list_id}/members/{{hash of {old}}} (new address)",
+            lambda: self.caller.client.lists.update_list_member(
+                self.list_id, subscriber_hash(old), {"email_address": new}
+            ),
+        )
+        if answer.ok:
+            log.info("address changed in Mailchimp: %s -> %s", old, new)
+            return True
+        log.warning(
+            "cannot change the address %s to %s in Mailchimp: %s; %s is pushed as a member "
+            "of its own and %s is left as it is",
+            old,
+            new,
+            answer.reason,
+            new,
+            old,
+        )
+        return False
+
+    def remove_member(self, email: str, how: str) -> bool:
+        """The entity behind this member was deleted in the application and the
+        operator chose ``on_delete: unsubscribe`` (``PATCH`` the status; a
+        member who had unsubscribed stays so) or ``archive`` (``DELETE``, which
+        archives the contact in Mailchimp: it can be brought back)."""
+        if how == "archive":
+            answer = self.caller.call(
+                f"DELETE /lists/{self.list_id}/members/{{hash of {email}}}",
+                lambda: self.caller.client.lists.delete_list_member(
+                    self.list_id, subscriber_hash(email)
+                ),
+            )
+        else:
+            answer = self.caller.call(
+                f"PATCH /lists/{self.list_id}/members/{{hash of {email}}} (unsubscribe)",
+                lambda: self.caller.client.lists.update_list_member(
+                    self.list_id, subscriber_hash(email), {"status": "unsubscribed"}
+                ),
+            )
+        if not answer.ok:
+            log.warning("on_delete %s: %s: %s", how, email, answer.reason)
+        return answer.ok
 
     # -- failures --------------------------------------------------------------
 
@@ -641,6 +773,12 @@ class MailchimpSink:
             attempts=attempts,
             next_retry_at=retry_at,
         )
+
+    def _archived(self, plan: MemberPlan, now: datetime) -> PushFailure:
+        """The record of a member not pushed because it is archived: permanent,
+        so it waits ``permanent_backoff`` unless it is unarchived sooner."""
+        answer = Answer(AnswerClass.PERMANENT, "archived", ARCHIVED_REASON)
+        return replace(self._failure(plan, answer, now, "push"), reason=ARCHIVED_REASON)
 
     # -- running calls ---------------------------------------------------------
 
@@ -754,6 +892,7 @@ class MailchimpSink:
         pool: ThreadPoolExecutor,
         plans: Sequence[MemberPlan],
         failed: dict[str, PushFailure],
+        archived: set[str],
         now: datetime,
     ) -> list[MemberPlan]:
         """Create new members, update changed ones; returns the plans whose
@@ -841,9 +980,20 @@ class MailchimpSink:
         ]
         accepted: list[AcceptedPush] = []
         failures: list[PushFailure] = []
+        seen: list[MailchimpChange] = []
+        held: list[PushFailure] = []
 
         def apply_upsert(op: _Op, answer: Answer) -> None:
-            if answer.ok:
+            observed = from_member(answer.body, "push", now) if answer.ok else None
+            if observed is not None and observed.status != "subscribed":
+                # What the answer says of the member's status is worth keeping.
+                seen.append(observed)
+            if observed is not None and observed.status == "archived":
+                # The PUT did not bring it back (status_if_new only); hold
+                # its tags and events, and everything else until unarchived.
+                archived.add(op.plan.key)
+                held.append(self._archived(op.plan, now))
+            elif answer.ok:
                 accepted.append(AcceptedPush(op.plan.key, self._kept(op.plan, answer.body), now))
                 done.append(op.plan)
             else:
@@ -852,6 +1002,10 @@ class MailchimpSink:
         try:
             self._run_ops(pool, ops, apply_upsert)
         finally:
+            if seen:
+                self.ledger.record_mailchimp_changes(seen)
+            if held:
+                self.ledger.record_failures(held)
             self._record(accepted, failures, failed)
         return done
 
@@ -1186,6 +1340,16 @@ class DryRunSink:
         self.stream = stream
         self.config = config or SinkConfig()
         self.clock = clock
+
+    def remove_member(self, email: str, how: str) -> bool:
+        self.stream.write(json.dumps({"dry_run": True, "on_delete": how, "email": email}) + "\n")
+        return False
+
+    def change_address(self, old: str, new: str) -> bool:
+        self.stream.write(
+            json.dumps({"dry_run": True, "change_address": {"from": old, "to": new}}) + "\n"
+        )
+        return False
 
     def push(self, members: Iterable[DesiredMember]) -> PushSummary:
         plan = plan_pushes(members, self.ledger, self.clock())

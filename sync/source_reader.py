@@ -448,6 +448,51 @@ class SourceReader:
                     keys.add(self._key(source, value, query))
         return [str(k) for k in sorted(keys)]
 
+    def occurrences(
+        self,
+        entity_type: str,
+        actions: Iterable[str],
+        *,
+        since: datetime,
+        now: datetime,
+    ) -> dict[str, list[ActionOccurrence]]:
+        """Occurrences of ``actions`` at or after ``since`` and at or before
+        ``now``, by entity id: the daemon's event window. One range query per
+        action (``at`` is indexed in a well-kept application database); the
+        instants are converted exactly as ``read_entities`` converts them, so
+        the idempotency keys built from them are the engine's. A row whose
+        instant cannot be read is reported and skipped, as when reading."""
+        source = self.config.entity(entity_type)
+        tz = ZoneInfo(source.naive_timezone)
+        wanted = set(actions)
+        found: dict[str, list[ActionOccurrence]] = {}
+        report = ReadReport(entity_type)
+        with self._session(source) as conn:
+            for name, query in source.actions:
+                if name not in wanted:
+                    continue
+                sql = (
+                    f"SELECT id, at FROM (\n{query.sql}\n) AS mailsync_q"
+                    " WHERE at >= :mailsync_since AND at <= :now"
+                )
+                params = self._params(query, now, tz)
+                params["now"] = bind_instant(now, self.dialect, tz)
+                params["mailsync_since"] = bind_instant(since, self.dialect, tz)
+                for row in self._execute(conn, query, sql, params):
+                    value, raw = tuple(row)
+                    key = str(self._key(source, value, query))
+                    try:
+                        at = to_utc(raw, tz)
+                    except ValueError as exc:
+                        label = query.label
+                        report.note(report.bad_values, label, f"{label}: id {key}: {exc}")
+                        continue
+                    if at is None or at < since or at > now:
+                        continue
+                    found.setdefault(key, []).append(ActionOccurrence(at, name))
+        report.log()
+        return found
+
     # -- internals ---------------------------------------------------------
 
     def _id_chunks(self, source: EntitySource, ids: Iterable[str]) -> Iterator[list[Key]]:

@@ -417,6 +417,13 @@ def needed_facts(entity: Entity, *, reinit: bool) -> frozenset[str]:
     return frozenset(names)
 
 
+def key_instant(entity: Entity, key: int) -> datetime:
+    """The instant of an action key (``SqlEvaluation.keys``)."""
+    instant = from_micros(key // _code_base(entity))
+    assert instant is not None
+    return instant
+
+
 def _code_base(entity: Entity) -> int:
     """K in ``at_µs * K + order``: a power of two above every action order."""
     top = max((a.order for a in entity.actions.values()), default=0)

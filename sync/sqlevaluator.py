@@ -72,6 +72,7 @@ class SqlEvaluator:
         self._compiled: dict[tuple[Any, ...], CompiledEntity] = {}
         self._since: dict[str, sa.Select[Any] | None] = {}
         self._reinit: dict[str, sa.Select[Any]] = {}
+        self._support: dict[str, str | None] = {}
         #: Statements compiled for the driver (``_stream`` on PostgreSQL).
         self._driver_sql: dict[sa.Select[Any], SQLCompiler] = {}
 
@@ -110,6 +111,22 @@ class SqlEvaluator:
         )
         self._compiled[cache] = compiled
         return compiled
+
+    def supports(self, entity_type: str) -> str | None:
+        """None when ``entity_type`` can be evaluated in SQL here, else why not
+        (the daemon then evaluates that type with the Python engine)."""
+        if entity_type not in self._support:
+            source = self.sources.entity(entity_type)
+            reason: str | None = None
+            try:
+                with self._transaction(source) as conn:
+                    self.compile(conn, entity_type, with_ids=False)
+            except (ConfigurationError, NotImplementedError) as exc:
+                reason = str(exc)
+            except sa.exc.DBAPIError as exc:
+                reason = f"the database refused the compiled query: {exc.orig}"
+            self._support[entity_type] = reason
+        return self._support[entity_type]
 
     def identity_columns(self, conn: Connection, entity_type: str) -> tuple[str, ...]:
         """The list query's columns besides id and email (asks the database,

@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from sync.changes import OPTED_OUT, MailchimpChange, apply_change
 from sync.exceptions import ConfigurationError
 from sync.ledger import (
     AcceptedPush,
     AudienceProblem,
     EventIntent,
+    MailchimpMember,
     MemberPushState,
     PushFailure,
     SentEvent,
@@ -108,6 +110,11 @@ entity_state = sa.Table(
     sa.Column("status_since", UtcDateTime),
     sa.Column("next_change_at", UtcDateTime),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    #: The evaluation as one text (``evaluation_digest``): the cycle compares it.
+    sa.Column("eval_fp", sa.Text),
+    #: Digest of the member contribution (merge fields, tags) Mailchimp last
+    #: accepted from this entity; the cycle pushes when it differs.
+    sa.Column("pushed_fp", sa.Text),
 )
 entity_baseline = sa.Table(
     "entity_baseline",
@@ -206,6 +213,42 @@ watermark = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
 
+# Version 7: what changed on Mailchimp's side (sync/changes.py).
+mailchimp_member = sa.Table(
+    "mailchimp_member",
+    metadata,
+    sa.Column("email", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("status_at", UtcDateTime),
+    sa.Column("merges_json", sa.Text),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("changed_at", UtcDateTime, nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+)
+mailchimp_alias = sa.Table(
+    "mailchimp_alias",
+    metadata,
+    sa.Column("old_email", sa.Text, primary_key=True),
+    sa.Column("new_email", sa.Text, nullable=False),
+    sa.Column("moved_at", UtcDateTime, nullable=False),
+)
+mailchimp_change = sa.Table(
+    "mailchimp_change",
+    metadata,
+    sa.Column("change_key", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("old_email", sa.Text),
+    sa.Column("status", sa.Text),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("fired_at", UtcDateTime, nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+)
+#: The ledger's tables keyed by member address: an address change moves them.
+_LEDGER_TABLES = (member, member_field, member_tag, push)
+
 
 entity_link = sa.Table(
     "entity_link",
@@ -229,6 +272,59 @@ class EntityEvaluation:
     base_entered_at: datetime | None = None
     status_since: datetime | None = None
     next_change_at: datetime | None = None
+
+
+class StoredRow(NamedTuple):
+    """One stored evaluation as the cycle compares it (``stored_rows``)."""
+
+    email: str | None
+    #: ``evaluation_digest`` of the stored evaluation (None before version 5).
+    eval_fp: str | None
+    pushed_fp: str | None
+
+    @property
+    def status(self) -> str | None:
+        """The stored status (the digest's first field)."""
+        if self.eval_fp is None:
+            return None
+        status = self.eval_fp.split(DIGEST_SEPARATOR, 1)[0]
+        return status or None
+
+
+#: Separates the fields of ``evaluation_digest`` (never in a status name).
+DIGEST_SEPARATOR = "|"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(instant: datetime | None) -> str:
+    return "" if instant is None else str((instant - _EPOCH) // _MICROSECOND)
+
+
+def evaluation_digest(
+    status: str | None,
+    state: str | None,
+    state_entered_at: datetime | None,
+    status_since: datetime | None,
+    next_change_at: datetime | None,
+    email: str | None,
+) -> str:
+    """The fields of an evaluation the cycle compares, as one text: status
+    first (``StoredRow.status`` reads it back), then the state, its entry, the
+    status's start and the next change in epoch microseconds, and the
+    (normalised) address."""
+    return DIGEST_SEPARATOR.join(
+        (
+            status or "",
+            state or "",
+            _micros(state_entered_at),
+            _micros(status_since),
+            _micros(next_change_at),
+            email or "",
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -264,6 +360,10 @@ class Migration:
 
 
 T = TypeVar("T")
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
@@ -326,6 +426,9 @@ class StateStore:
                 "(use sqlite:///FILE or postgresql+psycopg://...)"
             )
         self.schema = schema
+        self._statements: dict[
+            tuple[str, tuple[str, ...], tuple[str, ...]], tuple[str, list[Callable[[Any], Any]]]
+        ] = {}
         if schema is not None:
             if self.dialect != "postgresql":
                 raise ConfigurationError("state store: a schema can only be set on PostgreSQL")
@@ -425,19 +528,57 @@ class StateStore:
         keys: Sequence[str],
     ) -> None:
         """Insert or update ``rows``. Rows sharing a key are collapsed (the last
-        wins) first: PostgreSQL refuses to touch one row twice in one statement."""
+        wins) first: PostgreSQL refuses to touch one row twice in one statement.
+
+        The statement is rendered once per (table, columns) and the values
+        converted here, then handed to the driver's ``executemany``: through
+        SQLAlchemy's per-row parameter processing, recording what Mailchimp
+        accepted for 10,000 new members took several seconds."""
         if not rows:
             return
         unique = list({tuple(row[k] for k in keys): row for row in rows}.values())
-        stmt = self._insert(table)
-        updates = {c: stmt.excluded[c] for c in unique[0] if c not in keys}
-        stmt = (
-            stmt.on_conflict_do_update(index_elements=list(keys), set_=updates)
-            if updates
-            else stmt.on_conflict_do_nothing(index_elements=list(keys))
-        )
-        for chunk in _chunks(unique):
-            conn.execute(stmt, list(chunk))
+        columns = tuple(unique[0])
+        sql, converters = self._upsert_statement(table, columns, tuple(keys))
+        values = [
+            tuple(convert(row[c]) for c, convert in zip(columns, converters, strict=True))
+            for row in unique
+        ]
+        for chunk in _chunks(values, 5000):
+            conn.exec_driver_sql(sql, list(chunk))
+
+    def _upsert_statement(
+        self, table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...]
+    ) -> tuple[str, list[Callable[[Any], Any]]]:
+        cache_key = (table.name, columns, keys)
+        cached = self._statements.get(cache_key)
+        if cached is None:
+            mark = "?" if self.dialect == "sqlite" else "%s"
+            names = ", ".join(f'"{c}"' for c in columns)
+            marks = ", ".join([mark] * len(columns))
+            conflict = ", ".join(f'"{k}"' for k in keys)
+            updates = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in keys)
+            action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+            sql = (
+                f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})'
+                f" ON CONFLICT ({conflict}) {action}"
+            )
+            converters: list[Callable[[Any], Any]] = [
+                self._instant_value if isinstance(table.c[c].type, UtcDateTime) else _same
+                for c in columns
+            ]
+            cached = self._statements[cache_key] = (sql, converters)
+        return cached
+
+    def _instant_value(self, value: Any) -> Any:
+        """An instant as ``UtcDateTime`` stores it: naive UTC text on SQLite
+        (SQLAlchemy's storage format, so the table reads back the same),
+        an aware UTC datetime on PostgreSQL."""
+        if value is None:
+            return None
+        utc = require_aware(value, "stored instant").astimezone(UTC)
+        if self.dialect == "sqlite":
+            return utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return utc
 
     # -- entity state ----------------------------------------------------------
 
@@ -458,12 +599,116 @@ class StateStore:
                 "status_since": e.status_since,
                 "next_change_at": e.next_change_at,
                 "updated_at": stamp,
+                "eval_fp": evaluation_digest(
+                    e.status,
+                    e.base_status,
+                    e.base_entered_at,
+                    e.status_since,
+                    e.next_change_at,
+                    normalise_email(e.email) if e.email else None,
+                ),
             }
             for e in evaluations
         ]
         with self.engine.begin() as conn:
             self._upsert(conn, entity_state, rows, ("entity_type", "entity_id"))
         return len(rows)
+
+    def stored_rows(self, entity_type: str, entity_ids: Sequence[str]) -> dict[str, StoredRow]:
+        """What the cycle diffs against, by id: three short texts per entity,
+        read without type conversion (a full pass reads one per entity of
+        the population, so per-row costs count)."""
+        found: dict[str, StoredRow] = {}
+        size = 900 if self.dialect == "sqlite" else 5000
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        with self.engine.connect() as conn:
+            for chunk in _chunks(entity_ids, size):
+                marks = ", ".join([mark] * len(chunk))
+                rows = conn.exec_driver_sql(
+                    "SELECT entity_id, email, eval_fp, pushed_fp FROM entity_state"
+                    f" WHERE entity_type = {mark} AND entity_id IN ({marks})",
+                    (entity_type, *chunk),
+                )
+                for ident, email, eval_fp, pushed_fp in rows:
+                    found[ident] = StoredRow(email, eval_fp, pushed_fp)
+        return found
+
+    def set_pushed_fingerprints(self, entity_type: str, fingerprints: Mapping[str, str]) -> None:
+        """Record what Mailchimp accepted from these entities (after the push)."""
+        if not fingerprints:
+            return
+        stmt = (
+            entity_state.update()
+            .where(
+                entity_state.c.entity_type == entity_type,
+                entity_state.c.entity_id == sa.bindparam("k_id"),
+            )
+            .values(pushed_fp=sa.bindparam("k_fp"))
+        )
+        rows = [{"k_id": k, "k_fp": v} for k, v in fingerprints.items()]
+        with self.engine.begin() as conn:
+            for chunk in _chunks(rows, 5000):
+                conn.execute(stmt, list(chunk))
+
+    def entity_ids(self, entity_type: str) -> set[str]:
+        """Every stored id of a type (a full pass finds the deleted ones)."""
+        query = sa.select(entity_state.c.entity_id).where(entity_state.c.entity_type == entity_type)
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def forget_entities(self, entity_type: str, entity_ids: Iterable[str]) -> int:
+        """Entities the sources no longer list: their evaluations and links go
+        (``status`` stops counting them); members and events sent stay."""
+        ids = list(dict.fromkeys(entity_ids))
+        with self.engine.begin() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(
+                    entity_state.delete().where(
+                        entity_state.c.entity_type == entity_type,
+                        entity_state.c.entity_id.in_(chunk),
+                    )
+                )
+                conn.execute(
+                    entity_link.delete().where(
+                        entity_link.c.dependent_type == entity_type,
+                        entity_link.c.dependent_id.in_(chunk),
+                    )
+                )
+        return len(ids)
+
+    def failed_emails(self, emails: Iterable[str]) -> set[str]:
+        """Which of these members have a failed push on record (refused, or
+        held back waiting for a retry)."""
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted, 900):
+                found.update(
+                    conn.execute(
+                        sa.select(push.c.email).where(
+                            push.c.state == "failed", push.c.email.in_(chunk)
+                        )
+                    ).scalars()
+                )
+        return found
+
+    def emails_with_pending_events(self) -> set[str]:
+        """Members with events whose outcome is unknown (to reconcile)."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(event_pending.c.email).distinct()).scalars())
+
+    def move_member(self, old: str, new: str) -> None:
+        """The application changed the address and Mailchimp the member's:
+        the ledger and the entities follow, so nothing is sent twice to the
+        new address."""
+        old, new = normalise_email(old), normalise_email(new)
+        if old == new:
+            return
+        with self.engine.begin() as conn:
+            self._move_ledger(conn, old, new)
+            conn.execute(
+                entity_state.update().where(entity_state.c.email == old).values(email=new)
+            )
 
     @staticmethod
     def _entity(row: sa.Row[Any]) -> EntityState:
@@ -1027,6 +1272,244 @@ class StateStore:
                     members=int(row.members),
                     seen_at=row.last_seen_at,
                     first_seen_at=row.first_seen_at,
+                )
+                for row in conn.execute(query)
+            ]
+
+    # -- Mailchimp's side (webhooks, reconciliation poll, push answers) -----------
+
+    def mailchimp_members(self, emails: Iterable[str]) -> dict[str, MailchimpMember]:
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        moved: dict[str, str] = {}
+        rows: dict[str, sa.Row[Any]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                for row in conn.execute(
+                    sa.select(mailchimp_alias).where(mailchimp_alias.c.old_email.in_(chunk))
+                ):
+                    moved[row.old_email] = row.new_email
+            addresses = list({moved.get(e, e) for e in wanted})
+            for chunk in _chunks(addresses):
+                for row in conn.execute(
+                    sa.select(mailchimp_member).where(mailchimp_member.c.email.in_(chunk))
+                ):
+                    rows[row.email] = row
+        found: dict[str, MailchimpMember] = {}
+        for email in wanted:
+            address = moved.get(email, email)
+            known = rows.get(address)
+            if known is None and address == email:
+                continue
+            found[email] = (
+                MailchimpMember(email, address)
+                if known is None
+                else MailchimpMember(
+                    email,
+                    address,
+                    known.status,
+                    known.reason,
+                    known.status_at,
+                    known.source,
+                    json.loads(known.merges_json) if known.merges_json else {},
+                )
+            )
+        return found
+
+    def record_mailchimp_changes(self, changes: Sequence[MailchimpChange]) -> int:
+        ordered = sorted(changes, key=lambda c: c.at)
+        if not ordered:
+            return 0
+        stamp = _now()
+        emails = {c.email for c in ordered} | {c.old_email for c in ordered if c.old_email}
+        applied = 0
+        with self.engine.begin() as conn:
+            current: dict[str, dict[str, Any]] = {}
+            for chunk in _chunks(sorted(emails)):
+                for row in conn.execute(
+                    sa.select(mailchimp_member).where(mailchimp_member.c.email.in_(chunk))
+                ):
+                    current[row.email] = dict(row._mapping)
+            known_keys: set[str] = set()
+            keys = [c.key for c in ordered if c.key is not None]
+            for chunk in _chunks(keys):
+                known_keys.update(
+                    conn.execute(
+                        sa.select(mailchimp_change.c.change_key).where(
+                            mailchimp_change.c.change_key.in_(chunk)
+                        )
+                    ).scalars()
+                )
+            changed: set[str] = set()
+            gone: set[str] = set()
+            for change in ordered:
+                if change.key is not None:
+                    if change.key in known_keys:
+                        continue  # a delivery repeated: applied already
+                    known_keys.add(change.key)
+                    conn.execute(
+                        mailchimp_change.insert().values(
+                            change_key=change.key,
+                            kind=change.kind,
+                            email=change.email,
+                            old_email=change.old_email,
+                            status=change.status,
+                            reason=change.reason,
+                            source=change.source,
+                            fired_at=change.at,
+                            recorded_at=stamp,
+                        )
+                    )
+                if change.kind == "upemail" and change.old_email:
+                    self._move_member(conn, change.old_email, change.email, change.at)
+                    if change.old_email in current and change.email not in current:
+                        current[change.email] = {**current.pop(change.old_email)}
+                        current[change.email]["email"] = change.email
+                        changed.add(change.email)
+                        gone.add(change.old_email)
+                    applied += 1
+                    continue
+                after = apply_change(current.get(change.email), change, stamp)
+                if after is not None:
+                    current[change.email] = after
+                    changed.add(change.email)
+                    gone.discard(change.email)
+                    applied += 1
+            for chunk in _chunks(sorted(gone)):
+                conn.execute(mailchimp_member.delete().where(mailchimp_member.c.email.in_(chunk)))
+            self._upsert(conn, mailchimp_member, [current[e] for e in sorted(changed)], ("email",))
+        return applied
+
+    def _move_member(self, conn: sa.Connection, old: str, new: str, at: datetime) -> None:
+        """The address changed in Mailchimp: what the ledger knows of ``old``
+        is now known of ``new`` (unless ``new`` has its own), and pushes for
+        ``old`` go to ``new`` from now on."""
+        old, new = normalise_email(old), normalise_email(new)
+        if old == new:
+            return
+        self._move_ledger(conn, old, new)
+        # Earlier moves to `old` now lead to `new`; a move back undoes one.
+        conn.execute(
+            mailchimp_alias.update().where(mailchimp_alias.c.new_email == old).values(new_email=new)
+        )
+        conn.execute(mailchimp_alias.delete().where(mailchimp_alias.c.old_email == new))
+        self._upsert(
+            conn,
+            mailchimp_alias,
+            [{"old_email": old, "new_email": new, "moved_at": at}],
+            ("old_email",),
+        )
+
+    @staticmethod
+    def _move_ledger(conn: sa.Connection, old: str, new: str) -> None:
+        """What was accepted, failed, sent or attempted for ``old`` is now
+        ``new``'s (unless ``new`` has a ledger of its own); events sent stay
+        sent under either address's keys, never twice."""
+        taken = conn.execute(sa.select(member.c.email).where(member.c.email == new)).first()
+        for table in _LEDGER_TABLES:
+            if taken is None:
+                conn.execute(table.update().where(table.c.email == old).values(email=new))
+            else:
+                conn.execute(table.delete().where(table.c.email == old))
+        for table in (event_sent, event_pending):
+            theirs = sa.select(table.c.event_key).where(table.c.email == new).scalar_subquery()
+            conn.execute(
+                table.update()
+                .where(table.c.email == old, table.c.event_key.not_in(theirs))
+                .values(email=new)
+            )
+            conn.execute(table.delete().where(table.c.email == old))
+
+    def mailchimp_opt_outs(self, since: datetime | None = None) -> list[MailchimpMember]:
+        """Members now unsubscribed or cleaned in Mailchimp (since ``since``),
+        oldest first: the people the application must not mail."""
+        query = (
+            sa.select(mailchimp_member)
+            .where(mailchimp_member.c.status.in_(OPTED_OUT))
+            .order_by(mailchimp_member.c.status_at, mailchimp_member.c.email)
+        )
+        if since is not None:
+            query = query.where(mailchimp_member.c.status_at >= since)
+        with self.engine.connect() as conn:
+            return [
+                MailchimpMember(
+                    row.email, row.email, row.status, row.reason, row.status_at, row.source
+                )
+                for row in conn.execute(query)
+            ]
+
+    def mailchimp_previous_addresses(self, emails: Iterable[str]) -> dict[str, list[str]]:
+        """Addresses these members had before changing them in Mailchimp."""
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                for row in conn.execute(
+                    sa.select(mailchimp_alias)
+                    .where(mailchimp_alias.c.new_email.in_(chunk))
+                    .order_by(mailchimp_alias.c.moved_at)
+                ):
+                    found.setdefault(row.new_email, []).append(row.old_email)
+        return found
+
+    def entities_by_email(self, emails: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+        """(entity type, id) of the entities feeding each (lower-cased) member."""
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: dict[str, list[tuple[str, str]]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                rows = conn.execute(
+                    sa.select(
+                        entity_state.c.email, entity_state.c.entity_type, entity_state.c.entity_id
+                    )
+                    .where(entity_state.c.email.in_(chunk))
+                    .order_by(entity_state.c.entity_type, entity_state.c.entity_id)
+                )
+                for email, entity_type, entity_id in rows:
+                    found.setdefault(email, []).append((entity_type, entity_id))
+        return found
+
+    def mailchimp_summary(self) -> dict[str, Any]:
+        """Counts for ``mailsync status``: members per Mailchimp-side status,
+        addresses moved, and the latest webhook received."""
+        with self.engine.connect() as conn:
+            statuses = {
+                str(status): int(count)
+                for status, count in conn.execute(
+                    sa.select(mailchimp_member.c.status, sa.func.count())
+                    .where(mailchimp_member.c.status.is_not(None))
+                    .group_by(mailchimp_member.c.status)
+                )
+            }
+            moved = int(
+                conn.execute(sa.select(sa.func.count()).select_from(mailchimp_alias)).scalar_one()
+            )
+            last = conn.execute(sa.select(sa.func.max(mailchimp_change.c.recorded_at))).scalar()
+        return {
+            "statuses": dict(sorted(statuses.items())),
+            "addresses_moved": moved,
+            "last_webhook_at": last.isoformat() if isinstance(last, datetime) else None,
+        }
+
+    def mailchimp_history(self, email: str, limit: int = 20) -> list[MailchimpChange]:
+        """Webhooks received about this address (or moving it), newest first."""
+        key = normalise_email(email)
+        query = (
+            sa.select(mailchimp_change)
+            .where(sa.or_(mailchimp_change.c.email == key, mailchimp_change.c.old_email == key))
+            .order_by(mailchimp_change.c.fired_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [
+                MailchimpChange(
+                    row.kind,
+                    row.email,
+                    row.fired_at,
+                    row.source,
+                    row.status,
+                    row.reason,
+                    row.old_email,
+                    key=row.change_key,
                 )
                 for row in conn.execute(query)
             ]

@@ -7,20 +7,33 @@ held to exactly the same contract as the SQL state store: the tests in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
+from sync.changes import OPTED_OUT, MailchimpChange, apply_change
 from sync.ledger import (
     AcceptedPush,
     AudienceProblem,
     EventIntent,
+    MailchimpMember,
     MemberPushState,
     PushFailure,
     SentEvent,
     normalise_email,
 )
 from sync.records import MergeValue
+
+T = TypeVar("T")
+
+
+def _rekey(table: dict[str, T], old: str, new: str, taken: bool) -> None:
+    """Move ``old``'s entry to ``new``; dropped when ``new`` has its own."""
+    value = table.pop(old, None)
+    if value is not None and not taken:
+        table[new] = value
 
 
 class MemoryLedger:
@@ -34,6 +47,9 @@ class MemoryLedger:
         self._events: dict[str, dict[str, tuple[str, datetime, str | None]]] = {}
         self._intents: dict[str, dict[str, EventIntent]] = {}
         self._audience: dict[str, AudienceProblem] = {}
+        self._mailchimp: dict[str, dict[str, Any]] = {}
+        self._aliases: dict[str, str] = {}
+        self._change_keys: set[str] = set()
 
     def member_states(self, emails: Iterable[str]) -> dict[str, MemberPushState]:
         states: dict[str, MemberPushState] = {}
@@ -156,3 +172,75 @@ class MemoryLedger:
 
     def audience_problems(self) -> list[AudienceProblem]:
         return [self._audience[tag] for tag in sorted(self._audience)]
+
+    def mailchimp_members(self, emails: Iterable[str]) -> dict[str, MailchimpMember]:
+        found: dict[str, MailchimpMember] = {}
+        for raw in emails:
+            email = normalise_email(raw)
+            address = self._aliases.get(email, email)
+            row = self._mailchimp.get(address)
+            if row is None and address == email:
+                continue
+            if row is None:
+                found[email] = MailchimpMember(email, address)
+                continue
+            merges = json.loads(row["merges_json"]) if row["merges_json"] else {}
+            found[email] = MailchimpMember(
+                email,
+                address,
+                row["status"],
+                row["reason"],
+                row["status_at"],
+                row["source"],
+                merges,
+            )
+        return found
+
+    def record_mailchimp_changes(self, changes: Sequence[MailchimpChange]) -> int:
+        applied = 0
+        stamp = datetime.now(UTC)
+        for change in sorted(changes, key=lambda c: c.at):
+            if change.key is not None:
+                if change.key in self._change_keys:
+                    continue
+                self._change_keys.add(change.key)
+            if change.kind == "upemail" and change.old_email:
+                self._move(normalise_email(change.old_email), change.email)
+                applied += 1
+                continue
+            after = apply_change(self._mailchimp.get(change.email), change, stamp)
+            if after is not None:
+                self._mailchimp[change.email] = after
+                applied += 1
+        return applied
+
+    def mailchimp_opt_outs(self, since: datetime | None = None) -> list[MailchimpMember]:
+        return [
+            m
+            for m in sorted(
+                self.mailchimp_members(self._mailchimp).values(),
+                key=lambda m: (m.status_at, m.email),
+            )
+            if m.status in OPTED_OUT
+            and (since is None or (m.status_at is not None and m.status_at >= since))
+        ]
+
+    def _move(self, old: str, new: str) -> None:
+        if old == new:
+            return
+        taken = new in self._pushed_at
+        _rekey(self._fields, old, new, taken)
+        _rekey(self._tags, old, new, taken)
+        _rekey(self._pushed_at, old, new, taken)
+        _rekey(self._failures, old, new, taken)
+        for key, value in self._events.pop(old, {}).items():
+            self._events.setdefault(new, {}).setdefault(key, value)
+        for key, intent in self._intents.pop(old, {}).items():
+            self._intents.setdefault(new, {}).setdefault(key, replace(intent, email=new))
+        if old in self._mailchimp and new not in self._mailchimp:
+            self._mailchimp[new] = {**self._mailchimp.pop(old), "email": new}
+        for before, after in list(self._aliases.items()):
+            if after == old:
+                self._aliases[before] = new
+        self._aliases.pop(new, None)
+        self._aliases[old] = new

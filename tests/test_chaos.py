@@ -108,7 +108,12 @@ def chaos_runtime(pg_url: str, emulator: Emulator, clock: Clock, timeout: float)
         database=pg_url,
         state=pg_url,  # the state store in the application's database
         mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=emulator.url),
-        daemon=DaemonConfig(full_rescan=timedelta(days=30), events_max_age=EVENT_WINDOW),
+        # Every event of the window is due from the first cycle on (no go-live cut).
+        daemon=DaemonConfig(
+            full_rescan=timedelta(days=30),
+            events_max_age=EVENT_WINDOW,
+            backfill_events=EVENT_WINDOW,
+        ),
     )
     settings = MailchimpSettings(
         DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url, timeout=timeout

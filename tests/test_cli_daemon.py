@@ -9,6 +9,7 @@ import pytest
 
 from sync.cli import main
 from sync.demo import load_demo
+from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.state import StateStore
 from tests.test_cycle import NOW
 
@@ -30,6 +31,15 @@ def setup(tmp_path, monkeypatch, db_url):
     return config, tmp_path
 
 
+def live(monkeypatch, emulator, capsys, config):
+    """Point the commands at the emulator (a real cycle, not a dry run, which
+    writes nothing to the state store) and create its merge fields."""
+    monkeypatch.setenv("MAILCHIMP_API_KEY", DEFAULT_API_KEY)
+    monkeypatch.setenv("MAILCHIMP_LIST_ID", DEFAULT_LIST_ID)
+    monkeypatch.setenv("MAILCHIMP_BASE_URL", emulator.url)
+    run(capsys, "check", "--fix", "--config", str(config))
+
+
 def run(capsys, *args):
     code = main(list(args))
     out = capsys.readouterr()
@@ -46,14 +56,18 @@ def test_once_without_mailchimp_is_a_loud_dry_run(setup, capsys):
     lines = lines[1:]
     assert len(lines) == 40
     assert {"email", "merge_fields"} <= set(lines[0])
-    # Nothing recorded as pushed: a real run later still sends everything.
+    assert "DRY RUN: nothing was written to the state store" in err
+    # Nothing recorded at all: a real run later still sends everything.
     state = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
     assert state.member_states([lines[0]["email"]]) == {}
+    assert state.cycles() == []
+    assert state.status_counts("user") == {}
     state.close()
 
 
-def test_status_and_explain_after_a_cycle(setup, capsys):
+def test_status_and_explain_after_a_cycle(setup, capsys, monkeypatch, mailchimp_emulator):
     config, _ = setup
+    live(monkeypatch, mailchimp_emulator, capsys, config)
     at = NOW.isoformat()
     assert run(capsys, "once", "--config", str(config), "--at", at)[0] == 0
     code, out, _ = run(capsys, "status", "--config", str(config), "--at", at)
@@ -168,9 +182,9 @@ def test_demo_shows_the_lifecycle_moving(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("example", ["littleworld", "rallia"])
-def test_explain_and_status_on_the_other_lifecycles(example, tmp_path, monkeypatch, db_url, capsys):
-    monkeypatch.delenv("MAILCHIMP_API_KEY", raising=False)
-    monkeypatch.delenv("MAILCHIMP_LIST_ID", raising=False)
+def test_explain_and_status_on_the_other_lifecycles(
+    example, tmp_path, monkeypatch, db_url, capsys, mailchimp_emulator
+):
     load_demo(db_url, example, users=30, seed=3, now=NOW)
     base = ROOT / "examples" / example
     config = tmp_path / "mailsync.yaml"
@@ -178,6 +192,7 @@ def test_explain_and_status_on_the_other_lifecycles(example, tmp_path, monkeypat
         f"rules: {base / 'rules.yaml'}\nsources: {base / 'sources.yaml'}\n"
         f"database: {db_url}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
     )
+    live(monkeypatch, mailchimp_emulator, capsys, config)
     at = NOW.isoformat()
     assert run(capsys, "once", "--config", str(config), "--at", at)[0] == 0
     code, out, _ = run(capsys, "status", "--config", str(config), "--at", at, "--json")

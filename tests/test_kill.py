@@ -191,7 +191,8 @@ def run_kills(
     # Slow enough that a random kill often lands while calls are in flight.
     emulator.service_delay = 0.01
     emulator.batch_delay = 0.8
-    settings = write_settings(tmp_path, pg_url, pg_url, emulator)
+    # Every event of the window is due from the first cycle on (no go-live cut).
+    settings = write_settings(tmp_path, pg_url, pg_url, emulator, extra="  backfill_events: 7d\n")
     state = StateView(pg_url)
     activity = Activity(pg_url, rng)
     try:

@@ -259,3 +259,13 @@ def test_a_missing_merge_field_shows_in_status(
     assert main(["status", "--config", str(config), "--at", at, "--json"]) == 0
     (problem,) = json.loads(capsys.readouterr().out)["audience_problems"]
     assert (problem["merge_tag"], problem["values_not_kept"]) == ("MMERGE3", 20)
+
+    # The marketer creates the field again: the next full pass (every
+    # `daemon.full_rescan`) sends the values held back, which were never
+    # counted as accepted, and the problem goes.
+    mailchimp_emulator.audience.add_merge_field({"tag": "MMERGE3", "name": "x", "type": "text"})
+    assert main(["once", "--config", str(config), "--at", at, "--full"]) == 0
+    capsys.readouterr()
+    assert all("MMERGE3" in m.merge_fields for m in mailchimp_emulator.audience.members())
+    assert main(["status", "--config", str(config), "--at", at, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["audience_problems"] == []

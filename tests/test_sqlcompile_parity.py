@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sync.cycle import event_keys
 from sync.demo import load_demo
 from sync.engine import Baseline, Evaluation, evaluate, reinit_state
 from sync.expressions import Type
@@ -492,3 +493,37 @@ def test_demo_subset_of_ids_matches_full_population(db_url: str) -> None:
         subset = {r.id: r for r in ev.evaluate("user", now=DEMO_NOW, ids=some)}
     assert sorted(subset) == some
     assert all(subset[k] == everyone[k] for k in some)
+
+
+@pytest.mark.parametrize("example", sorted(DEMOS))
+def test_demo_event_keys(db_url: str, example: str) -> None:
+    """The daemon finds the events to send set-based: the event-bearing
+    occurrences in the window (one range query per action) and the state of
+    the compiled evaluation give the idempotency keys (``cycle.event_keys``),
+    which must be exactly those of the engine's events with the same window."""
+    rules_file, sources_file, entity_types = DEMOS[example]
+    load_demo(db_url, example, users=120, seed=7, now=DEMO_NOW)
+    ruleset, sources = load_rules(rules_file), load_sources(sources_file)
+    compared = 0
+    with SourceReader(sources, db_url) as reader, SqlEvaluator(ruleset, sources, db_url) as ev:
+        for now in DEMO_NOWS:
+            since = now - timedelta(days=7)
+            related: dict[str, dict[str, str | None]] | None = None
+            for entity_type in entity_types:
+                entity = ruleset.entity(entity_type)
+                statuses: dict[str, str | None] = {}
+                expected: dict[str, list[str]] = {}
+                for record in reader.read_entities(entity_type, now=now, related_statuses=related):
+                    result = evaluate(entity, record.facts, record.actions, now, events_since=since)
+                    statuses[record.id] = result.status
+                    expected[record.id] = sorted(
+                        f"{entity_type}:{record.id}:{e.key}" for e in result.events
+                    )
+                actions = [a.name for a in entity.actions.values() if a.event is not None]
+                occurrences = reader.occurrences(entity_type, actions, since=since, now=now)
+                for r in ev.evaluate(entity_type, now=now):
+                    got = sorted(event_keys(entity, r.id, r, occurrences.get(r.id, ()), since, now))
+                    assert got == expected[r.id], (entity_type, r.id, now)
+                    compared += len(got)
+                related = {entity_type: statuses}
+    assert compared > 0

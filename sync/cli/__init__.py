@@ -24,6 +24,7 @@ from sync.cli import reinit as reinit_cmd
 from sync.cli import ruletest as ruletest_cmd
 from sync.cli import run as run_cmd
 from sync.cli import status as status_cmd
+from sync.cli import unsubscribes as unsubscribes_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,6 +47,7 @@ cli.add_command(once_cmd.once)
 cli.add_command(reinit_cmd.reinit)
 cli.add_command(run_cmd.run)
 cli.add_command(status_cmd.status)
+cli.add_command(unsubscribes_cmd.unsubscribes)
 cli.add_command(ruletest_cmd.test)
 
 

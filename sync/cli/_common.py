@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 import traceback
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import click
 
+from sync.durations import DurationError, parse_duration
 from sync.exceptions import ConfigurationError, MailsyncError, RulesError
 from sync.records import parse_instant
 
@@ -64,6 +65,16 @@ def parse_at(text: str | None) -> datetime | None:
         return parse_instant(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--at") from None
+
+
+def parse_backfill(text: str | None) -> timedelta | None:
+    """The ``--backfill-events`` value, or None for the setting."""
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except DurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backfill-events") from None
 
 
 def report(exc: BaseException) -> None:

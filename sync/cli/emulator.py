@@ -61,6 +61,12 @@ from sync.exceptions import ConfigurationError, FatalError
     help="Seconds a 'timeout' fault holds a request before hanging up.",
 )
 @click.option("--log-requests", is_flag=True, help="Log every request on stderr.")
+@click.option(
+    "--webhook-url",
+    default=None,
+    metavar="URL",
+    help="Send list webhooks (unsubscribe, cleaned, upemail, profile, subscribe) here.",
+)
 @handle_errors
 def emulator(
     host: str,
@@ -74,6 +80,7 @@ def emulator(
     service_delay: float,
     timeout_hold: float,
     log_requests: bool,
+    webhook_url: str | None,
 ) -> None:
     """Run a local emulator of the Mailchimp Marketing API v3."""
     server = Emulator(
@@ -85,6 +92,7 @@ def emulator(
         service_delay=service_delay,
         timeout_hold=timeout_hold,
         verbose=log_requests,
+        webhook_url=webhook_url,
     )
     if fault_rate:
         try:

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from sync.cli._common import at_option, config_option, handle_errors, parse_at
+from sync.cli._common import at_option, config_option, handle_errors, parse_at, parse_backfill
 from sync.config import load_config
-from sync.daemon import build_runtime, clock_from_env, run_once
+from sync.daemon import build_runtime, clock_from_env, poll_mailchimp, run_once
 
 
 @click.command()
@@ -18,8 +18,21 @@ from sync.daemon import build_runtime, clock_from_env, run_once
     "--dry-run", is_flag=True, help="Write what would be sent as JSON lines; send nothing."
 )
 @click.option("--full", is_flag=True, help="Re-read every entity, not only what changed.")
+@click.option(
+    "--backfill-events",
+    default=None,
+    metavar="DURATION",
+    help="Going live (a new state store): also send the events of this long before "
+    "(e.g. 7d); by default none that happened before the first cycle.",
+)
 @handle_errors
-def once(config_path: str | None, at: str | None, dry_run: bool, full: bool) -> None:
+def once(
+    config_path: str | None,
+    at: str | None,
+    dry_run: bool,
+    full: bool,
+    backfill_events: str | None,
+) -> None:
     """Run one cycle (read, evaluate, diff, push, record) and exit.
 
     Prints what was read, the statuses entered, the members pushed, the API
@@ -28,7 +41,9 @@ def once(config_path: str | None, at: str | None, dry_run: bool, full: bool) -> 
     """
     config = load_config(config_path)
     runtime = build_runtime(config, dry_run=dry_run, out=sys.stdout, clock=clock_from_env())
+    runtime.backfill_events = parse_backfill(backfill_events)
     try:
+        poll_mailchimp(runtime)
         summary = run_once(runtime, now=parse_at(at), full=True if full else None)
     finally:
         runtime.close()

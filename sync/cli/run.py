@@ -8,12 +8,14 @@ from types import FrameType
 
 import click
 
-from sync.cli._common import config_option, handle_errors
+from sync.cli._common import config_option, handle_errors, parse_backfill
 from sync.config import load_config
 from sync.daemon import build_runtime, clock_from_env, serve
+from sync.exceptions import ConfigurationError
 from sync.lock import leader_lock
 from sync.logs import configure_logging
 from sync.metrics import Metrics, MetricsServer, parse_address
+from sync.webhooks import PREFIX, WebhookReceiver
 
 
 @click.command()
@@ -34,9 +36,19 @@ from sync.metrics import Metrics, MetricsServer, parse_address
     default=None,
     help="Log as text or JSON lines (default: from the settings, else text).",
 )
+@click.option(
+    "--backfill-events",
+    default=None,
+    metavar="DURATION",
+    help="Going live (a new state store): also send the events of this long before.",
+)
 @handle_errors
 def run(
-    config_path: str | None, dry_run: bool, metrics_address: str | None, log_format: str | None
+    config_path: str | None,
+    dry_run: bool,
+    metrics_address: str | None,
+    log_format: str | None,
+    backfill_events: str | None,
 ) -> None:
     """Poll for ever: one cycle per `daemon.interval`, a full re-scan at start
     and every `daemon.full_rescan`.
@@ -49,7 +61,13 @@ def run(
     """
     config = load_config(config_path)
     configure_logging(log_format or config.log_format)
+    if config.mailchimp.webhook_secret and not (metrics_address or config.metrics):
+        raise ConfigurationError(
+            "a webhook secret is set but the daemon has no HTTP port: the webhook "
+            "receiver is served with the metrics (set --metrics or MAILSYNC_METRICS)"
+        )
     runtime = build_runtime(config, dry_run=dry_run, out=sys.stdout, clock=clock_from_env())
+    runtime.backfill_events = parse_backfill(backfill_events)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         runtime.stop.set()
@@ -59,10 +77,24 @@ def run(
     metrics = Metrics(config.daemon.interval.total_seconds())
     server = None
     address = metrics_address or config.metrics
+    receiver = None
+    if config.mailchimp.webhook_secret:
+        try:
+            receiver = WebhookReceiver(
+                runtime.state, config.mailchimp.webhook_secret, config.mailchimp.list_id
+            )
+        except ConfigurationError:
+            runtime.close()
+            raise
     if address:
         host, port = parse_address(address)
-        server = MetricsServer(metrics, host, port).start()
+        server = MetricsServer(metrics, host, port, webhooks=receiver).start()
         click.echo(f"metrics on http://{host}:{server.address[1]}/metrics", err=True)
+        if receiver is not None:
+            click.echo(
+                f"Mailchimp webhooks on http://{host}:{server.address[1]}{PREFIX}<secret>",
+                err=True,
+            )
     lock = leader_lock(
         runtime.state, config.mailchimp.list_id or "dry-run", ttl=config.daemon.lease_ttl
     )

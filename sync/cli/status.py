@@ -9,6 +9,7 @@ import click
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
 from sync.config import load_config
 from sync.daemon import system_clock
+from sync.reconciliation import WATERMARK as POLL_WATERMARK
 from sync.schema import load_rules
 from sync.state import StateStore
 
@@ -36,6 +37,8 @@ def status(config_path: str | None, at: str | None, as_json: bool) -> None:
         permanent = len(state.failures(permanent=True))
         cycles = state.cycles(limit=100)
         audience = state.audience_problems()
+        mailchimp_side = state.mailchimp_summary()
+        mailchimp_side["poll_watermark"] = state.get_watermark(POLL_WATERMARK)
     finally:
         state.close()
     good = [c for c in cycles if c.ok]
@@ -57,6 +60,7 @@ def status(config_path: str | None, at: str | None, as_json: bool) -> None:
                 for p in audience
             ],
             "last_successful_cycle": last_good,
+            "mailchimp_side": mailchimp_side,
             "last_cycles": [
                 {
                     "started_at": c.started_at.isoformat(),
@@ -82,3 +86,11 @@ def status(config_path: str | None, at: str | None, as_json: bool) -> None:
             click.echo(f"  {p.tag}: since {since}, {p.members} value(s) not kept last time")
             click.echo(f"    {p.reason}")
     click.echo(f"last successful cycle: {last_good or 'never'}")
+    side = mailchimp_side["statuses"]
+    changed = ", ".join(f"{n} {s}" for s, n in side.items() if s != "subscribed") or "nothing"
+    click.echo(
+        f"changed in Mailchimp: {changed}; "
+        f"{mailchimp_side['addresses_moved']} addresses moved "
+        f"(last webhook: {mailchimp_side['last_webhook_at'] or 'never'}, "
+        f"polled up to: {mailchimp_side['poll_watermark'] or 'never'})"
+    )

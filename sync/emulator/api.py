@@ -144,6 +144,41 @@ def put_member(store: Store, request: Request) -> Answer:
     return Answer(200, member)
 
 
+@ROUTES.add("DELETE", "/lists/{list_id}/members/{subscriber_hash}")
+def archive_member(store: Store, request: Request) -> Answer:
+    audience = store.audience(request.params["list_id"])
+    audience.archive_member(request.params["subscriber_hash"])
+    store.notify(audience, "archive", request.params["subscriber_hash"], source="api")
+    return Answer(204)
+
+
+@ROUTES.add("POST", "/lists/{list_id}/members/{subscriber_hash}/actions/delete-permanent")
+def delete_member_permanent(store: Store, request: Request) -> Answer:
+    audience = store.audience(request.params["list_id"])
+    audience.delete_permanent(request.params["subscriber_hash"])
+    return Answer(204)
+
+
+@ROUTES.add("GET", "/lists/{list_id}/webhooks")
+def list_webhooks(store: Store, request: Request) -> Answer:
+    audience = store.audience(request.params["list_id"])
+    hooks = [h.to_json() for h in store.webhooks.of(audience.list_id)]
+    return Answer(200, {"webhooks": hooks, "list_id": audience.list_id, "total_items": len(hooks)})
+
+
+@ROUTES.add("POST", "/lists/{list_id}/webhooks")
+def create_webhook(store: Store, request: Request) -> Answer:
+    audience = store.audience(request.params["list_id"])
+    return Answer(200, store.webhooks.register(audience.list_id, request.body).to_json())
+
+
+@ROUTES.add("DELETE", "/lists/{list_id}/webhooks/{webhook_id}")
+def delete_webhook(store: Store, request: Request) -> Answer:
+    audience = store.audience(request.params["list_id"])
+    store.webhooks.remove(audience.list_id, request.params["webhook_id"])
+    return Answer(204)
+
+
 @ROUTES.add("PATCH", "/lists/{list_id}/members/{subscriber_hash}")
 def patch_member(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])

@@ -217,3 +217,67 @@ def mark(emulator: Emulator, request: Request) -> Answer:
         "fake": audience.mark_fake,
     }[kind](email)
     return Answer(204)
+
+
+# -- changes made in Mailchimp itself, each followed by its webhook ---------------
+
+#: action -> (what the audience does, the webhook it sends, who makes it by default)
+ADMIN_ACTIONS = {
+    "unsubscribe": ("unsubscribe", "user"),
+    "clean": ("cleaned", "admin"),
+    "archive": ("archive", "admin"),
+    "subscribe": ("subscribe", "user"),
+    "profile": ("profile", "user"),
+    "change-address": ("upemail", "user"),
+}
+
+
+@ROUTES.add("POST", "/lists/{list_id}/members/{member}/{action}")
+def admin_action(emulator: Emulator, request: Request) -> Answer:
+    """A change made in Mailchimp (the person, the marketer's UI, a bounce),
+    then its webhook to every registered URL that wants it."""
+    action = request.params["action"]
+    if action not in ADMIN_ACTIONS:
+        raise ValueError(f"action must be one of {sorted(ADMIN_ACTIONS)}, got {action!r}")
+    body = request.body
+    audience = emulator.store.audience(request.params["list_id"])
+    key = request.params["member"]
+    kind, default_source = ADMIN_ACTIONS[action]
+    source = str(body.get("source", default_source))
+    old_email = ""
+    if action == "unsubscribe":
+        member = audience.unsubscribe_by_person(key)
+    elif action == "clean":
+        member = audience.clean(key)
+    elif action == "archive":
+        member = audience.archive_member(key)
+    elif action == "subscribe":
+        member = audience.subscribe_by_person(key)
+    elif action == "profile":
+        member = audience.edit_profile(key, dict(body["merge_fields"]))
+    else:
+        member, old_email = audience.change_address(key, str(body["new_email"]))
+    deliveries = emulator.store.notify(
+        audience,
+        kind,
+        member.id,
+        source=source,
+        reason=str(body.get("reason", "")),
+        old_email=old_email,
+    )
+    return Answer(
+        200,
+        {"member": member_json(member), "deliveries": [d.to_json() for d in deliveries]},
+    )
+
+
+@ROUTES.add("GET", "/webhooks")
+def webhook_deliveries(emulator: Emulator, request: Request) -> Answer:
+    store = emulator.store
+    return Answer(
+        200,
+        {
+            "webhooks": [h.to_json() for h in store.webhooks.hooks],
+            "deliveries": [d.to_json() for d in store.webhooks.deliveries],
+        },
+    )

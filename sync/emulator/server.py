@@ -177,6 +177,7 @@ class Emulator:
         serve_batches: bool = True,
         clock: Clock = utc_now,
         verbose: bool = False,
+        webhook_url: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -198,6 +199,11 @@ class Emulator:
             serve_batches,
         )
         self.store = Store(list_id, clock=clock)
+        #: A webhook registered on the default audience from the start (every
+        #: member event, every source), as if the marketer had set it up; it
+        #: is not validated, as the receiver may not be up yet.
+        self.webhook_url = webhook_url
+        self._register_webhook()
         self.faults = FaultPlan()
         self.calls = CallLog()
         # Tracebacks of emulator bugs met while answering: a test should
@@ -321,6 +327,7 @@ class Emulator:
         self.calls.wait_idle(timeout=2.0)
         self.batches.reset()
         self.store.reset()
+        self._register_webhook()
         self.faults.clear()
         self.calls.reset()
         self.errors.clear()
@@ -332,6 +339,14 @@ class Emulator:
             self.hold_batches,
             self.serve_batches,
         ) = self._defaults
+
+    def _register_webhook(self) -> None:
+        if self.webhook_url:
+            self.store.webhooks.register(
+                self.list_id,
+                {"url": self.webhook_url, "sources": {"user": True, "admin": True, "api": True}},
+                validate=False,
+            )
 
     def settings(self) -> dict[str, Any]:
         return {

@@ -34,14 +34,19 @@ from sync.emulator.problems import (
     not_found,
     properties_too_long,
 )
+from sync.emulator.webhooks import Delivery, Webhooks
 
 Clock = Callable[[], datetime]
 STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional", "archived")
 # What a request may set: the API reference's enum for `status` / `status_if_new`
 # has no "archived" (a member is archived by DELETE, and only GET shows it).
 REQUEST_STATUSES = STATUSES[:-1]
-# Members in these statuses may not be set back to "subscribed" through the API.
+# Members in these statuses may not be set back to "subscribed" through the API
+# (except an "unsubscribed" set through the API itself: see ``_check_may_subscribe``).
 COMPLIANCE_STATUSES = ("unsubscribed", "cleaned")
+# DELETE (archive) answers 405 for these: "Can not archive a contact that is
+# bounced, pending or archived" (amro/gibbon#320).
+NOT_ARCHIVABLE = ("cleaned", "pending", "archived")
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 HASH_PATTERN = re.compile(r"[0-9a-f]{32}")
 EVENT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{2,30}")
@@ -129,6 +134,9 @@ class Audience:
         self._members: dict[str, Member] = {}
         self._forgotten: set[str] = set()
         self._compliance: set[str] = set()
+        # Members unsubscribed through the API: unlike those who unsubscribed
+        # themselves, the API may subscribe them again.
+        self._api_unsubscribed: set[str] = set()
         self._fake: set[str] = set()
         self._tag_ids: dict[str, int] = {}
         self._web_ids = itertools.count(100_001)
@@ -260,9 +268,13 @@ class Audience:
                 values = self._merge_values(body, None, skip_merge_validation)
                 self._check_may_subscribe(h, None, email, status)
                 created = self._create(email, status, values, _tag_names(body))
+                if status == "unsubscribed":
+                    self._api_unsubscribed.add(created.id)
                 self._apply_profile(created, body)
                 return True, self._render(created)
-            # An existing member: `status_if_new` is ignored, `tags` too.
+            # An existing member: `status_if_new` is ignored, `tags` too. An
+            # archived contact stays archived unless `status` says otherwise
+            # (tbar0970/jethro-pmm#708: `status_if_new` alone "doesn't stick").
             status = body.get("status")
             if status is not None:
                 self._check_status(status)
@@ -278,6 +290,7 @@ class Audience:
         body = _object(body)
         with self._lock:
             member = self._existing(key)
+            self._change_address(member, body.get("email_address"))
             status = body.get("status")
             if status is not None:
                 self._check_status(status)
@@ -286,6 +299,78 @@ class Audience:
             self._update(member, status, values)
             self._apply_profile(member, body)
             return self._render(member)
+
+    def archive_member(self, key: str) -> Member:
+        """``DELETE /members/{hash}``: the contact is archived, not removed.
+
+        It still answers ``GET`` (with ``status: archived``) and may come back
+        through ``PUT`` with ``status``; bounced, pending and archived contacts
+        cannot be archived (405)."""
+        with self._lock:
+            member = self._existing(key)
+            if member.status in NOT_ARCHIVABLE:
+                raise cannot_archive()
+            self._set_status(member, "archived")
+            return member
+
+    def delete_permanent(self, key: str) -> None:
+        """``POST /members/{hash}/actions/delete-permanent``: gone for good;
+        the address can never be imported again."""
+        with self._lock:
+            member = self._existing(key)
+            self.forget(member.email_address)
+
+    # -- changes made in Mailchimp itself (the person, the UI, bounces) -------
+
+    def unsubscribe_by_person(self, key: str) -> Member:
+        """The person used an unsubscribe link: a compliance state for the API."""
+        with self._lock:
+            member = self._existing(key)
+            self._set_status(member, "unsubscribed")
+            self._api_unsubscribed.discard(member.id)
+            return member
+
+    def clean(self, key: str) -> Member:
+        """The address bounced hard: cleaned, never to be subscribed by the API."""
+        with self._lock:
+            member = self._existing(key)
+            self._set_status(member, "cleaned")
+            return member
+
+    def subscribe_by_person(self, key: str) -> Member:
+        """The person signed up again through a form: back to subscribed,
+        archived or not (Mailchimp's help page "Archive or unarchive contacts")."""
+        with self._lock:
+            member = self._existing(key)
+            self._set_status(member, "subscribed")
+            self._compliance.discard(member.id)
+            self._api_unsubscribed.discard(member.id)
+            return member
+
+    def change_address(self, key: str, new_email: str) -> tuple[Member, str]:
+        """The person (or the marketer) changed the address: the member's id
+        changes with it. Returns the member and its old address."""
+        with self._lock:
+            member = self._existing(key)
+            self._check_new_email(new_email)
+            if subscriber_hash(new_email) in self._members:
+                raise member_exists(new_email)
+            old = member.email_address
+            del self._members[member.id]
+            member.email_address = new_email
+            member.last_changed = self._clock()
+            self._members[member.id] = member
+            return member, old
+
+    def edit_profile(self, key: str, merge_fields: Mapping[str, Any]) -> Member:
+        """The person edited their profile (or the marketer did, in the UI)."""
+        with self._lock:
+            member = self._existing(key)
+            values = self._merge_values(
+                {"merge_fields": dict(merge_fields)}, member.merge_fields, skip_required=True
+            )
+            self._update(member, None, values)
+            return member
 
     def members_json(self, query: Mapping[str, str]) -> dict[str, Any]:
         count, offset = _page(query, default_count=10)
@@ -353,6 +438,8 @@ class Audience:
                         values = self._merge_values(item, None, skip_merge_validation)
                         self._check_may_subscribe(h, None, email, item["status"])
                         new = self._create(email, item["status"], values, _tag_names(item))
+                        if new.status == "unsubscribed":
+                            self._api_unsubscribed.add(new.id)
                         self._apply_profile(new, item)
                         created.append(self._render(new))
                         continue
@@ -528,8 +615,13 @@ class Audience:
     def _check_may_subscribe(self, h: str, member: Member | None, email: str, status: str) -> None:
         if status != "subscribed":
             return
-        if h in self._compliance or (member is not None and member.status in COMPLIANCE_STATUSES):
+        if h in self._compliance:
             raise compliance_state(email)
+        if member is None or member.status not in COMPLIANCE_STATUSES:
+            return
+        if member.status == "unsubscribed" and h in self._api_unsubscribed:
+            return  # unsubscribed through the API: the API may undo it
+        raise compliance_state(email)
 
     def _merge_values(
         self, body: Mapping[str, Any], stored: dict[str, Any] | None, skip_required: bool
@@ -565,6 +657,25 @@ class Audience:
         if problems:
             raise invalid(errors=problems)
 
+    def _change_address(self, member: Member, address: Any) -> None:
+        """``PATCH`` with a new ``email_address`` changes the member's address
+        in place (its id, the hash, follows). A new address that is already in
+        the audience is refused: 400 "Invalid Resource", detail ``"x" is
+        already in this list with a status of "subscribed".`` (see
+        docs/emulator.md for the sources)."""
+        if not isinstance(address, str) or address.lower() == member.email_address.lower():
+            return
+        self._check_new_email(address)
+        taken = self._members.get(subscriber_hash(address))
+        if taken is not None:
+            raise invalid(
+                f'"{address}" is already in this list with a status of "{taken.status}".'
+            )
+        del self._members[member.id]
+        member.email_address = address
+        member.last_changed = self._clock()
+        self._members[member.id] = member
+
     # -- changes -----------------------------------------------------------------
 
     def _create(
@@ -578,15 +689,25 @@ class Audience:
         return member
 
     def _update(self, member: Member, status: str | None, merge_fields: dict[str, Any]) -> None:
+        """A change made through the API (PUT, PATCH, batch subscribe)."""
         changed = False
         if status is not None and status != member.status:
             member.status = status
             changed = True
+            if status == "unsubscribed":
+                self._api_unsubscribed.add(member.id)
+            else:
+                self._api_unsubscribed.discard(member.id)
         for tag, value in merge_fields.items():
             if member.merge_fields.get(tag, "") != value:
                 member.merge_fields[tag] = value
                 changed = True
         if changed:
+            member.last_changed = self._clock()
+
+    def _set_status(self, member: Member, status: str) -> None:
+        if member.status != status:
+            member.status = status
             member.last_changed = self._clock()
 
     def _apply_profile(self, member: Member, body: Mapping[str, Any]) -> None:
@@ -661,6 +782,7 @@ class Store:
         self.default_list_id = list_id
         self._audiences: dict[str, Audience] = {}
         self.add_audience(list_id, name)
+        self.webhooks = Webhooks(clock)
 
     def add_audience(self, list_id: str, name: str = "mailsync emulator") -> Audience:
         with self._lock:
@@ -681,10 +803,64 @@ class Store:
             return list(self._audiences.values())
 
     def reset(self) -> None:
-        """Back to empty audiences with the default merge fields, same ids."""
+        """Back to empty audiences with the default merge fields, same ids;
+        no webhooks."""
         with self._lock:
             for audience in list(self._audiences.values()):
                 self.add_audience(audience.list_id, audience.name)
+        self.webhooks.reset()
+
+    def notify(
+        self,
+        audience: Audience,
+        kind: str,
+        key: str,
+        *,
+        source: str,
+        reason: str = "",
+        old_email: str = "",
+    ) -> list[Delivery]:
+        """Send the webhook for a change just made to member ``key``.
+
+        ``kind`` is a webhook type, or "archive" (sent as ``unsubscribe``
+        with ``data[action]=delete``). Field names and values as in the
+        payloads recorded in apache/predictionio's MailChimpConnector.
+        """
+        member = audience.member(key)
+        if member is None:
+            return []
+        base = {"list_id": audience.list_id}
+        profile = {
+            "id": member.id[:10],
+            "email": member.email_address,
+            "email_type": member.email_type,
+            "merges.EMAIL": member.email_address,
+            **{f"merges.{t}": str(v) for t, v in sorted(member.merge_fields.items())},
+            "ip_opt": "",
+        }
+        data: dict[str, str]
+        if kind == "subscribe":
+            data = {**base, **profile, "ip_signup": ""}
+        elif kind == "profile":
+            data = {**base, **profile}
+        elif kind in ("unsubscribe", "archive"):
+            action = "delete" if kind == "archive" else "unsub"
+            data = {**base, **profile, "action": action, "reason": reason or "manual"}
+            data["campaign_id"] = ""
+            kind = "unsubscribe"
+        elif kind == "cleaned":
+            data = {**base, "campaign_id": "", "reason": reason or "hard"}
+            data["email"] = member.email_address
+        elif kind == "upemail":
+            data = {
+                **base,
+                "new_id": member.id[:10],
+                "new_email": member.email_address,
+                "old_email": old_email,
+            }
+        else:
+            raise ValueError(f"no webhook for {kind!r}")
+        return self.webhooks.fire(audience.list_id, kind, data, source)
 
 
 # -- helpers for request bodies and queries -------------------------------------
@@ -740,6 +916,25 @@ def _instant(query: Mapping[str, str], name: str) -> datetime | None:
     # Mailchimp ignores the offset and reads the wall-clock time as UTC
     # (mailchimp/mailchimp-client-lib-codegen#241): so does the emulator.
     return datetime.fromisoformat(raw).replace(tzinfo=UTC)
+
+
+def cannot_archive() -> ApiProblem:
+    # Wording recorded in amro/gibbon#320 (a DELETE of a bounced member).
+    return ApiProblem(
+        405,
+        "Method Not Allowed",
+        "This list member cannot be removed. "
+        "Can not archive a contact that is bounced, pending or archived",
+    )
+
+
+def member_exists(email: str) -> ApiProblem:
+    # Wording recorded in amro/gibbon#193 (a POST after a DELETE).
+    return ApiProblem(
+        400,
+        "Member Exists",
+        f"{email} is already a list member. Use PUT to insert or update list members.",
+    )
 
 
 def _batch_error(email: str, error: str, code: str = ERROR_GENERIC) -> dict[str, Any]:

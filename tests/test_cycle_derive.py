@@ -1,0 +1,455 @@
+"""The daemon derives, diffs and pushes the difference (issue 11).
+
+Each test runs on SQLite and PostgreSQL application databases against the
+emulator, through ``run_once`` (what ``mailsync once`` and ``run`` call). They
+pin the behaviours that tracking changes got wrong: a dry run that lost data,
+late rows skipped, a rules reload that re-evaluated nobody, an address change
+that created a second member, and a burst of past events on going live.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from sync.config import Config, DaemonConfig, MailchimpConfig
+from sync.daemon import build_runtime, run_once
+from sync.demo import load_demo
+from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
+from sync.engine import evaluate
+from sync.mailchimp import Caller, MailchimpSettings, fix_merge_fields, make_client
+from sync.members import mailchimp_value, normalise_email
+from sync.schema import load_rules
+from sync.sink import DryRunSink, MailchimpSink, SinkConfig
+from sync.source_reader import SourceReader
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def bb(db_url, tmp_path, mailchimp_emulator):
+    """BlouseBrothers demo data and a factory of runtimes on it."""
+    load_demo(db_url, "blousebrothers", users=120, seed=11, now=NOW)
+    state = db_url if db_url.startswith("postgresql") else f"sqlite:///{tmp_path}/state.sqlite"
+    clock = Clock(NOW)
+    client = make_client(
+        MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=mailchimp_emulator.url)
+    )
+    runtimes = []
+
+    def make(*, dry_run: bool = False, **daemon):
+        config = Config(
+            rules=ROOT / "rules.yaml",
+            sources=ROOT / "sources.yaml",
+            database=db_url,
+            state=state,
+            mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=mailchimp_emulator.url),
+            daemon=DaemonConfig(**daemon),
+        )
+        caller = Caller(client, DEFAULT_LIST_ID)
+        out = io.StringIO()
+
+        def sink(store):
+            if dry_run:
+                return DryRunSink(store, out, clock=clock)
+            return MailchimpSink(caller, store, SinkConfig(), clock=clock)
+
+        runtime = build_runtime(config, clock=clock, sink_factory=sink)
+        runtime.dry_run = dry_run
+        runtimes.append(runtime)
+        wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+        fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
+        return runtime, caller, out
+
+    engine = sa.create_engine(db_url)
+    yield make, clock, engine, mailchimp_emulator
+    engine.dispose()
+    for runtime in runtimes:
+        runtime.close()
+
+
+def _at(engine, instant):
+    # SQLite keeps naive UTC text, as the demo writes it.
+    return instant.replace(tzinfo=None) if engine.dialect.name == "sqlite" else instant
+
+
+def _expected(runtime, now):
+    """email -> merge fields, computed by the engine on records read back."""
+    entity = runtime.ruleset.entity("user")
+    found = {}
+    with SourceReader(runtime.sources, runtime.config.database) as reader:
+        for record in reader.read_entities("user", now=now):
+            result = evaluate(entity, record.facts, record.actions, now)
+            found[normalise_email(record.email)] = {
+                f.tag: mailchimp_value(result.merge_fields[f.tag], f.type)
+                for f in entity.merge_fields
+            }
+    return found
+
+
+def _audience(emulator):
+    return {m.email_address.lower(): dict(m.merge_fields) for m in emulator.audience.members()}
+
+
+def _credit(engine, user_id, at):
+    with engine.begin() as conn:
+        next_id = conn.execute(sa.text("SELECT COALESCE(MAX(id), 0) + 1 FROM credits"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO credits (id, user_id, amount_cents, credited_at)"
+                " VALUES (:id, :u, 1000, :at)"
+            ),
+            {"id": next_id.scalar_one(), "u": user_id, "at": _at(engine, at)},
+        )
+
+
+def test_cycles_evaluate_in_sql_and_push_what_the_engine_says(bb):
+    make, clock, _engine, emulator = bb
+    runtime, _, _ = make()
+    summary = run_once(runtime)
+    assert summary.evaluated_by == {"user": "sql"}
+    assert _audience(emulator) == _expected(runtime, NOW)
+    clock.now = NOW + timedelta(days=3)
+    later = run_once(runtime, full=True)
+    assert _audience(emulator) == _expected(runtime, clock.now)
+    assert later.push.pushed == len({c[1] for c in later.changed})
+
+
+def test_a_full_pass_with_nothing_changed_sends_and_writes_nothing(bb):
+    make, _clock, _engine, _emulator = bb
+    runtime, caller, _ = make()
+    run_once(runtime)
+    calls = sum(caller.calls.values())
+    again = run_once(runtime, full=True)
+    assert again.entities_read["user"] == 120
+    assert again.evaluations_written == 0
+    assert again.push.considered == 0
+    assert sum(caller.calls.values()) == calls
+
+
+def test_a_dry_run_writes_nothing_and_loses_nothing(bb):
+    """Wrong before: a dry run stored the evaluations and moved the
+    watermarks, so the next real cycle created none of the members it showed."""
+    make, _clock, _engine, emulator = bb
+    runtime, _, out = make(dry_run=True)
+    summary = run_once(runtime)
+    assert summary.dry_run
+    shown = {
+        line.split('"email": "')[1].split('"')[0].lower()
+        for line in out.getvalue().splitlines()
+        if '"email"' in line
+    }
+    assert len(shown) == 120
+    state = sa.create_engine(runtime.config.state)
+    with state.connect() as conn:
+        for table in ("entity_state", "cycle", "watermark", "member"):
+            assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one() == 0
+    state.dispose()
+    real, _, _ = make()
+    run_once(real)
+    assert set(_audience(emulator)) == shown
+
+
+def test_a_late_row_is_caught_by_the_next_full_pass_and_gets_its_event(bb):
+    """Wrong before: a row dated before the watermark was ignored until the
+    daily re-scan; its event was never sent."""
+    make, clock, engine, emulator = bb
+    runtime, _, _ = make()
+    run_once(runtime)
+    clock.now = NOW + timedelta(minutes=10)
+    run_once(runtime)
+    with engine.connect() as conn:
+        user_id, email = conn.execute(sa.text("SELECT id, email FROM users ORDER BY id")).first()
+    # Inserted after the cycle at +10 min, dated two minutes before it (a
+    # replicated or back-filled row).
+    _credit(engine, user_id, clock.now - timedelta(minutes=2))
+    clock.now = NOW + timedelta(minutes=12)
+    full = run_once(runtime, full=True)
+    member = emulator.audience.member(email)
+    assert member.merge_fields["MMERGE25"].startswith("money_ok")
+    assert [e.name for e in member.events] == ["credit"]
+    assert full.push.events_sent == 1
+    # ... and exactly once.
+    clock.now = NOW + timedelta(minutes=13)
+    run_once(runtime, full=True)
+    assert [e.name for e in emulator.audience.member(email).events] == ["credit"]
+
+
+def test_a_tick_reads_only_new_rows_and_due_entities(bb):
+    make, clock, engine, emulator = bb
+    runtime, _, _ = make()
+    run_once(runtime)
+    with engine.connect() as conn:
+        user_id, email = conn.execute(sa.text("SELECT id, email FROM users ORDER BY id")).first()
+    clock.now = NOW + timedelta(minutes=1)
+    _credit(engine, user_id, clock.now - timedelta(seconds=10))
+    tick = run_once(runtime)
+    assert not tick.full
+    assert 1 <= tick.entities_read["user"] < 120
+    assert "credit" in [e.name for e in emulator.audience.member(email).events]
+
+
+def test_going_live_sends_no_past_event_unless_asked(bb):
+    """Wrong before: the first cycle sent every event of the last seven days."""
+    make, _clock, _engine, emulator = bb
+    runtime, _, _ = make()
+    summary = run_once(runtime)
+    assert summary.push.events_sent == 0
+    assert summary.events_skipped > 0
+    assert any("past events not sent" in line for line in summary.lines())
+    assert all(not m.events for m in emulator.audience.members())
+
+
+def test_going_live_with_a_backfill_sends_the_window(bb):
+    make, _clock, _engine, emulator = bb
+    runtime, _, _ = make(backfill_events=timedelta(days=7))
+    summary = run_once(runtime)
+    assert summary.push.events_sent > 0
+    assert summary.events_skipped == 0
+    sent = [e for m in emulator.audience.members() for e in m.events]
+    assert all(e.occurred_at is None or e.occurred_at >= "2026-02-22" for e in sent)
+
+
+def test_a_state_entry_event_honours_events_max_age(tmp_path):
+    """Wrong before: status-entry events ignored ``events_max_age`` (reminders
+    dated months back were sent on going live)."""
+    from sync.engine import Baseline
+    from sync.records import ActionOccurrence
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\n"
+        "entities:\n"
+        "  user:\n"
+        "    actions:\n"
+        "      signup: {enters: registered}\n"
+        "    statuses:\n"
+        "      registered:\n"
+        "        event: {name: registered_entry, once: entry}\n"
+    )
+    entity = load_rules(rules).entity("user")
+    entered = NOW - timedelta(days=90)
+    signup = [ActionOccurrence(entered, "signup")]
+    old = evaluate(entity, {}, signup, NOW, events_since=NOW - timedelta(days=7))
+    assert [e.name for e in old.events] == []
+    recent = evaluate(entity, {}, signup, NOW, events_since=entered)
+    assert [e.name for e in recent.events] == ["registered_entry"]
+    # A re-initialisation entry is an entry too.
+    baseline = Baseline("registered", NOW - timedelta(days=1))
+    fresh = evaluate(entity, {}, [], NOW, baseline, events_since=NOW - timedelta(days=7))
+    assert [e.name for e in fresh.events] == ["registered_entry"]
+
+
+def test_an_address_change_moves_the_member_and_its_history(bb):
+    """Wrong before: a second member was created, `welcome` sent again to the
+    new address, and the old member left subscribed with a stale status."""
+    make, clock, engine, emulator = bb
+    runtime, _, _ = make(backfill_events=timedelta(days=30))
+    run_once(runtime)
+    with engine.connect() as conn:
+        user_id, old = conn.execute(
+            sa.text("SELECT id, email FROM users ORDER BY date_joined DESC")
+        ).first()
+    before = emulator.audience.member(old)
+    events_before = [e.name for e in before.events]
+    members_before = len(emulator.audience.members())
+    new = "moved-" + old
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE users SET email = :e WHERE id = :i"), {"e": new, "i": user_id})
+    clock.now = NOW + timedelta(minutes=5)
+    summary = run_once(runtime, full=True)
+    assert summary.address_changes == [(normalise_email(old), normalise_email(new))]
+    assert emulator.audience.member(old) is None
+    moved = emulator.audience.member(new)
+    assert moved is not None
+    assert [e.name for e in moved.events] == events_before
+    assert len(emulator.audience.members()) == members_before
+    # Nothing is sent again on later passes either.
+    clock.now = NOW + timedelta(minutes=10)
+    again = run_once(runtime, full=True)
+    assert again.push.events_sent == 0
+    assert [e.name for e in emulator.audience.member(new).events] == events_before
+
+
+def test_an_address_already_in_the_audience_is_not_merged(bb):
+    make, clock, engine, emulator = bb
+    runtime, _, _ = make()
+    run_once(runtime)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, email FROM users ORDER BY id LIMIT 2")).all()
+    (first_id, first), (_, second) = rows
+    taken = "taken-" + first
+    emulator.audience.seed_member(taken, status="subscribed")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE users SET email = :e WHERE id = :i"), {"e": taken, "i": first_id}
+        )
+    clock.now = NOW + timedelta(minutes=5)
+    run_once(runtime, full=True)
+    # Mailchimp refused the change: the old member stays, the new address
+    # gets the user's values, nothing is lost.
+    assert emulator.audience.member(first) is not None
+    assert emulator.audience.member(taken).merge_fields == _expected(runtime, clock.now)[taken]
+    assert second
+
+
+def test_a_deleted_entity_is_forgotten_by_the_next_full_pass(bb):
+    make, clock, engine, emulator = bb
+    runtime, _, _ = make()
+    run_once(runtime)
+    counts = runtime.state.status_counts("user")
+    with engine.begin() as conn:
+        user_id, email = conn.execute(
+            sa.text("SELECT id, email FROM users ORDER BY id DESC")
+        ).first()
+        for table, column in (
+            ("evaluations", None),
+            ("purchases", "buyer_id"),
+            ("conferences", "owner_id"),
+            ("credits", "user_id"),
+            ("subscriptions", "user_id"),
+            ("transfers", "user_id"),
+            ("balance_notices", "user_id"),
+            ("wallets", "user_id"),
+        ):
+            if column is None:
+                conn.execute(
+                    sa.text(
+                        "DELETE FROM evaluations WHERE purchase_id IN (SELECT id FROM purchases"
+                        " WHERE buyer_id = :i OR conference_id IN"
+                        " (SELECT id FROM conferences WHERE owner_id = :i))"
+                    ),
+                    {"i": user_id},
+                )
+                conn.execute(
+                    sa.text(
+                        "DELETE FROM purchases WHERE conference_id IN"
+                        " (SELECT id FROM conferences WHERE owner_id = :i)"
+                    ),
+                    {"i": user_id},
+                )
+                continue
+            conn.execute(sa.text(f"DELETE FROM {table} WHERE {column} = :i"), {"i": user_id})
+        conn.execute(sa.text("DELETE FROM users WHERE id = :i"), {"i": user_id})
+    clock.now = NOW + timedelta(minutes=5)
+    summary = run_once(runtime, full=True)
+    assert summary.deleted["user"] == 1
+    assert sum(runtime.state.status_counts("user").values()) == sum(counts.values()) - 1
+    # on_delete: keep (the default) leaves the member in Mailchimp.
+    assert emulator.audience.member(email) is not None
+
+
+def test_calls_are_proportional_to_change_across_chunks(bb):
+    """Wrong before: a /batches job and a batch subscribe per chunk of
+    entities, whatever the number of members changed in it."""
+    make, _clock, _engine, _emulator = bb
+    runtime, caller, _ = make(batch_size=20)  # six chunks of 20 users
+    summary = run_once(runtime)
+    new = summary.push.pushed
+    creates = caller.calls.get("success", 0)
+    assert new == 120
+    # One batch subscribe of 120 members, plus tags: a handful of calls, not
+    # one or more per chunk.
+    assert creates <= math.ceil(new / 500) + 3
+
+
+class _AlwaysLeader:
+    def try_acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_rules_reload_forces_a_full_pass(bb, tmp_path):
+    """Wrong before: "using it from this cycle", then nothing moved until the
+    daily re-scan. The leader's loop (``_lead``) runs a full pass right after
+    a valid reload."""
+    import os
+    import threading
+    import time
+
+    from sync.daemon import RulesWatcher, _lead
+    from sync.metrics import Metrics
+
+    make, clock, _engine, emulator = bb
+    rules = tmp_path / "rules.yaml"
+    rules.write_text((ROOT / "rules.yaml").read_text())
+    runtime, _, _ = make(full_rescan=timedelta(days=30))
+    runtime.config = replace(runtime.config, rules=rules)
+    runtime.ruleset = load_rules(rules)
+    watcher = RulesWatcher(runtime)
+    leader = threading.Thread(
+        target=_lead,
+        args=(runtime, _AlwaysLeader(), Metrics(1.0), watcher, 1.0, 0.05),
+        daemon=True,
+    )
+    leader.start()
+    try:
+        deadline = time.monotonic() + 30
+
+        def finished() -> int:
+            return sum(1 for c in runtime.state.cycles(5) if c.finished_at is not None)
+
+        while finished() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The marketer shortens the first rung: every registered user moves.
+        rules.write_text(
+            rules.read_text().replace("nurture:\n    _H24: 24h", "nurture:\n    _H24: 12h", 1)
+        )
+        os.utime(rules, (time.time() + 5, time.time() + 5))
+        clock.now = NOW + timedelta(minutes=1)
+        while finished() < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        runtime.stop.set()
+        leader.join(30)
+    cycles = sorted(runtime.state.cycles(10), key=lambda c: c.id)
+    # full_rescan is 30 days and nothing was re-initialised: the only reason
+    # for a full pass after the first is the reload.
+    reloads = [c for c in cycles[1:] if c.counts.get("full")]
+    assert reloads, [c.counts for c in cycles]
+    assert reloads[0].counts["entities_read"] == {"user": 120}
+    assert _audience(emulator) == _expected(runtime, clock.now)
+
+
+def test_on_delete_unsubscribe_unsubscribes_the_member_of_a_deleted_entity(bb):
+    make, clock, engine, emulator = bb
+    runtime, _, _ = make(on_delete="unsubscribe")
+    run_once(runtime)
+    with engine.begin() as conn:
+        # The newest user has no other row than its own (ordered by sign-up).
+        user_id, email = conn.execute(
+            sa.text(
+                "SELECT id, email FROM users u WHERE NOT EXISTS"
+                " (SELECT 1 FROM wallets w WHERE w.user_id = u.id)"
+                " AND NOT EXISTS (SELECT 1 FROM conferences c WHERE c.owner_id = u.id)"
+                " AND NOT EXISTS (SELECT 1 FROM purchases p WHERE p.buyer_id = u.id)"
+                " AND NOT EXISTS (SELECT 1 FROM credits c WHERE c.user_id = u.id)"
+                " AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = u.id)"
+                " AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.user_id = u.id)"
+                " AND NOT EXISTS (SELECT 1 FROM balance_notices b WHERE b.user_id = u.id)"
+                " ORDER BY id"
+            )
+        ).first()
+        conn.execute(sa.text("DELETE FROM users WHERE id = :i"), {"i": user_id})
+    clock.now = NOW + timedelta(minutes=5)
+    summary = run_once(runtime, full=True)
+    assert summary.deleted["user"] == 1
+    assert summary.removed == {"unsubscribe": 1}
+    assert emulator.audience.member(email).status == "unsubscribed"
