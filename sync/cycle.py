@@ -160,6 +160,10 @@ class CycleSummary:
         for kind, count in push.calls.items():
             total.calls[kind] = total.calls.get(kind, 0) + count
         total.failures.extend(push.failures)
+        for tag, count in push.missing_merge_tags.items():
+            total.missing_merge_tags[tag] = total.missing_merge_tags.get(tag, 0) + count
+        total.invalid_values += push.invalid_values
+        total.not_kept.extend(push.not_kept)
 
     def counts(self) -> dict[str, object]:
         """A JSON-able record of the cycle (stored with it in the state store)."""
@@ -187,6 +191,8 @@ class CycleSummary:
             "events_resent": self.push.events_resent,
             "events_unconfirmed": self.push.events_unconfirmed,
             "api_calls": dict(self.push.calls),
+            "missing_merge_tags": dict(self.push.missing_merge_tags),
+            "merge_values_not_json": self.push.invalid_values,
             "backlog": self.backlog,
             "duration_s": round(self.duration_s, 3),
             "stopped": self.stopped,
@@ -800,6 +806,8 @@ class Cycle:
             self.state.upsert_evaluations(pending.evaluations, at=self.now)
             self.summary.evaluations_written += len(pending.evaluations)
         failed = {normalise_email(f.email) for f in push.failures}
+        # Values of a merge tag the audience lacks were not kept: push again.
+        failed |= set(push.not_kept)
         failed |= self.state.failed_emails(pending.members)
         accepted: dict[str, dict[str, str]] = {}
         for email, contributors in pending.contributors.items():

@@ -149,6 +149,26 @@ class MemberPushState:
 
 
 @dataclass(frozen=True)
+class AudienceProblem:
+    """A merge tag the rules push that the audience does not have.
+
+    Mailchimp drops such a value with a 200 answer, so the sink finds out by
+    reading the audience's merge fields and by comparing what came back with
+    what it sent; the problem stays recorded until the tag exists again."""
+
+    tag: str
+    reason: str
+    #: Values held back or dropped for this tag in the push that saw it last.
+    members: int
+    seen_at: datetime
+    #: When it was first seen (the store keeps the earliest); None: ``seen_at``.
+    first_seen_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        require_aware(self.seen_at, "audience problem instant")
+
+
+@dataclass(frozen=True)
 class MailchimpMember:
     """What is known of a member's state on Mailchimp's side (from webhooks,
     the reconciliation poll and push answers; see ``sync.changes``)."""
@@ -236,6 +256,19 @@ class PushLedger(Protocol):
     def clear_event_intents(self, events: Iterable[tuple[str, str]]) -> None:
         """Forget the intents of these (email, key): Mailchimp said it did not
         take them, or they are no longer due and it does not have them."""
+        ...
+
+    def record_audience_problems(self, problems: Sequence[AudienceProblem]) -> None:
+        """Remember merge tags missing from the audience (one row per tag: the
+        latest reason and count, the earliest ``first_seen_at``)."""
+        ...
+
+    def clear_audience_problems(self, tags: Iterable[str]) -> None:
+        """These tags exist in the audience again."""
+        ...
+
+    def audience_problems(self) -> list[AudienceProblem]:
+        """Problems recorded, by tag."""
         ...
 
     def mailchimp_members(self, emails: Iterable[str]) -> dict[str, MailchimpMember]:

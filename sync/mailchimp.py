@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import tarfile
@@ -156,6 +157,7 @@ _TEXT_RULES: tuple[tuple[re.Pattern[str], AnswerClass, str], ...] = tuple(
         (r"compliance state", AnswerClass.PERMANENT, "compliance_state"),
         (r"forgotten email|permanently deleted", AnswerClass.PERMANENT, "forgotten_email"),
         (r"looks fake or invalid|fake or invalid", AnswerClass.PERMANENT, "fake_email"),
+        (r"provide a valid email address", AnswerClass.PERMANENT, "invalid_email"),
         (
             r"merge (?:field|tag)s? [\"'A-Z0-9_ ]*"
             r"(?:does not exist|doesn't exist|not found|unknown)"
@@ -386,6 +388,10 @@ def subscriber_hash(email: str) -> str:
 def json_safe(value: Any) -> Any:
     """A copy of ``value`` that ``json.dumps`` accepts: instants become ISO 8601;
     anything else unexpected is refused here rather than inside the client."""
+    if isinstance(value, float) and not math.isfinite(value):
+        # json.dumps would write the bare token NaN: not JSON, and one such
+        # value would make Mailchimp refuse a whole 500-member body.
+        raise TypeError(f"not JSON-safe for Mailchimp: {value!r}")
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, datetime | date):
@@ -513,14 +519,20 @@ class Operation:
     method: Literal["PUT", "POST", "PATCH"]
     path: str
     body: Mapping[str, Any]
+    #: The query of the call (``skip_merge_validation``): an operation's
+    #: ``params`` in ``/batches``, keyword arguments of the direct call.
+    params: Mapping[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        operation: dict[str, Any] = {
             "operation_id": self.operation_id,
             "method": self.method,
             "path": self.path,
-            "body": json.dumps(json_safe(self.body)),
+            "body": json.dumps(json_safe(self.body), allow_nan=False),
         }
+        if self.params:
+            operation["params"] = dict(self.params)
+        return operation
 
 
 def parse_batch_results(archive: bytes) -> list[OperationResult]:

@@ -11,6 +11,9 @@ Formatting rules, chosen so that a value never silently disappears:
 ``None`` → ``""`` (clears the field); booleans → ``"true"``/``"false"``;
 instants → ``YYYY-MM-DD`` for ``date`` fields, ISO 8601 UTC otherwise;
 numbers stay numbers for ``number`` fields (``0`` is sent, not dropped).
+A value that is not JSON (a NaN or infinite number fact) is not sent at all:
+it is kept aside, naming the entity and fact, for the sink to report as that
+member's failure while the member's other fields and the other members go.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sync.engine import Evaluation
+from sync.payload import json_problem
 from sync.records import DesiredMember, EventDue, FactValue, MergeValue
 from sync.rules import Entity
 
@@ -63,6 +67,7 @@ class MemberBuilder:
     tags: set[str] = field(default_factory=set)
     managed_tags: set[str] = field(default_factory=set)
     events: list[EventDue] = field(default_factory=list)
+    invalid: dict[str, str] = field(default_factory=dict)
 
     def add(self, entity: Entity, entity_id: str, evaluation: Evaluation) -> None:
         self.add_values(
@@ -79,8 +84,16 @@ class MemberBuilder:
     ) -> None:
         """One entity's contribution, from the engine or the compiled SQL."""
         for merge_field in entity.merge_fields:
-            value = merge_fields.get(merge_field.tag)
-            self.merge_fields[merge_field.tag] = mailchimp_value(value, merge_field.type)
+            tag = merge_field.tag
+            value = mailchimp_value(merge_fields.get(tag), merge_field.type)
+            problem = json_problem(value)
+            # The last entity read sets the field, valid or not.
+            if problem is None:
+                self.merge_fields[tag] = value
+                self.invalid.pop(tag, None)
+            else:
+                self.merge_fields.pop(tag, None)
+                self.invalid[tag] = f"{entity.name} {entity_id}: {merge_field.source} is {problem}"
         self.tags |= tags
         self.managed_tags |= entity.managed_tags
         self.events.extend(scoped_events(entity, entity_id, events))
@@ -92,6 +105,7 @@ class MemberBuilder:
             tags=frozenset(self.tags),
             managed_tags=frozenset(self.managed_tags),
             events=tuple(sorted(self.events, key=lambda e: (e.occurred_at, e.key))),
+            invalid=dict(self.invalid),
         )
 
 

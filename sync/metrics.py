@@ -58,6 +58,8 @@ class Metrics:
         self.pushes = Counter[str]()
         self.api_calls = Counter[str]()
         self.failures = Counter[str]()
+        # Values not kept because the audience lacks their merge tag, by tag.
+        self.missing_tags = Counter[str]()
         self.last_duration_s = 0.0
         self.backlog = 0
         self.last_success: float | None = None
@@ -87,6 +89,8 @@ class Metrics:
             self.pushes["failed"] += summary.push.failed
             self.pushes["archived"] += summary.push.archived
             self.pushes["events"] += summary.push.events_sent
+            self.pushes["not_json"] += summary.push.invalid_values
+            self.missing_tags.update(summary.push.missing_merge_tags)
             self.api_calls.update(summary.push.calls)
             self.failures.update(summary.entities_failed)
             self.last_duration_s = summary.duration_s
@@ -159,6 +163,13 @@ class Metrics:
                 "counter",
                 "Mailchimp API calls, by answer class.",
                 {f'{{answer="{k}"}}': v for k, v in sorted(self.api_calls.items())} or {"": 0},
+            )
+            family(
+                "mailsync_merge_values_not_kept_total",
+                "counter",
+                "Merge values not sent or dropped by Mailchimp because the audience lacks "
+                "their merge tag (deleted or renamed), by tag.",
+                {f'{{tag="{k}"}}': v for k, v in sorted(self.missing_tags.items())} or {"": 0},
             )
             family(
                 "mailsync_evaluation_failures_total",

@@ -99,3 +99,7 @@ class DesiredMember:
     tags: frozenset[str] = frozenset()
     managed_tags: frozenset[str] = frozenset()
     events: tuple[EventDue, ...] = ()
+    #: Merge tags whose value cannot be sent (a NaN fact, say) → why, naming
+    #: the entity and fact it came from. Not in ``merge_fields``: the sink
+    #: reports them as this member's failure and sends the rest.
+    invalid: Mapping[str, str] = field(default_factory=dict)

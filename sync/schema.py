@@ -35,6 +35,7 @@ from sync.layout import (
     misplaced_name,
 )
 from sync.loader import MarkedDict, MarkedList, line_of, load_yaml, read_yaml_file
+from sync.payload import EVENT_PROPERTIES_MAX
 from sync.rules import (
     ACTION_CODE,
     STATUS,
@@ -499,6 +500,18 @@ class _Builder:
                 )
                 continue
             properties[str(prop)] = str(source)
+        # Only the names are certain: a value may be empty (a NULL fact is not
+        # sent), so rules are refused only when the names alone are too long.
+        names = sum(len(str(prop)) for prop in props_raw or {})
+        if names > EVENT_PROPERTIES_MAX:
+            self.error(
+                spec,
+                "properties",
+                (*path, "properties"),
+                f"the property names alone are {names} characters; Mailchimp takes about "
+                f"{EVENT_PROPERTIES_MAX} characters of names and values together "
+                "(longer values are shortened when sent, names cannot be)",
+            )
         once = spec.get("once", "entity")
         if once not in ("entity", "entry") or ("once" in spec and not state_event):
             allowed = "once per entity or once per entry: 'entity' or 'entry'"

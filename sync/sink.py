@@ -84,6 +84,27 @@ that state changes or ``permanent_backoff`` has passed. A fatal answer (401,
 403 with a body, unknown audience or merge tag) stops the run with
 ``FatalError`` after recording what had already been accepted.
 
+Mailchimp as it really behaves
+------------------------------
+- A merge tag the audience does not have is **not refused**: the value is
+  dropped with a 200 answer. So the sink reads the audience's merge tags
+  (once per ``merge_fields_ttl``, again as soon as a tag comes back missing),
+  does not send values of tags the audience lacks, compares the
+  ``merge_fields`` of every answer with what it sent, and records in the
+  ledger only the values that came back. A missing tag is an audience
+  configuration error: logged at ERROR, recorded (``audience_problems``, shown
+  by ``mailsync status``) and counted in ``PushSummary.missing_merge_tags``;
+  its values are sent again once the field exists.
+- Required merge fields are enforced on updates too: updates carry
+  ``skip_merge_validation`` (the ``PUT`` query, and each ``/batches``
+  operation's ``params``) so that a member created before a field became
+  required can still be updated.
+- A value that is not JSON (NaN, ±Infinity) is this member's permanent
+  failure, naming the entity and fact; the member's other values and the
+  other members are sent.
+- Event properties longer than ``sync.payload.EVENT_PROPERTIES_MAX`` are
+  shortened, with a WARNING naming the member, event and properties.
+
 ``DryRunSink`` computes the same plan and writes it as JSON lines, sending and
 recording nothing.
 """
@@ -104,6 +125,7 @@ from sync.changes import MailchimpChange, from_member
 from sync.exceptions import ConfigurationError, FatalError
 from sync.ledger import (
     AcceptedPush,
+    AudienceProblem,
     EventIntent,
     MailchimpMember,
     MemberPushState,
@@ -130,6 +152,7 @@ from sync.mailchimp import (
     run_batch_operations,
     subscriber_hash,
 )
+from sync.payload import EVENT_PROPERTIES_MAX, bound_properties, json_problem
 from sync.records import DesiredMember, EventDue, MergeValue
 
 log = logging.getLogger(__name__)
@@ -165,7 +188,14 @@ class SinkConfig:
     #: An event whose outcome is unknown is looked up in Mailchimp only once
     #: this long has passed since it was POSTed, so that Mailchimp has listed it.
     event_settle: timedelta = timedelta(minutes=1)
+    #: Sent with every create and update: Mailchimp enforces required merge
+    #: fields on updates too, which would fail every later update of a member
+    #: created before a field became required.
     skip_merge_validation: bool = True
+    #: How long the audience's merge tags are trusted before being read again
+    #: (one ``GET …/merge-fields``); a tag that comes back missing from an
+    #: answer makes the next push read them at once.
+    merge_fields_ttl: timedelta = timedelta(minutes=15)
     polling: BatchPolling = field(default_factory=BatchPolling)
 
     def __post_init__(self) -> None:
@@ -190,14 +220,14 @@ class SinkConfig:
 def fingerprint(member: DesiredMember) -> str:
     """A digest of the desired state (fields, tags); events are excluded
     because they are keyed separately."""
-    payload = json.dumps(
-        {
-            "f": {k: member.merge_fields[k] for k in sorted(member.merge_fields)},
-            "t": sorted(member.tags),
-            "m": sorted(member.managed_tags),
-        },
-        sort_keys=True,
-    )
+    state: dict[str, Any] = {
+        "f": {k: member.merge_fields[k] for k in sorted(member.merge_fields)},
+        "t": sorted(member.tags),
+        "m": sorted(member.managed_tags),
+    }
+    if member.invalid:
+        state["i"] = dict(member.invalid)
+    payload = json.dumps(state, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
@@ -223,6 +253,10 @@ class MemberPlan:
     #: Events of an earlier push whose outcome is unknown or that are still to
     #: send (intents), whether or not the engine still lists them.
     unsettled_events: bool = False
+    #: Merge tags whose desired value cannot be sent (not JSON) → why.
+    invalid: Mapping[str, str] = field(default_factory=dict)
+    #: Changed values held back because the audience lacks their tag.
+    withheld: Mapping[str, MergeValue] = field(default_factory=dict)
 
     @property
     def needs_upsert(self) -> bool:
@@ -252,14 +286,53 @@ def merge_duplicates(members: Iterable[DesiredMember]) -> list[DesiredMember]:
         if before is None:
             merged[key] = m
         else:
+            # The later record sets a field, whether its value is valid or not.
             merged[key] = DesiredMember(
                 email=before.email,
-                merge_fields={**before.merge_fields, **m.merge_fields},
+                merge_fields={
+                    **{t: v for t, v in before.merge_fields.items() if t not in m.invalid},
+                    **m.merge_fields,
+                },
                 tags=before.tags | m.tags,
                 managed_tags=before.managed_tags | m.managed_tags,
                 events=before.events + m.events,
+                invalid={
+                    **{t: w for t, w in before.invalid.items() if t not in m.merge_fields},
+                    **m.invalid,
+                },
             )
     return list(merged.values())
+
+
+def screen_values(member: DesiredMember) -> DesiredMember:
+    """``member`` with every merge value that cannot be sent in a JSON body
+    moved from ``merge_fields`` to ``invalid`` (a NaN built by hand, say)."""
+    bad = {t: p for t, v in member.merge_fields.items() if (p := json_problem(v)) is not None}
+    if not bad:
+        return member
+    return replace(
+        member,
+        merge_fields={t: v for t, v in member.merge_fields.items() if t not in bad},
+        invalid={
+            **member.invalid,
+            **{t: f"member {member.email}: merge tag {t}: {p}" for t, p in bad.items()},
+        },
+    )
+
+
+def bounded_event(event: EventDue, email: str) -> EventDue:
+    """``event`` with its properties shortened to Mailchimp's limit, saying so."""
+    properties, shortened = bound_properties(event.properties)
+    if not shortened:
+        return event
+    log.warning(
+        "event %s for %s: properties longer than %d characters in all; shortened: %s",
+        event.name,
+        email,
+        EVENT_PROPERTIES_MAX,
+        ", ".join(shortened),
+    )
+    return replace(event, properties=properties)
 
 
 def follow_moves(
@@ -275,7 +348,12 @@ def follow_moves(
         return desired, remote
     desired = merge_duplicates(
         DesiredMember(
-            moved.get(_norm(m.email), m.email), m.merge_fields, m.tags, m.managed_tags, m.events
+            moved.get(_norm(m.email), m.email),
+            m.merge_fields,
+            m.tags,
+            m.managed_tags,
+            m.events,
+            invalid=m.invalid,
         )
         for m in desired
     )
@@ -285,6 +363,7 @@ def follow_moves(
 def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datetime) -> Plan:
     """Diff desired members against the ledger; read-only."""
     desired, remote = follow_moves(members, ledger)
+    desired = [screen_values(m) for m in desired]
     keys = [_norm(m.email) for m in desired]
     states = ledger.member_states(keys)
     sent = ledger.sent_events(keys)
@@ -312,7 +391,7 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
         events, keys_in_push = [], set()
         for event in member.events:
             if event.key not in seen and event.key not in keys_in_push:
-                events.append(event)
+                events.append(bounded_event(event, member.email))
                 keys_in_push.add(event.key)
         plan = MemberPlan(
             email=member.email.strip(),
@@ -326,11 +405,20 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
             events=tuple(events),
             previous_failure=state.failure,
             unsettled_events=key in unsettled,
+            invalid=dict(member.invalid),
         )
-        if not (plan.needs_upsert or plan.needs_tags or plan.events or plan.unsettled_events):
+        failure = state.failure
+        # A value that cannot be sent is reported once per desired state.
+        unreported = bool(plan.invalid) and (failure is None or failure.fingerprint != fp)
+        if not (
+            plan.needs_upsert
+            or plan.needs_tags
+            or plan.events
+            or plan.unsettled_events
+            or unreported
+        ):
             unchanged += 1
             continue
-        failure = state.failure
         status = remote[key].status if key in remote else None
         if (
             failure is not None
@@ -380,6 +468,14 @@ class PushSummary:
     events_planned: int = 0
     calls: dict[str, int] = field(default_factory=dict)  # API calls by answer class
     failures: list[PushFailure] = field(default_factory=list)
+    #: Merge tags the audience does not have → values not sent (the tag was
+    #: known missing) or dropped by Mailchimp (the answer lacked it).
+    missing_merge_tags: dict[str, int] = field(default_factory=dict)
+    #: Merge values not sent because they are not JSON (NaN, ±Infinity).
+    invalid_values: int = 0
+    #: Members (lower-cased) with values of a missing tag not kept: their
+    #: contribution is not accepted whole, so the cycle must push it again.
+    not_kept: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         if self.dry_run:
@@ -401,6 +497,13 @@ class PushSummary:
                 f"events of unknown outcome: {self.events_confirmed} found in Mailchimp, "
                 f"{self.events_resent} sent again, {self.events_unconfirmed} left to check"
             )
+        if self.missing_merge_tags:
+            out.append(
+                "merge tags missing from the audience (values not kept): "
+                + ", ".join(f"{t} {n}" for t, n in sorted(self.missing_merge_tags.items()))
+            )
+        if self.invalid_values:
+            out.append(f"merge values not sent (not JSON): {self.invalid_values}")
         if self.calls:
             out.append("API calls: " + ", ".join(f"{k} {v}" for k, v in sorted(self.calls.items())))
         out.extend(
@@ -440,6 +543,13 @@ class MailchimpSink:
         self.clock = clock
         self.list_id = caller.list_id
         self._batches_unavailable = False
+        # The audience's merge tags as last read, and when (None: read them).
+        self._audience_tags: frozenset[str] | None = None
+        self._tags_read_at: datetime | None = None
+        # Per push: tag -> values not sent or dropped because the audience lacks
+        # it, and the members concerned.
+        self._missing: Counter[str] = Counter()
+        self._not_kept: set[str] = set()
 
     def __repr__(self) -> str:
         return f"MailchimpSink(list_id={self.list_id!r}, config={self.config!r})"
@@ -461,14 +571,17 @@ class MailchimpSink:
         failed: dict[str, PushFailure] = {}
         archived: set[str] = set()  # found archived by the answer to a PUT
         fatal: FatalError | None = None
+        self._missing, self._not_kept = Counter(), set()
         try:
+            pushes = self._screen_audience(plan.pushes, now)
             with ThreadPoolExecutor(
                 max_workers=self.config.max_connections, thread_name_prefix="mailsync-push"
             ) as pool:
-                upserted = self._phase_upsert(pool, plan.pushes, failed, archived, now)
+                upserted = self._phase_upsert(pool, pushes, failed, archived, now)
                 self._phase_tags_events(pool, upserted, failed, summary, now)
         except FatalError as exc:
             fatal = exc
+        self._report_values(plan.pushes, failed, summary, now)
         summary.failures = sorted(failed.values(), key=lambda f: f.email)
         summary.failed = len(failed)
         summary.archived += len(archived)
@@ -487,6 +600,113 @@ class MailchimpSink:
         if fatal is not None:
             raise fatal
         return summary
+
+    # -- the audience's merge fields, and values that cannot be kept -------------
+
+    def audience_tags(self, now: datetime) -> frozenset[str] | None:
+        """The audience's merge tags: cached for ``merge_fields_ttl``, read
+        again at once after a tag came back missing. None when never read."""
+        ttl = self.config.merge_fields_ttl
+        if self._tags_read_at is not None and now - self._tags_read_at < ttl:
+            return self._audience_tags
+        client, list_id = self.caller.client, self.list_id
+        answer = self.caller.call(
+            f"GET /lists/{list_id}/merge-fields",
+            lambda: client.lists.get_list_merge_fields(list_id, count=1000),
+            scope="run",
+        )
+        if not answer.ok or not isinstance(answer.body, Mapping):
+            # Pushing goes on: every answer is still compared with what was sent.
+            log.warning("audience %s: merge fields not read (%s)", list_id, answer.reason)
+            return self._audience_tags
+        tags = frozenset(
+            str(f.get("tag"))
+            for f in answer.body.get("merge_fields") or []
+            if isinstance(f, Mapping) and f.get("tag")
+        )
+        self._audience_tags, self._tags_read_at = tags, now
+        back = [p.tag for p in self.ledger.audience_problems() if p.tag in tags]
+        if back:
+            self.ledger.clear_audience_problems(back)
+            log.info("audience %s: merge tags back: %s", list_id, ", ".join(back))
+        return tags
+
+    def _screen_audience(self, plans: Sequence[MemberPlan], now: datetime) -> list[MemberPlan]:
+        """The plans without values of tags the audience lacks (Mailchimp would
+        drop them with a 200): held back, to be sent once the field exists."""
+        if not any(p.fields for p in plans):
+            return list(plans)
+        tags = self.audience_tags(now)
+        if tags is None:
+            return list(plans)
+        screened: list[MemberPlan] = []
+        for p in plans:
+            missing = {t: v for t, v in p.fields.items() if t not in tags}
+            if missing:
+                self._missing.update(missing.keys())
+                self._not_kept.add(p.key)
+                p = replace(
+                    p, fields={t: v for t, v in p.fields.items() if t in tags}, withheld=missing
+                )
+            screened.append(p)
+        return screened
+
+    def _kept(self, plan: MemberPlan, returned: object) -> dict[str, MergeValue]:
+        """The values of ``plan`` that Mailchimp kept, by the ``merge_fields``
+        of the member it returned; a tag missing there was dropped."""
+        fields = returned.get("merge_fields") if isinstance(returned, Mapping) else None
+        if not isinstance(fields, Mapping):
+            return dict(plan.fields)  # nothing to compare with: trust the 200
+        kept = {t: v for t, v in plan.fields.items() if t in fields}
+        dropped = [t for t in plan.fields if t not in fields]
+        if dropped:
+            self._missing.update(dropped)
+            self._not_kept.add(plan.key)
+            self._tags_read_at = None  # the audience changed: read it next time
+        return kept
+
+    def _report_values(
+        self,
+        plans: Sequence[MemberPlan],
+        failed: dict[str, PushFailure],
+        summary: PushSummary,
+        now: datetime,
+    ) -> None:
+        """Record what could not be kept: values that are not JSON (this
+        member's failure) and tags the audience lacks (an audience problem)."""
+        failures = [
+            self._failure(
+                p,
+                Answer(
+                    AnswerClass.PERMANENT,
+                    "not_json",
+                    "; ".join(f"{t}: {why}" for t, why in sorted(p.invalid.items())),
+                ),
+                now,
+                "merge values not sent",
+            )
+            for p in plans
+            if p.invalid
+        ]
+        for f in failures:
+            log.error("%s: %s", f.email, f.reason)
+        summary.invalid_values = sum(len(p.invalid) for p in plans)
+        # After the phases: a failure recorded before an acceptance would be cleared.
+        self._record([], failures, failed)
+        if not self._missing:
+            return
+        summary.missing_merge_tags = dict(self._missing)
+        summary.not_kept = sorted(self._not_kept)
+        problems = []
+        for tag, count in sorted(self._missing.items()):
+            reason = (
+                f"merge tag {tag} is not in audience {self.list_id} (deleted or renamed in "
+                "Mailchimp?): its values are not kept; they are sent again once the field "
+                "exists (`mailsync check --fix` creates it)"
+            )
+            log.error("%s; %d value(s) not kept in this push", reason, count)
+            problems.append(AudienceProblem(tag, reason, count, now))
+        self.ledger.record_audience_problems(problems)
 
     def change_address(self, old: str, new: str) -> bool:
         """Change a member's address in place (``PATCH`` the member found by
@@ -593,7 +813,10 @@ class MailchimpSink:
         body = json_safe(op.operation.body)
         what = f"{op.operation.method} {op.operation.path}"
         if op.kind == "upsert":
-            return self.caller.call(what, lambda: client.lists.set_list_member(list_id, h, body))
+            params = dict(op.operation.params)
+            return self.caller.call(
+                what, lambda: client.lists.set_list_member(list_id, h, body, **params)
+            )
         if op.kind == "tags":
             return self.caller.call(
                 what, lambda: client.lists.update_list_member_tags(list_id, h, body)
@@ -717,7 +940,7 @@ class MailchimpSink:
                 failures = [self._failure(p, answer, now, "create") for p in chunk]
             else:
                 created = {
-                    _norm(str(m.get("email_address", "")))
+                    _norm(str(m.get("email_address", ""))): m
                     for key in ("new_members", "updated_members")
                     for m in answer.body.get(key) or []
                     if isinstance(m, Mapping)
@@ -734,7 +957,7 @@ class MailchimpSink:
                         else:
                             failures.append(self._failure(p, verdict, now, "create"))
                     elif p.key in created:
-                        accepted.append(AcceptedPush(p.key, dict(p.fields), now))
+                        accepted.append(AcceptedPush(p.key, self._kept(p, created[p.key]), now))
                         done.append(p)
                     else:
                         # Neither created nor refused: let the safe upsert settle it.
@@ -744,7 +967,11 @@ class MailchimpSink:
         futures = [pool.submit(create, chunk) for chunk in iter_chunks(new, self.config.batch_size)]
         self._collect(futures, apply_created)
 
-        # Phase 2: safe upsert of members that exist.
+        # Phase 2: safe upsert of members that exist. Required merge fields
+        # are enforced on updates too: skip that check as on creation.
+        update_params = (
+            {"skip_merge_validation": "true"} if self.config.skip_merge_validation else {}
+        )
         ops = [
             _Op(
                 "upsert",
@@ -754,6 +981,7 @@ class MailchimpSink:
                     "PUT",
                     f"/lists/{self.list_id}/members/{subscriber_hash(p.email)}",
                     self._member_body(p),
+                    params=update_params,
                 ),
             )
             for p in existing
@@ -774,7 +1002,7 @@ class MailchimpSink:
                 archived.add(op.plan.key)
                 held.append(self._archived(op.plan, now))
             elif answer.ok:
-                accepted.append(AcceptedPush(op.plan.key, dict(op.plan.fields), now))
+                accepted.append(AcceptedPush(op.plan.key, self._kept(op.plan, answer.body), now))
                 done.append(op.plan)
             else:
                 failures.append(self._failure(op.plan, answer, now, "update"))
@@ -1150,6 +1378,7 @@ class DryRunSink:
                 "new_member": not p.known,
                 "status_if_new": self.config.status_if_new if not p.known else None,
                 "merge_fields": json_safe(dict(p.fields)),
+                "not_sent": dict(p.invalid),
                 "tags": {"add": sorted(p.tags_add), "remove": sorted(p.tags_remove)},
                 "events": [
                     {

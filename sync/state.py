@@ -35,6 +35,7 @@ from sync.database_faults import label_engine
 from sync.exceptions import ConfigurationError
 from sync.ledger import (
     AcceptedPush,
+    AudienceProblem,
     EventIntent,
     MailchimpMember,
     MemberPushState,
@@ -186,6 +187,15 @@ event_pending = sa.Table(
     sa.Column("signature", sa.Text, nullable=False),
     sa.Column("attempted_at", UtcDateTime, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
+)
+audience_problem = sa.Table(
+    "audience_problem",
+    metadata,
+    sa.Column("tag", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("members", sa.Integer, nullable=False),
+    sa.Column("first_seen_at", UtcDateTime, nullable=False),
+    sa.Column("last_seen_at", UtcDateTime, nullable=False),
 )
 cycle = sa.Table(
     "cycle",
@@ -1221,6 +1231,53 @@ class StateStore:
                 ),
                 [{"e": e, "k": k} for e, k in pairs],
             )
+
+    # -- the audience -------------------------------------------------------------
+
+    def record_audience_problems(self, problems: Sequence[AudienceProblem]) -> None:
+        latest = {p.tag: p for p in problems}
+        if not latest:
+            return
+        with self.engine.begin() as conn:
+            first = dict(
+                conn.execute(
+                    sa.select(audience_problem.c.tag, audience_problem.c.first_seen_at).where(
+                        audience_problem.c.tag.in_(list(latest))
+                    )
+                ).all()
+            )
+            rows = [
+                {
+                    "tag": p.tag,
+                    "reason": p.reason,
+                    "members": p.members,
+                    "first_seen_at": first.get(p.tag) or p.first_seen_at or p.seen_at,
+                    "last_seen_at": p.seen_at,
+                }
+                for p in latest.values()
+            ]
+            self._upsert(conn, audience_problem, rows, ("tag",))
+
+    def clear_audience_problems(self, tags: Iterable[str]) -> None:
+        wanted = sorted(set(tags))
+        if wanted:
+            with self.engine.begin() as conn:
+                for chunk in _chunks(wanted):
+                    conn.execute(audience_problem.delete().where(audience_problem.c.tag.in_(chunk)))
+
+    def audience_problems(self) -> list[AudienceProblem]:
+        query = sa.select(audience_problem).order_by(audience_problem.c.tag)
+        with self.engine.connect() as conn:
+            return [
+                AudienceProblem(
+                    tag=row.tag,
+                    reason=row.reason,
+                    members=int(row.members),
+                    seen_at=row.last_seen_at,
+                    first_seen_at=row.first_seen_at,
+                )
+                for row in conn.execute(query)
+            ]
 
     # -- Mailchimp's side (webhooks, reconciliation poll, push answers) -----------
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from sync.changes import OPTED_OUT, MailchimpChange, apply_change
 from sync.ledger import (
     AcceptedPush,
+    AudienceProblem,
     EventIntent,
     MailchimpMember,
     MemberPushState,
@@ -45,6 +46,7 @@ class MemoryLedger:
         self._failures: dict[str, PushFailure] = {}
         self._events: dict[str, dict[str, tuple[str, datetime, str | None]]] = {}
         self._intents: dict[str, dict[str, EventIntent]] = {}
+        self._audience: dict[str, AudienceProblem] = {}
         self._mailchimp: dict[str, dict[str, Any]] = {}
         self._aliases: dict[str, str] = {}
         self._change_keys: set[str] = set()
@@ -155,6 +157,21 @@ class MemoryLedger:
     def clear_event_intents(self, events: Iterable[tuple[str, str]]) -> None:
         for email, key in events:
             self._intents.get(normalise_email(email), {}).pop(key, None)
+
+    def record_audience_problems(self, problems: Sequence[AudienceProblem]) -> None:
+        for problem in problems:
+            before = self._audience.get(problem.tag)
+            first = before.first_seen_at if before is not None else None
+            self._audience[problem.tag] = replace(
+                problem, first_seen_at=first or problem.first_seen_at or problem.seen_at
+            )
+
+    def clear_audience_problems(self, tags: Iterable[str]) -> None:
+        for tag in tags:
+            self._audience.pop(tag, None)
+
+    def audience_problems(self) -> list[AudienceProblem]:
+        return [self._audience[tag] for tag in sorted(self._audience)]
 
     def mailchimp_members(self, emails: Iterable[str]) -> dict[str, MailchimpMember]:
         found: dict[str, MailchimpMember] = {}

@@ -78,19 +78,22 @@ def test_per_member_errors_do_not_fail_the_call(mailchimp_emulator, mailchimp_cl
             {"email_address": "unsub@shop.io", "status": "subscribed"},
             {"email_address": "gone@shop.io", "status": "subscribed"},
             {"email_address": "bad-address", "status": "subscribed"},
-            {"email_address": "m@shop.io", "status": "subscribed", "merge_fields": {"NOPE": 1}},
-            {"email_address": "ok@shop.io", "status": "subscribed"},
+            {"email_address": "m@shop.io", "status": "subscribed", "merge_fields": {"FNAME": []}},
+            {"email_address": "ok@shop.io", "status": "subscribed", "merge_fields": {"NOPE": 1}},
         ],
         update_existing=True,
     )
     assert result["total_created"] == 1
+    # An unknown tag is dropped, not refused: the member is created without it.
+    assert result["new_members"][0]["email_address"] == "ok@shop.io"
+    assert "NOPE" not in result["new_members"][0]["merge_fields"]
     assert result["error_count"] == 4
     errors = {e["email_address"]: e for e in result["errors"]}
     assert all(e["error_code"] == "ERROR_GENERIC" for e in errors.values())
     assert "compliance state" in errors["unsub@shop.io"]["error"]
     assert "permanently deleted" in errors["gone@shop.io"]["error"]
-    assert "looks fake or invalid" in errors["bad-address"]["error"]
-    assert errors["m@shop.io"]["field"] == "NOPE"
+    assert errors["bad-address"]["error"] == "Please provide a valid email address."
+    assert errors["m@shop.io"]["field"] == "FNAME"
     assert errors["m@shop.io"]["field_message"]
     assert audience.member("unsub@shop.io").status == "unsubscribed"
 

@@ -135,20 +135,26 @@ def test_forgotten_email_cannot_be_reimported(mailchimp_emulator, mailchimp_clie
 @pytest.mark.parametrize(
     ("email", "mark"),
     [
-        pytest.param("no-at-sign", None, id="syntax"),
-        pytest.param("a@b", None, id="no-tld"),
         pytest.param("bot@spam.io", "bot@spam.io", id="marked-address"),
         pytest.param("any@fake.io", "@fake.io", id="marked-domain"),
     ],
 )
 def test_fake_email_is_refused(mailchimp_emulator, mailchimp_client, email, mark):
-    if mark:
-        mailchimp_emulator.audience.mark_fake(mark)
+    mailchimp_emulator.audience.mark_fake(mark)
     with pytest.raises(ApiClientError) as exc:
         put(mailchimp_client, mailchimp_emulator.list_id, email, status_if_new="subscribed")
     body = problem_of(exc)
     assert body["status"] == 400
     assert body["detail"] == f"{email} looks fake or invalid, please enter a real email address."
+
+
+@pytest.mark.parametrize("email", ["no-at-sign", "a@b"])
+def test_malformed_email_is_refused(mailchimp_emulator, mailchimp_client, email):
+    with pytest.raises(ApiClientError) as exc:
+        put(mailchimp_client, mailchimp_emulator.list_id, email, status_if_new="subscribed")
+    body = problem_of(exc)
+    assert (body["status"], body["title"]) == (400, "Invalid Resource")
+    assert body["detail"] == "Please provide a valid email address."
 
 
 def test_new_member_needs_a_status(mailchimp_emulator, mailchimp_client):
@@ -170,18 +176,18 @@ def test_hash_must_match_address_on_creation(mailchimp_emulator, mailchimp_clien
 @pytest.mark.parametrize(
     ("merge_fields", "field"),
     [
-        pytest.param({"NOPE": "x"}, "NOPE", id="unknown-tag"),
         pytest.param({"SCORE": "many"}, "SCORE", id="number-not-numeric"),
         pytest.param({"SINCE": "31/31/2024"}, "SINCE", id="bad-date"),
         pytest.param({"SITE": "not a url"}, "SITE", id="bad-url"),
-        pytest.param({"BIRTHDAY": "13/45"}, "BIRTHDAY", id="bad-birthday"),
+        pytest.param({"BDAY": "13/45"}, "BDAY", id="bad-birthday"),
         pytest.param({"ADDRESS": {"addr1": "1 Road"}}, "ADDRESS", id="incomplete-address"),
         pytest.param({"FNAME": "x" * 256}, "FNAME", id="text-too-long"),
     ],
 )
 def test_merge_field_values_are_checked(mailchimp_emulator, mailchimp_client, merge_fields, field):
     list_id = mailchimp_emulator.list_id
-    for tag, kind in [("SCORE", "number"), ("SINCE", "date"), ("SITE", "url")]:
+    kinds = [("SCORE", "number"), ("SINCE", "date"), ("SITE", "url"), ("BDAY", "birthday")]
+    for tag, kind in kinds:
         mailchimp_client.lists.add_list_merge_field(
             list_id, {"tag": tag, "name": tag, "type": kind}
         )
@@ -208,7 +214,10 @@ def test_valid_typed_values_and_clearing(mailchimp_emulator, mailchimp_client):
     mailchimp_client.lists.add_list_merge_field(
         list_id, {"tag": "SINCE", "name": "D", "type": "date"}
     )
-    values = {"SCORE": 12.5, "SINCE": "2024-02-29", "BIRTHDAY": "02/29", "FNAME": "Z"}
+    mailchimp_client.lists.add_list_merge_field(
+        list_id, {"tag": "BDAY", "name": "B", "type": "birthday"}
+    )
+    values = {"SCORE": 12.5, "SINCE": "2024-02-29", "BDAY": "02/29", "FNAME": "Z"}
     put(mailchimp_client, list_id, "v@shop.io", status_if_new="subscribed", merge_fields=values)
     member = put(mailchimp_client, list_id, "v@shop.io", merge_fields={"FNAME": ""})
     assert member["merge_fields"]["FNAME"] == ""

@@ -68,3 +68,36 @@ def test_two_participations_of_one_player_are_two_events():
     assert [e.name for e in member.events] == ["match_reminder_24h", "match_reminder_24h"]
     assert len({e.key for e in member.events}) == 2
     assert {e.properties["match_id"] for e in member.events} == {"m1", "m2"}
+
+
+SCORE_RULES = """\
+version: 1
+entities:
+  player:
+    facts:
+      rating: number
+    statuses:
+      active: {when: otherwise}
+    merge_fields:
+      MMERGE25: status
+      SCORE: rating
+"""
+
+
+@pytest.mark.parametrize("rating", [float("nan"), float("inf"), float("-inf")])
+def test_a_fact_that_is_not_json_is_set_aside_naming_entity_and_fact(tmp_path, rating):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SCORE_RULES)
+    player = load_rules(str(rules)).entity("player")
+    builder = MemberBuilder("p@x.io")
+    builder.add(player, "7", evaluate(player, {"rating": 3}, [], T0))
+    builder.add(player, "8", evaluate(player, {"rating": rating}, [], T0))
+    member = builder.build()
+    # The last entity read sets the field: its value cannot be sent.
+    assert member.merge_fields == {"MMERGE25": "active"}
+    assert set(member.invalid) == {"SCORE"}
+    assert member.invalid["SCORE"].startswith("player 8: rating is ")
+    assert "not a JSON number" in member.invalid["SCORE"]
+    builder.add(player, "9", evaluate(player, {"rating": 4.5}, [], T0))
+    fixed = builder.build()
+    assert (fixed.merge_fields["SCORE"], fixed.invalid) == (4.5, {})

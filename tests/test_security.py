@@ -84,8 +84,11 @@ def test_api_key_never_leaves_through_logs_output_errors_or_the_state_store(
 ):
     caplog.set_level(logging.DEBUG)  # every logger, urllib3's request lines included
     # Transient faults on a share of the calls, then a fatal 403 with a body.
+    # The faults follow the order of the calls: with seed 7, once the sink read
+    # the audience's merge fields first, the batch subscribe met five faults in
+    # a row and every member was held back, so no later call was made at all.
     secret_emulator.faults.set_random(
-        0.3, seed=7, kinds=[FaultKind.SERVER_ERROR, FaultKind.UNAVAILABLE_HTML, "429"]
+        0.3, seed=1, kinds=[FaultKind.SERVER_ERROR, FaultKind.UNAVAILABLE_HTML, "429"]
     )
     outputs = [run(capsys, "once", "--config", str(configured), "--at", NOW)[1]]
     secret_emulator.faults.clear()

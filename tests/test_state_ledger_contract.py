@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync.ledger import AcceptedPush, PushFailure, PushLedger, SentEvent
+from sync.ledger import AcceptedPush, AudienceProblem, PushFailure, PushLedger, SentEvent
 from sync.state import StateStore
 from sync.testing import MemoryLedger
 
@@ -98,3 +98,22 @@ def test_events_are_recorded_once(ledger: PushLedger) -> None:
 def test_naive_instants_are_rejected() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         AcceptedPush("a@x.io", {}, datetime(2026, 1, 1))
+
+
+def test_audience_problems_keep_the_first_sighting_until_cleared(ledger: PushLedger) -> None:
+    later = T0 + timedelta(hours=1)
+    ledger.record_audience_problems([AudienceProblem("SCORE", "deleted", 3, T0)])
+    ledger.record_audience_problems(
+        [AudienceProblem("SCORE", "still missing", 5, later), AudienceProblem("PLAN", "x", 1, T0)]
+    )
+    found = {p.tag: p for p in ledger.audience_problems()}
+    assert [p.tag for p in ledger.audience_problems()] == ["PLAN", "SCORE"]
+    score = found["SCORE"]
+    assert (score.reason, score.members, score.seen_at, score.first_seen_at) == (
+        "still missing",
+        5,
+        later,
+        T0,
+    )
+    ledger.clear_audience_problems(["SCORE", "NEVER"])
+    assert [p.tag for p in ledger.audience_problems()] == ["PLAN"]

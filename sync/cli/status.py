@@ -20,7 +20,8 @@ from sync.state import StateStore
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for tools.")
 @handle_errors
 def status(config_path: str | None, at: str | None, as_json: bool) -> None:
-    """Counts per status, entities due, pending and failed pushes, last good cycle."""
+    """Counts per status, entities due, pending and failed pushes, audience
+    problems (merge tags missing from the audience), last good cycle."""
     config = load_config(config_path)
     ruleset = load_rules(config.rules)
     now = parse_at(at) or system_clock()
@@ -35,6 +36,7 @@ def status(config_path: str | None, at: str | None, as_json: bool) -> None:
         transient = len(state.failures(permanent=False))
         permanent = len(state.failures(permanent=True))
         cycles = state.cycles(limit=100)
+        audience = state.audience_problems()
         mailchimp_side = state.mailchimp_summary()
         mailchimp_side["poll_watermark"] = state.get_watermark(POLL_WATERMARK)
     finally:
@@ -47,6 +49,16 @@ def status(config_path: str | None, at: str | None, as_json: bool) -> None:
             "statuses": statuses,
             "due": due,
             "failed_pushes": {"transient": transient, "permanent": permanent},
+            "audience_problems": [
+                {
+                    "merge_tag": p.tag,
+                    "reason": p.reason,
+                    "values_not_kept": p.members,
+                    "first_seen_at": (p.first_seen_at or p.seen_at).isoformat(),
+                    "last_seen_at": p.seen_at.isoformat(),
+                }
+                for p in audience
+            ],
             "last_successful_cycle": last_good,
             "mailchimp_side": mailchimp_side,
             "last_cycles": [
@@ -67,6 +79,12 @@ def status(config_path: str | None, at: str | None, as_json: bool) -> None:
             click.echo(f"  {status_name:<32} {count}")
     click.echo(f"due now: {due}")
     click.echo(f"failed pushes: {transient} transient (will retry), {permanent} permanent")
+    if audience:
+        click.echo(f"AUDIENCE PROBLEMS: {len(audience)} merge tag(s) missing from the audience")
+        for p in audience:
+            since = (p.first_seen_at or p.seen_at).isoformat()
+            click.echo(f"  {p.tag}: since {since}, {p.members} value(s) not kept last time")
+            click.echo(f"    {p.reason}")
     click.echo(f"last successful cycle: {last_good or 'never'}")
     side = mailchimp_side["statuses"]
     changed = ", ".join(f"{n} {s}" for s, n in side.items() if s != "subscribed") or "nothing"

@@ -56,7 +56,7 @@ def run_handler(
     rather than on the 500 a client sees.
     """
     try:
-        body = json.loads(raw) if raw.strip() else None
+        body = parse_json(raw) if raw.strip() else None
     except ValueError:
         return Outcome.of(problems.bad_json())
     try:
@@ -67,6 +67,17 @@ def run_handler(
         errors.append(traceback.format_exc())
         return Outcome.of(problems.internal_error())
     return Outcome(answer.status, answer.body)
+
+
+def _refuse_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """A request body as JSON (RFC 8259): ``NaN``, ``Infinity`` and
+    ``-Infinity``, which Python's parser accepts by default, are refused like
+    any other malformed body (Mailchimp answers "JSON Parse Error")."""
+    return json.loads(raw, parse_constant=_refuse_constant)
 
 
 def perform(
@@ -125,7 +136,11 @@ def get_member(store: Store, request: Request) -> Answer:
 @ROUTES.add("PUT", "/lists/{list_id}/members/{subscriber_hash}")
 def put_member(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    _, member = audience.put_member(request.params["subscriber_hash"], request.body)
+    _, member = audience.put_member(
+        request.params["subscriber_hash"],
+        request.body,
+        skip_merge_validation=request.flag("skip_merge_validation"),
+    )
     return Answer(200, member)
 
 
@@ -167,7 +182,12 @@ def delete_webhook(store: Store, request: Request) -> Answer:
 @ROUTES.add("PATCH", "/lists/{list_id}/members/{subscriber_hash}")
 def patch_member(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    return Answer(200, audience.patch_member(request.params["subscriber_hash"], request.body))
+    member = audience.patch_member(
+        request.params["subscriber_hash"],
+        request.body,
+        skip_merge_validation=request.flag("skip_merge_validation"),
+    )
+    return Answer(200, member)
 
 
 @ROUTES.add("GET", "/lists/{list_id}/members/{subscriber_hash}/tags")
@@ -210,3 +230,9 @@ def add_merge_field(store: Store, request: Request) -> Answer:
 def get_merge_field(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
     return Answer(200, audience.merge_field_json(request.params["merge_id"]))
+
+
+@ROUTES.add("DELETE", "/lists/{list_id}/merge-fields/{merge_id}")
+def delete_merge_field(store: Store, request: Request) -> Answer:
+    store.audience(request.params["list_id"]).delete_merge_field(request.params["merge_id"])
+    return Answer(204)

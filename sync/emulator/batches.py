@@ -376,7 +376,12 @@ class BatchQueue:
         query = {**dict(parse_qsl(inline_query, keep_blank_values=True)), **operation.params}
         raw = (operation.body or "") if operation.method in METHODS_WITH_BODY else ""
         endpoint, outcome = self._execute(operation.method, path, query, raw)
-        response = "" if outcome.body is None else json.dumps(outcome.body)
+        body = outcome.body
+        if outcome.problem and isinstance(body, dict) and "instance" in body:
+            # An error inside a job has no request of its own to point at:
+            # Mailchimp leaves its problem's `instance` empty there.
+            body = {**body, "instance": ""}
+        response = "" if body is None else json.dumps(body)
         entry = {
             "status_code": outcome.status,
             "operation_id": operation.operation_id,

@@ -1,10 +1,15 @@
 """Merge fields of an audience: their definitions and the checks on values.
 
 A merge field is a typed column of an audience (``FNAME``, ``SCORE`` …).
-Mailchimp creates five on every new audience and refuses values that do not
-fit the field's type; the sink depends on both facts (it checks at start-up
-that its tags exist, and classifies a refused value as permanent), so they
-are reproduced here.
+Mailchimp creates four on every new audience (FNAME, LNAME, ADDRESS, PHONE),
+refuses values that do not fit the field's type, and **silently drops** a
+value whose tag the audience does not have: the answer is 200 and the tag is
+missing from the returned ``merge_fields`` (recorded answers in
+``grouparoo/grouparoo``'s Mailchimp plugin fixtures). Required fields are
+enforced on updates as well as on creation unless ``skip_merge_validation``
+is true (``drewm/mailchimp-api#298``, ``brandonseydel/MailChimp.Net#312``).
+The sink depends on every one of these facts, so :func:`checked_values` is
+the one place the emulator applies them.
 """
 
 from __future__ import annotations
@@ -134,7 +139,8 @@ def _check_address(value: Any) -> str | None:
 
 
 def default_fields() -> list[MergeField]:
-    """The merge fields Mailchimp creates on every new audience."""
+    """The merge fields Mailchimp creates on every new audience: four, as a
+    real audience answers in recorded responses (no BIRTHDAY)."""
     return [
         MergeField(1, "FNAME", "First Name", "text", display_order=2, options={"size": 25}),
         MergeField(2, "LNAME", "Last Name", "text", display_order=3, options={"size": 25}),
@@ -144,10 +150,44 @@ def default_fields() -> list[MergeField]:
         MergeField(
             4, "PHONE", "Phone Number", "phone", display_order=5, options={"phone_format": "none"}
         ),
-        MergeField(
-            5, "BIRTHDAY", "Birthday", "birthday", display_order=6, options={"date_format": "MM/DD"}
-        ),
     ]
+
+
+def checked_values(
+    fields: list[MergeField],
+    values: Any,
+    *,
+    stored: dict[str, Any] | None,
+    skip_required: bool = False,
+) -> dict[str, Any]:
+    """The values of ``values`` that Mailchimp keeps, or ``ApiProblem`` 400.
+
+    Tags the audience does not have are dropped, not refused. A value that
+    does not fit its field is refused ("Your merge fields were invalid.",
+    one ``errors[]`` entry per field). A required field left empty is
+    refused too, on creation (``stored`` is None) and on update (the value
+    the member would keep: the one sent, else the stored one), unless
+    ``skip_required`` (the ``skip_merge_validation`` query parameter).
+    """
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise invalid(errors=[FieldError("merge_fields", "Schema describes object")])
+    by_tag = {f.tag: f for f in fields}
+    kept = {tag: value for tag, value in values.items() if tag in by_tag}
+    problems: list[FieldError] = []
+    for tag, value in kept.items():
+        why = by_tag[tag].check(value)
+        if why is not None:
+            problems.append(FieldError(tag, why))
+    if not skip_required:
+        after = {**(stored or {}), **kept}
+        for f in fields:
+            if f.required and after.get(f.tag) in (None, "") and not f.default_value:
+                problems.append(FieldError(f.tag, "Please enter a value"))
+    if problems:
+        raise invalid("Your merge fields were invalid.", problems)
+    return kept
 
 
 def new_field(body: Any, existing: list[MergeField]) -> MergeField:

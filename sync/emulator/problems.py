@@ -32,25 +32,28 @@ class FieldError:
 
 @dataclass
 class ApiProblem(Exception):
-    """An answer Mailchimp gives as problem+json; raise it to answer with it."""
+    """An answer Mailchimp gives as problem+json; raise it to answer with it.
+
+    ``type`` is None for the answers Mailchimp sends without one (recorded
+    "Member Exists" answers carry only title, status, detail and instance);
+    ``instance`` is ``""`` where Mailchimp leaves it empty (a 405 recorded in
+    drewm/mailchimp-api#132, and ``/batches`` results)."""
 
     status: int
     title: str
     detail: str
     errors: tuple[FieldError, ...] = ()
     instance: str = field(default_factory=lambda: str(uuid.uuid4()))
+    type: str | None = ERROR_DOC_URL
 
     def __post_init__(self) -> None:
         super().__init__(f"{self.status} {self.title}: {self.detail}")
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": ERROR_DOC_URL,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            "instance": self.instance,
-        }
+        body: dict[str, Any] = {} if self.type is None else {"type": self.type}
+        body.update(
+            title=self.title, status=self.status, detail=self.detail, instance=self.instance
+        )
         # Mailchimp only sends errors[] on validation failures; an empty list
         # elsewhere would let a caller rely on a key the real API omits.
         if self.errors:
@@ -68,7 +71,9 @@ def not_found(detail: str = "The requested resource could not be found.") -> Api
 
 
 def compliance_state(email: str) -> ApiProblem:
-    return ApiProblem(400, "Member In Compliance State", compliance_detail(email))
+    # Member-specific titled answers come without `type`, as recorded
+    # "Member Exists" ones do: callers must classify on title and detail.
+    return ApiProblem(400, "Member In Compliance State", compliance_detail(email), type=None)
 
 
 def compliance_detail(email: str) -> str:
@@ -79,7 +84,7 @@ def compliance_detail(email: str) -> str:
 
 
 def forgotten(email: str) -> ApiProblem:
-    return ApiProblem(400, "Forgotten Email Not Subscribed", forgotten_detail(email))
+    return ApiProblem(400, "Forgotten Email Not Subscribed", forgotten_detail(email), type=None)
 
 
 def forgotten_detail(email: str) -> str:
@@ -91,6 +96,21 @@ def forgotten_detail(email: str) -> str:
 
 def fake_email(email: str) -> ApiProblem:
     return invalid(fake_detail(email))
+
+
+#: Mailchimp's answer to an address that is not one at all ("AAAAA", "a@b");
+#: "… looks fake or invalid" is for addresses its heuristics distrust.
+MALFORMED_EMAIL_DETAIL = "Please provide a valid email address."
+
+
+def malformed_email() -> ApiProblem:
+    return invalid(MALFORMED_EMAIL_DETAIL)
+
+
+def properties_too_long(size: int) -> str:
+    """The ``errors[].message`` for oversize event properties (wording assumed:
+    no public source shows Mailchimp's refusal)."""
+    return f"Event properties must be 1000 characters or fewer in total, {size} found"
 
 
 def fake_detail(email: str) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sync.emulator.mergefields import MergeField, default_fields, new_field
+from sync.emulator.mergefields import MergeField, checked_values, default_fields, new_field
 from sync.emulator.problems import (
     ApiProblem,
     FieldError,
@@ -30,12 +30,17 @@ from sync.emulator.problems import (
     fake_email,
     forgotten,
     invalid,
+    malformed_email,
     not_found,
+    properties_too_long,
 )
 from sync.emulator.webhooks import Delivery, Webhooks
 
 Clock = Callable[[], datetime]
 STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional", "archived")
+# What a request may set: the API reference's enum for `status` / `status_if_new`
+# has no "archived" (a member is archived by DELETE, and only GET shows it).
+REQUEST_STATUSES = STATUSES[:-1]
 # Members in these statuses may not be set back to "subscribed" through the API
 # (except an "unsubscribed" set through the API itself: see ``_check_may_subscribe``).
 COMPLIANCE_STATUSES = ("unsubscribed", "cleaned")
@@ -45,6 +50,11 @@ NOT_ARCHIVABLE = ("cleaned", "pending", "archived")
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 HASH_PATTERN = re.compile(r"[0-9a-f]{32}")
 EVENT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{2,30}")
+# Keys and values of an event's properties together, in characters. No public
+# source states a limit (a Mailchimp staff member knew of none,
+# mailchimp/Mailchimp-SDK-iOS#70); the project's spec assumes about 1,000 and
+# the emulator enforces exactly that, so the sink is tested against it.
+EVENT_PROPERTIES_MAX = 1000
 BATCH_MAX = 500
 PAGE_MAX = 1000
 ERROR_CONTACT_EXISTS = "ERROR_CONTACT_EXISTS"
@@ -226,7 +236,9 @@ class Audience:
         with self._lock:
             return self._render(self._existing(key))
 
-    def put_member(self, key: str, body: Any) -> tuple[bool, dict[str, Any]]:
+    def put_member(
+        self, key: str, body: Any, *, skip_merge_validation: bool = False
+    ) -> tuple[bool, dict[str, Any]]:
         """``PUT /members/{hash}``: create or update; True when created."""
         body = _object(body)
         with self._lock:
@@ -253,9 +265,9 @@ class Audience:
                     )
                 self._check_status(status)
                 self._check_new_email(email)
-                self._check_merge_fields(body.get("merge_fields"), creating=True)
+                values = self._merge_values(body, None, skip_merge_validation)
                 self._check_may_subscribe(h, None, email, status)
-                created = self._create(email, status, _fields(body), _tag_names(body))
+                created = self._create(email, status, values, _tag_names(body))
                 if status == "unsubscribed":
                     self._api_unsubscribed.add(created.id)
                 self._apply_profile(created, body)
@@ -267,12 +279,14 @@ class Audience:
             if status is not None:
                 self._check_status(status)
                 self._check_may_subscribe(h, member, member.email_address, status)
-            self._check_merge_fields(body.get("merge_fields"), creating=False)
-            self._update(member, status, _fields(body))
+            values = self._merge_values(body, member.merge_fields, skip_merge_validation)
+            self._update(member, status, values)
             self._apply_profile(member, body)
             return False, self._render(member)
 
-    def patch_member(self, key: str, body: Any) -> dict[str, Any]:
+    def patch_member(
+        self, key: str, body: Any, *, skip_merge_validation: bool = False
+    ) -> dict[str, Any]:
         body = _object(body)
         with self._lock:
             member = self._existing(key)
@@ -281,8 +295,8 @@ class Audience:
             if status is not None:
                 self._check_status(status)
                 self._check_may_subscribe(member.id, member, member.email_address, status)
-            self._check_merge_fields(body.get("merge_fields"), creating=False)
-            self._update(member, status, _fields(body))
+            values = self._merge_values(body, member.merge_fields, skip_merge_validation)
+            self._update(member, status, values)
             self._apply_profile(member, body)
             return self._render(member)
 
@@ -352,8 +366,10 @@ class Audience:
         """The person edited their profile (or the marketer did, in the UI)."""
         with self._lock:
             member = self._existing(key)
-            self._check_merge_fields(dict(merge_fields), creating=False)
-            self._update(member, None, dict(merge_fields))
+            values = self._merge_values(
+                {"merge_fields": dict(merge_fields)}, member.merge_fields, skip_required=True
+            )
+            self._update(member, None, values)
             return member
 
     def members_json(self, query: Mapping[str, str]) -> dict[str, Any]:
@@ -419,13 +435,9 @@ class Audience:
                 try:
                     if member is None:
                         self._check_new_email(email)
-                        self._check_merge_fields(
-                            item.get("merge_fields"),
-                            creating=True,
-                            skip_required=skip_merge_validation,
-                        )
+                        values = self._merge_values(item, None, skip_merge_validation)
                         self._check_may_subscribe(h, None, email, item["status"])
-                        new = self._create(email, item["status"], _fields(item), _tag_names(item))
+                        new = self._create(email, item["status"], values, _tag_names(item))
                         if new.status == "unsubscribed":
                             self._api_unsubscribed.add(new.id)
                         self._apply_profile(new, item)
@@ -442,12 +454,8 @@ class Audience:
                         )
                         continue
                     self._check_may_subscribe(h, member, email, item["status"])
-                    self._check_merge_fields(
-                        item.get("merge_fields"),
-                        creating=False,
-                        skip_required=skip_merge_validation,
-                    )
-                    self._update(member, item["status"], _fields(item))
+                    values = self._merge_values(item, member.merge_fields, skip_merge_validation)
+                    self._update(member, item["status"], values)
                     if sync_tags:
                         self._replace_tags(member, _tag_names(item))
                     self._apply_profile(member, item)
@@ -517,6 +525,9 @@ class Audience:
             for pname, value in properties.items():
                 if not isinstance(value, str):
                     problems.append(FieldError(f"properties.{pname}", "Schema describes string"))
+            size = properties_size(properties)
+            if size > EVENT_PROPERTIES_MAX:
+                problems.append(FieldError("properties", properties_too_long(size)))
         occurred_at = body.get("occurred_at")
         if occurred_at is not None and not _is_instant(occurred_at):
             problems.append(FieldError("occurred_at", "This value should be a valid ISO 8601 date"))
@@ -560,6 +571,17 @@ class Audience:
                     return f.to_json(self.list_id)
         raise not_found()
 
+    def delete_merge_field(self, merge_id: str) -> None:
+        """``DELETE …/merge-fields/{merge_id}``: the field and every member's
+        value of it are gone (as when a marketer deletes it in Mailchimp)."""
+        with self._lock:
+            found = next((f for f in self.merge_fields if str(f.merge_id) == merge_id), None)
+            if found is None:
+                raise not_found()
+            self.merge_fields.remove(found)
+            for member in self._members.values():
+                member.merge_fields.pop(found.tag, None)
+
     def add_merge_field(self, body: Any) -> dict[str, Any]:
         with self._lock:
             created = new_field(body, self.merge_fields)
@@ -575,15 +597,17 @@ class Audience:
         return member
 
     def _check_status(self, status: Any) -> None:
-        if status not in STATUSES:
+        if status not in REQUEST_STATUSES:
             raise invalid(
-                errors=[FieldError("status", f"Value is not one of: {', '.join(STATUSES)}")]
+                errors=[FieldError("status", f"Value is not one of: {', '.join(REQUEST_STATUSES)}")]
             )
 
     def _check_new_email(self, email: str) -> None:
         lowered = email.lower()
         domain = "@" + lowered.rpartition("@")[2]
-        if not EMAIL_PATTERN.fullmatch(email) or lowered in self._fake or domain in self._fake:
+        if not EMAIL_PATTERN.fullmatch(email):
+            raise malformed_email()
+        if lowered in self._fake or domain in self._fake:
             raise fake_email(email)
         if subscriber_hash(email) in self._forgotten:
             raise forgotten(email)
@@ -599,31 +623,13 @@ class Audience:
             return  # unsubscribed through the API: the API may undo it
         raise compliance_state(email)
 
-    def _check_merge_fields(
-        self, values: Any, *, creating: bool, skip_required: bool = False
-    ) -> None:
-        if values is None:
-            values = {}
-        if not isinstance(values, dict):
-            raise invalid(errors=[FieldError("merge_fields", "Schema describes object")])
-        problems: list[FieldError] = []
-        by_tag = {f.tag: f for f in self.merge_fields}
-        for tag, value in values.items():
-            known = by_tag.get(tag)
-            if known is None:
-                problems.append(
-                    FieldError(tag, f"Merge field {tag} does not exist in this audience")
-                )
-                continue
-            why = known.check(value)
-            if why is not None:
-                problems.append(FieldError(tag, why))
-        if creating and not skip_required:
-            for f in self.merge_fields:
-                if f.required and values.get(f.tag) in (None, "") and not f.default_value:
-                    problems.append(FieldError(f.tag, "Please enter a value"))
-        if problems:
-            raise invalid("Your merge fields were invalid.", problems)
+    def _merge_values(
+        self, body: Mapping[str, Any], stored: dict[str, Any] | None, skip_required: bool
+    ) -> dict[str, Any]:
+        """The merge values of ``body`` this audience keeps (see ``checked_values``)."""
+        return checked_values(
+            self.merge_fields, body.get("merge_fields"), stored=stored, skip_required=skip_required
+        )
 
     def _check_batch_schema(self, items: list[Any]) -> None:
         problems: list[FieldError] = []
@@ -641,9 +647,12 @@ class Audience:
                 problems.append(
                     FieldError(f"members.{i}.status", "Required property status is missing")
                 )
-            elif item["status"] not in STATUSES:
+            elif item["status"] not in REQUEST_STATUSES:
                 problems.append(
-                    FieldError(f"members.{i}.status", f"Value is not one of: {', '.join(STATUSES)}")
+                    FieldError(
+                        f"members.{i}.status",
+                        f"Value is not one of: {', '.join(REQUEST_STATUSES)}",
+                    )
                 )
         if problems:
             raise invalid(errors=problems)
@@ -863,16 +872,16 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _fields(body: Mapping[str, Any]) -> dict[str, Any]:
-    values = body.get("merge_fields")
-    return dict(values) if isinstance(values, dict) else {}
-
-
 def _tag_names(body: Mapping[str, Any]) -> list[str]:
     tags = body.get("tags")
     if not isinstance(tags, list):
         return []
     return [t for t in tags if isinstance(t, str) and t]
+
+
+def properties_size(properties: Mapping[str, Any]) -> int:
+    """Characters of an event's properties: every key and value together."""
+    return sum(len(str(k)) + len(str(v)) for k, v in properties.items())
 
 
 def _page(query: Mapping[str, str], default_count: int) -> tuple[int, int]:
@@ -904,9 +913,9 @@ def _instant(query: Mapping[str, str], name: str) -> datetime | None:
         return None
     if not _is_instant(raw):
         raise invalid(errors=[FieldError(name, "This value should be a valid ISO 8601 date")])
-    moment = datetime.fromisoformat(raw)
-    # A bare date-time is read as UTC, the zone Mailchimp reports in.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    # Mailchimp ignores the offset and reads the wall-clock time as UTC
+    # (mailchimp/mailchimp-client-lib-codegen#241): so does the emulator.
+    return datetime.fromisoformat(raw).replace(tzinfo=UTC)
 
 
 def cannot_archive() -> ApiProblem:
