@@ -42,6 +42,23 @@ def test_without_credentials_mailchimp_is_skipped_and_said(settings, capsys):
         "database: every query ran, with the columns it must return)" in out
     )
     assert "Mailchimp: skipped (no MAILCHIMP_LIST_ID configured)" in out
+    assert "user: cycles evaluate in SQL" in out
+
+
+def test_a_type_the_sql_cannot_evaluate_is_named_with_the_reason(settings, tmp_path, capsys):
+    # SQLite has no time-zone database: naive instants in Europe/Paris cannot
+    # be compiled, so the cycles use the Python engine for that type.
+    sources = (ROOT / "sources.yaml").read_text()
+    assert "naive_timezone: UTC" in sources
+    (tmp_path / "sources.yaml").write_text(
+        sources.replace("naive_timezone: UTC", "naive_timezone: Europe/Paris")
+    )
+    settings.write_text(
+        settings.read_text().replace(str(ROOT / "sources.yaml"), str(tmp_path / "sources.yaml"))
+    )
+    code, out, _ = run(capsys, "check", "--config", str(settings))
+    assert code == 0, out
+    assert "user: cycles evaluate with the Python engine (user: SQLite has no time-zone" in out
 
 
 def test_sources_missing_an_action_fail(settings, tmp_path, capsys):

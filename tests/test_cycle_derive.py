@@ -449,3 +449,46 @@ def test_on_delete_unsubscribe_unsubscribes_the_member_of_a_deleted_entity(bb):
     assert summary.deleted["user"] == 1
     assert summary.removed == {"unsubscribe": 1}
     assert emulator.audience.member(email).status == "unsubscribed"
+
+
+def test_a_type_the_sql_cannot_compile_falls_back_to_the_engine(tmp_path, mailchimp_emulator):
+    """SQLite has no time-zone database: naive instants in another zone than
+    UTC cannot be compiled, so that type is evaluated by the engine (and the
+    cycle still pushes exactly what the engine says)."""
+    database = f"sqlite:///{tmp_path}/app.sqlite"
+    load_demo(database, "blousebrothers", users=30, seed=2, now=NOW)
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(
+        (ROOT / "sources.yaml")
+        .read_text()
+        .replace("naive_timezone: UTC", "naive_timezone: Europe/Paris")
+    )
+    config = Config(
+        rules=ROOT / "rules.yaml",
+        sources=sources,
+        database=database,
+        state=f"sqlite:///{tmp_path}/state.sqlite",
+        mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=mailchimp_emulator.url),
+    )
+    client = make_client(
+        MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=mailchimp_emulator.url)
+    )
+    clock = Clock(NOW)
+    runtime = build_runtime(
+        config,
+        clock=clock,
+        sink_factory=lambda store: MailchimpSink(
+            Caller(client, DEFAULT_LIST_ID), store, SinkConfig(), clock=clock
+        ),
+    )
+    try:
+        wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+        fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
+        summary = run_once(runtime)
+        assert summary.evaluated_by == {"user": "engine"}
+        assert _audience(mailchimp_emulator) == _expected(runtime, NOW)
+        again = run_once(runtime, full=True)
+        assert again.push.considered == 0
+        assert again.evaluations_written == 0
+    finally:
+        runtime.close()

@@ -34,6 +34,7 @@ from sync.schema import load_rules
 from sync.source_check import probe_sources
 from sync.source_reader import SourceReader
 from sync.sources import SourcesConfig, check_contract, load_sources
+from sync.sqlevaluator import SqlEvaluator
 
 
 @click.command()
@@ -118,6 +119,23 @@ def _check_sources(ruleset: Ruleset, sources_file: Path, database: str | None) -
     if problems:
         raise RulesError(problems)
     click.echo(f"{sources_file}: OK, provides every action and fact the rules read ({how})")
+    if database:
+        _check_evaluation(ruleset, sources, database)
+
+
+def _check_evaluation(ruleset: Ruleset, sources: SourcesConfig, database: str) -> None:
+    """Say how the daemon's cycles will evaluate each entity type: in SQL,
+    or with the Python engine (and why) where the rules or sources cannot be
+    compiled for this database."""
+    with SqlEvaluator(ruleset, sources, database) as evaluator:
+        for name in ruleset.entities:
+            if name not in sources.entities:
+                continue
+            reason = evaluator.supports(name)
+            if reason is None:
+                click.echo(f"{name}: cycles evaluate in SQL")
+            else:
+                click.echo(f"{name}: cycles evaluate with the Python engine ({reason})")
 
 
 def _declared_contract(ruleset: Ruleset, sources: SourcesConfig) -> list[Problem]:
