@@ -78,8 +78,9 @@ MAX_CHANGED_KEPT = 10_000
 #: Changed members accumulated before a push: a multiple of the batch
 #: subscribe (500) and ``/batches`` job (5000) sizes, so that pushing in
 #: several rounds costs no more calls than pushing once; memory stays bounded
-#: on a first cycle that creates a million members.
-FLUSH_SIZE = 50_000
+#: (the members, their plans and ledger states) on a first cycle that creates
+#: a million members.
+FLUSH_SIZE = 20_000
 
 _ONE_TICK = timedelta(microseconds=1)
 

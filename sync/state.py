@@ -542,8 +542,19 @@ class StateStore:
         unique = list({tuple(row[k] for k in keys): row for row in rows}.values())
         columns = tuple(unique[0])
         sql, converters = self._upsert_statement(table, columns, tuple(keys))
+        # Most instants of one call are the same (the instant of the push):
+        # each distinct one is converted once.
+        instants: dict[Any, Any] = {}
+
+        def value(convert: Callable[[Any], Any], raw: Any) -> Any:
+            if convert is _same:
+                return raw
+            if raw not in instants:
+                instants[raw] = convert(raw)
+            return instants[raw]
+
         values = [
-            tuple(convert(row[c]) for c, convert in zip(columns, converters, strict=True))
+            tuple(value(convert, row[c]) for c, convert in zip(columns, converters, strict=True))
             for row in unique
         ]
         for chunk in _chunks(values, 5000):

@@ -32,7 +32,7 @@ from sync.mailchimp import fix_merge_fields
 from sync.schema import load_rules
 from sync.state import StateStore
 from tests.test_cycle import NOW
-from tests.test_daemon_run import Daemon
+from tests.test_daemon_run import Daemon, _kill_leftover_daemons  # noqa: F401 (reaps daemons)
 
 ROOT = Path(__file__).resolve().parent.parent
 AT = NOW.isoformat()

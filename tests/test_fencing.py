@@ -26,8 +26,9 @@ from sync.lock import AdvisoryLock, Fence, LeadershipLost, LeaseLock
 from sync.mailchimp import Caller, MailchimpSettings, make_client
 from sync.state import StateStore
 from tests.test_cycle import NOW, audience_fields, expected_members
-from tests.test_daemon_run import (  # noqa: F401 (setup is a fixture)
+from tests.test_daemon_run import (  # noqa: F401 (fixtures: setup, and one reaping daemons)
     Daemon,
+    _kill_leftover_daemons,
     cycles_done,
     last_cycle_now,
     setup,

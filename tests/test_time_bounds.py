@@ -33,7 +33,12 @@ from sync.metrics import Metrics
 from sync.source_reader import SourceReader, SourceUnavailableError
 from sync.sources import parse_sources
 from tests.test_cycle import NOW
-from tests.test_daemon_run import Daemon, setup, write_settings  # noqa: F401 (fixture)
+from tests.test_daemon_run import (  # noqa: F401 (fixtures; the first reaps daemons)
+    Daemon,
+    _kill_leftover_daemons,
+    setup,
+    write_settings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNUP = "signup: SELECT id, date_joined AS at FROM users"
