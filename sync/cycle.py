@@ -122,6 +122,9 @@ class CycleSummary:
     entities_read: Counter[str] = field(default_factory=Counter)
     entities_failed: Counter[str] = field(default_factory=Counter)
     status_changes: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    #: (entity type, status before, status after) -> how many entities moved
+    #: so (before None: new to the state store).
+    transitions: Counter[tuple[str, str | None, str | None]] = field(default_factory=Counter)
     #: (entity type, id, status before, status after) of the first
     #: ``MAX_CHANGED_KEPT`` changes: enough to show examples, bounded whatever
     #: the population (``status_changes`` has the counts).
@@ -714,6 +717,7 @@ class Cycle:
             before = stored.get(ident)
             if before is None or before.status != r.status:
                 summary.status_changes[(name, r.status)] += 1
+                summary.transitions[(name, before.status if before else None, r.status)] += 1
                 if len(summary.changed) < MAX_CHANGED_KEPT:
                     summary.changed.append(
                         (name, ident, before.status if before else None, r.status)
