@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,12 +53,19 @@ def bb(db_url, tmp_path, mailchimp_emulator):
     )
     runtimes = []
 
-    def make(*, dry_run: bool = False, **daemon):
+    def make(
+        *,
+        dry_run: bool = False,
+        state_url: str | None = None,
+        state_schema: str | None = None,
+        **daemon,
+    ):
         config = Config(
             rules=ROOT / "rules.yaml",
             sources=ROOT / "sources.yaml",
             database=db_url,
-            state=state,
+            state=state_url or state,
+            state_schema=state_schema,
             mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=mailchimp_emulator.url),
             daemon=DaemonConfig(**daemon),
         )
@@ -492,3 +500,31 @@ def test_a_type_the_sql_cannot_compile_falls_back_to_the_engine(tmp_path, mailch
         assert again.evaluations_written == 0
     finally:
         runtime.close()
+
+
+def test_a_replaced_state_store_does_not_send_past_events_again(bb, tmp_path):
+    """Issue 13, row 2: the state file deleted (or replaced after corruption)
+    and the daemon restarted sent every event of the window again. A new
+    state store goes live: nothing that happened before it is sent."""
+    make, clock, _engine, emulator = bb
+    runtime, _, _ = make(backfill_events=timedelta(days=7))
+    first = run_once(runtime)
+    assert first.push.events_sent > 0
+    sent = sorted((m, e.name, e.occurred_at) for m, e in emulator.audience.received_events())
+    # A new, empty state store (another file on SQLite; on PostgreSQL the
+    # application database under another schema), the same audience.
+    state = runtime.config.state
+    if state.startswith("sqlite"):
+        replaced, _, _ = make(state_url=f"sqlite:///{tmp_path}/replaced.sqlite")
+    else:
+        schema = f"replaced_{uuid.uuid4().hex[:8]}"
+        replaced, _, _ = make(state_schema=schema)
+    clock.now = NOW + timedelta(hours=1)
+    again = run_once(replaced, full=True)
+    assert again.push.events_sent == 0
+    assert again.events_skipped > 0
+    received = sorted((m, e.name, e.occurred_at) for m, e in emulator.audience.received_events())
+    assert received == sent
+    if not state.startswith("sqlite"):
+        with replaced.state.engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
