@@ -26,6 +26,7 @@ from typing import IO
 import schedule
 import sqlalchemy as sa
 
+from sync import history
 from sync.config import Config
 from sync.cycle import Cycle, CycleSummary, Sink
 from sync.exceptions import ConfigurationError, MailsyncError, Problem, RulesError
@@ -237,6 +238,8 @@ def run_once(
     if ok and full:
         runtime.state.set_watermark(LAST_FULL, now.isoformat())
     runtime.state.finish_cycle(cycle_id, runtime.clock(), ok=ok, counts=summary.counts())
+    # The dashboard's history point (counts per status, moves); never fatal.
+    history.record_quietly(runtime.state, runtime.ruleset, summary)
     log.info("cycle done", extra={"cycle": summary.counts()})
     return summary
 
