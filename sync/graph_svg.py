@@ -288,7 +288,7 @@ def _exit_text(graph: Graph, edge: Edge) -> str:
     return f"→ {target}"
 
 
-def _offsets(entity: Entity) -> dict[tuple[str, str], str]:
+def offsets(entity: Entity) -> dict[tuple[str, str], str]:
     """(from status, to status) -> the timed edge's label, in words."""
     labels: dict[tuple[str, str], str] = {}
     for state in entity.states.values():
@@ -337,9 +337,9 @@ def render_svg(
     width = 0.0
     for graph in graphs:
         notes = (annotations or {}).get(graph.name)
-        offsets = _offsets(ruleset.entities[graph.name])
-        layout = _Layout(graph, _rows(graph), offsets, notes is not None)
-        y = _draw_entity(root, graph, offsets, layout, y, notes)
+        labels = offsets(ruleset.entities[graph.name])
+        layout = _Layout(graph, _rows(graph), labels, notes is not None)
+        y = _draw_entity(root, graph, labels, layout, y, notes)
         width = max(width, layout.width)
         y += PAD
     root.set("width", _attr(width))

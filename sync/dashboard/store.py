@@ -108,9 +108,7 @@ class ReadOnlyStore(StateStore):
 
     # -- what only the dashboard asks ---------------------------------------
 
-    def sample(
-        self, entity_type: str, status: str | None, limit: int = 50
-    ) -> list[EntityState]:
+    def sample(self, entity_type: str, status: str | None, limit: int = 50) -> list[EntityState]:
         """The latest entrants of a status (None: entities with no status)."""
         condition = (
             entity_state.c.status.is_(None) if status is None else entity_state.c.status == status
