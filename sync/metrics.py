@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -131,8 +132,19 @@ class Metrics:
             return "\n".join(lines) + "\n"
 
 
+#: Answers every other GET (the dashboard's pages, sync.dashboard):
+#: (path with query, request headers) -> (status, headers, body).
+Pages = Callable[[str, Mapping[str, str]], tuple[int, list[tuple[str, str]], bytes]]
+
+
 class MetricsServer:
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9464) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str = "127.0.0.1",
+        port: int = 9464,
+        pages: Pages | None = None,
+    ) -> None:
         outer = metrics
 
         class Handler(BaseHTTPRequestHandler):
@@ -143,6 +155,13 @@ class MetricsServer:
                 elif self.path == "/healthz":
                     ok = outer.healthy()
                     self._send(200 if ok else 503, b"ok\n" if ok else b"stale\n", "text/plain")
+                elif pages is not None:
+                    status, headers, body = pages(self.path, dict(self.headers))
+                    self.send_response(status)
+                    for name, value in headers:
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(body)
                 else:
                     self._send(404, b"not found\n", "text/plain")
 

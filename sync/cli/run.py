@@ -11,6 +11,7 @@ import click
 from sync.cli._common import config_option, handle_errors
 from sync.config import load_config
 from sync.daemon import build_runtime, clock_from_env, serve
+from sync.dashboard import app as dashboard
 from sync.lock import leader_lock
 from sync.logs import configure_logging
 from sync.metrics import Metrics, MetricsServer, parse_address
@@ -58,10 +59,12 @@ def run(
     signal.signal(signal.SIGINT, stop)
     metrics = Metrics(config.daemon.interval.total_seconds())
     server = None
+    pages = None
     address = metrics_address or config.metrics
     if address:
         host, port = parse_address(address)
-        server = MetricsServer(metrics, host, port).start()
+        pages = dashboard.for_daemon(config, runtime, host)  # the dashboard, beside /metrics
+        server = MetricsServer(metrics, host, port, pages.get if pages else None).start()
         click.echo(f"metrics on http://{host}:{server.address[1]}/metrics", err=True)
     lock = leader_lock(
         runtime.state, config.mailchimp.list_id or "dry-run", ttl=config.daemon.lease_ttl
@@ -71,4 +74,6 @@ def run(
     finally:
         if server is not None:
             server.stop()
+        if pages is not None:
+            pages.close()
         runtime.close()

@@ -38,6 +38,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import sqlalchemy as sa
 
 from sync import history
+from sync.config import Config
+from sync.daemon import Runtime
 from sync.dashboard import pages
 from sync.dashboard.charts import line_chart
 from sync.dashboard.store import ReadOnlyStore
@@ -196,6 +198,19 @@ class Dashboard:
             log.error("dashboard page %s failed: %s", url.path, exc)
             return self._error(500, f"This page could not be built: {exc}")
 
+    def get(
+        self, target: str, headers: Mapping[str, str]
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """A GET as ``sync.metrics.MetricsServer`` hands it over."""
+        response = self.handle("GET", target, headers)
+        return response.status, self._headers(response), response.body
+
+    @staticmethod
+    def _headers(response: Response) -> list[tuple[str, str]]:
+        return [("Content-Type", response.content_type),
+                ("Content-Length", str(len(response.body))),
+                ("Cache-Control", "no-store"), *response.headers]  # fmt: skip
+
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
@@ -205,11 +220,8 @@ class Dashboard:
             target += "?" + environ["QUERY_STRING"]
         headers = {"Authorization": environ.get("HTTP_AUTHORIZATION", "")}
         response = self.handle(environ["REQUEST_METHOD"], target, headers)
-        start_response(
-            f"{response.status} {REASONS.get(response.status, '')}",
-            [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
-             ("Cache-Control", "no-store"), *response.headers],
-        )  # fmt: skip
+        start_response(f"{response.status} {REASONS.get(response.status, '')}",
+                       self._headers(response))  # fmt: skip
         return [b"" if environ["REQUEST_METHOD"] == "HEAD" else response.body]
 
     # -- helpers
@@ -369,3 +381,25 @@ def serve(dashboard: Dashboard, host: str, port: int) -> WSGIServer:
     check_bind(host, dashboard.access)
     return make_server(host, port, dashboard, server_class=_ThreadingServer,
                        handler_class=_QuietHandler)  # fmt: skip
+
+
+def for_daemon(config: Config, runtime: Runtime, host: str) -> Dashboard | None:
+    """The pages the daemon serves beside ``/metrics``, on a read-only store of
+    its own; None (logged) when the address is public and no secret is set:
+    the metrics stay served, the audience's details are not."""
+    access = Access.from_env()
+    try:
+        check_bind(host, access)
+    except ConfigurationError as exc:
+        log.warning("dashboard pages not served: %s", exc)
+        return None
+    database = config.database
+    people = People(runtime.sources, database, config.daemon.events_max_age) if database else None
+    return Dashboard(
+        ReadOnlyStore(config.state, schema=config.state_schema),
+        lambda: runtime.ruleset,  # the rules in force, also after a reload
+        clock=runtime.clock,
+        access=access,
+        people=people,
+        rules_file=config.rules,
+    )
