@@ -205,7 +205,9 @@ def series(conn: sa.Connection, entity_type: str, since: datetime | None = None)
         status_history.c.count,
     ).where(status_history.c.entity_type == entity_type)  # fmt: skip
     if since is not None:
-        query = query.where(status_history.c.bucket >= since)
+        query = query.where(
+            status_history.c.resolution.in_((HOUR, DAY)), status_history.c.bucket >= since
+        )
     points: dict[datetime, dict[str, int]] = {}
     hourly_from: datetime | None = None
     rows = conn.execute(query).all()
@@ -231,6 +233,8 @@ def moves_since(
         )
         .where(
             transition_history.c.entity_type == entity_type,
+            # Both resolutions named, so the primary key's index serves the range.
+            transition_history.c.resolution.in_((HOUR, DAY)),
             transition_history.c.bucket >= since,
         )
         .group_by(transition_history.c.from_status, transition_history.c.to_status)

@@ -56,6 +56,7 @@ TOKEN_ENV = "MAILSYNC_DASHBOARD_TOKEN"
 PASSWORD_ENV = "MAILSYNC_DASHBOARD_PASSWORD"
 WINDOWS = (timedelta(hours=24), timedelta(days=7))
 SAMPLE = 50
+MAX_POINTS = 240
 
 
 @dataclass(frozen=True)
@@ -279,11 +280,11 @@ class Dashboard:
     def status(self, query: Mapping[str, str]) -> Response:
         entity = self._entity(query)
         status = query.get("status") or None
-        counts = self.store.status_counts(entity.name)
-        if status is not None and status not in counts and status not in entity.status_names:
+        if status is not None and status not in entity.status_names:
             raise _NotFound(f"No status {status!r} for {entity.name}.")
         sample = self.store.sample(entity.name, status, SAMPLE)
-        body = pages.status_body(entity.name, status, counts.get(status, 0), sample)
+        count = self.store.count_in(entity.name, status)
+        body = pages.status_body(entity.name, status, count, sample)
         return self._page(f"{entity.name} in {status or '(no status)'}", "lifecycle", body)
 
     def person(self, query: Mapping[str, str]) -> Response:
@@ -350,6 +351,10 @@ class Dashboard:
         if self.store.has_history:
             with self.store.engine.connect() as conn:
                 points = history.series(conn, entity.name, since)
+        if len(points) > MAX_POINTS:
+            # A chart is a few hundred pixels wide: more points draw nothing more.
+            step = -(-len(points) // MAX_POINTS)
+            points = points[::-1][::step][::-1]
         if points:
             times = [p.at for p in points]
             start = max(since, times[0]) if since else times[0]

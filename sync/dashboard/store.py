@@ -122,6 +122,17 @@ class ReadOnlyStore(StateStore):
         with self.engine.connect() as conn:
             return [self._entity(row) for row in conn.execute(query)]
 
+    def count_in(self, entity_type: str, status: str | None) -> int:
+        """How many entities are in one status (an index range, not a full count)."""
+        condition = (
+            entity_state.c.status.is_(None) if status is None else entity_state.c.status == status
+        )
+        query = sa.select(sa.func.count()).where(
+            entity_state.c.entity_type == entity_type, condition
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def find(self, who: str, limit: int = 20) -> list[EntityState]:
         """Entities whose email (case-insensitive) or id is ``who``."""
         who = who.strip()
