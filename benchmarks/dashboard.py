@@ -55,11 +55,20 @@ def build(path: Path, entities: int) -> None:
              len(statuses)),
         )  # fmt: skip
         hours = 90 * 24
+        # The latest point is what the daemon writes after its last cycle: the real counts.
+        live = dict(raw.execute(
+            "SELECT status, count(*) FROM entity_state WHERE entity_type = 'user' GROUP BY status"
+        ).fetchall())  # fmt: skip
         raw.executemany(
             "INSERT INTO status_history VALUES ('user', 'hour', ?, ?, ?)",
             [((NOW - timedelta(hours=h)).strftime("%Y-%m-%d %H:%M:%S.000000"), s,
-              entities // len(statuses)) for h in range(hours) for s in statuses],
+              live[s] if h == 0 else entities // len(statuses) - h % 7)
+             for h in range(hours) for s in statuses],
         )  # fmt: skip
+        raw.execute(
+            "INSERT INTO watermark VALUES ('status_history_at', ?, ?)",
+            (NOW.isoformat(), NOW.strftime("%Y-%m-%d %H:%M:%S.000000")),
+        )
         raw.executemany(
             "INSERT INTO transition_history VALUES ('user', 'hour', ?, ?, ?, ?)",
             [((NOW - timedelta(hours=h)).strftime("%Y-%m-%d %H:%M:%S.000000"), a, b, 40)
@@ -71,7 +80,8 @@ def build(path: Path, entities: int) -> None:
             "INSERT INTO cycle (started_at, finished_at, ok, counts_json) VALUES (?, ?, 1, ?)",
             [((NOW - timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S.000000"),
               (NOW - timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S.000000"),
-              json.dumps(counts)) for i in range(200)],
+              json.dumps({**counts, "now": (NOW - timedelta(minutes=i)).isoformat()}))
+             for i in reversed(range(200))],
         )  # fmt: skip
         raw.executemany(
             "INSERT INTO push VALUES (?, 'failed', 'Member In Compliance State', ?, 'f', 1, ?, NULL)",
@@ -89,9 +99,11 @@ def measure(path: Path, runs: int) -> dict[str, dict[str, float]]:
                     rules_file=ROOT / "rules.yaml")  # fmt: skip
     pages = {
         "lifecycle": "/lifecycle",
+        "lifecycle, counted live (no history)": "/lifecycle",
         "status (50 latest of one status)": "/status?entity=user&status=registered_J7",
         "trends (30 days)": "/trends?entity=user&days=30",
         "trends (90 days)": "/trends?entity=user&days=90",
+        "trends (a year)": "/trends?entity=user&days=365",
         "person (by email, stored state)": "/person?q=u777@example.com",
         "operations": "/operations",
     }
@@ -99,6 +111,7 @@ def measure(path: Path, runs: int) -> dict[str, dict[str, float]]:
     try:
         for name, target in pages.items():
             times = []
+            app.store.has_history = "no history" not in name
             for _ in range(runs + 1):
                 start = time.perf_counter()
                 response = app.handle("GET", target, {})

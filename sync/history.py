@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from sync.cycle import CycleSummary
 from sync.rules import Ruleset
-from sync.state import StateStore, status_history, transition_history
+from sync.state import StateStore, status_history, transition_history, watermark
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ HOUR = "hour"
 DAY = "day"
 #: How long hourly points are kept before being folded into daily ones.
 HOURLY_FOR = timedelta(days=90)
+#: Watermark naming the cycle (its ``now``) whose counts are the latest point.
+RECORDED = "status_history_at"
 
 Move = tuple[str, str, str]  # entity type, from status ('' when new), to status ('' for none)
 
@@ -107,6 +109,12 @@ def record_cycle(
             if rows:
                 conn.execute(status_history.insert(), rows)
         _add_moves(conn, state, HOUR, bucket, moves)
+        state._upsert(
+            conn,
+            watermark,
+            [{"name": RECORDED, "value": summary.now.isoformat(), "updated_at": datetime.now(UTC)}],
+            ("name",),
+        )
         if compact:
             _compact(conn, state, summary.now)
 
@@ -198,27 +206,72 @@ class Point:
     counts: Mapping[str, int]  # status ('' for none) -> entities
 
 
-def series(conn: sa.Connection, entity_type: str, since: datetime | None = None) -> list[Point]:
-    """Counts per status over time, daily points then hourly ones, oldest first."""
-    query = sa.select(
-        status_history.c.bucket, status_history.c.resolution, status_history.c.status,
-        status_history.c.count,
-    ).where(status_history.c.entity_type == entity_type)  # fmt: skip
+def series(
+    conn: sa.Connection,
+    entity_type: str,
+    since: datetime | None = None,
+    *,
+    max_points: int | None = None,
+) -> list[Point]:
+    """Counts per status over time, oldest first: daily points, then hourly
+    ones. With ``max_points``, evenly spaced points only (always the latest),
+    chosen before the counts are read, so a long period costs no more."""
+    where = [status_history.c.entity_type == entity_type]
     if since is not None:
-        query = query.where(
-            status_history.c.resolution.in_((HOUR, DAY)), status_history.c.bucket >= since
+        where.append(status_history.c.bucket >= since)
+    buckets: dict[str, list[datetime]] = {}
+    for resolution in (HOUR, DAY):
+        buckets[resolution] = list(
+            conn.execute(
+                sa.select(status_history.c.bucket)
+                .where(*where, status_history.c.resolution == resolution)
+                .group_by(status_history.c.bucket)
+            ).scalars()
         )
-    points: dict[datetime, dict[str, int]] = {}
-    hourly_from: datetime | None = None
-    rows = conn.execute(query).all()
-    for row in rows:
-        if row.resolution == HOUR:
-            hourly_from = row.bucket if hourly_from is None else min(hourly_from, row.bucket)
-    for row in rows:
-        if row.resolution == DAY and hourly_from is not None and row.bucket >= hourly_from:
-            continue  # a day also covered hour by hour
-        points.setdefault(row.bucket, {})[row.status] = _count(row)
+    hourly_from = min(buckets[HOUR], default=None)
+    # A day also covered hour by hour is left out.
+    chosen = sorted(
+        [(b, HOUR) for b in buckets[HOUR]]
+        + [(b, DAY) for b in buckets[DAY] if hourly_from is None or b < hourly_from]
+    )
+    if max_points is not None and len(chosen) > max_points:
+        step = len(chosen) / max_points
+        chosen = sorted({chosen[-1 - int(i * step)] for i in range(max_points)})
+    points: dict[datetime, dict[str, int]] = {b: {} for b, _ in chosen}
+    for resolution in (HOUR, DAY):
+        wanted = [b for b, r in chosen if r == resolution]
+        for start in range(0, len(wanted), 400):
+            # Equality on the primary key's first three columns: point lookups.
+            rows = conn.execute(
+                sa.select(
+                    status_history.c.bucket, status_history.c.status, status_history.c.count
+                ).where(
+                    status_history.c.entity_type == entity_type,
+                    status_history.c.resolution == resolution,
+                    status_history.c.bucket.in_(wanted[start : start + 400]),
+                )
+            )
+            for bucket, status, count in rows:
+                points[bucket][status] = int(count)
     return [Point(at, counts) for at, counts in sorted(points.items())]
+
+
+def latest_counts(conn: sa.Connection, entity_type: str) -> tuple[str, dict[str, int]] | None:
+    """The counts recorded after the last cycle, with that cycle's ``now`` (ISO)."""
+    recorded = conn.execute(
+        sa.select(watermark.c.value).where(watermark.c.name == RECORDED)
+    ).scalar()
+    if recorded is None:
+        return None
+    bucket = hour_of(datetime.fromisoformat(recorded))
+    rows = conn.execute(
+        sa.select(status_history.c.status, status_history.c.count).where(
+            status_history.c.entity_type == entity_type,
+            status_history.c.resolution == HOUR,
+            status_history.c.bucket == bucket,
+        )
+    ).all()
+    return recorded, {status: int(count) for status, count in rows}
 
 
 def moves_since(

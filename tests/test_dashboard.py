@@ -161,6 +161,19 @@ def test_lifecycle_counts_match_mailsync_status(app: Dashboard, demo: Demo) -> N
     assert f"{sum(expected.values()):,} user entities" in page
 
 
+def test_recorded_counts_are_the_live_counts(app: Dashboard) -> None:
+    live = app.store.status_counts("user")
+    with app.store.engine.connect() as conn:
+        recorded = history.latest_counts(conn, "user")
+    assert recorded is not None  # the demo's daemon cycles recorded them
+    assert app._counts("user") == live
+    app.store.has_history = False  # an older store: counted on the spot
+    try:
+        assert app._counts("user") == live
+    finally:
+        app.store.has_history = True
+
+
 def test_lifecycle_shows_flows_from_the_history(app: Dashboard, demo: Demo) -> None:
     page = get(app, "/lifecycle")
     # In three simulated days some users reached the 7-day step of a ladder.
@@ -281,4 +294,7 @@ def test_history_is_hourly_then_daily(tmp_path: Path) -> None:
         assert sorted(r._mapping["count"] for r in daily) == [4, 4]
         points = history.series(conn, "user")
     assert [p.at for p in points][:2] == [start, start + timedelta(days=1)]
+    with store.engine.connect() as conn:
+        thinned = history.series(conn, "user", max_points=2)
+    assert [p.at for p in thinned] == [points[1].at, points[-1].at]
     store.close()
