@@ -8,7 +8,11 @@ the daemon's metrics server), on a state store written by ``mailsync demo``.
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -298,3 +302,36 @@ def test_history_is_hourly_then_daily(tmp_path: Path) -> None:
         thinned = history.series(conn, "user", max_points=2)
     assert [p.at for p in thinned] == [points[1].at, points[-1].at]
     store.close()
+
+
+def test_demo_serve_keeps_the_dashboard_up_while_days_advance(tmp_path: Path) -> None:
+    """`mailsync demo --serve`: the pages answer during the simulated days and
+    after them, until Ctrl-C (SIGINT), which ends the demo cleanly."""
+    command = [sys.executable, "-m", "sync", "demo", "--dir", str(tmp_path / "d"),
+               "--users", "150", "--days", "2", "--start", "2026-03-01T09:00:00Z",
+               "--serve", "--port", "0"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env)  # fmt: skip
+    assert process.stdout is not None
+    seen: list[str] = []
+    url = None
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            found = re.search(r"Dashboard: (http://127\.0\.0\.1:\d+/)", line)
+            if found:
+                url = found.group(1)
+                with urllib.request.urlopen(url + "lifecycle") as answer:
+                    assert "2026-03-01 09:00:00 UTC" in answer.read().decode()
+            if "stays up" in line:
+                break
+        assert url is not None, "".join(seen)
+        with urllib.request.urlopen(url + "operations") as answer:
+            page = answer.read().decode()
+        assert "as of 2026-03-03 09:00:00 UTC" in page  # the simulated clock, two days on
+        assert "Recent cycles (3)" in page
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, "".join(seen) + output

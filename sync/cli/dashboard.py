@@ -7,9 +7,8 @@ import click
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
 from sync.config import load_config
 from sync.daemon import system_clock
-from sync.dashboard import Access, Dashboard, People, ReadOnlyStore, serve
+from sync.dashboard import from_config, serve
 from sync.schema import load_rules
-from sync.sources import load_sources
 
 
 @click.command()
@@ -36,17 +35,7 @@ def dashboard(config_path: str | None, host: str, port: int, at: str | None) -> 
     config = load_config(config_path)
     ruleset = load_rules(config.rules)
     fixed = parse_at(at)
-    people = None
-    if config.database:
-        people = People(load_sources(config.sources), config.database, config.daemon.events_max_age)
-    app = Dashboard(
-        ReadOnlyStore(config.state, schema=config.state_schema),
-        lambda: ruleset,
-        clock=(lambda: fixed) if fixed else system_clock,
-        access=Access.from_env(),
-        people=people,
-        rules_file=config.rules,
-    )
+    app = from_config(config, lambda: ruleset, (lambda: fixed) if fixed else system_clock)
     try:
         server = serve(app, host, port)
         click.echo(f"dashboard on http://{host}:{server.server_port}/ (read-only; Ctrl-C stops)")

@@ -10,6 +10,8 @@ moved, so a newcomer sees ladders and transitions happen. It leaves a
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -21,6 +23,7 @@ from sync.cli._common import handle_errors, parse_at
 from sync.config import Config, MailchimpConfig
 from sync.cycle import CycleSummary
 from sync.daemon import build_runtime, run_once
+from sync.dashboard import Background, from_config
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
 from sync.explain import explain_entity, render_text
@@ -32,6 +35,9 @@ from sync.mailchimp import (
     make_client,
 )
 from sync.sink import MailchimpSink, SinkConfig
+
+#: Real seconds per simulated day with --serve.
+SERVE_PACE = 3.0
 
 
 def _rule_files() -> tuple[Path, Path]:
@@ -81,14 +87,23 @@ def _print_cycle(title: str, summary: CycleSummary, calls: Counter[str]) -> None
 )
 @click.option("--seed", default=1, show_default=True, help="Seed of the synthetic data.")
 @click.option("--start", default=None, metavar="INSTANT", help="Simulated start (default: now).")
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the dashboard up on the demo's data while the days advance, then until Ctrl-C.",
+)
+@click.option("--port", default=8465, show_default=True, help="The dashboard's port (--serve).")
 @handle_errors
-def demo(directory: str, users: int, days: int, seed: int, start: str | None) -> None:
+def demo(
+    directory: str, users: int, days: int, seed: int, start: str | None, serve: bool, port: int
+) -> None:
     """Run mailsync end to end on demo data, against a local Mailchimp emulator.
 
     Creates a BlouseBrothers demo database (SQLite), runs one cycle, then
     advances a simulated clock a day at a time, printing which statuses moved
     and what was pushed. Nothing leaves this machine.
     """
+    live: Background | None = None
     folder = Path(directory).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     now = parse_at(start) or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -137,6 +152,12 @@ def demo(directory: str, users: int, days: int, seed: int, start: str | None) ->
             )
 
             seen_calls: Counter[str] = Counter()
+            if serve:  # the dashboard, on the demo's state store and simulated clock
+                live = Background(
+                    from_config(config, lambda: runtime.ruleset, lambda: clock["now"]), port=port
+                )
+                click.secho(f"   Dashboard: {live.url} (one simulated day every "
+                            f"{SERVE_PACE:.0f} s)", bold=True)  # fmt: skip
 
             def cycle(title: str) -> CycleSummary:
                 before = Counter(caller.calls)
@@ -147,6 +168,8 @@ def demo(directory: str, users: int, days: int, seed: int, start: str | None) ->
 
             summary = cycle(f"3. First cycle at {now:%Y-%m-%d %H:%M} UTC: every user gets a status")
             for day in range(1, days + 1):
+                if live is not None:
+                    time.sleep(SERVE_PACE)  # time to watch the pages move
                 clock["now"] = now + timedelta(days=day)
                 summary = cycle(
                     f"4.{day} One day later ({clock['now']:%Y-%m-%d}): only what moved is pushed"
@@ -193,3 +216,11 @@ def demo(directory: str, users: int, days: int, seed: int, start: str | None) ->
     click.echo(f"  mailsync graph {os.path.relpath(rules)}      # the lifecycle as a diagram")
     click.echo("  mailsync test rules.test.yaml   # what the rules promise, pinned")
     click.echo("  docs/rules.md, docs/architecture.md")
+    if live is not None:
+        click.secho(f"The dashboard stays up at {live.url}; Ctrl-C stops it.", bold=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            live.stop()

@@ -10,7 +10,26 @@ drawn as charts), Person (``sync.explain``'s timeline) and Operations.
 * ``app``: routes, access control, the WSGI server.
 """
 
-from sync.dashboard.app import Access, Dashboard, People, check_bind, serve
+from sync.dashboard.app import (
+    Access,
+    Background,
+    Dashboard,
+    People,
+    check_bind,
+    for_daemon,
+    from_config,
+    serve,
+)
 from sync.dashboard.store import ReadOnlyStore
 
-__all__ = ["Access", "Dashboard", "People", "ReadOnlyStore", "check_bind", "serve"]
+__all__ = [
+    "Access",
+    "Background",
+    "Dashboard",
+    "People",
+    "ReadOnlyStore",
+    "check_bind",
+    "for_daemon",
+    "from_config",
+    "serve",
+]

@@ -48,7 +48,7 @@ from sync.explain import explain_entity, find_records
 from sync.graph_svg import Annotations, offsets, render_svg
 from sync.rules import Entity, Ruleset
 from sync.source_reader import SourceReader
-from sync.sources import SourcesConfig
+from sync.sources import SourcesConfig, load_sources
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +404,28 @@ def serve(dashboard: Dashboard, host: str, port: int) -> WSGIServer:
                        handler_class=_QuietHandler)  # fmt: skip
 
 
+def from_config(
+    config: Config,
+    rules: Callable[[], Ruleset],
+    clock: Callable[[], datetime],
+    sources: SourcesConfig | None = None,
+    access: Access | None = None,
+) -> Dashboard:
+    """The dashboard over the state store and sources of ``config``."""
+    people = None
+    if config.database:
+        sources = sources or load_sources(config.sources)
+        people = People(sources, config.database, config.daemon.events_max_age)
+    return Dashboard(
+        ReadOnlyStore(config.state, schema=config.state_schema),
+        rules,
+        clock=clock,
+        access=access or Access.from_env(),
+        people=people,
+        rules_file=config.rules,
+    )
+
+
 def for_daemon(config: Config, runtime: Runtime, host: str) -> Dashboard | None:
     """The pages the daemon serves beside ``/metrics``, on a read-only store of
     its own; None (logged) when the address is public and no secret is set:
@@ -414,13 +436,27 @@ def for_daemon(config: Config, runtime: Runtime, host: str) -> Dashboard | None:
     except ConfigurationError as exc:
         log.warning("dashboard pages not served: %s", exc)
         return None
-    database = config.database
-    people = People(runtime.sources, database, config.daemon.events_max_age) if database else None
-    return Dashboard(
-        ReadOnlyStore(config.state, schema=config.state_schema),
-        lambda: runtime.ruleset,  # the rules in force, also after a reload
-        clock=runtime.clock,
-        access=access,
-        people=people,
-        rules_file=config.rules,
-    )
+    # The rules in force, also after a reload; the daemon's clock (simulated in demos).
+    return from_config(config, lambda: runtime.ruleset, runtime.clock, runtime.sources, access)
+
+
+class Background:
+    """A dashboard served from a thread while the process does something else
+    (``mailsync demo --serve`` runs its cycles meanwhile)."""
+
+    def __init__(self, dashboard: Dashboard, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.dashboard = dashboard
+        self.host = host
+        self.server = serve(dashboard, host, port)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.server.server_port}/"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+        self.dashboard.close()
