@@ -82,14 +82,15 @@ class Annotations:
 
 
 def words(after: timedelta) -> str:
-    """A delay in words: ``24 hours``, ``7 days``, ``90 minutes``."""
+    """A delay in words: ``24 hours``, ``7 days``, ``90 minutes``.
+
+    One day is said as ``24 hours``, the way ladders name that step (``_H24``).
+    """
     seconds = int(after.total_seconds())
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds % size == 0 and seconds >= size and not (unit == "day" and seconds == 86400):
+        if seconds >= size and seconds % size == 0 and seconds != 86400 * (unit == "day"):
             n = seconds // size
             return f"{n} {unit}{'s' if n != 1 else ''}"
-    if seconds == 86400:
-        return "24 hours"
     return format_duration(after)
 
 
@@ -226,7 +227,7 @@ class _Layout:
             width = max(_width(t, SMALL) for t in lines)
             self.choice_x[node.id] = (x, width)
             x += width + COLUMN_GAP
-        entry_lines = [_entry_text(e.label) for r in rows for e in r.entries]
+        entry_lines = [e.label for r in rows for e in r.entries]
         entry_lines += [f"on entry ⚡ {r.event}" for r in rows if r.event]
         if annotated:
             entry_lines.append("entered 24h 000,000 · 7d 000,000")
@@ -275,10 +276,6 @@ def _choice_title(label: str) -> str:
 def _choice_text(edge: Edge) -> str:
     number, _, condition = edge.label.partition(". ")
     return f"{number}. {_short(condition, MAX_CONDITION)}"
-
-
-def _entry_text(label: str) -> str:
-    return label
 
 
 def _exit_text(graph: Graph, edge: Edge) -> str:
@@ -421,7 +418,7 @@ def _draw_row(
         line += 1
         g = _edge_group(group, graph, edge, edge.label)
         ty = top + LINE * line
-        _text(g, right, ty, _entry_text(edge.label), size=SMALL, text_anchor="end")
+        _text(g, right, ty, edge.label, size=SMALL, text_anchor="end")
         _arrow(g, f"M {right + 4:.1f} {ty - 4:.1f} L {layout.state_x - 2:.1f} {mid:.1f}", edge.kind)
     if row.event:
         line += 1

@@ -16,6 +16,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -93,19 +94,24 @@ def test_missing_sqlite_file_is_an_error_not_a_new_database(tmp_path: Path) -> N
 
 @pytest.mark.postgres
 def test_postgres_store_is_opened_read_only(pg_url: str) -> None:
-    writer = StateStore(pg_url, schema="dash")
-    writer.migrate()
-    writer.upsert_evaluations([EntityEvaluation("user", "1", "a@example.com", "registered")])
-    writer.close()
-    store = ReadOnlyStore(pg_url, schema="dash")
+    schema = f"dash_{uuid.uuid4().hex[:8]}"  # a schema of its own, as operators may set
+    writer = StateStore(pg_url, schema=schema)
     try:
-        assert store.status_counts("user") == {"registered": 1}
-        assert store.has_history
-        with pytest.raises(sa.exc.DBAPIError, match="read-only transaction"):
-            store.upsert_evaluations([EntityEvaluation("user", "2", None, "registered")])
-        assert [s.entity_id for s in store.find("A@example.com")] == ["1"]
+        writer.migrate()
+        writer.upsert_evaluations([EntityEvaluation("user", "1", "a@example.com", "registered")])
+        store = ReadOnlyStore(pg_url, schema=schema)
+        try:
+            assert store.status_counts("user") == {"registered": 1}
+            assert store.has_history
+            with pytest.raises(sa.exc.DBAPIError, match="read-only transaction"):
+                store.upsert_evaluations([EntityEvaluation("user", "2", None, "registered")])
+            assert [s.entity_id for s in store.find("A@example.com")] == ["1"]
+        finally:
+            store.close()
     finally:
-        store.close()
+        with writer.engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        writer.close()
 
 
 # -- access ----------------------------------------------------------------------
@@ -274,8 +280,8 @@ def test_moves_are_exact_per_target_and_scaled_when_truncated() -> None:
     assert moves[("user", "?", "c")] == 3
 
 
-def test_history_is_hourly_then_daily(tmp_path: Path) -> None:
-    store = StateStore(f"sqlite:///{tmp_path / 's.sqlite'}")
+def test_history_is_hourly_then_daily(db_url: str) -> None:
+    store = StateStore(db_url)
     store.migrate()
     ruleset = load_rules(Path(__file__).resolve().parent.parent / "rules.yaml")
     start = datetime(2026, 1, 1, tzinfo=UTC)

@@ -165,3 +165,27 @@ def test_other_pages(
     else:
         assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart")) == 11
     browser.save_screenshot(str(shots / shot))
+
+
+def test_statuses_in_the_drawing_are_reachable_by_keyboard(
+    site: tuple[str, Demo], browser: object
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    assert isinstance(browser, WebDriver)
+    base, _ = site
+    browser.get(f"{base}/lifecycle")
+    # Tab from the top of the page until a status box of the drawing has the focus.
+    for _ in range(60):
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        status = browser.execute_script(
+            "const a = document.activeElement;"
+            "return a && a.closest('svg') ? a.querySelector('g.node')?.dataset.status : null;"
+        )
+        if status:
+            break
+    assert status == "registered", "no status box of the drawing took the keyboard focus"
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    assert browser.title == "user in registered · mailsync"
