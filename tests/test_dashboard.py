@@ -218,6 +218,18 @@ def test_person_page_explains_by_email_and_by_id(app: Dashboard) -> None:
     assert "No entity" in unknown
 
 
+def test_person_page_without_the_application_database(app: Dashboard) -> None:
+    sample = next(s for s in app.store.sample("user", "registered_H24", 5) if s.email)
+    people, app.people = app.people, None
+    try:
+        page = get(app, f"/person?q={sample.email}")
+    finally:
+        app.people = people
+    assert "only the stored state is shown" in page
+    assert f"<td>{sample.entity_id}</td>" in page
+    assert "registered_H24" in page
+
+
 def test_operations_page(app: Dashboard, demo: Demo) -> None:
     page = get(app, "/operations")
     assert page.count("<td>full</td>") == 4  # the demo's first cycle and three days

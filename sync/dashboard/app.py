@@ -315,7 +315,7 @@ class Dashboard:
         stored = [s for s in self.store.find(who) if not wanted or s.entity_type == wanted]
         if self.people is None:
             note = "The application database is not configured: only the stored state is shown."
-            return self._page("Person", "person", pages.candidates_body(who, stored) + note)
+            return self._page("Person", "person", pages.stored_body(who, stored, note))
         types = [wanted] if wanted in ruleset.entities else (
             sorted({s.entity_type for s in stored}) or list(ruleset.entities))  # fmt: skip
         now = self.clock()

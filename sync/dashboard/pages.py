@@ -248,17 +248,18 @@ def person_body(query: str, explanations: Sequence[Explanation], message: str | 
     return "".join(out)
 
 
-def candidates_body(query: str, found: Sequence[EntityState]) -> str:
+def stored_body(query: str, found: Sequence[EntityState], note: str) -> str:
+    """What the state store alone says of ``query`` (no application database)."""
     rows = [
-        (f'<a href="{h(link("/person", q=s.entity_id, entity=s.entity_type))}">'
-         f"{h(s.entity_type)} {h(s.entity_id)}</a>", h(s.email or ""), h(s.status or "(none)"))
+        (s.entity_type, s.entity_id, s.email or "", s.status or "(none)", when(s.status_since))
         for s in found
-    ]  # fmt: skip
-    return (
-        person_form(query)
-        + "<p>Several entities match; choose one:</p>"
-        + table(["entity", "email", "status"], rows, raw=(0, 1, 2))
+    ]
+    listing = (
+        table(["entity", "id", "email", "status", "since"], rows)
+        if rows
+        else f"<p>No entity {h(query)} in the state store.</p>"
     )
+    return person_form(query) + f'<p role="status">{h(note)}</p>' + listing
 
 
 # -- Operations ----------------------------------------------------------------------
