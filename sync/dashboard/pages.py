@@ -146,7 +146,7 @@ def lifecycle_body(
         entity_tabs("/lifecycle", entities, entity)
         + f"<p>{total:,} {h(entity)} entities. Each box gives its live count and share; each "
         "edge how many entities took it in the last 24 hours and 7 days. Select a status to "
-        "list its latest entrants.</p>"
+        "list a sample of its entities.</p>"
         + note
         + f'<div class="diagram">{svg}</div>'
         + "<h2>Statuses</h2>"
@@ -173,8 +173,8 @@ def status_body(entity: str, status: str | None, total: int, sample: Sequence[En
     ]
     return (
         f'<p><a href="{h(link("/lifecycle", entity=entity))}">← {h(entity)} lifecycle</a></p>'
-        f"<p>{total:,} entities in <strong>{h(label)}</strong>; the {len(sample)} latest "
-        "to enter it:</p>"
+        f"<p>{total:,} entities in <strong>{h(label)}</strong>; a sample of {len(sample)}, "
+        "latest entrants first:</p>"
         + table(["id", "email", "in this status since", "next change"], rows, raw=(0, 1, 2, 3))
     )
 

@@ -24,6 +24,3 @@ CREATE TABLE transition_history (
     count        INTEGER NOT NULL,
     PRIMARY KEY (entity_type, resolution, bucket, from_status, to_status)
 );
--- The dashboard lists the latest entrants of a status: without this index a
--- status of 500,000 entities is sorted on every click.
-CREATE INDEX entity_state_status_since ON entity_state (entity_type, status, status_since);
