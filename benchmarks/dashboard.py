@@ -105,7 +105,7 @@ def measure(path: Path, runs: int) -> dict[str, dict[str, float]]:
     pages = {
         "lifecycle": "/lifecycle",
         "lifecycle, counted live (no history)": "/lifecycle",
-        "status (50 latest of one status)": "/status?entity=user&status=registered_J7",
+        "status (a sample of 50)": "/status?entity=user&status=registered_J7",
         "trends (30 days)": "/trends?entity=user&days=30",
         "trends (90 days)": "/trends?entity=user&days=90",
         "trends (a year)": "/trends?entity=user&days=365",
