@@ -26,6 +26,7 @@ from typing import IO, Any
 import schedule
 import sqlalchemy as sa
 
+from sync import history
 from sync.config import Config
 from sync.cycle import Cycle, CycleSummary, Sink
 from sync.database_faults import DatabaseUnusable, StoreBroken, database_fault
@@ -359,6 +360,9 @@ def run_once(
             if full:
                 runtime.state.set_watermark(LAST_FULL, now.isoformat())
         runtime.state.finish_cycle(cycle_id, runtime.clock(), ok=ok, counts=summary.counts())
+    if cycle_id is not None:
+        # The dashboard's history point (counts per status, moves); never fatal.
+        history.record_quietly(runtime.state, runtime.ruleset, summary)
     log.info("cycle done", extra={"cycle": summary.counts()})
     return summary
 

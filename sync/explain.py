@@ -14,7 +14,7 @@ Mailchimp API key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,8 @@ from sync.expressions import thresholds
 from sync.members import mailchimp_value, normalise_email, scoped_events
 from sync.records import ActionOccurrence, EntityRecord, FactValue
 from sync.rules import Entity
+from sync.source_reader import SourceReader
+from sync.sources import SourcesConfig
 from sync.state import StateStore
 
 
@@ -296,3 +298,43 @@ def render_text(explanation: Explanation) -> list[str]:
                 f"(failed {failure['failed_at']}, retry {retry})"
             )
     return lines
+
+
+def find_records(
+    who: str,
+    types: Sequence[str],
+    sources: SourcesConfig,
+    reader: SourceReader,
+    state: StateStore,
+    now: datetime,
+) -> list[tuple[str, EntityRecord]]:
+    """The records of ``who`` (an email address or an entity id) in the sources,
+    per entity type: found through the state store's email index, else by
+    reading the source itself (an entity not evaluated yet)."""
+    found: list[tuple[str, EntityRecord]] = []
+    by_email = "@" in who
+    known = state.entity_ids_by_email([who]) if by_email else {}
+    for name in types:
+        if name not in sources.entities:
+            continue
+        related = {rel.name: _stored(state, rel.name) for rel in sources.entity(name).relations}
+        records: Iterator[EntityRecord]
+        if by_email and not known.get(name):
+            records = (
+                r
+                for r in reader.read_entities(name, now=now, related_statuses=related or None)
+                if r.email and normalise_email(r.email) == normalise_email(who)
+            )
+        else:
+            ids = sorted(known.get(name, ())) if by_email else [who]
+            records = reader.read_entities(name, now=now, ids=ids, related_statuses=related or None)
+        found.extend((name, r) for r in records)
+    return found
+
+
+def _stored(state: StateStore, entity_type: str) -> Callable[[str], str | None]:
+    def status_of(entity_id: str) -> str | None:
+        stored = state.entity_state_of(entity_type, entity_id)
+        return stored.status if stored else None
+
+    return status_of

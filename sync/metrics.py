@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -212,6 +213,11 @@ class Metrics:
             return "\n".join(lines) + "\n"
 
 
+#: Answers every other GET (the dashboard's pages, sync.dashboard):
+#: (path with query, request headers) -> (status, headers, body).
+Pages = Callable[[str, Mapping[str, str]], tuple[int, list[tuple[str, str]], bytes]]
+
+
 class MetricsServer:
     def __init__(
         self,
@@ -219,6 +225,7 @@ class MetricsServer:
         host: str = "127.0.0.1",
         port: int = 9464,
         webhooks: WebhookReceiver | None = None,
+        pages: Pages | None = None,
     ) -> None:
         outer = metrics
         metrics.webhooks = webhooks
@@ -233,6 +240,13 @@ class MetricsServer:
                 elif self.path == "/healthz":
                     ok, reason = outer.health()
                     self._send(200 if ok else 503, (reason + "\n").encode(), "text/plain")
+                elif pages is not None:
+                    status, headers, body = pages(self.path, dict(self.headers))
+                    self.send_response(status)
+                    for name, value in headers:
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(body)
                 else:
                     self._send(404, b"not found\n", "text/plain")
 

@@ -260,6 +260,27 @@ entity_link = sa.Table(
     sa.Column("dependency_id", sa.Text, primary_key=True),
 )
 
+# The dashboard's history (migration 0008, written by sync.history).
+status_history = sa.Table(
+    "status_history",
+    metadata,
+    sa.Column("entity_type", sa.Text, primary_key=True),
+    sa.Column("resolution", sa.Text, primary_key=True),
+    sa.Column("bucket", UtcDateTime, primary_key=True),
+    sa.Column("status", sa.Text, primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+transition_history = sa.Table(
+    "transition_history",
+    metadata,
+    sa.Column("entity_type", sa.Text, primary_key=True),
+    sa.Column("resolution", sa.Text, primary_key=True),
+    sa.Column("bucket", UtcDateTime, primary_key=True),
+    sa.Column("from_status", sa.Text, primary_key=True),
+    sa.Column("to_status", sa.Text, primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
 
 @dataclass(frozen=True)
 class EntityEvaluation:

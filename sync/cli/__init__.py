@@ -14,6 +14,7 @@ import click
 
 from sync import __version__
 from sync.cli import check as check_cmd
+from sync.cli import dashboard as dashboard_cmd
 from sync.cli import demo as demo_cmd
 from sync.cli import demo_data as demo_data_cmd
 from sync.cli import emulator as emulator_cmd
@@ -38,6 +39,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 # Subcommands register themselves here, one module each.
 cli.add_command(check_cmd.check)
+cli.add_command(dashboard_cmd.dashboard)
 cli.add_command(demo_cmd.demo)
 cli.add_command(demo_data_cmd.demo_data)
 cli.add_command(emulator_cmd.emulator)

@@ -14,6 +14,8 @@ name the workspace by absolute path, so each works when pasted anywhere.
 from __future__ import annotations
 
 import shlex
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +26,7 @@ from sync.cli._common import handle_errors, parse_at
 from sync.config import Config, MailchimpConfig
 from sync.cycle import CycleSummary
 from sync.daemon import build_runtime, run_once
+from sync.dashboard import Background, from_config
 from sync.demo import load_demo
 from sync.demo.workspace import Workspace, default_folder
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
@@ -36,6 +39,9 @@ from sync.mailchimp import (
     make_client,
 )
 from sync.sink import MailchimpSink, SinkConfig
+
+#: Real seconds per simulated day with --serve.
+SERVE_PACE = 3.0
 
 
 def _moves(summary: CycleSummary) -> Counter[tuple[str | None, str | None]]:
@@ -75,8 +81,22 @@ def _print_cycle(title: str, summary: CycleSummary, calls: Counter[str]) -> None
 )
 @click.option("--seed", default=1, show_default=True, help="Seed of the synthetic data.")
 @click.option("--start", default=None, metavar="INSTANT", help="Simulated start (default: now).")
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the dashboard up on the demo's data while the days advance, then until Ctrl-C.",
+)
+@click.option("--port", default=8465, show_default=True, help="The dashboard's port (--serve).")
 @handle_errors
-def demo(directory: str | None, users: int, days: int, seed: int, start: str | None) -> None:
+def demo(
+    directory: str | None,
+    users: int,
+    days: int,
+    seed: int,
+    start: str | None,
+    serve: bool,
+    port: int,
+) -> None:
     """Run mailsync end to end on demo data, against a local Mailchimp emulator.
 
     Creates a BlouseBrothers demo database (SQLite), runs one cycle, then
@@ -84,6 +104,7 @@ def demo(directory: str | None, users: int, days: int, seed: int, start: str | N
     and what was pushed. Nothing leaves this machine; everything it writes is in
     one workspace folder, the same from whatever directory it is run.
     """
+    live: Background | None = None
     now = parse_at(start) or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     space = Workspace(Path(directory).expanduser().resolve() if directory else default_folder())
     copied, kept = space.prepare()
@@ -133,6 +154,12 @@ def demo(directory: str | None, users: int, days: int, seed: int, start: str | N
             )
 
             seen_calls: Counter[str] = Counter()
+            if serve:  # the dashboard, on the demo's state store and simulated clock
+                live = Background(
+                    from_config(config, lambda: runtime.ruleset, lambda: clock["now"]), port=port
+                )
+                click.secho(f"   Dashboard: {live.url} (one simulated day every "
+                            f"{SERVE_PACE:.0f} s)", bold=True)  # fmt: skip
 
             def cycle(title: str) -> CycleSummary:
                 before = Counter(caller.calls)
@@ -143,6 +170,8 @@ def demo(directory: str | None, users: int, days: int, seed: int, start: str | N
 
             summary = cycle(f"3. First cycle at {now:%Y-%m-%d %H:%M} UTC: every user gets a status")
             for day in range(1, days + 1):
+                if live is not None:
+                    time.sleep(SERVE_PACE)  # time to watch the pages move
                 clock["now"] = now + timedelta(days=day)
                 summary = cycle(
                     f"4.{day} One day later ({clock['now']:%Y-%m-%d}): only what moved is pushed"
@@ -188,3 +217,11 @@ def demo(directory: str | None, users: int, days: int, seed: int, start: str | N
     )
     again = "mailsync demo" + (f" --dir {shlex.quote(str(space.folder))}" if directory else "")
     click.echo(f"Edit {rules}, then run `{again}` again to see what your change does.")
+    if live is not None:
+        click.secho(f"The dashboard stays up at {live.url}; Ctrl-C stops it.", bold=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            live.stop()

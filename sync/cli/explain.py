@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 
 import click
 
@@ -11,9 +10,7 @@ from sync.cli._common import at_option, config_option, handle_errors, parse_at
 from sync.config import load_config
 from sync.daemon import load_checked, system_clock
 from sync.exceptions import ConfigurationError
-from sync.explain import explain_entity, render_text
-from sync.members import normalise_email
-from sync.records import EntityRecord
+from sync.explain import explain_entity, find_records, render_text
 from sync.source_reader import SourceReader
 from sync.state import StateStore
 
@@ -49,28 +46,8 @@ def explain(
             raise ConfigurationError(f"no entity type {name!r} in {config.rules}")
     state = StateStore(config.state, schema=config.state_schema)
     state.migrate()
-    found: list[tuple[str, EntityRecord]] = []
     with SourceReader(sources, config.require_database()) as reader:
-        by_email = "@" in who
-        known = state.entity_ids_by_email([who]) if by_email else {}
-        for name in types:
-            if name not in sources.entities:
-                continue
-            related = {rel.name: _stored(state, rel.name) for rel in sources.entity(name).relations}
-            records: Iterator[EntityRecord]
-            if by_email and not known.get(name):
-                # Not in the state store yet: look through the source itself.
-                records = (
-                    r
-                    for r in reader.read_entities(name, now=now, related_statuses=related or None)
-                    if r.email and normalise_email(r.email) == normalise_email(who)
-                )
-            else:
-                ids = sorted(known.get(name, ())) if by_email else [who]
-                records = reader.read_entities(
-                    name, now=now, ids=ids, related_statuses=related or None
-                )
-            found.extend((name, r) for r in records)
+        found = find_records(who, types, sources, reader, state, now)
     try:
         explanations = [
             explain_entity(
@@ -97,10 +74,3 @@ def explain(
         for line in render_text(explanation):
             click.echo(line)
 
-
-def _stored(state: StateStore, entity_type: str) -> Callable[[str], str | None]:
-    def status_of(entity_id: str) -> str | None:
-        stored = state.entity_state_of(entity_type, entity_id)
-        return stored.status if stored else None
-
-    return status_of

@@ -6,6 +6,7 @@ import click
 
 from sync.cli._common import handle_errors
 from sync.graph import FORMATS, render
+from sync.graph_svg import render_svg
 from sync.schema import did_you_mean, load_rules
 
 
@@ -14,10 +15,11 @@ from sync.schema import did_you_mean, load_rules
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMATS),
+    type=click.Choice((*FORMATS, "svg")),
     default="mermaid",
     show_default=True,
-    help="mermaid: a stateDiagram-v2 for Markdown; dot: Graphviz, render with `dot -Tsvg`.",
+    help="mermaid: a stateDiagram-v2 for Markdown; dot: Graphviz, render with `dot -Tsvg`; "
+    "svg: drawn by mailsync in a ladder layout, no other tool needed.",
 )
 @click.option("--entity", help="Draw only this entity type (default: all of them).")
 @handle_errors
@@ -37,4 +39,7 @@ def graph(rules_path: str, fmt: str, entity: str | None) -> None:
             f"entities: {known}",
             param_hint="'--entity'",
         )
+    if fmt == "svg":
+        click.echo(render_svg(ruleset, entity), nl=False)
+        return
     click.echo(render(ruleset, fmt, entity), nl=False)

@@ -13,6 +13,7 @@ import click
 from sync.cli._common import config_option, handle_errors, parse_backfill
 from sync.config import load_config
 from sync.daemon import Runtime, build_runtime_patiently, clock_from_env, serve
+from sync.dashboard import app as dashboard
 from sync.exceptions import ConfigurationError
 from sync.lock import leader_lock
 from sync.logs import configure_logging
@@ -98,6 +99,7 @@ def run(
         config.daemon.interval.total_seconds(), config.daemon.cycle_overrun.total_seconds()
     )
     server = None
+    pages = None
     address = metrics_address or config.metrics
     receiver = None
     if config.mailchimp.webhook_secret:
@@ -110,7 +112,10 @@ def run(
             raise
     if address:
         host, port = parse_address(address)
-        server = MetricsServer(metrics, host, port, webhooks=receiver).start()
+        pages = dashboard.for_daemon(config, runtime, host)  # the dashboard, beside /metrics
+        server = MetricsServer(
+            metrics, host, port, webhooks=receiver, pages=pages.get if pages else None
+        ).start()
         # Through the log, not echoed: with --log-format json every line is JSON.
         log.info("metrics on http://%s:%s/metrics", host, server.address[1])
         if receiver is not None:
@@ -125,6 +130,8 @@ def run(
     finally:
         if server is not None:
             server.stop()
+        if pages is not None:
+            pages.close()
         runtime.close()
 
 
