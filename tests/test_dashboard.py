@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from sync import history
+from sync.changes import MailchimpChange
 from sync.cli import cli
 from sync.config import load_config
 from sync.cycle import CycleSummary
@@ -216,6 +217,33 @@ def test_person_page_explains_by_email_and_by_id(app: Dashboard) -> None:
     assert sample.email in by_id
     unknown = get(app, "/person?q=nobody@example.com")
     assert "No entity" in unknown
+
+
+def test_person_page_shows_what_changed_in_mailchimp(app: Dashboard, demo: Demo) -> None:
+    sample = next(s for s in app.store.sample("user", "registered_H24", 5) if s.email)
+    assert sample.email is not None
+    config = load_config(demo.config)
+    writer = StateStore(config.state, schema=config.state_schema)
+    try:
+        writer.record_mailchimp_changes(
+            [
+                MailchimpChange(
+                    "unsubscribe",
+                    sample.email,
+                    demo.at,
+                    "webhook",
+                    status="unsubscribed",
+                    reason="manual",
+                    key=f"test-{uuid.uuid4().hex}",
+                )
+            ]
+        )
+    finally:
+        writer.close()
+    page = get(app, f"/person?q={sample.email}")
+    assert "In Mailchimp: <strong>unsubscribed</strong>" in page
+    assert "reason manual" in page
+    assert "<td>unsubscribe</td>" in page
 
 
 def test_person_page_without_the_application_database(app: Dashboard) -> None:

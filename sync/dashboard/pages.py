@@ -234,6 +234,7 @@ def person_body(query: str, explanations: Sequence[Explanation], message: str | 
             out.append(table(["merge field", "accepted value"], fields))
         else:
             out.append("<p>Nothing accepted by Mailchimp yet.</p>")
+        out.append(mailchimp_side_body(data["email"], mc.get("mailchimp_side") or {}))
         wanted = [(tag, repr(value)) for tag, value in data["merge_fields"].items()]
         if wanted:
             out.append(table(["merge field", "value the rules give now"], wanted))
@@ -245,6 +246,31 @@ def person_body(query: str, explanations: Sequence[Explanation], message: str | 
                 f'<p class="bad">Pending error ({kind}): {h(failure["reason"])} '
                 f"(failed {h(failure['failed_at'])}, retry {h(retry)})</p>"
             )
+    return "".join(out)
+
+
+def mailchimp_side_body(email: str | None, side: Mapping[str, Any]) -> str:
+    """What changed in Mailchimp itself (webhooks, the poll): the member's
+    status there (unsubscribed, cleaned, archived), a moved address, profile
+    edits, recent webhooks. Empty when nothing is known."""
+    if not side:
+        return ""
+    out = []
+    if side["address"] != (email or "").strip().lower():
+        out.append(f"<p>Address changed in Mailchimp: pushes go to {h(side['address'])}</p>")
+    if side["status"]:
+        reason = f", reason {side['reason']}" if side["reason"] else ""
+        css = ' class="bad"' if side["status"] in ("unsubscribed", "cleaned", "archived") else ""
+        out.append(
+            f"<p{css}>In Mailchimp: <strong>{h(side['status'])}</strong> since "
+            f"{h(side['status_at'])} (from {h(side['source'])}{h(reason)})</p>"
+        )
+    edits = [(tag, repr(value)) for tag, value in side["profile_edits"].items()]
+    if edits:
+        out.append(table(["merge field", "edited in Mailchimp"], edits))
+    hooks = [(w["type"], w["at"]) for w in side["webhooks"]]
+    if hooks:
+        out.append(table(["webhook", "at"], hooks))
     return "".join(out)
 
 
