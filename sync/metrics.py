@@ -15,7 +15,8 @@ lock), and 503 with the reason otherwise: ``stale`` (no successful cycle for
 too long), ``overrun`` (the cycle running now has run longer than
 ``daemon.cycle_overrun`` or three intervals, say a hanging query) or
 ``degraded`` (the last cycle ran, but Mailchimp did not accept some of its
-writes: answers 5xx, 429 or timeouts until the retries gave up). A
+writes: answers 5xx, 429 or timeouts until the retries gave up; or the
+audience lacks merge tags the rules push, whose values Mailchimp drops). A
 supervisor can restart a daemon that is stuck, and an alert can say why.
 """
 
@@ -34,16 +35,27 @@ from sync.webhooks import WebhookReceiver
 
 def degraded_reasons(summary: CycleSummary) -> list[str]:
     """Why a cycle that ran is ``degraded``: Mailchimp did not accept writes
-    for a transient reason (they are retried next cycle). Permanent refusals
-    (a fake address) are the data's business, not the daemon's health."""
+    for a transient reason (they are retried next cycle), or the audience
+    lacks merge tags (an audience configuration error, until fixed).
+    Permanent refusals (a fake address) are the data's business, not the
+    daemon's health."""
+    reasons = []
     transient = [f for f in summary.push.failures if not f.permanent]
-    if not transient:
-        return []
-    example = transient[0].reason
-    return [
-        f"Mailchimp did not accept {len(transient)} of {summary.push.considered} members "
-        f"(e.g. {example}); retried next cycle"
-    ]
+    if transient:
+        example = transient[0].reason
+        reasons.append(
+            f"Mailchimp did not accept {len(transient)} of {summary.push.considered} members "
+            f"(e.g. {example}); retried next cycle"
+        )
+    missing = summary.push.missing_merge_tags
+    if missing:
+        # A field deleted or renamed in the audience: its values are dropped
+        # by Mailchimp until someone re-creates it (`mailsync check --fix`).
+        reasons.append(
+            f"the audience lacks the merge tags {', '.join(sorted(missing))}: their values "
+            "are not kept (re-create them: mailsync check --fix)"
+        )
+    return reasons
 
 
 class Metrics:

@@ -212,3 +212,11 @@ def test_health_reasons_in_order_of_urgency():
     summary.push.failures = summary.push.failures[1:]  # only a permanent refusal
     metrics.observe(summary, ok=True)
     assert metrics.health() == (True, "ok")
+    # A merge field deleted in the audience (issue 12): its values are dropped.
+    summary.push.missing_merge_tags = {"MMERGE25": 3}
+    metrics.observe(summary, ok=True)
+    assert metrics.health() == (
+        False,
+        "degraded: the audience lacks the merge tags MMERGE25: their values are not kept "
+        "(re-create them: mailsync check --fix)",
+    )
