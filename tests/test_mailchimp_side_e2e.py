@@ -90,10 +90,23 @@ def test_changes_made_in_mailchimp_are_respected_and_shown(
     again = requests.post(delivery["url"], data=delivery["fields"], timeout=10)
     assert again.status_code == 200
 
+    # Mid-run, a marketer also deletes a merge field the rules push (issue
+    # 12: "a marketer deletes a merge field, archives a contact, and
+    # unsubscribes two members in Mailchimp mid-run").
+    deleted = audience_field = emulator.audience.merge_field("MMERGE25")
+    assert audience_field is not None
+    emulator.audience.delete_merge_field(str(deleted.merge_id))
+
     clock.now = LATER
     summary = run_once(runtime, full=True)
     assert summary.push.archived == 1
     assert summary.push.failed == 0
+    assert "MMERGE25" in summary.push.missing_merge_tags
+    # The values of the other fields went through all the same.
+    for email in moving[5:]:
+        values = emulator.audience.member(email).merge_fields  # type: ignore[union-attr]
+        expected = {k: v for k, v in later_values[email].items() if k != "MMERGE25"}
+        assert {k: values[k] for k in expected} == expected
     audience = emulator.audience
     status = {e: audience.member(e).status for e in (unsub1, unsub2, archived, cleaned)}  # type: ignore[union-attr]
     assert status == {
@@ -103,18 +116,24 @@ def test_changes_made_in_mailchimp_are_respected_and_shown(
         cleaned: "cleaned",
     }
     # Not brought back, and not updated either.
+    # (The deleted field took every member's values with it.)
+    before = {k: v for k, v in now_values[archived].items() if k != "MMERGE25"}
     assert audience.member(archived).merge_fields == {  # type: ignore[union-attr]
         **audience.member(archived).merge_fields,  # type: ignore[union-attr]
-        **now_values[archived],
+        **before,
     }
     # The address change: pushed to the new address, no duplicate at the old one.
     assert audience.member(moved) is None
+
+    def kept(email: str) -> dict[str, Any]:
+        """The values the rules give at LATER, but for the deleted field."""
+        return {k: v for k, v in later_values[email].items() if k != "MMERGE25"}
+
     fields = audience.member(new_address).merge_fields  # type: ignore[union-attr]
-    assert {k: fields[k] for k in later_values[moved]} == later_values[moved]
+    assert {k: fields[k] for k in kept(moved)} == kept(moved)
     # The opted-out members' data still flows (merge fields are not consent).
-    assert {k: audience.member(unsub1).merge_fields[k] for k in later_values[unsub1]} == (  # type: ignore[union-attr]
-        later_values[unsub1]
-    )
+    fields = audience.member(unsub1).merge_fields  # type: ignore[union-attr]
+    assert {k: fields[k] for k in kept(unsub1)} == kept(unsub1)
 
     config = tmp_path / "cli.yaml"
     config.write_text(
@@ -126,8 +145,10 @@ def test_changes_made_in_mailchimp_are_respected_and_shown(
     side = json.loads(out)["mailchimp_side"]
     assert side["statuses"] == {"archived": 1, "cleaned": 1, "unsubscribed": 2}
     assert side["addresses_moved"] == 1
+    assert [p["merge_tag"] for p in json.loads(out)["audience_problems"]] == ["MMERGE25"]
     code, out = cli(capsys, "status", "--config", str(config))
     assert "changed in Mailchimp: 1 archived, 1 cleaned, 2 unsubscribed; 1 addresses moved" in out
+    assert "AUDIENCE PROBLEMS: 1 merge tag(s) missing from the audience" in out
 
     code, out = cli(capsys, "unsubscribes", "--config", str(config), "--json")
     assert code == 0
