@@ -287,3 +287,30 @@ def test_deleted_entity_keeps_its_member_and_is_forgotten(db_url, tmp_path, mail
         assert "2" not in {e.entity_id for e in due}
     finally:
         runtime.close()
+
+
+def test_an_unreadable_instant_does_not_stop_the_cycle(
+    db_url, tmp_path, mailchimp_emulator, caplog
+):
+    """Issue 13, row 4: one bad instant (PostgreSQL's 'infinity', SQLite text
+    that is no date) stopped every cycle for every user."""
+    make_app(db_url, [*GOOD, user(2, "odd@example.com", "Odd")])
+    engine = sa.create_engine(db_url)
+    bad = "'infinity'" if engine.dialect.name == "postgresql" else "'not a date'"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO wallets (user_id, created_at) VALUES (2, {bad})"))
+    engine.dispose()
+    runtime = make_runtime(db_url, tmp_path, mailchimp_emulator, Clock(NOW))
+    try:
+        with caplog.at_level(logging.WARNING):
+            summary = run_once(runtime)
+    finally:
+        runtime.close()
+    assert_good_members_correct(mailchimp_emulator)
+    # The odd user is evaluated without the unreadable row: the compiled SQL
+    # reads 'infinity' as an instant after any `now` (like a 9999-12-31
+    # sentinel) and text that is no date as no instant. (Not reported row by
+    # row on this path: see docs/reliability.md.)
+    assert audience(mailchimp_emulator)["odd@example.com"]["MMERGE25"] == "registered_H24"
+    assert summary.entities_read["user"] == 3
+    assert summary.evaluated_by["user"] == "sql"
