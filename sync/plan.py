@@ -168,6 +168,14 @@ class PlanReport:
         if self.entities_read:
             read = ", ".join(f"{n} {t}" for t, n in sorted(self.entities_read.items()))
             out.append(f"read: {read}")
+        out.extend(self.table_lines())
+        if self.kind == "rules":
+            out.extend(self._member_lines())
+        return out
+
+    def table_lines(self) -> list[str]:
+        """The transition table, most frequent first, with examples."""
+        out: list[str] = []
         if not self.transitions:
             out.append("no status would change")
         else:
@@ -182,8 +190,6 @@ class PlanReport:
                 ids = self.samples.get(key, [])
                 example = f"   e.g. {', '.join(ids)}" if ids else ""
                 out.append(f"  {left} -> {after or '(no status)'}: {count}{example}")
-        if self.kind == "rules":
-            out.extend(self._member_lines())
         return out
 
     def _member_lines(self) -> list[str]:

@@ -9,8 +9,8 @@ rules makes, and planning writes nothing to the state store.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
