@@ -195,7 +195,8 @@ class PlanReport:
     def _member_lines(self) -> list[str]:
         out = [
             f"members: {self.new_members} new, {self.updated_members} with merge fields "
-            f"changed, {self.unchanged_members} unchanged, {self.held_back} held back"
+            f"changed, {self.members_pushed} to push in all, {self.held_back} held back "
+            "(a failed push waiting for its retry)"
             + (f", {self.address_changes} address changes" if self.address_changes else "")
         ]
         if self.merge_fields:

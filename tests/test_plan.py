@@ -69,7 +69,7 @@ def test_the_rules_in_force_plan_no_change(after_a_cycle, capsys):
     code, out, err = _plan(capsys, config, "--at", NOW.isoformat())
     assert code == 0, out + err
     assert "no status would change" in out
-    assert "0 new, 0 with merge fields changed" in out
+    assert "0 new, 0 with merge fields changed, 0 to push" in out
     assert "events the next cycle would send: none" in out
     assert "Mailchimp calls (estimate): 0" in out
 
