@@ -232,7 +232,7 @@ class PlanReport:
         return out
 
 
-def _ops_calls(ops: int, config: SinkConfig) -> int:
+def ops_calls(ops: int, config: SinkConfig) -> int:
     """Calls ``ops`` operations cost: direct below the bulk threshold, else
     ``/batches`` jobs (as ``MailchimpSink._run_ops`` sends them)."""
     if ops == 0:
@@ -300,8 +300,8 @@ class PlanSink:
         report.held_back += plan.held_back
         if new:
             report.calls["batch subscribe"] += math.ceil(new / self.config.batch_size)
-        report.calls["member updates"] += _ops_calls(updates, self.config)
-        report.calls["tags and events"] += _ops_calls(tag_ops + event_ops, self.config)
+        report.calls["member updates"] += ops_calls(updates, self.config)
+        report.calls["tags and events"] += ops_calls(tag_ops + event_ops, self.config)
         report.calls = +report.calls  # drop kinds that cost nothing
         return PushSummary(
             dry_run=True,

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 from sync.config import load_config
 from sync.daemon import build_runtime, run_once
-from sync.plan import plan_rules
+from sync.plan import ops_calls, plan_rules
+from sync.sink import SinkConfig
 from sync.state import StateStore
 from tests.test_cli_daemon import live, run, setup  # noqa: F401 (fixture)
 from tests.test_cycle import NOW
@@ -160,8 +161,10 @@ def test_help_documents_the_exit_status(capsys):
 def test_reinit_preview_counts_what_reinit_stores(after_a_cycle, capsys):
     config, _ = after_a_cycle
     at = LATER.isoformat()
+    before = _rows(config)
     code, out, err = _plan(capsys, config, "--reinit", "--at", at, "--json")
     assert code == 3, out + err
+    assert _rows(config) == before
     data = json.loads(out)
     assert data["kind"] == "reinit"
     planned = Counter(
@@ -188,3 +191,30 @@ def test_reinit_preview_counts_what_reinit_stores(after_a_cycle, capsys):
     finally:
         state.close()
     assert Counter((stored.get(i), b.status) for i, b in baselines.items()) == planned
+
+
+def test_before_the_first_cycle_everyone_is_new(setup, capsys):  # noqa: F811
+    config, _ = setup
+    store = StateStore(load_config(config).state)
+    store.migrate()  # an empty state store, as on the first day
+    store.close()
+    before = _rows(config)
+    report = plan_rules(load_config(config), now=NOW, samples=3)
+    assert _rows(config) == before
+    assert report.changed
+    assert sum(report.transitions.values()) == 40
+    assert all(before_status is None for _, before_status, _ in report.transitions)
+    assert report.new_members == report.members_pushed == 40
+    # 40 new members: one batch subscribe (500 a call).
+    assert report.calls["batch subscribe"] == 1
+    assert len(report.member_samples) == 3
+    assert all(s.new for s in report.member_samples)
+
+
+@pytest.mark.parametrize(
+    ("operations", "calls"),
+    [(0, 0), (1, 1), (9, 9), (10, 3), (5000, 3), (5001, 6), (12_000, 9)],
+)
+def test_operations_cost_direct_calls_or_batches_jobs(operations, calls):
+    # Below the bulk threshold (10) one call each; then 3 calls per job of 5000.
+    assert ops_calls(operations, SinkConfig()) == calls
