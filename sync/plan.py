@@ -261,7 +261,6 @@ class PlanSink:
         self.config = config or SinkConfig()
 
     def change_address(self, old: str, new: str) -> bool:
-        self.report.address_changes += 1
         return False
 
     def remove_member(self, email: str, how: str) -> bool:
@@ -337,6 +336,8 @@ def plan_rules(
         runtime.close()
     report.transitions = summary.transitions
     report.entities_read = summary.entities_read
+    # A dry cycle does not hand address changes to the sink: it counts them.
+    report.address_changes = len(summary.address_changes)
     for entity, ident, before, after in summary.changed:
         report.samples.setdefault((entity, before, after), []).append(ident)
     return report

@@ -218,3 +218,18 @@ def test_before_the_first_cycle_everyone_is_new(setup, capsys):  # noqa: F811
 def test_operations_cost_direct_calls_or_batches_jobs(operations, calls):
     # Below the bulk threshold (10) one call each; then 3 calls per job of 5000.
     assert ops_calls(operations, SinkConfig()) == calls
+
+
+def test_an_address_changed_in_the_application_is_planned(after_a_cycle, capsys):
+    config, _ = after_a_cycle
+    engine = sa.create_engine(load_config(config).database or "")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE users SET email = 'moved@example.org' WHERE id = 1"))
+    finally:
+        engine.dispose()
+    code, out, _ = _plan(capsys, config, "--at", NOW.isoformat(), "--json")
+    assert code == 3
+    data = json.loads(out)
+    assert data["members"]["address_changes"] == 1
+    assert data["transitions"] == []
