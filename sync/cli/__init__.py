@@ -21,6 +21,7 @@ from sync.cli import emulator as emulator_cmd
 from sync.cli import explain as explain_cmd
 from sync.cli import graph as graph_cmd
 from sync.cli import once as once_cmd
+from sync.cli import plan as plan_cmd
 from sync.cli import reinit as reinit_cmd
 from sync.cli import ruletest as ruletest_cmd
 from sync.cli import run as run_cmd
@@ -46,6 +47,7 @@ cli.add_command(emulator_cmd.emulator)
 cli.add_command(explain_cmd.explain)
 cli.add_command(graph_cmd.graph)
 cli.add_command(once_cmd.once)
+cli.add_command(plan_cmd.plan)
 cli.add_command(reinit_cmd.reinit)
 cli.add_command(run_cmd.run)
 cli.add_command(status_cmd.status)

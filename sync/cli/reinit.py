@@ -13,6 +13,7 @@ from sync.cli._common import at_option, config_option, handle_errors, parse_at
 from sync.config import load_config
 from sync.daemon import load_checked, system_clock
 from sync.engine import reinit_state
+from sync.plan import plan_reinit
 from sync.rules import Entity
 from sync.source_reader import SourceReader
 from sync.sqlevaluator import SqlEvaluator
@@ -22,7 +23,12 @@ from sync.state import Baseline, StateStore
 @click.command()
 @config_option
 @at_option
-@click.option("--dry-run", is_flag=True, help="Count what each entity would get; write nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show the table of stored status -> new status (as `mailsync plan --reinit`); "
+    "write nothing.",
+)
 @click.option(
     "--evaluator",
     type=click.Choice(["sql", "python"]),
@@ -56,30 +62,37 @@ def reinit(config_path: str | None, at: str | None, dry_run: bool, evaluator: st
             SourceReader(sources, database) as reader,
             SqlEvaluator(ruleset, sources, database) as sql,
         ):
+
+            def states_of(entity: Entity) -> Iterable[tuple[str, str | None]]:
+                if evaluator == "sql":
+                    return sql.reinit_states(entity.name, at=instant)
+                return _python_states(reader, entity, instant)
+
+            if dry_run:
+                # The same table as `mailsync plan --reinit`, from the same function.
+                report = plan_reinit(
+                    ruleset, sources, state, states_of, rules=config.rules, now=instant
+                )
+                for entity_type, total in sorted(report.entities_read.items()):
+                    click.echo(
+                        f"{entity_type}: would re-initialise {total} at {instant.isoformat()}"
+                    )
+                for line in report.table_lines():
+                    click.echo(line)
+                click.echo("DRY RUN: nothing was written.")
+                return
             for entity in ruleset.entities.values():
                 if not entity.reinit or entity.name not in sources.entities:
                     continue
                 counts: Counter[str | None] = Counter()
-                if evaluator == "sql":
-                    states = sql.reinit_states(entity.name, at=instant)
-                else:
-                    states = _python_states(reader, entity, instant)
-                stream = _baselines(states, entity, instant, counts)
-                if dry_run:
-                    for _ in stream:
-                        pass
-                else:
-                    state.replace_baselines(entity.name, instant, stream)
-                verb = "would enter" if dry_run else "entered"
+                stream = _baselines(states_of(entity), entity, instant, counts)
+                state.replace_baselines(entity.name, instant, stream)
                 total = sum(counts.values())
-                done = f"would re-initialise {total}" if dry_run else f"{total} re-initialised"
-                click.echo(f"{entity.name}: {done} at {instant.isoformat()}")
+                click.echo(f"{entity.name}: {total} re-initialised at {instant.isoformat()}")
                 for status, count in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))):
-                    click.echo(f"  {verb} {status or '(no status)'}: {count}")
+                    click.echo(f"  entered {status or '(no status)'}: {count}")
     finally:
         state.close()
-    if dry_run:
-        click.echo("DRY RUN: nothing was written.")
 
 
 def _python_states(

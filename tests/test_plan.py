@@ -1,0 +1,235 @@
+"""``mailsync plan``: a preview that says what a real cycle then does.
+
+On SQLite and PostgreSQL application databases, after a real cycle against
+the emulator: the plan of the rules in force finds nothing, the plan of a
+changed ladder counts exactly the transitions the next real cycle under those
+rules makes, and planning writes nothing to the state store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from sync.config import load_config
+from sync.daemon import build_runtime, run_once
+from sync.plan import ops_calls, plan_rules
+from sync.sink import SinkConfig
+from sync.state import StateStore
+from tests.test_cli_daemon import live, run, setup  # noqa: F401 (fixture)
+from tests.test_cycle import NOW
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = ("entity_state", "member", "member_field", "event_sent", "cycle", "watermark", "push")
+#: Late enough that ladders have moved since the first cycle.
+LATER = NOW + timedelta(days=2, hours=6)
+
+
+@pytest.fixture
+def after_a_cycle(setup, capsys, monkeypatch, mailchimp_emulator):  # noqa: F811
+    """Settings whose state store holds one real cycle at NOW."""
+    config, tmp_path = setup
+    live(monkeypatch, mailchimp_emulator, capsys, config)
+    code, _, err = run(capsys, "once", "--config", str(config), "--at", NOW.isoformat())
+    assert code == 0, err
+    assert "DRY RUN" not in err
+    return config, tmp_path
+
+
+def _shortened_rules(tmp_path: Path) -> Path:
+    text = (ROOT / "rules.yaml").read_text()
+    assert "    _H24: 24h\n" in text
+    new = tmp_path / "new-rules.yaml"
+    new.write_text(text.replace("    _H24: 24h\n", "    _H24: 12h\n", 1))
+    return new
+
+
+def _rows(config: Path) -> dict[str, int]:
+    engine = sa.create_engine(load_config(config).state)
+    try:
+        with engine.connect() as conn:
+            return {
+                t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in TABLES
+            }
+    finally:
+        engine.dispose()
+
+
+def _plan(capsys, config: Path, *args: str) -> tuple[int, str, str]:
+    return run(capsys, "plan", "--config", str(config), *args)
+
+
+def test_the_rules_in_force_plan_no_change(after_a_cycle, capsys):
+    config, _ = after_a_cycle
+    code, out, err = _plan(capsys, config, "--at", NOW.isoformat())
+    assert code == 0, out + err
+    assert "no status would change" in out
+    assert "0 new, 0 with merge fields changed, 0 to push" in out
+    assert "events the next cycle would send: none" in out
+    assert "Mailchimp calls (estimate): 0" in out
+
+
+def test_a_shortened_ladder_step_plans_what_the_next_cycle_does(after_a_cycle, capsys):
+    config, tmp_path = after_a_cycle
+    new = _shortened_rules(tmp_path)
+    before = _rows(config)
+    code, out, err = _plan(capsys, config, "--rules", str(new), "--at", LATER.isoformat())
+    assert code == 3, out + err
+    assert _rows(config) == before, "plan wrote to the state store"
+    assert "would move (from -> to)" in out
+    report = plan_rules(load_config(config), rules=new, now=LATER, samples=2)
+    assert report.transitions
+    # Ladder steps of the new rules: _H24 after 12 hours.
+    assert any(after and after.endswith("_H24") for _, _, after in report.transitions)
+    for (entity, before_status, after), count in report.transitions.items():
+        assert f"{entity} {before_status or '(new)'}" in out
+        assert f"-> {after}: {count}" in out
+        assert 1 <= len(report.samples[(entity, before_status, after)]) <= min(2, count)
+    # The real cycle under the new rules makes exactly these transitions.
+    settings = load_config(config)
+    runtime = build_runtime(replace(settings, rules=new), clock=lambda: LATER)
+    try:
+        assert not runtime.dry_run
+        summary = run_once(runtime, now=LATER, full=True)
+    finally:
+        runtime.close()
+    assert Counter(summary.transitions) == report.transitions
+    assert summary.push.failed == 0
+    assert summary.push.pushed == report.members_pushed
+    assert summary.push.events_sent == sum(report.events.values())
+    # Once applied, the same plan finds nothing left to do.
+    code, out, _ = _plan(capsys, config, "--rules", str(new), "--at", LATER.isoformat())
+    assert code == 0, out
+
+
+def test_json_has_every_part(after_a_cycle, capsys):
+    config, tmp_path = after_a_cycle
+    new = _shortened_rules(tmp_path)
+    code, out, _ = _plan(
+        capsys, config, "--rules", str(new), "--at", LATER.isoformat(), "--json", "--samples", "1"
+    )
+    assert code == 3
+    data = json.loads(out)
+    assert set(data) >= {
+        "kind",
+        "now",
+        "rules",
+        "changed",
+        "transitions",
+        "members",
+        "merge_fields",
+        "tags",
+        "events",
+        "calls",
+        "member_samples",
+    }
+    assert data["changed"] is True
+    assert data["transitions"][0]["count"] >= data["transitions"][-1]["count"]
+    assert all(len(t["samples"]) == 1 for t in data["transitions"])
+    assert data["merge_fields"].get("MMERGE25", 0) >= 1
+    assert len(data["member_samples"]) == 1
+    assert data["calls"]["total"] == sum(v for k, v in data["calls"].items() if k != "total")
+
+
+def test_invalid_rules_exit_2_naming_file_and_line(after_a_cycle, capsys):
+    config, tmp_path = after_a_cycle
+    bad = tmp_path / "bad-rules.yaml"
+    text = (ROOT / "rules.yaml").read_text().replace("    _H24: 24h\n", "    _H24: soon\n", 1)
+    bad.write_text(text)
+    line = text.splitlines().index("    _H24: soon") + 1
+    before = _rows(config)
+    code, out, err = _plan(capsys, config, "--rules", str(bad))
+    assert code == 2
+    assert out == ""
+    assert f"{bad}:{line}" in err
+    assert _rows(config) == before
+
+
+def test_help_documents_the_exit_status(capsys):
+    code, out, _ = run(capsys, "plan", "--help")
+    assert code == 0
+    assert "0 no change, 3 changes" in " ".join(out.split())
+    assert "2 invalid" in out
+
+
+def test_reinit_preview_counts_what_reinit_stores(after_a_cycle, capsys):
+    config, _ = after_a_cycle
+    at = LATER.isoformat()
+    before = _rows(config)
+    code, out, err = _plan(capsys, config, "--reinit", "--at", at, "--json")
+    assert code == 3, out + err
+    assert _rows(config) == before
+    data = json.loads(out)
+    assert data["kind"] == "reinit"
+    planned = Counter(
+        {(t["from"], t["to"]): t["count"] for t in data["transitions"] if t["to"] is not None}
+    )
+    assert planned
+    state = StateStore(load_config(config).state)
+    try:
+        rows = state.entity_states("user", state.entity_ids("user"))
+        stored = {ident: row.status for ident, row in rows.items()}
+    finally:
+        state.close()
+    # reinit --dry-run prints the same table and writes nothing.
+    code, dry, _ = run(capsys, "reinit", "--config", str(config), "--at", at, "--dry-run")
+    assert code == 0
+    for (before, after), count in planned.items():
+        assert f"user {before or '(not stored)'}" in dry
+        assert f"-> {after}: {count}" in dry
+    code, _, err = run(capsys, "reinit", "--config", str(config), "--at", at)
+    assert code == 0, err
+    state = StateStore(load_config(config).state)
+    try:
+        baselines = state.baselines("user")
+    finally:
+        state.close()
+    assert Counter((stored.get(i), b.status) for i, b in baselines.items()) == planned
+
+
+def test_before_the_first_cycle_everyone_is_new(setup, capsys):  # noqa: F811
+    config, _ = setup
+    store = StateStore(load_config(config).state)
+    store.migrate()  # an empty state store, as on the first day
+    store.close()
+    before = _rows(config)
+    report = plan_rules(load_config(config), now=NOW, samples=3)
+    assert _rows(config) == before
+    assert report.changed
+    assert sum(report.transitions.values()) == 40
+    assert all(before_status is None for _, before_status, _ in report.transitions)
+    assert report.new_members == report.members_pushed == 40
+    # 40 new members: one batch subscribe (500 a call).
+    assert report.calls["batch subscribe"] == 1
+    assert len(report.member_samples) == 3
+    assert all(s.new for s in report.member_samples)
+
+
+@pytest.mark.parametrize(
+    ("operations", "calls"),
+    [(0, 0), (1, 1), (9, 9), (10, 3), (5000, 3), (5001, 6), (12_000, 9)],
+)
+def test_operations_cost_direct_calls_or_batches_jobs(operations, calls):
+    # Below the bulk threshold (10) one call each; then 3 calls per job of 5000.
+    assert ops_calls(operations, SinkConfig()) == calls
+
+
+def test_an_address_changed_in_the_application_is_planned(after_a_cycle, capsys):
+    config, _ = after_a_cycle
+    engine = sa.create_engine(load_config(config).database or "")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE users SET email = 'moved@example.org' WHERE id = 1"))
+    finally:
+        engine.dispose()
+    code, out, _ = _plan(capsys, config, "--at", NOW.isoformat(), "--json")
+    assert code == 3
+    data = json.loads(out)
+    assert data["members"]["address_changes"] == 1
+    assert data["transitions"] == []
