@@ -127,8 +127,11 @@ class CycleSummary:
     transitions: Counter[tuple[str, str | None, str | None]] = field(default_factory=Counter)
     #: (entity type, id, status before, status after) of the first
     #: ``MAX_CHANGED_KEPT`` changes: enough to show examples, bounded whatever
-    #: the population (``status_changes`` has the counts).
+    #: the population (``status_changes`` has the counts); or, with
+    #: ``examples_per_transition``, that many of each transition (a preview
+    #: shows every transition's examples, not only the commonest).
     changed: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
+    examples_per_transition: int | None = None
     #: entity type -> "sql" or "engine": how the type was evaluated.
     evaluated_by: dict[str, str] = field(default_factory=dict)
     #: Evaluations written to the state store (proportional to change).
@@ -146,6 +149,20 @@ class CycleSummary:
     backlog: int = 0
     duration_s: float = 0.0
     stopped: bool = False
+
+    def note_change(
+        self, entity_type: str, ident: str, before: str | None, after: str | None
+    ) -> None:
+        """An entity whose status changed (or is new: ``before`` None)."""
+        self.status_changes[(entity_type, after)] += 1
+        self.transitions[(entity_type, before, after)] += 1
+        limit = self.examples_per_transition
+        if limit is None:
+            keep = len(self.changed) < MAX_CHANGED_KEPT
+        else:
+            keep = self.transitions[(entity_type, before, after)] <= limit
+        if keep:
+            self.changed.append((entity_type, ident, before, after))
 
     def absorb(self, push: PushSummary) -> None:
         total = self.push
@@ -716,12 +733,7 @@ class Cycle:
             key = normalise_email(email) if email else None
             before = stored.get(ident)
             if before is None or before.status != r.status:
-                summary.status_changes[(name, r.status)] += 1
-                summary.transitions[(name, before.status if before else None, r.status)] += 1
-                if len(summary.changed) < MAX_CHANGED_KEPT:
-                    summary.changed.append(
-                        (name, ident, before.status if before else None, r.status)
-                    )
+                summary.note_change(name, ident, before.status if before else None, r.status)
             changed: EntityEvaluation | None = None
             digest = evaluation_digest(
                 r.status, r.state, r.state_entered_at, r.status_since, r.next_change_at, key
@@ -828,13 +840,15 @@ class Cycle:
         were deleted in the application. Their members stay in Mailchimp
         (``on_delete: keep``), or are unsubscribed or archived when no other
         entity feeds them."""
-        if not self.record:
-            return
         asked = self.state.entity_ids(entity_type) if ids is None else set(ids)
         gone = sorted(asked - seen)
         if ids is not None and gone:
             gone = sorted(self.state.stored_rows(entity_type, gone))
         if not gone:
+            return
+        if not self.record:
+            # A dry run (or a preview) says how many it would forget.
+            self.summary.deleted[entity_type] += len(gone)
             return
         emails = {r.email for r in self.state.stored_rows(entity_type, gone).values() if r.email}
         self.summary.deleted[entity_type] += self.state.forget_entities(entity_type, gone)

@@ -48,28 +48,6 @@ CALLS_PER_JOB = 3
 Transition = tuple[str, str | None, str | None]
 
 
-class SampleKeeper(list[tuple[str, str, str | None, str | None]]):
-    """Takes the place of ``CycleSummary.changed``: keeps at most ``limit``
-    examples of each transition instead of the first changes whatever they
-    are, so that a rare transition still gets its examples."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-        self._kept: Counter[Transition] = Counter()
-
-    def append(self, change: tuple[str, str, str | None, str | None]) -> None:
-        key = (change[0], change[2], change[3])
-        if self._kept[key] < self.limit:
-            self._kept[key] += 1
-            super().append(change)
-
-    def __len__(self) -> int:
-        # The cycle stops offering changes once its list looks full; this
-        # one never is (its size is bounded by the transitions, not by them).
-        return 0
-
-
 @dataclass
 class MemberSample:
     email: str
@@ -104,6 +82,8 @@ class PlanReport:
     unchanged_members: int = 0
     held_back: int = 0
     address_changes: int = 0
+    #: entity type -> entities the sources no longer list (would be forgotten)
+    deleted: dict[str, int] = field(default_factory=dict)
     #: kind of call -> estimated number of Mailchimp calls
     calls: Counter[str] = field(default_factory=Counter)
     member_samples: list[MemberSample] = field(default_factory=list)
@@ -119,6 +99,7 @@ class PlanReport:
             or self.updated_members
             or self.events
             or self.address_changes
+            or self.deleted
         )
 
     def sorted_transitions(self) -> list[tuple[Transition, int]]:
@@ -152,6 +133,7 @@ class PlanReport:
                 "held_back": self.held_back,
                 "address_changes": self.address_changes,
             },
+            "deleted": dict(self.deleted),
             "merge_fields": dict(sorted(self.merge_fields.items())),
             "tags": {
                 "added": dict(sorted(self.tags_added.items())),
@@ -199,6 +181,8 @@ class PlanReport:
             "(a failed push waiting for its retry)"
             + (f", {self.address_changes} address changes" if self.address_changes else "")
         ]
+        for entity_type, n in sorted(self.deleted.items()):
+            out.append(f"{n} {entity_type} no longer listed by the sources: would be forgotten")
         if self.merge_fields:
             out.append("merge fields that would change (members per tag):")
             out.extend(f"  {tag}: {n}" for tag, n in sorted(self.merge_fields.items()))
@@ -338,6 +322,7 @@ def plan_rules(
     report.entities_read = summary.entities_read
     # A dry cycle does not hand address changes to the sink: it counts them.
     report.address_changes = len(summary.address_changes)
+    report.deleted = dict(summary.deleted)
     for entity, ident, before, after in summary.changed:
         report.samples.setdefault((entity, before, after), []).append(ident)
     return report
@@ -360,7 +345,7 @@ def _run_cycle(runtime: Runtime, now: datetime, samples: int) -> CycleSummary:
         record=False,
         on_delete=runtime.config.daemon.on_delete,
     )
-    cycle.summary.changed = SampleKeeper(samples)
+    cycle.summary.examples_per_transition = samples
     return cycle.run()
 
 

@@ -528,3 +528,16 @@ def test_a_replaced_state_store_does_not_send_past_events_again(bb, tmp_path):
     if not state.startswith("sqlite"):
         with replaced.state.engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def test_a_dry_run_says_how_many_entities_it_would_forget(bb):
+    make, clock, engine, _emulator = bb
+    runtime, _, _ = make()
+    run_once(runtime)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM users WHERE id = (SELECT MAX(id) FROM users)"))
+    dry, _, _ = make(dry_run=True)
+    clock.now = NOW + timedelta(minutes=5)
+    summary = run_once(dry, full=True)
+    assert summary.deleted == {"user": 1}
+    assert sum(runtime.state.status_counts("user").values()) == 120  # nothing forgotten
