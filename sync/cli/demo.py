@@ -64,6 +64,11 @@ def _print_cycle(title: str, summary: CycleSummary, calls: Counter[str]) -> None
         f"  Mailchimp: {push.pushed} members pushed, {push.unchanged} unchanged, "
         f"{push.failed} failed, {push.events_sent} events sent; API calls: {api}"
     )
+    if summary.evaluated_by:
+        how = ", ".join(f"{t} in {'SQL' if e == 'sql' else 'the Python engine'}"
+                        for t, e in sorted(summary.evaluated_by.items()))  # fmt: skip
+        kind = "full pass" if summary.full else "tick"
+        click.echo(f"  ({kind}: {how}; {summary.evaluations_written} evaluations stored)")
 
 
 @click.command()
@@ -142,6 +147,9 @@ def demo(
                 caller, state, SinkConfig(), clock=lambda: clock["now"]
             ),
         )
+        # The demo goes live with the week's events (`--backfill-events 7d`),
+        # so that the first cycle shows them; a real first cycle sends none.
+        runtime.backfill_events = config.daemon.events_max_age
         try:
             wanted = {
                 f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields
