@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
@@ -309,6 +309,37 @@ def events_window(runtime: Runtime, now: datetime) -> tuple[datetime, datetime |
     return max(oldest, live_since), oldest if live_since > oldest else None
 
 
+def make_cycle(
+    runtime: Runtime,
+    now: datetime,
+    *,
+    full: bool,
+    record: bool,
+    window: tuple[datetime, datetime | None],
+    ticks: Mapping[str, datetime] | None = None,
+) -> Cycle:
+    """A cycle wired to the runtime (rules in force, the compiled SQL, the
+    sink, the operator's settings); ``window`` is ``events_window``'s answer."""
+    events_since, skipped_since = window
+    return Cycle(
+        runtime.ruleset,
+        runtime.sources,
+        runtime.reader,
+        runtime.state,
+        runtime.sink,
+        now=now,
+        full=full,
+        evaluator=runtime.evaluator,
+        batch_size=runtime.config.daemon.batch_size,
+        events_since=events_since,
+        count_skipped_since=skipped_since,
+        tick_since=ticks,
+        record=record,
+        on_delete=runtime.config.daemon.on_delete,
+        stop=runtime.stop,
+    )
+
+
 def run_once(
     runtime: Runtime, *, now: datetime | None = None, full: bool | None = None
 ) -> CycleSummary:
@@ -326,22 +357,8 @@ def run_once(
         if (mark := runtime.state.get_watermark(f"{TICK}{t}")) is not None
     }
     cycle_id = runtime.state.start_cycle(now) if record else None
-    cycle = Cycle(
-        runtime.ruleset,
-        runtime.sources,
-        runtime.reader,
-        runtime.state,
-        runtime.sink,
-        now=now,
-        full=full,
-        evaluator=runtime.evaluator,
-        batch_size=runtime.config.daemon.batch_size,
-        events_since=events_since,
-        count_skipped_since=skipped_since,
-        tick_since=ticks,
-        record=record,
-        on_delete=runtime.config.daemon.on_delete,
-        stop=runtime.stop,
+    cycle = make_cycle(
+        runtime, now, full=full, record=record, window=(events_since, skipped_since), ticks=ticks
     )
     try:
         summary = cycle.run()

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from sync.config import Config
-from sync.cycle import Cycle, CycleSummary
-from sync.daemon import Runtime, build_runtime, events_window, load_checked
+from sync.cycle import CycleSummary
+from sync.daemon import Runtime, build_runtime, events_window, load_checked, make_cycle
 from sync.ledger import PushLedger
 from sync.records import DesiredMember
 from sync.rules import Entity, Ruleset
@@ -329,22 +329,8 @@ def plan_rules(
 
 
 def _run_cycle(runtime: Runtime, now: datetime, samples: int) -> CycleSummary:
-    events_since, skipped_since = events_window(runtime, now)
-    cycle = Cycle(
-        runtime.ruleset,
-        runtime.sources,
-        runtime.reader,
-        runtime.state,
-        runtime.sink,
-        now=now,
-        full=True,
-        evaluator=runtime.evaluator,
-        batch_size=runtime.config.daemon.batch_size,
-        events_since=events_since,
-        count_skipped_since=skipped_since,
-        record=False,
-        on_delete=runtime.config.daemon.on_delete,
-    )
+    window = events_window(runtime, now)
+    cycle = make_cycle(runtime, now, full=True, record=False, window=window)
     cycle.summary.examples_per_transition = samples
     return cycle.run()
 
