@@ -372,7 +372,8 @@ def run_once(
     if cycle_id is not None:
         if ok:
             # Ticks read rows after this instant; the full pass catches the rest.
-            for entity_type in summary.evaluated_by:
+            # (Every type was looked at, those with nothing to read included.)
+            for entity_type in runtime.ruleset.entities:
                 runtime.state.set_watermark(f"{TICK}{entity_type}", now.isoformat())
             if full:
                 runtime.state.set_watermark(LAST_FULL, now.isoformat())
