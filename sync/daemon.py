@@ -31,6 +31,7 @@ from sync.config import Config
 from sync.cycle import Cycle, CycleSummary, Sink
 from sync.database_faults import DatabaseUnusable, StoreBroken, database_fault
 from sync.exceptions import (
+    AudienceMissing,
     ConfigurationError,
     MailsyncError,
     Problem,
@@ -362,6 +363,15 @@ def run_once(
     )
     try:
         summary = cycle.run()
+    except AudienceMissing:
+        if record:
+            # What it accepted went with it: push everyone again once it exists.
+            runtime.state.forget_audience()
+        if cycle_id is not None:
+            runtime.state.finish_cycle(
+                cycle_id, runtime.clock(), ok=False, counts=cycle.summary.counts()
+            )
+        raise
     except BaseException:
         if cycle_id is not None:
             runtime.state.finish_cycle(

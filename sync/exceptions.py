@@ -4,6 +4,7 @@
     ├── ConfigurationError   a file the user wrote is wrong: fix it and rerun (exit 2)
     │   └── RulesError       rules.yaml or a rules-test file; carries every Problem found
     ├── FatalError           the run cannot go on: bad API key, unknown audience (exit 1)
+    │   └── AudienceMissing  the audience does not exist (deleted, or a wrong id)
     ├── RetriableError       a transient failure: retry later with back-off
     └── SkippableError       one record is bad: report it, carry on with the others
 
@@ -57,6 +58,11 @@ class RulesError(ConfigurationError):
 
 class FatalError(MailsyncError):
     """The run cannot continue (bad credentials, missing audience, ...)."""
+
+
+class AudienceMissing(FatalError):
+    """Mailchimp does not know the audience (deleted, or a wrong id): what the
+    ledger says was accepted there is gone with it."""
 
 
 class RetriableError(MailsyncError):

@@ -51,7 +51,7 @@ import tenacity
 from mailchimp_marketing import Client
 from mailchimp_marketing.api_client import ApiClientError
 
-from sync.exceptions import ConfigurationError, FatalError
+from sync.exceptions import AudienceMissing, ConfigurationError, FatalError
 from sync.redaction import clean_api_key, install_redaction, register_secret
 
 log = logging.getLogger(__name__)
@@ -498,6 +498,11 @@ class Caller:
         )
         answer: Answer = retrying(self._attempt, fn, scope)
         if answer.kind is AnswerClass.FATAL:
+            if answer.code == "unknown_list":
+                raise AudienceMissing(
+                    f"Mailchimp {what}: audience {self.list_id} not found ({answer.reason}); "
+                    "check MAILCHIMP_LIST_ID, or restore the audience"
+                )
             raise FatalError(f"Mailchimp {what}: {answer.reason}")
         if answer.kind is AnswerClass.TRANSIENT and retriable(answer):
             log.error(

@@ -543,6 +543,9 @@ class MailchimpSink:
         self.clock = clock
         self.list_id = caller.list_id
         self._batches_unavailable = False
+        #: Whether this push has confirmed that the audience exists (asked
+        #: once, at the first "not found" about a member).
+        self._audience_confirmed = False
         # The audience's merge tags as last read, and when (None: read them).
         self._audience_tags: frozenset[str] | None = None
         self._tags_read_at: datetime | None = None
@@ -558,6 +561,7 @@ class MailchimpSink:
     # calls in flight: each worker makes one call at a time.
     def push(self, members: Iterable[DesiredMember]) -> PushSummary:
         now = self.clock()
+        self._audience_confirmed = False
         plan = plan_pushes(members, self.ledger, now)
         calls_before = dict(self.caller.calls)
         summary = PushSummary(
@@ -760,6 +764,8 @@ class MailchimpSink:
     # -- failures --------------------------------------------------------------
 
     def _failure(self, plan: MemberPlan, answer: Answer, now: datetime, what: str) -> PushFailure:
+        if answer.code == "not_found":
+            self._confirm_audience()
         previous = plan.previous_failure
         attempts = (
             previous.attempts + 1
@@ -780,6 +786,20 @@ class MailchimpSink:
             fingerprint=plan.fingerprint,
             attempts=attempts,
             next_retry_at=retry_at,
+        )
+
+    def _confirm_audience(self) -> None:
+        """A member call answered "not found": about that member, or is the
+        whole audience gone (deleted in Mailchimp mid-run)? Asked once per
+        push; a missing audience raises ``AudienceMissing`` (one error for
+        the run, not one warning per member)."""
+        if self._audience_confirmed:
+            return
+        self._audience_confirmed = True
+        self.caller.call(
+            f"GET /lists/{self.list_id}",
+            lambda: self.caller.client.lists.get_list(self.list_id, fields=["id"]),
+            scope="run",
         )
 
     def _archived(self, plan: MemberPlan, now: datetime) -> PushFailure:

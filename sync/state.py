@@ -711,6 +711,18 @@ class StateStore:
                 )
         return len(ids)
 
+    def forget_audience(self) -> None:
+        """The audience is gone (deleted in Mailchimp): nothing it accepted is
+        there any more, so the ledger of accepted values, tags and failures is
+        emptied and every entity's pushed digest cleared; the next cycle is a
+        full pass that pushes everyone again (as new members) once an audience
+        exists. Events recorded sent stay sent."""
+        with self.engine.begin() as conn:
+            for table in (member_field, member_tag, push, member):
+                conn.execute(table.delete())
+            conn.execute(entity_state.update().values(pushed_fp=None))
+            conn.execute(watermark.delete().where(watermark.c.name == "last_full_cycle"))
+
     def failed_emails(self, emails: Iterable[str]) -> set[str]:
         """Which of these members have a failed push on record (refused, or
         held back waiting for a retry)."""

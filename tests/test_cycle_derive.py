@@ -541,3 +541,30 @@ def test_a_dry_run_says_how_many_entities_it_would_forget(bb):
     summary = run_once(dry, full=True)
     assert summary.deleted == {"user": 1}
     assert sum(runtime.state.status_counts("user").values()) == 120  # nothing forgotten
+
+
+def test_an_audience_deleted_mid_run_is_one_error_and_everyone_comes_back(bb, caplog):
+    """Issue 13, row 8: the audience deleted mid-run gave a warning per member
+    and no error; once it was restored, members stayed stale for days."""
+    import logging
+
+    from sync.exceptions import AudienceMissing
+
+    make, clock, _engine, emulator = bb
+    runtime, client_caller, _ = make()
+    run_once(runtime)
+    emulator.store.remove_audience()
+    clock.now = NOW + timedelta(days=2)  # statuses move: members to update
+    with caplog.at_level(logging.WARNING), pytest.raises(AudienceMissing, match="not found"):
+        run_once(runtime, full=True)
+    per_member = [r for r in caplog.records if "push to" in r.getMessage()]
+    assert per_member == []
+    # Restored (a new, empty audience with the fields): the next pass pushes
+    # everyone again, as the engine says.
+    emulator.store.add_audience(DEFAULT_LIST_ID)
+    wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+    fix_merge_fields(client_caller.client, DEFAULT_LIST_ID, wanted)
+    clock.now = NOW + timedelta(days=2, minutes=5)
+    again = run_once(runtime)
+    assert again.full
+    assert _audience(emulator) == _expected(runtime, clock.now)

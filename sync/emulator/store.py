@@ -790,6 +790,12 @@ class Store:
             self._audiences[list_id] = audience
             return audience
 
+    def remove_audience(self, list_id: str | None = None) -> None:
+        """The audience deleted in Mailchimp (by a marketer, in the UI): every
+        call about it answers 404 until ``add_audience`` makes a new, empty one."""
+        with self._lock:
+            self._audiences.pop(list_id or self.default_list_id, None)
+
     def audience(self, list_id: str | None = None) -> Audience:
         """The audience ``list_id`` (the default one when None); 404 when unknown."""
         with self._lock:
@@ -808,6 +814,8 @@ class Store:
         with self._lock:
             for audience in list(self._audiences.values()):
                 self.add_audience(audience.list_id, audience.name)
+            if self.default_list_id not in self._audiences:  # removed by a test
+                self.add_audience(self.default_list_id)
         self.webhooks.reset()
 
     def notify(
