@@ -27,6 +27,7 @@ never from this file: see ``sync.mailchimp.load_api_key``.
 | how cycles evaluate | ``daemon.evaluator`` | | ``sql`` |
 | leader lease on SQLite | ``daemon.lease_ttl`` | | ``30s`` |
 | source query limit | ``daemon.statement_timeout`` | ``MAILSYNC_STATEMENT_TIMEOUT`` | ``5min`` |
+| compiled evaluation limit | ``daemon.evaluation_timeout`` | | ``1h`` |
 | a cycle overruns after (``/healthz``) | ``daemon.cycle_overrun`` | | ``15min`` |
 | log format | ``log_format`` | ``MAILSYNC_LOG_FORMAT`` | ``text`` |
 | metrics address | ``metrics`` | ``MAILSYNC_METRICS`` | none (off) |
@@ -76,6 +77,7 @@ DAEMON_KEYS = (
     "batch_size",
     "lease_ttl",
     "statement_timeout",
+    "evaluation_timeout",
     "cycle_overrun",
 )
 ON_DELETE = ("keep", "unsubscribe", "archive")
@@ -116,6 +118,12 @@ class DaemonConfig:
     #: A source query running longer is cancelled by PostgreSQL and the cycle
     #: fails (retried next interval) instead of hanging the daemon.
     statement_timeout: timedelta = timedelta(minutes=5)
+    #: The compiled SQL of a full pass streams while the cycle diffs and
+    #: pushes, so the statement lasts as long as the pass (at a million users
+    #: with a slow Mailchimp, longer than ``statement_timeout``): it has its
+    #: own, longer limit (PostgreSQL counts a statement's time until its last
+    #: row is read).
+    evaluation_timeout: timedelta = timedelta(hours=1)
     #: ``/healthz`` answers 503 while a cycle runs longer than this, or
     #: three intervals if that is longer.
     cycle_overrun: timedelta = timedelta(minutes=15)
@@ -249,6 +257,9 @@ class _Reader:
                 lease_ttl=self.duration(daemon_raw, "lease_ttl", DaemonConfig.lease_ttl),
                 statement_timeout=self.duration(
                     daemon_raw, "statement_timeout", DaemonConfig.statement_timeout
+                ),
+                evaluation_timeout=self.duration(
+                    daemon_raw, "evaluation_timeout", DaemonConfig.evaluation_timeout
                 ),
                 cycle_overrun=self.duration(
                     daemon_raw, "cycle_overrun", DaemonConfig.cycle_overrun

@@ -880,7 +880,7 @@ def _source_error(entity_type: str, exc: BaseException) -> Exception:
         # As the reader classifies it: retried at the next cycle.
         return SourceUnavailableError(
             f"sources.yaml: the compiled query of {entity_type} was cancelled "
-            f"(daemon.statement_timeout): {text}"
+            f"(daemon.evaluation_timeout): {text}"
         )
     if isinstance(orig, psycopg.OperationalError) or (
         isinstance(exc, sa.exc.OperationalError) and exc.connection_invalidated

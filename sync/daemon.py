@@ -53,6 +53,7 @@ from sync.schema import load_rules
 from sync.sink import DryRunSink, MailchimpSink, SinkConfig
 from sync.source_reader import SourceReader, SourceUnavailableError
 from sync.sources import SourcesConfig, check_contract, load_sources
+from sync.sqlcompile import PG_SETTINGS
 from sync.sqlevaluator import SqlEvaluator
 from sync.state import StateStore
 
@@ -91,6 +92,10 @@ def clock_from_env(env: dict[str, str] | None = None) -> Callable[[], datetime]:
         return start + timedelta(seconds=(time.monotonic() - origin) * speed)
 
     return simulated
+
+
+def _millis(duration: timedelta) -> str:
+    return f"{max(1, int(duration.total_seconds() * 1000))}ms"
 
 
 def has_credentials(env: dict[str, str] | None = None) -> bool:
@@ -160,6 +165,7 @@ class Runtime:
         operator chose the Python engine."""
         if self.config.daemon.evaluator != "sql":
             return None
+        timeout = self.config.daemon.evaluation_timeout
         if self._evaluator is None or self._evaluator.ruleset is not self.ruleset:
             self._evaluator = SqlEvaluator(
                 self.ruleset,
@@ -168,6 +174,7 @@ class Runtime:
                 engine=self.reader.engine,
                 batch_size=self.config.daemon.batch_size,
                 track=self.reader.tracked,
+                pg_settings={**PG_SETTINGS, "statement_timeout": _millis(timeout)},
             )
         return self._evaluator
 

@@ -47,10 +47,11 @@ SIGNUP = "signup: SELECT id, date_joined AS at FROM users"
 SLOW_SIGNUP = "signup: SELECT u.id, u.date_joined AS at FROM users u, pg_sleep(120)"
 
 
-def slow_settings(tmp_path: Path, database: str, daemon: str) -> Path:
+def slow_settings(tmp_path: Path, database: str, daemon: str, sleep: int = 120) -> Path:
     sources = (ROOT / "sources.yaml").read_text()
     assert SIGNUP in sources
-    (tmp_path / "sources.yaml").write_text(sources.replace(SIGNUP, SLOW_SIGNUP))
+    slow = SLOW_SIGNUP.replace("pg_sleep(120)", f"pg_sleep({sleep})")
+    (tmp_path / "sources.yaml").write_text(sources.replace(SIGNUP, slow))
     path = tmp_path / "mailsync.yaml"
     path.write_text(
         f"rules: {ROOT / 'rules.yaml'}\nsources: {tmp_path / 'sources.yaml'}\n"
@@ -70,13 +71,26 @@ def slow_app(pg_url, monkeypatch):
 
 @pytest.mark.postgres
 def test_a_hanging_source_query_is_cancelled_by_the_statement_timeout(slow_app, tmp_path, capsys):
-    config = slow_settings(tmp_path, slow_app, "statement_timeout: 1s")
+    # (A source query inside the compiled evaluation has its own, longer bound.)
+    config = slow_settings(tmp_path, slow_app, "statement_timeout: 1s, evaluation_timeout: 1s")
     code = main(["once", "--config", str(config), "--at", NOW.isoformat()])
     err = capsys.readouterr().err
     assert code == 1, err
     assert "sources.yaml" in err
     assert "statement timeout" in err
     assert "This is a bug" not in err
+
+
+@pytest.mark.postgres
+def test_a_compiled_evaluation_is_bounded_by_its_own_longer_limit(slow_app, tmp_path, capsys):
+    """A full pass streams the compiled SQL while it diffs and pushes, so the
+    statement lasts as long as the pass: ``statement_timeout`` (1 s here)
+    does not cut it, ``evaluation_timeout`` (1 h by default) bounds it."""
+    config = slow_settings(tmp_path, slow_app, "statement_timeout: 1s", sleep=2)
+    code = main(["once", "--config", str(config), "--at", NOW.isoformat()])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "read 5 user" in err
 
 
 def healthz(port: int) -> tuple[int, str]:
