@@ -16,8 +16,8 @@
   ``fix_merge_fields``), returning human-readable, located problem strings.
 - The key is checked and registered for redaction (``sync.redaction``).
 
-Quirks of ``mailchimp-marketing`` 3.0.80 handled here (see
-/work/shared/spec/mailchimp.md): error answers with an empty body are
+Quirks of ``mailchimp-marketing`` 3.0.80 handled here (their sources are
+in docs/emulator.md's fidelity tables): error answers with an empty body are
 *returned*; ``ApiClientError.text`` is the problem+json as a *string*
 (``application/problem+json`` is not ``application/json`` for the client);
 network failures are ``ApiClientError(status_code=None)`` whose ``text`` is the
