@@ -98,6 +98,20 @@ def _millis(duration: timedelta) -> str:
     return f"{max(1, int(duration.total_seconds() * 1000))}ms"
 
 
+def pause(stop: threading.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or until ``stop`` is set, polling the event rather
+    than waiting on it. The SIGTERM handler sets ``stop`` in this (the main)
+    thread; had it interrupted ``Event.wait`` while that held the event's
+    internal lock, ``Event.set`` would wait for the lock forever: a daemon
+    that ignores SIGTERM (seen once in CI)."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.05))
+
+
 def has_credentials(env: dict[str, str] | None = None) -> bool:
     env = dict(os.environ) if env is None else env
     return bool(env.get(API_KEY_ENV) or env.get(API_KEY_FILE_ENV))
@@ -500,7 +514,7 @@ def build_runtime_patiently(
                 delay,
                 extra={"failure": {"kind": type(fault).__name__, "message": str(fault)}},
             )
-            stop.wait(delay)
+            pause(stop, delay)
             continue
         runtime.stop = stop
         return runtime
@@ -557,13 +571,13 @@ def serve(
                     delay,
                     extra={"failure": {"kind": type(fault).__name__, "message": str(fault)}},
                 )
-                stop.wait(delay)
+                pause(stop, delay)
                 continue
             backoff.reset()
             if not held:
                 metrics.leader = False
                 log.info("standby: another mailsync holds the lock for this audience")
-                stop.wait(standby_wait)
+                pause(stop, standby_wait)
                 continue
             metrics.leader = True
             log.info("leader: running cycles every %ss", interval)
@@ -672,7 +686,7 @@ def _lead(
         cycle()
         while not stop.is_set() and not lost.is_set():
             scheduler.run_pending()
-            stop.wait(tick)
+            pause(stop, tick)
     if lost.is_set():
         metrics.leader = False
         log.error("leader lock lost; going back to standby")

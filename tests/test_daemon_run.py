@@ -275,3 +275,25 @@ def test_rules_changes_lists_statuses_added_and_removed():
     changes = rules_changes(old, new)
     assert "entity user removed" in changes
     assert any(c.startswith("entity match added") for c in changes)
+
+
+def test_the_leaders_waits_never_block_on_the_stop_event():
+    """The SIGTERM handler sets the stop event in the main thread; had it
+    interrupted ``Event.wait`` on that event, ``Event.set`` would wait forever
+    for the event's lock (a daemon ignoring SIGTERM, seen once in CI). The
+    main thread's waits poll the event instead."""
+    import threading
+
+    from sync.daemon import pause
+
+    class NoWait(threading.Event):
+        def wait(self, timeout=None):  # type: ignore[override]
+            raise AssertionError("the main thread must not wait on the stop event")
+
+    stop = NoWait()
+    started = time.monotonic()
+    pause(stop, 0.2)
+    assert time.monotonic() - started >= 0.2
+    threading.Timer(0.1, stop.set).start()
+    pause(stop, 30)
+    assert stop.is_set()
