@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +69,26 @@ def browser() -> Iterator[object]:
     driver.quit()
 
 
+def _navigate(browser: object, act: Callable[[], object]) -> None:
+    """Do `act` (a click, a key) and wait until the browser has loaded the page it leads to.
+
+    A click returns before the next page is loaded: reading the page at once
+    could read the old one, or an element of it that is being replaced (a
+    stale element), so the tests wait for the new address and a loaded document.
+    """
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    assert isinstance(browser, WebDriver)
+    before = browser.current_url
+    act()
+    WebDriverWait(browser, 10).until(
+        lambda b: (
+            b.current_url != before and b.execute_script("return document.readyState") == "complete"
+        )
+    )
+
+
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.environ.get("MAILSYNC_SCREENSHOTS") == "docs":
@@ -113,7 +133,7 @@ def test_follow_a_status_to_a_person(site: tuple[str, Demo], browser: object, sh
     busiest = max((s for s in expected if s != "None"), key=lambda s: expected[s])
     # Click the status's box in the drawing (an SVG link), as a user would.
     box = browser.find_element(By.CSS_SELECTOR, f'svg a g.node[data-status="{busiest}"]')
-    box.click()
+    _navigate(browser, box.click)
     assert f"in {busiest}" in browser.title
     assert (
         f"{expected[busiest]:,} entities in {busiest}"
@@ -122,7 +142,7 @@ def test_follow_a_status_to_a_person(site: tuple[str, Demo], browser: object, sh
     browser.save_screenshot(str(shots / "dashboard-status.png"))
     first = browser.find_element(By.CSS_SELECTOR, "main table tbody tr td a")
     person = first.text
-    first.click()
+    _navigate(browser, first.click)
     main = browser.find_element(By.TAG_NAME, "main").text
     assert f"user {person}" in main
     assert "Timeline" in main
@@ -141,7 +161,7 @@ def test_person_search_form(site: tuple[str, Demo], browser: object) -> None:
     field = browser.find_element(By.ID, "q")
     # The field has a visible label, and the keyboard alone submits it.
     assert browser.find_element(By.CSS_SELECTOR, "label[for=q]").text == "Email or id"
-    field.send_keys("nobody@example.com", Keys.ENTER)
+    _navigate(browser, lambda: field.send_keys("nobody@example.com", Keys.ENTER))
     assert "No entity 'nobody@example.com'" in browser.find_element(By.TAG_NAME, "main").text
 
 
@@ -187,5 +207,5 @@ def test_statuses_in_the_drawing_are_reachable_by_keyboard(
         if status:
             break
     assert status == "registered", "no status box of the drawing took the keyboard focus"
-    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    _navigate(browser, ActionChains(browser).send_keys(Keys.ENTER).perform)
     assert browser.title == "user in registered · mailsync"
