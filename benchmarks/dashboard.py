@@ -25,11 +25,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sync import history
-from sync.cycle import CycleSummary
+from sync.daemon import history
+from sync.daemon.cycle import CycleSummary
 from sync.dashboard import Dashboard, ReadOnlyStore
-from sync.schema import load_rules
-from sync.state import StateStore
+from sync.rules.schema import load_rules
+from sync.state.store import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)

@@ -56,19 +56,19 @@ sys.path.insert(0, str(ROOT))
 
 from sync.demo import load_demo  # noqa: E402
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator  # noqa: E402
-from sync.engine import evaluate  # noqa: E402
-from sync.ledger import AcceptedPush  # noqa: E402
-from sync.mailchimp import Caller, MailchimpSettings, fix_merge_fields, make_client  # noqa: E402
-from sync.members import mailchimp_value, normalise_email  # noqa: E402
+from sync.evaluate.engine import evaluate  # noqa: E402
+from sync.evaluate.members import mailchimp_value, normalise_email  # noqa: E402
+from sync.mailchimp.client import Caller, MailchimpSettings, fix_merge_fields, make_client  # noqa: E402
+from sync.mailchimp.ledger import AcceptedPush  # noqa: E402
+from sync.mailchimp.sink import MailchimpSink, SinkConfig  # noqa: E402
 from sync.records import ActionOccurrence, DesiredMember  # noqa: E402
-from sync.rules import Entity  # noqa: E402
-from sync.schema import load_rules  # noqa: E402
-from sync.sink import MailchimpSink, SinkConfig  # noqa: E402
-from sync.source_reader import to_utc  # noqa: E402
-from sync.sources import load_sources  # noqa: E402
-from sync.sqlcompile import PG_SETTINGS, SqlEvaluation  # noqa: E402
-from sync.sqlevaluator import SqlEvaluator, later_keys  # noqa: E402
-from sync.state import StateStore  # noqa: E402
+from sync.rules.model import Entity  # noqa: E402
+from sync.rules.schema import load_rules  # noqa: E402
+from sync.sources.model import load_sources  # noqa: E402
+from sync.sources.reader import to_utc  # noqa: E402
+from sync.sql.compiler import PG_SETTINGS, SqlEvaluation  # noqa: E402
+from sync.sql.evaluator import SqlEvaluator, later_keys  # noqa: E402
+from sync.state.store import StateStore  # noqa: E402
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 UTC_ZONE = ZoneInfo("UTC")

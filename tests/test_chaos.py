@@ -39,12 +39,13 @@ from typing import Any, ClassVar
 import pytest
 import sqlalchemy as sa
 
-from sync.config import Config, DaemonConfig, MailchimpConfig
-from sync.daemon import Runtime, build_runtime, run_once
+from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
+from sync.daemon.runtime import Runtime, build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator, FaultKind
-from sync.engine import evaluate
-from sync.mailchimp import (
+from sync.evaluate.engine import evaluate
+from sync.evaluate.members import normalise_email
+from sync.mailchimp.client import (
     BatchPolling,
     Caller,
     MailchimpSettings,
@@ -52,10 +53,9 @@ from sync.mailchimp import (
     fix_merge_fields,
     make_client,
 )
-from sync.members import normalise_email
-from sync.sink import MailchimpSink, SinkConfig
-from sync.source_reader import SourceReader
-from sync.state import StateStore
+from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.sources.reader import SourceReader
+from sync.state.store import StateStore
 from tests.test_cycle import NOW, Clock, audience_fields, expected_members
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,12 +17,12 @@ import pytest
 import responses
 
 from sync.emulator import Emulator, FaultKind
-from sync.ledger import EventIntent, PushLedger, SentEvent, event_signature
-from sync.mailchimp import BatchPolling, Caller, MailchimpSettings, RetryPolicy, make_client
+from sync.mailchimp.client import BatchPolling, Caller, MailchimpSettings, RetryPolicy, make_client
+from sync.mailchimp.ledger import EventIntent, PushLedger, SentEvent, event_signature
+from sync.mailchimp.memory import MemoryLedger
+from sync.mailchimp.sink import MailchimpSink, SinkConfig
 from sync.records import DesiredMember, EventDue
-from sync.sink import MailchimpSink, SinkConfig
-from sync.state import StateStore
-from sync.testing import MemoryLedger
+from sync.state.store import StateStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LATER = T0 + timedelta(minutes=10)  # past the settle delay

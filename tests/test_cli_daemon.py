@@ -10,7 +10,7 @@ import pytest
 from sync.cli import main
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
-from sync.state import StateStore
+from sync.state.store import StateStore
 from tests.test_cycle import NOW
 
 ROOT = Path(__file__).resolve().parent.parent

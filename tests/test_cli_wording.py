@@ -23,8 +23,8 @@ import pytest
 import requests
 
 from sync.cli import main
-from sync.logs import configure_logging
-from sync.mailchimp import Caller, MailchimpSettings, RetryPolicy, make_client
+from sync.daemon.logs import configure_logging
+from sync.mailchimp.client import Caller, MailchimpSettings, RetryPolicy, make_client
 from tests.test_cli_daemon import setup  # noqa: F401 (a fixture)
 from tests.test_cycle import NOW
 
@@ -121,7 +121,7 @@ HTML_PAGE = """<!DOCTYPE html>
 def test_a_failure_quoting_an_html_page_is_logged_as_one_short_line(fmt):
     stream = io.StringIO()
     configure_logging(fmt, stream=stream)
-    log = logging.getLogger("sync.daemon")
+    log = logging.getLogger("sync.daemon.runtime")
     log.warning(
         "push failed for %s: %s",
         "ann@shop.io",
@@ -139,7 +139,7 @@ def test_other_multi_line_messages_are_kept_whole():
     stream = io.StringIO()
     configure_logging("text", stream=stream)
     problems = "\n".join(f"rules.yaml:{n}: problem {n}" for n in range(1, 40))
-    logging.getLogger("sync.daemon").error("rules reload: invalid:\n%s", problems)
+    logging.getLogger("sync.daemon.runtime").error("rules reload: invalid:\n%s", problems)
     assert problems in stream.getvalue()
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import load_config
+from sync.daemon.config import load_config
 from sync.exceptions import RulesError
 
 ROOT = Path(__file__).resolve().parent.parent

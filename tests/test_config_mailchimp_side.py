@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from sync.config import load_config
+from sync.daemon.config import load_config
 from sync.exceptions import RulesError
 
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sync.config import Config, DaemonConfig, MailchimpConfig
-from sync.daemon import build_runtime, run_once
+from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
+from sync.daemon.runtime import build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
-from sync.engine import evaluate
-from sync.mailchimp import Caller, MailchimpSettings, fix_merge_fields, make_client
-from sync.members import mailchimp_value, normalise_email
-from sync.sink import MailchimpSink, SinkConfig
-from sync.source_reader import SourceReader
+from sync.evaluate.engine import evaluate
+from sync.evaluate.members import mailchimp_value, normalise_email
+from sync.mailchimp.client import Caller, MailchimpSettings, fix_merge_fields, make_client
+from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.sources.reader import SourceReader
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -226,16 +226,16 @@ def test_one_bad_record_does_not_stop_the_cycle(
 ):
     load_demo(db_url, "blousebrothers", users=30, seed=7, now=NOW)
     runtime, _ = make_runtime("blousebrothers", db_url, tmp_path, mailchimp_emulator, Clock(NOW))
-    import sync.cycle
+    import sync.daemon.cycle
 
-    real = sync.cycle.evaluate
+    real = sync.daemon.cycle.evaluate
 
     def flaky(entity, facts, actions, now, baseline=None, **kw):
         if facts.get("username", "").endswith("2"):
             raise ValueError("a value of the wrong type")
         return real(entity, facts, actions, now, baseline, **kw)
 
-    monkeypatch.setattr(sync.cycle, "evaluate", flaky)
+    monkeypatch.setattr(sync.daemon.cycle, "evaluate", flaky)
     # The engine path (a type the SQL cannot evaluate) reads record by record.
     runtime.config = replace(
         runtime.config, daemon=replace(runtime.config.daemon, evaluator="engine")

@@ -19,16 +19,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sync.config import Config, DaemonConfig, MailchimpConfig
-from sync.daemon import build_runtime, run_once
+from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
+from sync.daemon.runtime import build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
-from sync.engine import evaluate
-from sync.mailchimp import Caller, MailchimpSettings, fix_merge_fields, make_client
-from sync.members import mailchimp_value, normalise_email
-from sync.schema import load_rules
-from sync.sink import DryRunSink, MailchimpSink, SinkConfig
-from sync.source_reader import SourceReader
+from sync.evaluate.engine import evaluate
+from sync.evaluate.members import mailchimp_value, normalise_email
+from sync.mailchimp.client import Caller, MailchimpSettings, fix_merge_fields, make_client
+from sync.mailchimp.sink import DryRunSink, MailchimpSink, SinkConfig
+from sync.rules.schema import load_rules
+from sync.sources.reader import SourceReader
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -236,7 +236,7 @@ def test_going_live_with_a_backfill_sends_the_window(bb):
 def test_a_state_entry_event_honours_events_max_age(tmp_path):
     """Wrong before: status-entry events ignored ``events_max_age`` (reminders
     dated months back were sent on going live)."""
-    from sync.engine import Baseline
+    from sync.evaluate.engine import Baseline
     from sync.records import ActionOccurrence
 
     rules = tmp_path / "rules.yaml"
@@ -384,9 +384,9 @@ def test_a_rules_reload_forces_a_full_pass(bb, tmp_path):
     import threading
     import time
 
-    from sync.daemon import RulesWatcher, _lead
-    from sync.lock import leader_lock
-    from sync.metrics import Metrics
+    from sync.daemon.lock import leader_lock
+    from sync.daemon.metrics import Metrics
+    from sync.daemon.runtime import RulesWatcher, _lead
 
     make, clock, _engine, emulator = bb
     rules = tmp_path / "rules.yaml"

@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sync.config import load_config
-from sync.daemon import RulesWatcher, build_runtime, rules_changes
+from sync.daemon.config import load_config
+from sync.daemon.runtime import RulesWatcher, build_runtime, rules_changes
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
-from sync.schema import load_rules
-from sync.state import StateStore
+from sync.rules.schema import load_rules
+from sync.state.store import StateStore
 from tests.test_cycle import NOW, audience_fields, expected_members
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +141,7 @@ def setup(tmp_path, mailchimp_emulator):
     load_demo(database, "blousebrothers", users=120, seed=11, now=NOW)
     state = f"sqlite:///{tmp_path}/state.sqlite"
     # The daemon expects the audience ready (mailsync check --fix).
-    from sync.mailchimp import MailchimpSettings, fix_merge_fields, make_client
+    from sync.mailchimp.client import MailchimpSettings, fix_merge_fields, make_client
 
     client = make_client(
         MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=mailchimp_emulator.url)
@@ -284,7 +284,7 @@ def test_the_leaders_waits_never_block_on_the_stop_event():
     main thread's waits poll the event instead."""
     import threading
 
-    from sync.daemon import pause
+    from sync.daemon.runtime import pause
 
     class NoWait(threading.Event):
         def wait(self, timeout=None):  # type: ignore[override]

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from sync.cli import main
-from sync.webhooks import PREFIX
+from sync.mailchimp.webhooks import PREFIX
 from tests.test_cycle import NOW
 from tests.test_daemon_run import (  # noqa: F401 (fixtures)
     Daemon,

@@ -26,17 +26,17 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from sync import history
-from sync.changes import MailchimpChange
 from sync.cli import cli
-from sync.config import load_config
-from sync.cycle import CycleSummary
+from sync.daemon import history
+from sync.daemon.config import load_config
+from sync.daemon.cycle import CycleSummary
+from sync.daemon.metrics import Metrics, MetricsServer
 from sync.dashboard import Access, Dashboard, People, ReadOnlyStore, check_bind, serve
 from sync.exceptions import ConfigurationError
-from sync.metrics import Metrics, MetricsServer
-from sync.schema import load_rules
-from sync.sources import load_sources
-from sync.state import EntityEvaluation, StateStore, status_history, transition_history
+from sync.mailchimp.changes import MailchimpChange
+from sync.rules.schema import load_rules
+from sync.sources.model import load_sources
+from sync.state.store import EntityEvaluation, StateStore, status_history, transition_history
 from tests.dashboard_demo import Demo, make_demo
 
 

@@ -24,13 +24,13 @@ import pytest
 import sqlalchemy as sa
 
 from sync.cli import main
+from sync.daemon.lock import LeaseLock
 from sync.database_faults import StoreBroken
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_LIST_ID, Emulator
-from sync.lock import LeaseLock
-from sync.mailchimp import fix_merge_fields
-from sync.schema import load_rules
-from sync.state import StateStore
+from sync.mailchimp.client import fix_merge_fields
+from sync.rules.schema import load_rules
+from sync.state.store import StateStore
 from tests.test_cycle import NOW
 from tests.test_daemon_run import Daemon, _kill_leftover_daemons  # noqa: F401 (reaps daemons)
 

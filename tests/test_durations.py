@@ -2,7 +2,7 @@ from datetime import timedelta
 
 import pytest
 
-from sync.durations import DurationError, format_duration, parse_duration
+from sync.rules.durations import DurationError, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync.engine import Baseline, evaluate, reinit_state
+from sync.evaluate.engine import Baseline, evaluate, reinit_state
 from sync.records import ActionOccurrence
-from sync.schema import load_rules, parse_rules
+from sync.rules.schema import load_rules, parse_rules
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 D = timedelta(days=1)

@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync.engine import Baseline, evaluate
-from sync.expressions import Type
+from sync.evaluate.engine import Baseline, evaluate
 from sync.records import ActionOccurrence
-from sync.schema import load_rules
+from sync.rules.expressions import Type
+from sync.rules.schema import load_rules
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 HORIZON = timedelta(days=400)

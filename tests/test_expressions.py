@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync.expressions import (
+from sync.rules.expressions import (
     ExpressionError,
     Shifted,
     TimeTest,

@@ -1,4 +1,4 @@
-"""``sync.graph`` and ``mailsync graph``: the model for each construct, both
+"""``sync.rules.graph`` and ``mailsync graph``: the model for each construct, both
 renderers on every shipped rule file, and the validity of what they print.
 
 DOT is read back with pydot (a real DOT grammar); Mermaid has no Python
@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from sync.cli import cli
-from sync.graph import (
+from sync.rules.graph import (
     REINIT_TITLE,
     SAFE_ID,
     EdgeKind,
@@ -37,8 +37,8 @@ from sync.graph import (
     render_dot,
     render_mermaid,
 )
-from sync.rules import Mode, Ruleset
-from sync.schema import load_rules, parse_rules
+from sync.rules.model import Mode, Ruleset
+from sync.rules.schema import load_rules, parse_rules
 
 # pydot's grammar still calls pyparsing's camelCase names, which pyparsing 3.3
 # deprecates; that is pydot's business, not a fault in our output.

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from sync.cli import cli
-from sync.graph_svg import Annotations, after_entry, render_svg, words
-from sync.rules import Mode, Ruleset
-from sync.schema import load_rules, parse_rules
+from sync.rules.graph_svg import Annotations, after_entry, render_svg, words
+from sync.rules.model import Mode, Ruleset
+from sync.rules.schema import load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = {

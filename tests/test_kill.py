@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from sync.config import load_config
-from sync.daemon import build_runtime, run_once
+from sync.daemon.config import load_config
+from sync.daemon.runtime import build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import Emulator
-from sync.mailchimp import MailchimpSettings, fix_merge_fields, make_client
+from sync.mailchimp.client import MailchimpSettings, fix_merge_fields, make_client
+from sync.mailchimp.sink import PushSummary
 from sync.records import DesiredMember
-from sync.sink import PushSummary
 from tests.test_chaos import EVENT_WINDOW, expected_events, received_events
 from tests.test_cycle import NOW, Clock, audience_fields, expected_members, make_runtime
 from tests.test_daemon_run import Daemon, _kill_leftover_daemons, write_settings

@@ -1,7 +1,7 @@
 import pytest
 
 from sync.exceptions import RulesError
-from sync.loader import MarkedDict, MarkedList, line_of, load_yaml, read_yaml_file
+from sync.rules.loader import MarkedDict, MarkedList, line_of, load_yaml, read_yaml_file
 
 
 def test_keeps_lines_of_keys_and_items():

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync.changes import MailchimpChange, WebhookError, from_member, parse_webhook
-from sync.ledger import PushLedger, SentEvent
-from sync.state import StateStore
-from sync.testing import MemoryLedger
+from sync.mailchimp.changes import MailchimpChange, WebhookError, from_member, parse_webhook
+from sync.mailchimp.ledger import PushLedger, SentEvent
+from sync.mailchimp.memory import MemoryLedger
+from sync.state.store import StateStore
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 

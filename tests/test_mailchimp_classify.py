@@ -12,7 +12,7 @@ import responses
 from mailchimp_marketing.api_client import ApiClientError
 
 from sync.exceptions import ConfigurationError, FatalError
-from sync.mailchimp import (
+from sync.mailchimp.client import (
     Answer,
     AnswerClass,
     Caller,

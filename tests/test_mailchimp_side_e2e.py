@@ -17,12 +17,12 @@ import pytest
 import requests
 
 from sync.cli import main
-from sync.daemon import Runtime, run_once
+from sync.daemon.metrics import Metrics, MetricsServer
+from sync.daemon.runtime import Runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_LIST_ID, Emulator
-from sync.metrics import Metrics, MetricsServer
-from sync.reconciliation import ReconciliationPoll
-from sync.webhooks import PREFIX, WebhookReceiver
+from sync.mailchimp.reconciliation import ReconciliationPoll
+from sync.mailchimp.webhooks import PREFIX, WebhookReceiver
 from tests.test_cycle import NOW, Clock, expected_members, make_runtime
 
 SECRET = "s3cret-0123456789abcdef"

@@ -2,10 +2,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from sync.engine import evaluate
-from sync.members import MemberBuilder, desired_member, mailchimp_value, normalise_email
+from sync.evaluate.engine import evaluate
+from sync.evaluate.members import MemberBuilder, desired_member, mailchimp_value, normalise_email
 from sync.records import ActionOccurrence
-from sync.schema import load_rules
+from sync.rules.schema import load_rules
 
 T0 = datetime(2026, 1, 1, 10, tzinfo=UTC)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sync.config import load_config
-from sync.daemon import build_runtime, run_once
-from sync.plan import ops_calls, plan_rules
-from sync.sink import SinkConfig
-from sync.state import StateStore
+from sync.daemon.config import load_config
+from sync.daemon.plan import ops_calls, plan_rules
+from sync.daemon.runtime import build_runtime, run_once
+from sync.mailchimp.sink import SinkConfig
+from sync.state.store import StateStore
 from tests.test_cli_daemon import live, run, setup  # noqa: F401 (fixture)
 from tests.test_cycle import NOW
 

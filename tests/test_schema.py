@@ -6,8 +6,8 @@ from datetime import timedelta
 import pytest
 
 from sync.exceptions import RulesError
-from sync.rules import Mode
-from sync.schema import load_rules, parse_rules
+from sync.rules.model import Mode
+from sync.rules.schema import load_rules, parse_rules
 
 BASE = """\
 version: 1

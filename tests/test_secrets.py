@@ -25,14 +25,14 @@ from pathlib import Path
 import pytest
 
 from sync.cli import main
+from sync.daemon.logs import configure_logging
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_LIST_ID
 from sync.emulator.faults import FaultKind
 from sync.emulator.server import Emulator
 from sync.exceptions import ConfigurationError
-from sync.logs import configure_logging
-from sync.mailchimp import load_api_key
-from sync.redaction import clean_api_key, redact, spellings
+from sync.mailchimp.client import load_api_key
+from sync.mailchimp.redaction import clean_api_key, redact, spellings
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-03-01T09:00:00Z"

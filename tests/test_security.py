@@ -24,7 +24,7 @@ from sync.emulator import DEFAULT_LIST_ID
 from sync.emulator.faults import FaultKind
 from sync.emulator.server import Emulator
 from sync.exceptions import RulesError
-from sync.schema import parse_rules
+from sync.rules.schema import parse_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-03-01T09:00:00Z"
@@ -153,7 +153,7 @@ def test_code_and_sql_in_conditions_are_refused(tmp_path, condition, reason):
 
 
 def test_the_package_never_calls_eval_or_exec():
-    # Conditions go through sync.expressions' own parser; nothing may hand text
+    # Conditions go through sync.rules.expressions' own parser; nothing may hand text
     # to Python. Comments and docstrings may mention eval; calls may not.
     package = Path(inspect.getfile(sync)).parent
     # A method *named* compile (sqlcompile's) is defined with `def` and called
@@ -186,5 +186,6 @@ def test_the_emulator_command_binds_to_loopback_by_default():
 
 
 def test_the_metrics_server_binds_to_loopback_by_default():
-    metrics = pytest.importorskip("sync.metrics", reason="sync/metrics.py not merged here yet")
+    from sync.daemon import metrics
+
     assert inspect.signature(metrics.MetricsServer).parameters["host"].default == "127.0.0.1"

@@ -14,7 +14,7 @@ import pytest
 import requests
 import responses
 
-from sync.mailchimp import (
+from sync.mailchimp.client import (
     JOB_SIZE,
     BatchPolling,
     Caller,
@@ -23,9 +23,9 @@ from sync.mailchimp import (
     make_client,
     parse_batch_results,
 )
+from sync.mailchimp.memory import MemoryLedger
+from sync.mailchimp.sink import MailchimpSink, SinkConfig, fingerprint, plan_pushes
 from sync.records import DesiredMember
-from sync.sink import MailchimpSink, SinkConfig, fingerprint, plan_pushes
-from sync.testing import MemoryLedger
 
 KEY = "c0ffee00c0ffee00c0ffee00c0ffee00-us19"
 BASE = "https://us19.api.mailchimp.com/3.0"

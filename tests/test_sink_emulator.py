@@ -15,8 +15,7 @@ import pytest
 
 from sync.emulator import Emulator, FaultKind
 from sync.exceptions import FatalError
-from sync.ledger import PushLedger
-from sync.mailchimp import (
+from sync.mailchimp.client import (
     JOB_SIZE,
     BatchPolling,
     Caller,
@@ -24,10 +23,11 @@ from sync.mailchimp import (
     RetryPolicy,
     make_client,
 )
+from sync.mailchimp.ledger import PushLedger
+from sync.mailchimp.memory import MemoryLedger
+from sync.mailchimp.sink import DryRunSink, MailchimpSink, SinkConfig
 from sync.records import DesiredMember, EventDue
-from sync.sink import DryRunSink, MailchimpSink, SinkConfig
-from sync.state import StateStore
-from sync.testing import MemoryLedger
+from sync.state.store import StateStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

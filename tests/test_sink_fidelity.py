@@ -20,12 +20,12 @@ import pytest
 from sync.cli import main
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
-from sync.ledger import PushLedger
-from sync.mailchimp import BatchPolling
+from sync.mailchimp.client import BatchPolling
+from sync.mailchimp.ledger import PushLedger
+from sync.mailchimp.memory import MemoryLedger
+from sync.mailchimp.sink import MailchimpSink
 from sync.payload import EVENT_PROPERTIES_MAX, properties_size
 from sync.records import DesiredMember, EventDue
-from sync.sink import MailchimpSink
-from sync.testing import MemoryLedger
 from tests.test_cycle import NOW
 from tests.test_sink_emulator import T0, Clock
 from tests.test_sink_emulator import make_sink as sink_for
@@ -68,7 +68,7 @@ def test_values_of_a_missing_tag_are_held_back_reported_and_sent_once_it_exists(
 ) -> None:
     ledger, clock = MemoryLedger(), Clock()
     sink = make_sink(emulator, ledger, clock)
-    with caplog.at_level(logging.ERROR, logger="sync.sink"):
+    with caplog.at_level(logging.ERROR, logger="sync.mailchimp.sink"):
         summary = sink.push([DesiredMember("a@x.io", {"STATUS": "new", "PLAN": "gold"})])
     # Not a fatal error: the member and its other values went through.
     assert summary.pushed == 1
@@ -170,7 +170,7 @@ def test_oversize_event_properties_are_shortened_with_a_warning_never_dropped(
     sink = make_sink(emulator, ledger, clock)
     story = EventDue("k1", "told", T0, {"title": "short", "story": "y" * 3000})
     member = DesiredMember("a@x.io", {"STATUS": "a"}, events=(story,))
-    with caplog.at_level(logging.WARNING, logger="sync.sink"):
+    with caplog.at_level(logging.WARNING, logger="sync.mailchimp.sink"):
         summary = sink.push([member])
     assert summary.events_sent == 1
     (received,) = emulator.audience.events("a@x.io")
@@ -201,7 +201,7 @@ def test_a_value_that_is_not_json_fails_that_member_only(
         sink.push(people(3, STATUS="a", SCORE=1))
     desired = people(3, STATUS="b", SCORE=2)
     desired[1] = DesiredMember("p1@x.io", {"STATUS": "b", "SCORE": bad})
-    with caplog.at_level(logging.ERROR, logger="sync.sink"):
+    with caplog.at_level(logging.ERROR, logger="sync.mailchimp.sink"):
         summary = sink.push(desired)
     # The others went through whole; the bad member's other values too.
     assert summary.invalid_values == 1

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from sync.changes import MailchimpChange
 from sync.emulator import Emulator
-from sync.ledger import PushLedger
+from sync.mailchimp.changes import MailchimpChange
+from sync.mailchimp.ledger import PushLedger
+from sync.mailchimp.memory import MemoryLedger
+from sync.mailchimp.sink import ARCHIVED_REASON
 from sync.records import DesiredMember, EventDue
-from sync.sink import ARCHIVED_REASON
-from sync.state import StateStore
-from sync.testing import MemoryLedger
+from sync.state.store import StateStore
 from tests.test_sink_emulator import T0, Clock, make_sink
 
 PUT = "PUT /lists/{list_id}/members/{subscriber_hash}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sync.exceptions import RulesError
-from sync.sources import check_contract, load_sources, parse_sources
+from sync.sources.model import check_contract, load_sources, parse_sources
 
 ROOT = Path(__file__).resolve().parent.parent
 

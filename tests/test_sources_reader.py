@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from sync.records import ActionOccurrence
-from sync.source_reader import (
+from sync.sources.model import parse_sources
+from sync.sources.reader import (
     ReadReport,
     SourceQueryError,
     SourceReader,
@@ -18,7 +19,6 @@ from sync.source_reader import (
     read_only_engine,
     to_utc,
 )
-from sync.sources import parse_sources
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 PARIS = timezone(timedelta(hours=1))
@@ -224,7 +224,7 @@ entities:
     actions:
       paid: SELECT id, 'not a date' AS at FROM people WHERE id = 1
 """
-    with caplog.at_level(logging.WARNING, logger="sync.sources"):
+    with caplog.at_level(logging.WARNING, logger="sync.sources.model"):
         records, report = read(db_url, text)
     assert [r.id for r in records] == ["1", "2", "10"]
     assert sum(report.duplicates.values()) == 1
@@ -366,7 +366,7 @@ def test_a_sentinel_date_east_of_utc_is_a_bad_value_not_a_crash():
 
     import pytest
 
-    from sync.source_reader import to_utc
+    from sync.sources.reader import to_utc
 
     with pytest.raises(ValueError, match="out of range"):
         to_utc(datetime(1, 1, 1), ZoneInfo("Europe/Paris"))

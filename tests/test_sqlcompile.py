@@ -9,12 +9,12 @@ import pytest
 import sqlalchemy as sa
 
 from sync.demo import load_demo
-from sync.engine import reinit_state
-from sync.schema import load_rules
-from sync.source_reader import SourceReader
-from sync.sources import load_sources
-from sync.sqlcompile import Baselines, compile_entity, needed_facts
-from sync.sqlevaluator import SqlEvaluator, later_keys
+from sync.evaluate.engine import reinit_state
+from sync.rules.schema import load_rules
+from sync.sources.model import load_sources
+from sync.sources.reader import SourceReader
+from sync.sql.compiler import Baselines, compile_entity, needed_facts
+from sync.sql.evaluator import SqlEvaluator, later_keys
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +147,7 @@ def test_with_an_older_libpq_rows_come_through_a_cursor(
         streamed = list(evaluator.evaluate("user", now=NOW))
         keys = {r.id: r.keys for r in streamed[::3]}
         some = list(evaluator.evaluate("user", now=NOW, keys=keys))
-        monkeypatch.setattr("sync.sqlevaluator.psycopg.pq.version", lambda: 160_000)
+        monkeypatch.setattr("sync.sql.evaluator.psycopg.pq.version", lambda: 160_000)
         through_cursor = list(evaluator.evaluate("user", now=NOW))
         some_through_cursor = list(evaluator.evaluate("user", now=NOW, keys=keys))
     assert len(streamed) == 40

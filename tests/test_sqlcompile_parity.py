@@ -24,18 +24,18 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync.cycle import event_keys
+from sync.daemon.cycle import event_keys
 from sync.demo import load_demo
-from sync.engine import Baseline, Evaluation, evaluate, reinit_state
-from sync.expressions import Type
+from sync.evaluate.engine import Baseline, Evaluation, evaluate, reinit_state
+from sync.evaluate.ruletest import read_test_file
 from sync.records import ActionOccurrence, FactValue
-from sync.rules import Entity, Mode, Ruleset
-from sync.ruletest import read_test_file
-from sync.schema import load_rules, parse_rules
-from sync.source_reader import SourceReader
-from sync.sources import load_sources, parse_sources
-from sync.sqlcompile import Baselines, SqlEvaluation
-from sync.sqlevaluator import SqlEvaluator, later_keys
+from sync.rules.expressions import Type
+from sync.rules.model import Entity, Mode, Ruleset
+from sync.rules.schema import load_rules, parse_rules
+from sync.sources.model import load_sources, parse_sources
+from sync.sources.reader import SourceReader
+from sync.sql.compiler import Baselines, SqlEvaluation
+from sync.sql.evaluator import SqlEvaluator, later_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = sorted(

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from sync.exceptions import ConfigurationError
-from sync.state import (
+from sync.state.store import (
     Baseline,
     EntityEvaluation,
     StateStore,

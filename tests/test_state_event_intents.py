@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync.ledger import EventIntent, PushLedger, SentEvent, event_signature
-from sync.state import StateStore
+from sync.mailchimp.ledger import EventIntent, PushLedger, SentEvent, event_signature
+from sync.state.store import StateStore
 from tests.test_state_ledger_contract import T0, ledger
 
 __all__ = ["ledger"]  # the fixture, re-used

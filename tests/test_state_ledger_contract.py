@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync.ledger import AcceptedPush, AudienceProblem, PushFailure, PushLedger, SentEvent
-from sync.state import StateStore
-from sync.testing import MemoryLedger
+from sync.mailchimp.ledger import AcceptedPush, AudienceProblem, PushFailure, PushLedger, SentEvent
+from sync.mailchimp.memory import MemoryLedger
+from sync.state.store import StateStore
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 

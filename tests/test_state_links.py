@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from sync.state import EntityEvaluation, StateStore
+from sync.state.store import EntityEvaluation, StateStore
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 

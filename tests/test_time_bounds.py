@@ -23,15 +23,15 @@ from pathlib import Path
 import pytest
 
 from sync.cli import main
-from sync.config import DaemonConfig, load_config
-from sync.cycle import CycleSummary
+from sync.daemon.config import DaemonConfig, load_config
+from sync.daemon.cycle import CycleSummary
+from sync.daemon.metrics import Metrics
 from sync.demo import load_demo
 from sync.emulator.faults import FaultKind
 from sync.exceptions import RulesError
-from sync.ledger import PushFailure
-from sync.metrics import Metrics
-from sync.source_reader import SourceReader, SourceUnavailableError
-from sync.sources import parse_sources
+from sync.mailchimp.ledger import PushFailure
+from sync.sources.model import parse_sources
+from sync.sources.reader import SourceReader, SourceUnavailableError
 from tests.test_cycle import NOW
 from tests.test_daemon_run import (  # noqa: F401 (fixtures; the first reaps daemons)
     Daemon,

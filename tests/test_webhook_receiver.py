@@ -9,10 +9,10 @@ from urllib.parse import urlencode
 import pytest
 import sqlalchemy as sa
 
-from sync.changes import MailchimpChange
 from sync.exceptions import ConfigurationError
-from sync.state import StateStore
-from sync.webhooks import PREFIX, WebhookReceiver
+from sync.mailchimp.changes import MailchimpChange
+from sync.mailchimp.webhooks import PREFIX, WebhookReceiver
+from sync.state.store import StateStore
 from tests.test_mailchimp_changes import CLEANED
 
 SECRET = "0123456789abcdef-secret"

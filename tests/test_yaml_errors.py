@@ -12,7 +12,7 @@ import re
 import pytest
 
 from sync.exceptions import RulesError
-from sync.loader import load_yaml
+from sync.rules.loader import load_yaml
 
 CASES = [
     (

@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import click
 
 from sync.database_faults import database_fault
-from sync.durations import DurationError, parse_duration
 from sync.exceptions import ConfigurationError, MailsyncError, RulesError
+from sync.mailchimp.redaction import redact
 from sync.records import parse_instant
-from sync.redaction import redact
+from sync.rules.durations import DurationError, parse_duration
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and found something wrong (failing tests, fatal run error)
@@ -81,6 +81,8 @@ def parse_backfill(text: str | None) -> timedelta | None:
         return parse_duration(text)
     except DurationError as exc:
         raise click.BadParameter(str(exc), param_hint="--backfill-events") from None
+
+
 def say(text: str) -> None:
     """One line on stderr, with any secret redacted (an exception's text may
     quote a request header, escaped or not)."""

@@ -4,7 +4,7 @@ In order: the rule file; the sources file (given, else beside a rule file
 given with ``--rules``, else the configured one), and that it provides every
 action and fact the rules read; with a database configured, every query runs
 for no rows in a read-only transaction and must return its columns
-(``sync.source_check``); then, when credentials and an audience are
+(``sync.sources.check``); then, when credentials and an audience are
 configured, Mailchimp itself: the key works, the audience exists, and every
 merge tag the rules push exists with a suitable type (``--fix`` creates the
 missing ones). Without credentials the Mailchimp part is skipped, and the
@@ -19,22 +19,22 @@ from pathlib import Path
 import click
 
 from sync.cli._common import EXIT_INVALID, config_option, handle_errors
-from sync.config import load_config
-from sync.daemon import contract_problems, has_credentials
+from sync.daemon.config import load_config
+from sync.daemon.runtime import contract_problems, has_credentials
 from sync.exceptions import Problem, RulesError
-from sync.mailchimp import (
+from sync.mailchimp.client import (
     MailchimpSettings,
     check_audience,
     check_key,
     fix_merge_fields,
     make_client,
 )
-from sync.rules import Ruleset
-from sync.schema import load_rules
-from sync.source_check import probe_sources
-from sync.source_reader import SourceReader
-from sync.sources import SourcesConfig, check_contract, load_sources
-from sync.sqlevaluator import SqlEvaluator
+from sync.rules.model import Ruleset
+from sync.rules.schema import load_rules
+from sync.sources.check import probe_sources
+from sync.sources.model import SourcesConfig, check_contract, load_sources
+from sync.sources.reader import SourceReader
+from sync.sql.evaluator import SqlEvaluator
 
 
 @click.command()

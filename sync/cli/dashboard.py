@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
-from sync.config import load_config
-from sync.daemon import system_clock
+from sync.daemon.config import load_config
+from sync.daemon.runtime import system_clock
 from sync.dashboard import from_config, serve
-from sync.schema import load_rules
+from sync.rules.schema import load_rules
 
 
 @click.command()

@@ -23,22 +23,22 @@ from pathlib import Path
 import click
 
 from sync.cli._common import handle_errors, parse_at
-from sync.config import Config, MailchimpConfig
-from sync.cycle import CycleSummary
-from sync.daemon import build_runtime, run_once
+from sync.daemon.config import Config, MailchimpConfig
+from sync.daemon.cycle import CycleSummary
+from sync.daemon.runtime import build_runtime, run_once
 from sync.dashboard import Background, from_config
 from sync.demo import load_demo
 from sync.demo.workspace import Workspace, default_folder
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
-from sync.explain import explain_entity, render_text
-from sync.mailchimp import (
+from sync.evaluate.explain import explain_entity, render_text
+from sync.mailchimp.client import (
     Caller,
     MailchimpSettings,
     existing_merge_fields,
     fix_merge_fields,
     make_client,
 )
-from sync.sink import MailchimpSink, SinkConfig
+from sync.mailchimp.sink import MailchimpSink, SinkConfig
 
 #: Real seconds per simulated day with --serve.
 SERVE_PACE = 3.0

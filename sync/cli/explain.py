@@ -7,12 +7,12 @@ import json
 import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
-from sync.config import load_config
-from sync.daemon import load_checked, system_clock
+from sync.daemon.config import load_config
+from sync.daemon.runtime import load_checked, system_clock
+from sync.evaluate.explain import explain_entity, find_records, render_text
 from sync.exceptions import ConfigurationError
-from sync.explain import explain_entity, find_records, render_text
-from sync.source_reader import SourceReader
-from sync.state import StateStore
+from sync.sources.reader import SourceReader
+from sync.state.store import StateStore
 
 
 @click.command()
@@ -73,4 +73,3 @@ def explain(
             click.echo("")
         for line in render_text(explanation):
             click.echo(line)
-

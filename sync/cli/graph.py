@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from sync.cli._common import handle_errors
-from sync.graph import FORMATS, render
-from sync.graph_svg import render_svg
-from sync.schema import did_you_mean, load_rules
+from sync.rules.graph import FORMATS, render
+from sync.rules.graph_svg import render_svg
+from sync.rules.schema import did_you_mean, load_rules
 
 
 @click.command()

@@ -10,14 +10,14 @@ from datetime import datetime
 import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
-from sync.config import load_config
-from sync.daemon import load_checked, system_clock
-from sync.engine import reinit_state
-from sync.plan import plan_reinit
-from sync.rules import Entity
-from sync.source_reader import SourceReader
-from sync.sqlevaluator import SqlEvaluator
-from sync.state import Baseline, StateStore
+from sync.daemon.config import load_config
+from sync.daemon.plan import plan_reinit
+from sync.daemon.runtime import load_checked, system_clock
+from sync.evaluate.engine import reinit_state
+from sync.rules.model import Entity
+from sync.sources.reader import SourceReader
+from sync.sql.evaluator import SqlEvaluator
+from sync.state.store import Baseline, StateStore
 
 
 @click.command()
@@ -47,7 +47,7 @@ def reinit(config_path: str | None, at: str | None, dry_run: bool, evaluator: st
     interruption leaves the previous ones in force. The next cycle re-reads
     everything and pushes the new statuses.
 
-    The states are computed in SQL by default (sync.sqlevaluator); the
+    The states are computed in SQL by default (sync.sql.evaluator); the
     Python evaluator gives the same states (a parity test holds them equal)
     and also works for SQLite data in a time zone other than UTC.
     """

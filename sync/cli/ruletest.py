@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from sync.cli._common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, handle_errors, report
+from sync.evaluate.ruletest import Outcome, read_test_file, run_test_file
 from sync.exceptions import RulesError
-from sync.ruletest import Outcome, read_test_file, run_test_file
 
 
 @click.command("test")

@@ -11,18 +11,18 @@ from types import FrameType
 import click
 
 from sync.cli._common import config_option, handle_errors, parse_backfill
-from sync.config import load_config
-from sync.daemon import Runtime, build_runtime_patiently, clock_from_env, serve
+from sync.daemon.config import load_config
+from sync.daemon.lock import leader_lock
+from sync.daemon.logs import configure_logging
+from sync.daemon.metrics import Metrics, MetricsServer, parse_address
+from sync.daemon.runtime import Runtime, build_runtime_patiently, clock_from_env, serve
 from sync.dashboard import app as dashboard
 from sync.exceptions import ConfigurationError
-from sync.lock import leader_lock
-from sync.logs import configure_logging
-from sync.metrics import Metrics, MetricsServer, parse_address
-from sync.webhooks import PREFIX, WebhookReceiver
+from sync.mailchimp.webhooks import PREFIX, WebhookReceiver
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger("sync.daemon")
+log = logging.getLogger("sync.daemon.runtime")
 
 
 @click.command()

@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from sync.cli._common import config_option, handle_errors
-from sync.config import load_config
+from sync.daemon.config import load_config
 from sync.records import parse_instant
-from sync.state import StateStore
+from sync.state.store import StateStore
 
 
 @click.command()

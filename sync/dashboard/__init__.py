@@ -2,8 +2,8 @@
 
 ``mailsync dashboard`` serves them on its own; the daemon serves the same
 pages beside ``/metrics``. Four pages: Lifecycle (the ladder drawing of
-``sync.graph_svg`` with live counts and flows), Trends (``sync.history``
-drawn as charts), Person (``sync.explain``'s timeline) and Operations.
+``sync.rules.graph_svg`` with live counts and flows), Trends (``sync.daemon.history``
+drawn as charts), Person (``sync.evaluate.explain``'s timeline) and Operations.
 
 * ``store``: the state store opened read-only, and the dashboard's queries;
 * ``pages``: the HTML; ``charts``: the SVG line charts;

@@ -5,7 +5,7 @@
 
 * by ``mailsync dashboard`` through ``serve`` (the standard library's WSGI
   server, one thread per request);
-* by the daemon beside ``/metrics`` (``sync.metrics.MetricsServer`` hands it
+* by the daemon beside ``/metrics`` (``sync.daemon.metrics.MetricsServer`` hands it
   every other path).
 
 Only GET (and HEAD) are answered; anything else is 405, and the state store is
@@ -37,18 +37,18 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import sqlalchemy as sa
 
-from sync import history
-from sync.config import Config
-from sync.daemon import Runtime
+from sync.daemon import history
+from sync.daemon.config import Config
+from sync.daemon.runtime import Runtime
 from sync.dashboard import pages
 from sync.dashboard.charts import line_chart
 from sync.dashboard.store import ReadOnlyStore
+from sync.evaluate.explain import explain_entity, find_records
 from sync.exceptions import ConfigurationError, MailsyncError
-from sync.explain import explain_entity, find_records
-from sync.graph_svg import Annotations, offsets, render_svg
-from sync.rules import Entity, Ruleset
-from sync.source_reader import SourceReader
-from sync.sources import SourcesConfig, load_sources
+from sync.rules.graph_svg import Annotations, offsets, render_svg
+from sync.rules.model import Entity, Ruleset
+from sync.sources.model import SourcesConfig, load_sources
+from sync.sources.reader import SourceReader
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Dashboard:
     def get(
         self, target: str, headers: Mapping[str, str]
     ) -> tuple[int, list[tuple[str, str]], bytes]:
-        """A GET as ``sync.metrics.MetricsServer`` hands it over."""
+        """A GET as ``sync.daemon.metrics.MetricsServer`` hands it over."""
         response = self.handle("GET", target, headers)
         return response.status, self._headers(response), response.body
 

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from datetime import datetime
 
-from sync.graph_svg import SMALL, SVG_NS, add
+from sync.rules.graph_svg import SMALL, SVG_NS, add
 
 # Distinct hues, each with at least 4.5:1 contrast on white (legend text uses them).
 PALETTE = ("#0072b2", "#b34700", "#007a5a", "#a8437f", "#6b5500", "#5a3e99", "#1f2328")

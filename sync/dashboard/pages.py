@@ -16,9 +16,9 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from sync.explain import Explanation
-from sync.ledger import PushFailure
-from sync.state import Cycle, EntityState
+from sync.evaluate.explain import Explanation
+from sync.mailchimp.ledger import PushFailure
+from sync.state.store import Cycle, EntityState
 
 NAV = (("lifecycle", "Lifecycle"), ("trends", "Trends"), ("person", "Person"),
        ("operations", "Operations"))  # fmt: skip

@@ -12,7 +12,7 @@ the guarantee is given by the database, not by care in the code.
   search path, never created.
 
 ``ReadOnlyStore`` is a ``StateStore``, so the read methods (counts, member
-states, baselines …) and ``sync.explain`` work on it unchanged.
+states, baselines …) and ``sync.evaluate.explain`` work on it unchanged.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from sync.exceptions import ConfigurationError
-from sync.ledger import PushFailure, normalise_email
-from sync.state import (
+from sync.mailchimp.ledger import PushFailure, normalise_email
+from sync.state.store import (
     DEFAULT_SQLITE_FILE,
     EntityState,
     StateStore,
@@ -35,7 +35,7 @@ from sync.state import (
     push,
 )
 
-#: The migration that adds the history tables (sync/migrations/0008_*).
+#: The migration that adds the history tables (sync/state/migrations/0008_*).
 HISTORY_VERSION = 8
 
 

@@ -6,7 +6,7 @@ reads or writes the current directory: it works in one folder (by default
 ``$XDG_DATA_HOME/mailsync/demo``, that is ``~/.local/share/mailsync/demo``)
 holding a copy of the rules, the sources and the rules tests shipped in the
 package, the demo database, the state store and a ``mailsync.yaml`` naming
-them. Paths in that settings file are relative to it (``sync.config`` reads
+them. Paths in that settings file are relative to it (``sync.daemon.config`` reads
 them so), the database URLs are absolute: the folder can be inspected or
 copied, and the suggested commands name it by its absolute path.
 """

@@ -668,9 +668,7 @@ class Audience:
         self._check_new_email(address)
         taken = self._members.get(subscriber_hash(address))
         if taken is not None:
-            raise invalid(
-                f'"{address}" is already in this list with a status of "{taken.status}".'
-            )
+            raise invalid(f'"{address}" is already in this list with a status of "{taken.status}".')
         del self._members[member.id]
         member.email_address = address
         member.last_changed = self._clock()

@@ -19,7 +19,7 @@ import requests
 
 from sync.emulator import Emulator
 from sync.emulator.store import subscriber_hash
-from sync.mailchimp import parse_batch_results
+from sync.mailchimp.client import parse_batch_results
 from tests.test_emulator_batch_operations import BATCH_KEYS as JOB_KEYS
 
 

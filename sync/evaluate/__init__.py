@@ -1,0 +1,7 @@
+"""The engine: one entity at one instant.
+
+``engine`` gives status, entry instants, merge fields, events and the next
+change; ``members`` turns evaluations into the members Mailchimp receives;
+``explain`` replays one entity's timeline; ``ruletest`` runs the rules-test
+files. Pure: the clock is always an argument.
+"""
