@@ -147,9 +147,15 @@ def _remember_cursor(
     conn.info.setdefault(_CURSORS, []).append(cursor)
 
 
-def close_cursors(conn: Connection) -> None:
-    """Close the cursors of this session's queries still open."""
-    for cursor in conn.info.pop(_CURSORS, []):
+def close_cursors(info: dict[Any, Any]) -> None:
+    """Close the cursors of this session's queries still open.
+
+    ``info`` is the session connection's ``info``, taken when the session
+    began: once the connection is lost, SQLAlchemy no longer lets it be read
+    through the connection, yet the cursors must still be closed (psycopg
+    complains when it finds them open at garbage collection).
+    """
+    for cursor in info.pop(_CURSORS, []):
         if not getattr(cursor, "closed", True):
             try:
                 cursor.close()
@@ -931,6 +937,7 @@ class _Session:
         self.busy = busy if busy is not None else set()
         self.busy_lock = busy_lock or threading.Lock()
         self.driver: Any = None
+        self.info: dict[Any, Any] = {}
 
     def __enter__(self) -> Connection:
         try:
@@ -940,9 +947,24 @@ class _Session:
                 f"cannot connect to the source database: {exc.orig}"
             ) from exc
         self.conn = conn
+        self.info = conn.info
         self.driver = conn.connection.dbapi_connection
         with self.busy_lock:
             self.busy.add(self.driver)
+        try:
+            self._begin(conn)
+        except BaseException as exc:
+            # Lost while the session began (the pool handed out a connection
+            # whose server had gone): closed here, since __exit__ will not run.
+            self.__exit__(type(exc))
+            if isinstance(exc, sa.exc.DBAPIError):
+                raise SourceUnavailableError(
+                    f"the source database's connection was lost: {exc.orig}"
+                ) from exc
+            raise
+        return conn
+
+    def _begin(self, conn: Connection) -> None:
         conn.begin()
         if conn.dialect.name == "postgresql":
             # Local to this transaction: `timestamp` values and :now then
@@ -955,21 +977,21 @@ class _Session:
             # pysqlite opens no transaction for SELECTs; BEGIN makes every
             # query of this read see one snapshot, as on PostgreSQL.
             conn.exec_driver_sql("BEGIN")
-        return conn
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         assert self.conn is not None
         with self.busy_lock:
             self.busy.discard(self.driver)
         try:
-            close_cursors(self.conn)
+            close_cursors(self.info)
             self.conn.rollback()  # read-only: nothing to commit, ever
-        except sa.exc.DBAPIError:
+        except (sa.exc.DBAPIError, sa.exc.PendingRollbackError):
             if exc_type is None:
                 raise
             # The read failed already (cancelled: SQLite then interrupts the
-            # rollback too; connection lost): that error is the one to
-            # report, and this connection is not reused.
+            # rollback too; connection lost, when SQLAlchemy refuses to touch
+            # the connection at all): that error is the one to report, and
+            # this connection is not reused.
             self.conn.invalidate()
         finally:
             self.conn.close()
