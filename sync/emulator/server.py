@@ -48,13 +48,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 from sync.emulator import problems
 from sync.emulator.api import ROUTES, Outcome, perform, run_handler
+from sync.emulator.audience import Audience
 from sync.emulator.batches import BATCH_ROUTES, RESULTS_PREFIX, BatchQueue
 from sync.emulator.calls import Call, CallLog
 from sync.emulator.client import client_for
 from sync.emulator.faults import FaultKind, FaultPlan
+from sync.emulator.members import Clock, utc_now
 from sync.emulator.problems import ApiProblem
 from sync.emulator.routes import Answer, Request
-from sync.emulator.store import Audience, Clock, Store, utc_now
+from sync.emulator.store import Store
 
 DEFAULT_API_KEY = "0123456789abcdef0123456789abcdef-us21"
 DEFAULT_LIST_ID = "a1b2c3d4e5"
