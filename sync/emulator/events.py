@@ -1,4 +1,4 @@
-"""Member events: the checks on a posted event, and the audience's event log.
+"""Member events: ``GET``/``POST …/members/{hash}/events``, and the event log.
 
 Each member keeps its own events; the audience's :class:`EventLog` keeps
 every event of every member in arrival order, for tests to read.

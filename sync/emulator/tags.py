@@ -1,4 +1,4 @@
-"""Member tags: the tags a request carries, and the JSON of a member's tags.
+"""Member tags: ``GET``/``POST …/members/{hash}/tags``, and the tags a body carries.
 
 Tags are applied on creation (``tags`` in a PUT or a batch subscribe item),
 replaced by a batch subscribe with ``sync_tags``, and changed one by one
