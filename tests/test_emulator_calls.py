@@ -18,7 +18,7 @@ import requests
 from mailchimp_marketing.api_client import ApiClientError
 
 from sync.emulator import Emulator, FaultKind
-from sync.emulator.server import _Handler
+from sync.emulator.transport import RequestHandler
 
 
 @pytest.fixture
@@ -26,9 +26,9 @@ def at_send(monkeypatch: pytest.MonkeyPatch, mailchimp_emulator: Emulator) -> li
     """(calls recorded, requests in flight) seen at the moment each answer is sent."""
     seen: list[tuple[int, int]] = []
     lock = threading.Lock()
-    original = _Handler.send
+    original = RequestHandler.send
 
-    def send(self: _Handler, *args: Any, **kwargs: Any) -> None:
+    def send(self: RequestHandler, *args: Any, **kwargs: Any) -> None:
         if not self.path.startswith("/_emulator"):
             with lock:
                 seen.append(
@@ -36,7 +36,7 @@ def at_send(monkeypatch: pytest.MonkeyPatch, mailchimp_emulator: Emulator) -> li
                 )
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(_Handler, "send", send)
+    monkeypatch.setattr(RequestHandler, "send", send)
     return seen
 
 

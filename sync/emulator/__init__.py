@@ -14,12 +14,14 @@ official client pointed at it. The public surface is re-exported here:
 See ``docs/emulator.md``.
 """
 
+from sync.emulator.audience import Audience
 from sync.emulator.batches import Batch, BatchQueue
 from sync.emulator.calls import Call, CallLog, OperationCall
 from sync.emulator.client import client_for
 from sync.emulator.faults import FaultKind, FaultPlan
+from sync.emulator.members import Event, Member, subscriber_hash
 from sync.emulator.server import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
-from sync.emulator.store import Audience, Event, Member, Store, subscriber_hash
+from sync.emulator.store import Store
 
 __all__ = [
     "DEFAULT_API_KEY",

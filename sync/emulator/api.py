@@ -3,7 +3,7 @@
 Each handler only translates between HTTP and the store: parameters in,
 the store's JSON out, status codes as Mailchimp uses them (PUT and merge
 field creation answer 200, tags and events 204). The rules themselves live
-in ``store.py``.
+in ``audience.py`` and the endpoint modules it names.
 
 :func:`run_handler` and :func:`perform` are the one way a request reaches a
 handler: the HTTP server uses the first after its gates (limit, faults,
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sync.emulator import problems
+from sync.emulator import batch_subscribe, events, member_requests, problems, tags
 from sync.emulator.problems import ApiProblem
 from sync.emulator.routes import Answer, Request, Router
 from sync.emulator.store import Store
@@ -112,9 +112,10 @@ def get_list(store: Store, request: Request) -> Answer:
 
 
 @ROUTES.add("POST", "/lists/{list_id}")
-def batch_subscribe(store: Store, request: Request) -> Answer:
+def subscribe_members(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    result = audience.batch_subscribe(
+    result = batch_subscribe.batch_subscribe(
+        audience,
         request.body,
         skip_merge_validation=request.flag("skip_merge_validation"),
         skip_duplicate_check=request.flag("skip_duplicate_check"),
@@ -124,19 +125,21 @@ def batch_subscribe(store: Store, request: Request) -> Answer:
 
 @ROUTES.add("GET", "/lists/{list_id}/members")
 def list_members(store: Store, request: Request) -> Answer:
-    return Answer(200, store.audience(request.params["list_id"]).members_json(request.query))
+    audience = store.audience(request.params["list_id"])
+    return Answer(200, member_requests.members_json(audience, request.query))
 
 
 @ROUTES.add("GET", "/lists/{list_id}/members/{subscriber_hash}")
 def get_member(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    return Answer(200, audience.member_json(request.params["subscriber_hash"]))
+    return Answer(200, member_requests.member_json(audience, request.params["subscriber_hash"]))
 
 
 @ROUTES.add("PUT", "/lists/{list_id}/members/{subscriber_hash}")
 def put_member(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    _, member = audience.put_member(
+    _, member = member_requests.put_member(
+        audience,
         request.params["subscriber_hash"],
         request.body,
         skip_merge_validation=request.flag("skip_merge_validation"),
@@ -155,7 +158,7 @@ def archive_member(store: Store, request: Request) -> Answer:
 @ROUTES.add("POST", "/lists/{list_id}/members/{subscriber_hash}/actions/delete-permanent")
 def delete_member_permanent(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    audience.delete_permanent(request.params["subscriber_hash"])
+    member_requests.delete_permanent(audience, request.params["subscriber_hash"])
     return Answer(204)
 
 
@@ -182,7 +185,8 @@ def delete_webhook(store: Store, request: Request) -> Answer:
 @ROUTES.add("PATCH", "/lists/{list_id}/members/{subscriber_hash}")
 def patch_member(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    member = audience.patch_member(
+    member = member_requests.patch_member(
+        audience,
         request.params["subscriber_hash"],
         request.body,
         skip_merge_validation=request.flag("skip_merge_validation"),
@@ -193,26 +197,27 @@ def patch_member(store: Store, request: Request) -> Answer:
 @ROUTES.add("GET", "/lists/{list_id}/members/{subscriber_hash}/tags")
 def get_tags(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    return Answer(200, audience.tags_json(request.params["subscriber_hash"]))
+    return Answer(200, tags.tags_json(audience, request.params["subscriber_hash"]))
 
 
 @ROUTES.add("POST", "/lists/{list_id}/members/{subscriber_hash}/tags")
 def post_tags(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    audience.update_tags(request.params["subscriber_hash"], request.body)
+    tags.update_tags(audience, request.params["subscriber_hash"], request.body)
     return Answer(204)
 
 
 @ROUTES.add("GET", "/lists/{list_id}/members/{subscriber_hash}/events")
 def get_events(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    return Answer(200, audience.events_json(request.params["subscriber_hash"], request.query))
+    key = request.params["subscriber_hash"]
+    return Answer(200, events.events_json(audience, key, request.query))
 
 
 @ROUTES.add("POST", "/lists/{list_id}/members/{subscriber_hash}/events")
 def post_event(store: Store, request: Request) -> Answer:
     audience = store.audience(request.params["list_id"])
-    audience.add_event(request.params["subscriber_hash"], request.body)
+    events.add_event(audience, request.params["subscriber_hash"], request.body)
     return Answer(204)
 
 

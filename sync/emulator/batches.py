@@ -44,10 +44,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from sync.emulator.api import Outcome
+from sync.emulator.bodies import page
 from sync.emulator.calls import CallLog, OperationCall
+from sync.emulator.members import Clock, timestamp
 from sync.emulator.problems import ApiProblem, FieldError, invalid, not_found
 from sync.emulator.routes import Answer, Request, Router
-from sync.emulator.store import Clock, _page, timestamp
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 # Mailchimp only reads a body for these; a GET's body is ignored.
@@ -236,7 +237,7 @@ class BatchQueue:
             return self._render(self._existing(batch_id))
 
     def list_json(self, query: Mapping[str, str]) -> dict[str, Any]:
-        count, offset = _page(query, default_count=10)
+        count, offset = page(query, default_count=10)
         with self._lock:
             batches = list(self._batches.values())
             return {

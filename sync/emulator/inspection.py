@@ -14,9 +14,9 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from sync.emulator.members import Member, timestamp
 from sync.emulator.problems import ApiProblem
 from sync.emulator.routes import Answer, Request, Router
-from sync.emulator.store import Member, timestamp
 
 if TYPE_CHECKING:
     from sync.emulator.batches import Batch

@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 from sync.emulator import Emulator
-from sync.emulator.store import subscriber_hash
+from sync.emulator.members import subscriber_hash
 from sync.mailchimp.client import parse_batch_results
 from tests.test_emulator_batch_operations import BATCH_KEYS as JOB_KEYS
 

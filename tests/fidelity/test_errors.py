@@ -17,7 +17,7 @@ import pytest
 from mailchimp_marketing.api_client import ApiClientError
 
 from sync.emulator import Emulator
-from sync.emulator.store import subscriber_hash
+from sync.emulator.members import subscriber_hash
 from sync.mailchimp.client import AnswerClass, classify
 from tests.fidelity.conftest import ERROR_TYPE, problem_of, put_member
 

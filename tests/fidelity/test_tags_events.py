@@ -20,7 +20,7 @@ import requests
 from mailchimp_marketing.api_client import ApiClientError
 
 from sync.emulator import Emulator
-from sync.emulator.store import subscriber_hash
+from sync.emulator.members import subscriber_hash
 from tests.fidelity.conftest import problem_of
 
 

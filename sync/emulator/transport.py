@@ -1,0 +1,108 @@
+"""The HTTP side of the emulator: the threading server and its request handler.
+
+Standard library only (``http.server``), one thread per request. The
+handler reads a request and hands it to :func:`sync.emulator.gates.serve`,
+which decides the answer; it then writes the answer (``Connection: close``,
+an ``X-Request-Id``), or, for a ``reset`` fault, has the server close the
+connection with a TCP RST.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from sync.emulator.gates import JSON_TYPE, serve
+from sync.emulator.routes import Answer
+
+if TYPE_CHECKING:
+    from sync.emulator.server import Emulator
+
+
+class EmulatorHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that knows its emulator, and can reset a connection."""
+
+    # Handler threads are joined on close, so a test never leaks one; holds
+    # and delays wake up early when the emulator stops, so joining is quick.
+    daemon_threads = False
+    block_on_close = True
+    # socketserver's default backlog of 5 makes the kernel drop extra SYNs,
+    # which clients retry a second later: concurrency would be throttled
+    # before our own limit could ever be seen.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+        self.emulator = emulator
+        self._resets: set[socket.socket] = set()
+        self._resets_lock = threading.Lock()
+        super().__init__(address, RequestHandler)
+
+    def reset_on_close(self, sock: socket.socket) -> None:
+        # SO_LINGER with a zero timeout makes close() send a TCP RST.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with self._resets_lock:
+            self._resets.add(sock)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._resets_lock:
+            resetting = request in self._resets
+            self._resets.discard(request)
+        if resetting:
+            # The usual shutdown(SHUT_WR) would send a FIN first: skip it.
+            self.close_request(request)
+        else:
+            super().shutdown_request(request)
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    """One request: read its body, hand it to :func:`~sync.emulator.gates.serve`."""
+
+    server: EmulatorHTTPServer
+    protocol_version = "HTTP/1.1"
+    # A socket timeout, so a silent client cannot pin a thread forever.
+    timeout = 30
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.emulator.verbose:
+            super().log_message(format, *args)
+
+    def _dispatch(self) -> None:
+        self.close_connection = True
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        serve(self.server.emulator, self, self.command, self.path, raw)
+
+    def send(self, status: int, body: bytes = b"", content_type: str | None = None) -> None:
+        self.send_response(status)
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Request-Id", str(uuid.uuid4()))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def send_answer(self, answer: Answer) -> None:
+        body = b"" if answer.body is None else json.dumps(answer.body).encode()
+        self.send(answer.status, body, JSON_TYPE)
