@@ -45,7 +45,7 @@ from typing import Any
 from sync.exceptions import ConfigurationError, Problem, RulesError
 from sync.rules.durations import DurationError, parse_duration
 from sync.rules.loader import MarkedDict, line_of, read_yaml_file
-from sync.rules.schema import did_you_mean
+from sync.rules.validate import did_you_mean
 
 DEFAULT_STATE = "sqlite:///mailsync-state.sqlite"
 TOP_KEYS = (

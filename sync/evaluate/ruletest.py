@@ -25,7 +25,8 @@ from sync.records import ActionOccurrence, FactValue, parse_instant
 from sync.rules.expressions import Type
 from sync.rules.loader import MarkedDict, MarkedList, line_of, read_yaml_file
 from sync.rules.model import Entity, Ruleset
-from sync.rules.schema import did_you_mean, load_rules
+from sync.rules.schema import load_rules
+from sync.rules.validate import did_you_mean
 
 TOP_KEYS = ("rules", "entity", "tests")
 TEST_KEYS = ("name", "facts", "events", "reinit_at", "expect")
