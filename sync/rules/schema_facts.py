@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sync.rules.expressions import FACT_TYPES, ExpressionError, Type, parse_value
+from sync.rules.expression_checker import parse_value
+from sync.rules.expressions import FACT_TYPES, ExpressionError, Type
 from sync.rules.layout import (
     ACTION_KEYS,
 )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sync.rules.expressions import ExpressionError, Type, parse_condition
+from sync.rules.expression_checker import parse_condition
+from sync.rules.expressions import ExpressionError, Type
 from sync.rules.loader import MarkedDict, MarkedList
 from sync.rules.model import (
     Choice,

@@ -13,7 +13,8 @@ from datetime import timedelta
 from typing import Any
 
 from sync.rules.durations import format_duration
-from sync.rules.expressions import ExpressionError, Type, parse_condition
+from sync.rules.expression_checker import parse_condition
+from sync.rules.expressions import ExpressionError, Type
 from sync.rules.layout import (
     LOOP_KEYS,
     STATE_KEYS,
