@@ -39,6 +39,11 @@ def unknown_key(key: object, allowed: Iterable[str]) -> str:
     return f"unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}"
 
 
+def missing_key(key: str, hint: str = "") -> str:
+    """``missing key 'list'``, then ``hint`` (``: the query returning ...``)."""
+    return f"missing key {key!r}{hint}"
+
+
 def describe(value: object) -> str:
     """A value as a marketer would name it: ``a list``, ``7 (a number)``, ``nothing``."""
     if value is None:
@@ -112,7 +117,7 @@ class Report:
         """
         if key in mapping:
             return True
-        self.error(parent, at, path, f"missing key {key!r}{hint}")
+        self.error(parent, at, path, missing_key(key, hint))
         return False
 
     def snake_name(self, container: Any, name: Any, path: Path_, what: str) -> bool:
