@@ -11,9 +11,7 @@ import re
 from dataclasses import dataclass
 
 from sync.rules.durations import DurationError, duration_suggestion, parse_duration
-from sync.rules.expressions import (
-    ExpressionError,
-)
+from sync.rules.expressions import ExpressionError
 
 _TOKEN = re.compile(
     r"""

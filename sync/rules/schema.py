@@ -10,6 +10,13 @@ Checks beyond shapes and types: names that must exist (statuses, facts,
 ladders, suffixes), zero-delay cycles of ``then`` transitions, ladder steps
 that could never be reached, merge tags (≤ 10 of ``A-Z 0-9 _``), event names
 (2 to 30 of ``A-Z a-z 0-9 _ -``), and a warning for statuses nothing can reach.
+
+This module walks the document and each entity; one module builds each
+section of an entity, writing its problems to a ``RulesReport``
+(``schema_report``): facts, derived facts and actions (``schema_facts``),
+statuses and their timelines (``schema_statuses``), events and merge fields
+(``schema_outputs``), re-initialisation (``schema_reinit``), then the checks
+of the whole entity (``schema_checks``).
 """
 
 from __future__ import annotations
@@ -20,16 +27,9 @@ from typing import Any
 
 from sync.exceptions import Problem, RulesError
 from sync.rules.expressions import Type
-from sync.rules.layout import (
-    ENTITY_KEYS,
-    TOP_KEYS,
-)
+from sync.rules.layout import ENTITY_KEYS, TOP_KEYS
 from sync.rules.loader import MarkedDict, line_of, load_yaml, read_yaml_file
-from sync.rules.model import (
-    Entity,
-    Ruleset,
-    Step,
-)
+from sync.rules.model import Entity, Ruleset, Step
 from sync.rules.schema_checks import check_entity
 from sync.rules.schema_facts import build_actions, build_derived, build_facts
 from sync.rules.schema_outputs import build_merge_fields
@@ -37,6 +37,28 @@ from sync.rules.schema_reinit import build_reinit
 from sync.rules.schema_report import NAME, RulesReport
 from sync.rules.schema_statuses import build_ladder_steps, build_states, list_state_names
 from sync.rules.validate import Path_, describe, did_you_mean
+
+
+def build_ruleset(data: Any, file: str, problems: Iterable[Problem] = ()) -> Ruleset:
+    """Build the model from loaded YAML, raising ``RulesError`` with every problem."""
+    report = RulesReport(file)
+    report.problems.extend(problems)
+    ruleset = build_document(report, data)
+    if ruleset is None or report.failed:
+        raise RulesError(sorted(report.problems, key=lambda p: (p.line or 0, p.warning)))
+    return ruleset
+
+
+def load_rules(path: str | Path) -> Ruleset:
+    """Read and validate a rule file."""
+    document = read_yaml_file(path)
+    return build_ruleset(document.data, document.file, document.problems)
+
+
+def parse_rules(text: str, file: str = "rules.yaml") -> Ruleset:
+    """Validate rules given as text (tests, the daemon's reload)."""
+    document = load_yaml(text, file)
+    return build_ruleset(document.data, document.file, document.problems)
 
 
 def build_document(report: RulesReport, data: Any) -> Ruleset | None:
@@ -85,8 +107,7 @@ def build_document(report: RulesReport, data: Any) -> Ruleset | None:
         for p in report.problems
         if not any(p.message.startswith(f"unknown status {n!r}") for n in report.nested)
     ]
-    errors = [p for p in report.problems if not p.warning]
-    if errors:
+    if report.failed:
         return None
     return Ruleset(report.file, entities, tuple(p for p in report.problems if p.warning))
 
@@ -151,25 +172,3 @@ def build_entity(
     if state_names and len(states) == len(state_names):
         check_entity(report, raw, entity, path)
     return entity
-
-
-def build_ruleset(data: Any, file: str, problems: Iterable[Problem] = ()) -> Ruleset:
-    """Build the model from loaded YAML, raising ``RulesError`` with every problem."""
-    report = RulesReport(file)
-    report.problems.extend(problems)
-    ruleset = build_document(report, data)
-    if ruleset is None or any(not p.warning for p in report.problems):
-        raise RulesError(sorted(report.problems, key=lambda p: (p.line or 0, p.warning)))
-    return ruleset
-
-
-def load_rules(path: str | Path) -> Ruleset:
-    """Read and validate a rule file."""
-    document = read_yaml_file(path)
-    return build_ruleset(document.data, document.file, document.problems)
-
-
-def parse_rules(text: str, file: str = "rules.yaml") -> Ruleset:
-    """Validate rules given as text (tests, the daemon's reload)."""
-    document = load_yaml(text, file)
-    return build_ruleset(document.data, document.file, document.problems)

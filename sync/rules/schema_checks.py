@@ -10,10 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sync.rules.loader import MarkedDict
-from sync.rules.model import (
-    Entity,
-    Mode,
-)
+from sync.rules.model import Entity, Mode
 from sync.rules.schema_report import RulesReport
 from sync.rules.validate import Path_
 

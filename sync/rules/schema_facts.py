@@ -11,14 +11,9 @@ from collections.abc import Mapping
 
 from sync.rules.expression_checker import parse_value
 from sync.rules.expressions import FACT_TYPES, ExpressionError, Type
-from sync.rules.layout import (
-    ACTION_KEYS,
-)
+from sync.rules.layout import ACTION_KEYS
 from sync.rules.loader import MarkedDict
-from sync.rules.model import (
-    Action,
-    Derived,
-)
+from sync.rules.model import Action, Derived
 from sync.rules.schema_outputs import build_event
 from sync.rules.schema_report import NAME, RESERVED, RulesReport
 from sync.rules.validate import Path_, describe, did_you_mean

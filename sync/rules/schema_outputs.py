@@ -14,13 +14,7 @@ from typing import Any
 from sync.payload import EVENT_PROPERTIES_MAX
 from sync.rules.expressions import Type
 from sync.rules.loader import MarkedDict, line_of
-from sync.rules.model import (
-    ACTION_CODE,
-    STATUS,
-    Action,
-    EventSpec,
-    MergeField,
-)
+from sync.rules.model import ACTION_CODE, STATUS, Action, EventSpec, MergeField
 from sync.rules.schema_report import RulesReport
 from sync.rules.validate import Path_, describe, did_you_mean
 

@@ -12,10 +12,7 @@ from collections.abc import Mapping
 from sync.rules.expression_checker import parse_condition
 from sync.rules.expressions import ExpressionError, Type
 from sync.rules.loader import MarkedDict, MarkedList
-from sync.rules.model import (
-    Choice,
-    State,
-)
+from sync.rules.model import Choice, State
 from sync.rules.schema_report import OTHERWISE, RulesReport
 from sync.rules.validate import Path_, describe, did_you_mean
 

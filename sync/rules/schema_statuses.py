@@ -15,18 +15,9 @@ from typing import Any
 from sync.rules.durations import format_duration
 from sync.rules.expression_checker import parse_condition
 from sync.rules.expressions import ExpressionError, Type
-from sync.rules.layout import (
-    LOOP_KEYS,
-    STATE_KEYS,
-    THEN_KEYS,
-)
+from sync.rules.layout import LOOP_KEYS, STATE_KEYS, THEN_KEYS
 from sync.rules.loader import MarkedDict, line_of
-from sync.rules.model import (
-    Loop,
-    State,
-    Step,
-    Then,
-)
+from sync.rules.model import Loop, State, Step, Then
 from sync.rules.schema_outputs import build_event
 from sync.rules.schema_report import OTHERWISE, RulesReport
 from sync.rules.validate import Path_, describe, did_you_mean
