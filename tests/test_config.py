@@ -47,7 +47,7 @@ def test_no_file_is_fine(tmp_path, monkeypatch):
     ("text", "message"),
     [
         ("daemon: {interval: soon}\n", "mailsync.yaml:1: daemon ==> interval: expected a duration"),
-        ("databse: x\n", "unknown key (did you mean 'database'?)"),
+        ("databse: x\n", "unknown key 'databse' (did you mean 'database'?)"),
         ("log_format: xml\n", "expected text or json"),
         ("mailchimp: {api_key: k-us1}\n", "the API key never goes in a file"),
         ("daemon: {batch_size: 0}\n", "expected a positive number"),

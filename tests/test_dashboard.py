@@ -35,7 +35,7 @@ from sync.dashboard import Access, Dashboard, People, ReadOnlyStore, check_bind,
 from sync.exceptions import ConfigurationError
 from sync.mailchimp.changes import MailchimpChange
 from sync.rules.schema import load_rules
-from sync.sources.model import load_sources
+from sync.sources.schema import load_sources
 from sync.state.store import EntityEvaluation, StateStore, status_history, transition_history
 from tests.dashboard_demo import Demo, make_demo
 

@@ -2,17 +2,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from sync.rules.expression_checker import parse_condition, parse_value
+from sync.rules.expression_eval import evaluate, holds, thresholds
 from sync.rules.expressions import (
     ExpressionError,
     Shifted,
     TimeTest,
     Type,
-    evaluate,
-    holds,
-    parse_condition,
-    parse_value,
     references,
-    thresholds,
     unparse,
 )
 

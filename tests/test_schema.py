@@ -131,7 +131,7 @@ CASES = [
     (
         "unknown key",
         ("    reinit:", "    renit:"),
-        "r.yaml:15: entities ==> user ==> renit: unknown key (did you mean 'reinit'?)",
+        "r.yaml:15: entities ==> user ==> renit: unknown key 'renit' (did you mean 'reinit'?)",
     ),
     (
         "unknown fact type",

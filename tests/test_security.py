@@ -153,7 +153,7 @@ def test_code_and_sql_in_conditions_are_refused(tmp_path, condition, reason):
 
 
 def test_the_package_never_calls_eval_or_exec():
-    # Conditions go through sync.rules.expressions' own parser; nothing may hand text
+    # Conditions go through sync.rules.expression_parser; nothing may hand text
     # to Python. Comments and docstrings may mention eval; calls may not.
     package = Path(inspect.getfile(sync)).parent
     # A method *named* compile (sqlcompile's) is defined with `def` and called

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sync.exceptions import RulesError
-from sync.sources.model import check_contract, load_sources, parse_sources
+from sync.sources.model import check_contract
+from sync.sources.schema import load_sources, parse_sources
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +52,12 @@ def test_trailing_semicolon_is_tolerated():
         pytest.param(
             "entity:\n  user: {}\n",
             [
-                (1, "entity", "unknown key 'entity' (allowed: naive_timezone, entities)"),
+                (
+                    1,
+                    "entity",
+                    "unknown key 'entity' (did you mean 'entities'?); "
+                    "allowed keys: naive_timezone, entities",
+                ),
                 (1, "", "missing key 'entities'"),
             ],
             id="misspelt-top-key",
@@ -148,8 +154,8 @@ entities:
         (
             16,
             "entities ==> user ==> surprise",
-            "unknown key 'surprise' (allowed: id_type, naive_timezone, list, actions, facts, "
-            "relations, rollups, watermark, changed)",
+            "unknown key 'surprise'; allowed keys: id_type, naive_timezone, list, actions, "
+            "facts, relations, rollups, watermark, changed",
         ),
     ]
 

@@ -9,7 +9,6 @@ import pytest
 import sqlalchemy as sa
 
 from sync.records import ActionOccurrence
-from sync.sources.model import parse_sources
 from sync.sources.reader import (
     ReadReport,
     SourceQueryError,
@@ -19,6 +18,7 @@ from sync.sources.reader import (
     read_only_engine,
     to_utc,
 )
+from sync.sources.schema import parse_sources
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 PARIS = timezone(timedelta(hours=1))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sync.sources.model import load_sources
 from sync.sources.rollups import RelationRow, Rollup, compute_rollups, status_matches
+from sync.sources.schema import load_sources
 
 ROOT = Path(__file__).resolve().parent.parent
 LITTLEWORLD = load_sources(ROOT / "examples/littleworld/sources.yaml").entity("user").rollups

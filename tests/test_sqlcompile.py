@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sync.demo import load_demo
 from sync.evaluate.engine import reinit_state
 from sync.rules.schema import load_rules
-from sync.sources.model import load_sources
 from sync.sources.reader import SourceReader
+from sync.sources.schema import load_sources
 from sync.sql.compiler import Baselines, compile_entity, needed_facts
 from sync.sql.evaluator import SqlEvaluator, later_keys
 

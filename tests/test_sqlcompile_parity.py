@@ -32,8 +32,8 @@ from sync.records import ActionOccurrence, FactValue
 from sync.rules.expressions import Type
 from sync.rules.model import Entity, Mode, Ruleset
 from sync.rules.schema import load_rules, parse_rules
-from sync.sources.model import load_sources, parse_sources
 from sync.sources.reader import SourceReader
+from sync.sources.schema import load_sources, parse_sources
 from sync.sql.compiler import Baselines, SqlEvaluation
 from sync.sql.evaluator import SqlEvaluator, later_keys
 

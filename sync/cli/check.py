@@ -32,8 +32,9 @@ from sync.mailchimp.client import (
 from sync.rules.model import Ruleset
 from sync.rules.schema import load_rules
 from sync.sources.check import probe_sources
-from sync.sources.model import SourcesConfig, check_contract, load_sources
+from sync.sources.model import SourcesConfig, check_contract
 from sync.sources.reader import SourceReader
+from sync.sources.schema import load_sources
 from sync.sql.evaluator import SqlEvaluator
 
 

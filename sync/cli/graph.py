@@ -7,7 +7,8 @@ import click
 from sync.cli._common import handle_errors
 from sync.rules.graph import FORMATS, render
 from sync.rules.graph_svg import render_svg
-from sync.rules.schema import did_you_mean, load_rules
+from sync.rules.schema import load_rules
+from sync.rules.validate import did_you_mean
 
 
 @click.command()

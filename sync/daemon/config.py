@@ -42,10 +42,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sync.exceptions import ConfigurationError, Problem, RulesError
+from sync.exceptions import ConfigurationError, RulesError
 from sync.rules.durations import DurationError, parse_duration
-from sync.rules.loader import MarkedDict, line_of, read_yaml_file
-from sync.rules.schema import did_you_mean
+from sync.rules.loader import MarkedDict, read_yaml_file
+from sync.rules.validate import Report
 
 DEFAULT_STATE = "sqlite:///mailsync-state.sqlite"
 TOP_KEYS = (
@@ -150,23 +150,8 @@ class Config:
         return self.database
 
 
-class _Reader:
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[Problem] = []
-
-    def error(self, container: Any, key: Any, path: tuple[str, ...], message: str) -> None:
-        self.problems.append(Problem(self.file, line_of(container, key), path, message))
-
-    def keys(self, mapping: MarkedDict, allowed: tuple[str, ...], path: tuple[str, ...]) -> None:
-        for key in mapping:
-            if key not in allowed:
-                self.error(
-                    mapping,
-                    key,
-                    (*path, str(key)),
-                    f"unknown key{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}",
-                )
+class _Reader(Report):
+    """Reads one settings file; ``problems`` fills up as it goes."""
 
     def duration(
         self, mapping: MarkedDict, key: str, default: timedelta, section: str = "daemon"
@@ -207,7 +192,7 @@ class _Reader:
         if not isinstance(data, MarkedDict):
             self.error(data, None, (), "expected a mapping of settings")
             return Config()
-        self.keys(data, TOP_KEYS, ())
+        self.unknown_keys(data, TOP_KEYS, ())
         mc_section = data.get("mailchimp")
         if "api_key" in data or (isinstance(mc_section, MarkedDict) and "api_key" in mc_section):
             self.error(
@@ -222,7 +207,7 @@ class _Reader:
         mailchimp = MailchimpConfig()
         daemon = DaemonConfig()
         if isinstance(mc_raw, MarkedDict):
-            self.keys(mc_raw, MAILCHIMP_KEYS, ("mailchimp",))
+            self.unknown_keys(mc_raw, MAILCHIMP_KEYS, ("mailchimp",))
             mailchimp = MailchimpConfig(
                 list_id=self.text(mc_raw, "list_id", ("mailchimp", "list_id")),
                 base_url=self.text(mc_raw, "base_url", ("mailchimp", "base_url")),
@@ -235,7 +220,7 @@ class _Reader:
                 ),
             )
         if isinstance(daemon_raw, MarkedDict):
-            self.keys(daemon_raw, DAEMON_KEYS, ("daemon",))
+            self.unknown_keys(daemon_raw, DAEMON_KEYS, ("daemon",))
             batch_size = daemon_raw.get("batch_size", DaemonConfig.batch_size)
             if not isinstance(batch_size, int) or batch_size < 1:
                 self.error(

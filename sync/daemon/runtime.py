@@ -51,8 +51,9 @@ from sync.mailchimp.reconciliation import ReconciliationPoll
 from sync.mailchimp.sink import DryRunSink, MailchimpSink, SinkConfig
 from sync.rules.model import Ruleset
 from sync.rules.schema import load_rules
-from sync.sources.model import SourcesConfig, check_contract, load_sources
+from sync.sources.model import SourcesConfig, check_contract
 from sync.sources.reader import SourceReader, SourceUnavailableError
+from sync.sources.schema import load_sources
 from sync.sql.compiler import PG_SETTINGS
 from sync.sql.evaluator import SqlEvaluator
 from sync.state.store import StateStore

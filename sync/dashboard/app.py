@@ -47,8 +47,9 @@ from sync.evaluate.explain import explain_entity, find_records
 from sync.exceptions import ConfigurationError, MailsyncError
 from sync.rules.graph_svg import Annotations, offsets, render_svg
 from sync.rules.model import Entity, Ruleset
-from sync.sources.model import SourcesConfig, load_sources
+from sync.sources.model import SourcesConfig
 from sync.sources.reader import SourceReader
+from sync.sources.schema import load_sources
 
 log = logging.getLogger(__name__)
 

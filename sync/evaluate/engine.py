@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sync.records import ActionOccurrence, EventDue, FactValue, require_aware
-from sync.rules.expressions import evaluate as evaluate_expr
-from sync.rules.expressions import holds, thresholds
+from sync.rules.expression_eval import evaluate as evaluate_expr
+from sync.rules.expression_eval import holds, thresholds
 from sync.rules.model import ACTION_CODE, STATUS, Entity, EventSpec, Mode, State
 
 _TICK = timedelta(microseconds=1)

@@ -22,7 +22,7 @@ from typing import Any
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, with_derived
 from sync.evaluate.members import mailchimp_value, normalise_email, scoped_events
 from sync.records import ActionOccurrence, EntityRecord, FactValue
-from sync.rules.expressions import thresholds
+from sync.rules.expression_eval import thresholds
 from sync.rules.model import Entity
 from sync.sources.model import SourcesConfig
 from sync.sources.reader import SourceReader

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from sync.evaluate.engine import Baseline, evaluate, reinit_state
-from sync.exceptions import Problem, RulesError
+from sync.exceptions import RulesError
 from sync.records import ActionOccurrence, FactValue, parse_instant
 from sync.rules.expressions import Type
 from sync.rules.loader import MarkedDict, MarkedList, line_of, read_yaml_file
 from sync.rules.model import Entity, Ruleset
-from sync.rules.schema import did_you_mean, load_rules
+from sync.rules.schema import load_rules
+from sync.rules.validate import Report, did_you_mean
 
 TOP_KEYS = ("rules", "entity", "tests")
 TEST_KEYS = ("name", "facts", "events", "reinit_at", "expect")
@@ -81,25 +82,8 @@ class Outcome:
     failures: list[Failure] = field(default_factory=list)
 
 
-class _Reader:
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[Problem] = []
-
-    def error(self, container: Any, key: Any, path: tuple[str | int, ...], message: str) -> None:
-        self.problems.append(Problem(self.file, line_of(container, key), path, message))
-
-    def keys(
-        self, mapping: MarkedDict, allowed: tuple[str, ...], path: tuple[str | int, ...]
-    ) -> None:
-        for key in mapping:
-            if key not in allowed:
-                self.error(
-                    mapping,
-                    key,
-                    (*path, key),
-                    f"unknown key{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}",
-                )
+class _Reader(Report):
+    """Reads one rules-test file; ``problems`` fills up as it goes."""
 
     def instant(
         self, container: Any, key: Any, value: Any, path: tuple[str | int, ...]
@@ -147,7 +131,7 @@ class _Reader:
         if not isinstance(data, MarkedDict):
             self.error(data, None, (), "expected `rules:` and `tests:` at the top of the file")
             return None
-        self.keys(data, TOP_KEYS, ())
+        self.unknown_keys(data, TOP_KEYS, ())
         rules_ref = data.get("rules")
         if not isinstance(rules_ref, str):
             self.error(
@@ -197,7 +181,7 @@ class _Reader:
                 "expected a test: `name:`, then `events:` and `expect:` lines under it",
             )
             return None
-        self.keys(raw, TEST_KEYS, path)
+        self.unknown_keys(raw, TEST_KEYS, path)
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             self.error(raw, "name", (*path, "name"), "every test needs a name")
@@ -226,7 +210,7 @@ class _Reader:
                 self.error(events_raw, position, here, "expected {action: NAME, at: INSTANT}")
                 ok = False
                 continue
-            self.keys(event, EVENT_KEYS, here)
+            self.unknown_keys(event, EVENT_KEYS, here)
             action = event.get("action")
             if action not in entity.actions:
                 self.error(
@@ -273,7 +257,7 @@ class _Reader:
             if not isinstance(item, MarkedDict):
                 self.error(expect, position, here, "expected {at: INSTANT, status: NAME}")
                 continue
-            self.keys(item, EXPECT_KEYS, here)
+            self.unknown_keys(item, EXPECT_KEYS, here)
             at = self.instant(item, "at", item.get("at"), (*here, "at"))
             if "status" not in item:
                 self.error(item, None, here, "expected a status (null for none)")

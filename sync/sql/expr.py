@@ -11,7 +11,7 @@ column expressions that mean exactly what the Python evaluator computes:
   logic would make ``not (x > 0)`` null (false) where Python's is true, so
   each comparison is wrapped in ``COALESCE(..., FALSE)`` (a comparison with
   null is false) and a boolean value used as a condition counts null as
-  false, like ``expressions.truth``;
+  false, like ``expression_eval.truth``;
 * ``now`` is not special here: the caller passes the SQL expression that
   stands for it (the ``:mailsync_now_us`` parameter, or a candidate instant
   when the condition-mode query looks for the instants at which the chosen
