@@ -54,8 +54,8 @@ from sync.mailchimp.client import (
     make_client,
 )
 from sync.mailchimp.sink import MailchimpSink, SinkConfig
-from sync.sources.model import load_sources
 from sync.sources.reader import SourceReader, SourceUnavailableError
+from sync.sources.schema import load_sources
 from tests.tcp_proxy import TcpProxy
 from tests.test_chaos import ROOT, DataFeed, expected_events, received_events
 from tests.test_cycle import NOW, Clock, audience_fields, expected_members
