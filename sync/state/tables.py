@@ -66,6 +66,9 @@ entity_state = sa.Table(
     #: Digest of the member contribution (merge fields, tags) Mailchimp last
     #: accepted from this entity; the cycle pushes when it differs.
     sa.Column("pushed_fp", sa.Text),
+    sa.Index("entity_state_next_change_at", "next_change_at"),
+    sa.Index("entity_state_status", "entity_type", "status"),
+    sa.Index("entity_state_email", "email"),
 )
 entity_baseline = sa.Table(
     "entity_baseline",
@@ -116,6 +119,7 @@ push = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("failed_at", UtcDateTime, nullable=False),
     sa.Column("next_retry_at", UtcDateTime),
+    sa.Index("push_state", "state", "permanent"),
 )
 event_sent = sa.Table(
     "event_sent",
@@ -125,6 +129,7 @@ event_sent = sa.Table(
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("sent_at", UtcDateTime, nullable=False),
     sa.Column("signature", sa.Text),
+    sa.UniqueConstraint("email", "event_key", name="event_sent_email_key"),
 )
 event_pending = sa.Table(
     "event_pending",
@@ -176,6 +181,7 @@ mailchimp_member = sa.Table(
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("changed_at", UtcDateTime, nullable=False),
     sa.Column("recorded_at", UtcDateTime, nullable=False),
+    sa.Index("mailchimp_member_status", "status", "status_at"),
 )
 mailchimp_alias = sa.Table(
     "mailchimp_alias",
@@ -196,6 +202,7 @@ mailchimp_change = sa.Table(
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("fired_at", UtcDateTime, nullable=False),
     sa.Column("recorded_at", UtcDateTime, nullable=False),
+    sa.Index("mailchimp_change_email", "email", "fired_at"),
 )
 
 entity_link = sa.Table(
@@ -205,6 +212,7 @@ entity_link = sa.Table(
     sa.Column("dependent_id", sa.Text, primary_key=True),
     sa.Column("dependency_type", sa.Text, primary_key=True),
     sa.Column("dependency_id", sa.Text, primary_key=True),
+    sa.Index("entity_link_dependency", "dependency_type", "dependency_id"),
 )
 
 # The dashboard's history (migration 0008, written by sync.daemon.history).
@@ -226,4 +234,14 @@ transition_history = sa.Table(
     sa.Column("from_status", sa.Text, primary_key=True),
     sa.Column("to_status", sa.Text, primary_key=True),
     sa.Column("count", sa.Integer, nullable=False),
+)
+
+# The leader lease (migration 0003), written by sync.daemon.lock with its own
+# SQL; described here so that the whole schema is in one place.
+leader_lease = sa.Table(
+    "leader_lease",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Text, nullable=False),
 )
