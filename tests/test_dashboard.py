@@ -36,7 +36,9 @@ from sync.exceptions import ConfigurationError
 from sync.mailchimp.changes import MailchimpChange
 from sync.rules.schema import load_rules
 from sync.sources.schema import load_sources
-from sync.state.store import EntityEvaluation, StateStore, status_history, transition_history
+from sync.state.entities import EntityEvaluation
+from sync.state.store import StateStore
+from sync.state.tables import status_history, transition_history
 from tests.dashboard_demo import Demo, make_demo
 
 

@@ -9,14 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from sync.exceptions import ConfigurationError
-from sync.state.store import (
-    Baseline,
-    EntityEvaluation,
-    StateStore,
-    load_migrations,
-    render_migration,
-    split_statements,
-)
+from sync.state.baselines import Baseline
+from sync.state.entities import EntityEvaluation
+from sync.state.migrate import load_migrations, render_migration, split_statements
+from sync.state.store import StateStore
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 

@@ -2,7 +2,8 @@
 
 from datetime import UTC, datetime, timedelta
 
-from sync.state.store import EntityEvaluation, StateStore
+from sync.state.entities import EntityEvaluation
+from sync.state.store import StateStore
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 

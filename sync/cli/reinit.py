@@ -17,7 +17,8 @@ from sync.evaluate.engine import reinit_state
 from sync.rules.model import Entity
 from sync.sources.reader import SourceReader
 from sync.sql.evaluator import SqlEvaluator
-from sync.state.store import Baseline, StateStore
+from sync.state.baselines import Baseline
+from sync.state.store import StateStore
 
 
 @click.command()

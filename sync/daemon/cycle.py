@@ -63,8 +63,9 @@ from sync.sources.model import SourcesConfig
 from sync.sources.reader import SourceQueryError, SourceReader, SourceUnavailableError
 from sync.sql.compiler import SqlEvaluation, key_instant
 from sync.sql.evaluator import SqlEvaluator
-from sync.state.store import Baseline as StoredBaseline
-from sync.state.store import EntityEvaluation, StateStore, StoredRow, evaluation_digest
+from sync.state.baselines import Baseline as StoredBaseline
+from sync.state.entities import EntityEvaluation, StoredRow, evaluation_digest
+from sync.state.store import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ import sqlalchemy as sa
 
 from sync.daemon.cycle import CycleSummary
 from sync.rules.model import Ruleset
-from sync.state.store import StateStore, status_history, transition_history, watermark
+from sync.state.store import StateStore
+from sync.state.tables import status_history, transition_history, watermark
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from urllib.parse import urlencode
 
 from sync.evaluate.explain import Explanation
 from sync.mailchimp.ledger import PushFailure
-from sync.state.store import Cycle, EntityState
+from sync.state.cycles import Cycle
+from sync.state.entities import EntityState
 
 NAV = (("lifecycle", "Lifecycle"), ("trends", "Trends"), ("person", "Person"),
        ("operations", "Operations"))  # fmt: skip

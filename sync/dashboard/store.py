@@ -26,14 +26,10 @@ import sqlalchemy as sa
 
 from sync.exceptions import ConfigurationError
 from sync.mailchimp.ledger import PushFailure, normalise_email
-from sync.state.store import (
-    DEFAULT_SQLITE_FILE,
-    EntityState,
-    StateStore,
-    entity_state,
-    event_pending,
-    push,
-)
+from sync.state.base import DEFAULT_SQLITE_FILE
+from sync.state.entities import EntityState
+from sync.state.store import StateStore
+from sync.state.tables import entity_state, event_pending, push
 
 #: The migration that adds the history tables (sync/state/migrations/0008_*).
 HISTORY_VERSION = 8

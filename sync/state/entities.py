@@ -1,0 +1,282 @@
+"""Entity evaluations: what the engine last said of each entity.
+
+Per entity, the last evaluation (status, the base state and when it was
+entered, ``next_change_at`` so the daemon only re-evaluates entities whose
+status can have moved), the digest the cycle diffs against, and the lookups
+by schedule, status and member address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+
+from sync.mailchimp.ledger import normalise_email
+from sync.state.base import StoreBase, chunks, utc_now
+from sync.state.tables import entity_link, entity_state
+
+
+@dataclass(frozen=True)
+class EntityEvaluation:
+    """The engine's verdict on one entity, as the store keeps it."""
+
+    entity_type: str
+    entity_id: str
+    email: str | None
+    status: str | None
+    base_status: str | None = None
+    base_entered_at: datetime | None = None
+    status_since: datetime | None = None
+    next_change_at: datetime | None = None
+
+
+class StoredRow(NamedTuple):
+    """One stored evaluation as the cycle compares it (``stored_rows``)."""
+
+    email: str | None
+    #: ``evaluation_digest`` of the stored evaluation (None before version 5).
+    eval_fp: str | None
+    pushed_fp: str | None
+
+    @property
+    def status(self) -> str | None:
+        """The stored status (the digest's first field)."""
+        if self.eval_fp is None:
+            return None
+        status = self.eval_fp.split(DIGEST_SEPARATOR, 1)[0]
+        return status or None
+
+
+#: Separates the fields of ``evaluation_digest`` (never in a status name).
+DIGEST_SEPARATOR = "|"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(instant: datetime | None) -> str:
+    return "" if instant is None else str((instant - _EPOCH) // _MICROSECOND)
+
+
+def evaluation_digest(
+    status: str | None,
+    state: str | None,
+    state_entered_at: datetime | None,
+    status_since: datetime | None,
+    next_change_at: datetime | None,
+    email: str | None,
+) -> str:
+    """The fields of an evaluation the cycle compares, as one text: status
+    first (``StoredRow.status`` reads it back), then the state, its entry, the
+    status's start and the next change in epoch microseconds, and the
+    (normalised) address."""
+    return DIGEST_SEPARATOR.join(
+        (
+            status or "",
+            state or "",
+            _micros(state_entered_at),
+            _micros(status_since),
+            _micros(next_change_at),
+            email or "",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class EntityState(EntityEvaluation):
+    """A stored evaluation, with the instant it was stored."""
+
+    updated_at: datetime | None = None
+
+
+class EntityStore(StoreBase):
+    """The ``entity_state`` table: evaluations stored, read, scheduled, forgotten."""
+
+    def upsert_evaluations(
+        self, evaluations: Iterable[EntityEvaluation], *, at: datetime | None = None
+    ) -> int:
+        """Store evaluations (insert or replace), all in one transaction."""
+        stamp = at or utc_now()
+        rows = [
+            {
+                "entity_type": e.entity_type,
+                "entity_id": e.entity_id,
+                # Stored lower-cased, as the ledger keys members, so lookups use the index.
+                "email": normalise_email(e.email) if e.email else None,
+                "status": e.status,
+                "base_status": e.base_status,
+                "base_entered_at": e.base_entered_at,
+                "status_since": e.status_since,
+                "next_change_at": e.next_change_at,
+                "updated_at": stamp,
+                "eval_fp": evaluation_digest(
+                    e.status,
+                    e.base_status,
+                    e.base_entered_at,
+                    e.status_since,
+                    e.next_change_at,
+                    normalise_email(e.email) if e.email else None,
+                ),
+            }
+            for e in evaluations
+        ]
+        with self.engine.begin() as conn:
+            self._upsert(conn, entity_state, rows, ("entity_type", "entity_id"))
+        return len(rows)
+
+    def stored_rows(self, entity_type: str, entity_ids: Sequence[str]) -> dict[str, StoredRow]:
+        """What the cycle diffs against, by id: three short texts per entity,
+        read without type conversion (a full pass reads one per entity of
+        the population, so per-row costs count)."""
+        found: dict[str, StoredRow] = {}
+        size = 900 if self.dialect == "sqlite" else 5000
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        with self.engine.connect() as conn:
+            for chunk in chunks(entity_ids, size):
+                marks = ", ".join([mark] * len(chunk))
+                rows = conn.exec_driver_sql(
+                    "SELECT entity_id, email, eval_fp, pushed_fp FROM entity_state"
+                    f" WHERE entity_type = {mark} AND entity_id IN ({marks})",
+                    (entity_type, *chunk),
+                )
+                for ident, email, eval_fp, pushed_fp in rows:
+                    found[ident] = StoredRow(email, eval_fp, pushed_fp)
+        return found
+
+    def entity_ids(self, entity_type: str) -> set[str]:
+        """Every stored id of a type (a full pass finds the deleted ones)."""
+        query = sa.select(entity_state.c.entity_id).where(entity_state.c.entity_type == entity_type)
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def forget_entities(self, entity_type: str, entity_ids: Iterable[str]) -> int:
+        """Entities the sources no longer list: their evaluations and links go
+        (``status`` stops counting them); members and events sent stay."""
+        ids = list(dict.fromkeys(entity_ids))
+        with self.engine.begin() as conn:
+            for chunk in chunks(ids):
+                conn.execute(
+                    entity_state.delete().where(
+                        entity_state.c.entity_type == entity_type,
+                        entity_state.c.entity_id.in_(chunk),
+                    )
+                )
+                conn.execute(
+                    entity_link.delete().where(
+                        entity_link.c.dependent_type == entity_type,
+                        entity_link.c.dependent_id.in_(chunk),
+                    )
+                )
+        return len(ids)
+
+    @staticmethod
+    def _entity(row: sa.Row[Any]) -> EntityState:
+        return EntityState(
+            entity_type=row.entity_type,
+            entity_id=row.entity_id,
+            email=row.email,
+            status=row.status,
+            base_status=row.base_status,
+            base_entered_at=row.base_entered_at,
+            status_since=row.status_since,
+            next_change_at=row.next_change_at,
+            updated_at=row.updated_at,
+        )
+
+    def entity_states(self, entity_type: str, entity_ids: Iterable[str]) -> dict[str, EntityState]:
+        ids = list(dict.fromkeys(entity_ids))
+        found: dict[str, EntityState] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(ids):
+                rows = conn.execute(
+                    sa.select(entity_state).where(
+                        entity_state.c.entity_type == entity_type,
+                        entity_state.c.entity_id.in_(chunk),
+                    )
+                )
+                for row in rows:
+                    found[row.entity_id] = self._entity(row)
+        return found
+
+    def entity_state_of(self, entity_type: str, entity_id: str) -> EntityState | None:
+        return self.entity_states(entity_type, [entity_id]).get(entity_id)
+
+    def due(
+        self, now: datetime, limit: int = 1000, *, entity_type: str | None = None
+    ) -> list[EntityState]:
+        """Entities whose ``next_change_at`` is at or before ``now``, soonest first."""
+        query = sa.select(entity_state).where(entity_state.c.next_change_at <= now)
+        if entity_type is not None:
+            query = query.where(entity_state.c.entity_type == entity_type)
+        query = query.order_by(
+            entity_state.c.next_change_at, entity_state.c.entity_type, entity_state.c.entity_id
+        ).limit(limit)
+        with self.engine.connect() as conn:
+            return [self._entity(row) for row in conn.execute(query)]
+
+    def count_due(self, now: datetime) -> int:
+        """How many entities (of any type) have a ``next_change_at`` at or before ``now``."""
+        query = sa.select(sa.func.count()).where(entity_state.c.next_change_at <= now)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def status_counts(self, entity_type: str) -> dict[str | None, int]:
+        """How many entities of this type are in each status (None: no status)."""
+        query = (
+            sa.select(entity_state.c.status, sa.func.count())
+            .where(entity_state.c.entity_type == entity_type)
+            .group_by(entity_state.c.status)
+        )
+        with self.engine.connect() as conn:
+            return {status: int(count) for status, count in conn.execute(query)}
+
+    def forget_schedule(self, entity_type: str, entity_ids: Iterable[str]) -> None:
+        """Entities the sources no longer return: keep their last state, stop
+        scheduling them (their members stay in Mailchimp)."""
+        with self.engine.begin() as conn:
+            for chunk in chunks(list(dict.fromkeys(entity_ids))):
+                conn.execute(
+                    entity_state.update()
+                    .where(
+                        entity_state.c.entity_type == entity_type,
+                        entity_state.c.entity_id.in_(chunk),
+                    )
+                    .values(next_change_at=None)
+                )
+
+    def entity_ids_by_email(self, emails: Iterable[str]) -> dict[str, set[str]]:
+        """entity type -> ids of the entities feeding these (lower-cased) members."""
+        found: dict[str, set[str]] = {}
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        with self.engine.connect() as conn:
+            for chunk in chunks(wanted):
+                rows = conn.execute(
+                    sa.select(entity_state.c.entity_type, entity_state.c.entity_id).where(
+                        entity_state.c.email.in_(chunk)
+                    )
+                )
+                for entity_type, entity_id in rows:
+                    found.setdefault(entity_type, set()).add(entity_id)
+        return found
+
+    def entities_by_email(self, emails: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+        """(entity type, id) of the entities feeding each (lower-cased) member."""
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: dict[str, list[tuple[str, str]]] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(wanted):
+                rows = conn.execute(
+                    sa.select(
+                        entity_state.c.email, entity_state.c.entity_type, entity_state.c.entity_id
+                    )
+                    .where(entity_state.c.email.in_(chunk))
+                    .order_by(entity_state.c.entity_type, entity_state.c.entity_id)
+                )
+                for email, entity_type, entity_id in rows:
+                    found.setdefault(email, []).append((entity_type, entity_id))
+        return found

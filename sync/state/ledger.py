@@ -1,0 +1,264 @@
+"""The push ledger's storage: what Mailchimp ACCEPTED, per member.
+
+Per member (lower-cased address): the merge values and active managed tags
+Mailchimp last accepted, the pushes it refused or that wait for a retry, and,
+per entity, the digest of the contribution it accepted. An address change
+moves all of it. The sink reads and writes it through
+``sync.mailchimp.ledger.PushLedger``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from sync.mailchimp.ledger import AcceptedPush, MemberPushState, PushFailure, normalise_email
+from sync.records import MergeValue
+from sync.state.base import StoreBase, chunks
+from sync.state.tables import (
+    entity_state,
+    event_pending,
+    event_sent,
+    member,
+    member_field,
+    member_tag,
+    push,
+    watermark,
+)
+
+#: The ledger's tables keyed by member address: an address change moves them.
+_LEDGER_TABLES = (member, member_field, member_tag, push)
+
+
+def _encode(value: MergeValue) -> str:
+    # JSON keeps 0, "0", False and "" apart; the type matters for the diff.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _decode(text: str) -> MergeValue:
+    value = json.loads(text)
+    if not isinstance(value, str | int | float):
+        raise ValueError(f"stored merge value is not a scalar: {text!r}")
+    return value
+
+
+def move_ledger(conn: sa.Connection, old: str, new: str) -> None:
+    """What was accepted, failed, sent or attempted for ``old`` is now
+    ``new``'s (unless ``new`` has a ledger of its own); events sent stay
+    sent under either address's keys, never twice."""
+    taken = conn.execute(sa.select(member.c.email).where(member.c.email == new)).first()
+    for table in _LEDGER_TABLES:
+        if taken is None:
+            conn.execute(table.update().where(table.c.email == old).values(email=new))
+        else:
+            conn.execute(table.delete().where(table.c.email == old))
+    for table in (event_sent, event_pending):
+        theirs = sa.select(table.c.event_key).where(table.c.email == new).scalar_subquery()
+        conn.execute(
+            table.update()
+            .where(table.c.email == old, table.c.event_key.not_in(theirs))
+            .values(email=new)
+        )
+        conn.execute(table.delete().where(table.c.email == old))
+
+
+class LedgerStore(StoreBase):
+    """Accepted values and tags, failures, pushed digests, address moves."""
+
+    # -- PushLedger -------------------------------------------------------------
+
+    def member_states(self, emails: Iterable[str]) -> dict[str, MemberPushState]:
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        pushed_at: dict[str, datetime] = {}
+        fields: dict[str, dict[str, MergeValue]] = {}
+        tags: dict[str, set[str]] = {}
+        failures: dict[str, PushFailure] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(wanted):
+                for row in conn.execute(sa.select(member).where(member.c.email.in_(chunk))):
+                    pushed_at[row.email] = row.pushed_at
+                for row in conn.execute(
+                    sa.select(member_field).where(member_field.c.email.in_(chunk))
+                ):
+                    fields.setdefault(row.email, {})[row.tag] = _decode(row.value_json)
+                for row in conn.execute(sa.select(member_tag).where(member_tag.c.email.in_(chunk))):
+                    tags.setdefault(row.email, set()).add(row.tag)
+                for row in conn.execute(
+                    sa.select(push).where(push.c.email.in_(chunk), push.c.state == "failed")
+                ):
+                    failures[row.email] = self._failure(row)
+        return {
+            email: MemberPushState(
+                email=email,
+                fields=fields.get(email, {}),
+                tags=frozenset(tags.get(email, ())),
+                pushed_at=pushed_at.get(email),
+                failure=failures.get(email),
+            )
+            for email in wanted
+            if email in pushed_at or email in failures
+        }
+
+    @staticmethod
+    def _failure(row: sa.Row[Any]) -> PushFailure:
+        return PushFailure(
+            email=row.email,
+            reason=row.reason,
+            permanent=bool(row.permanent),
+            failed_at=row.failed_at,
+            fingerprint=row.fingerprint,
+            attempts=int(row.attempts),
+            next_retry_at=row.next_retry_at,
+        )
+
+    def record_accepted(
+        self,
+        email: str,
+        fields: Mapping[str, MergeValue],
+        tags: frozenset[str] | None,
+        at: datetime,
+    ) -> None:
+        self.record_accepted_many([AcceptedPush(email=email, fields=fields, tags=tags, at=at)])
+
+    def record_accepted_many(self, pushes: Sequence[AcceptedPush]) -> None:
+        if not pushes:
+            return
+        merged: dict[str, AcceptedPush] = {}
+        for p in pushes:
+            email = normalise_email(p.email)
+            before = merged.get(email)
+            if before is None:
+                merged[email] = AcceptedPush(email, dict(p.fields), p.at, p.tags)
+            else:
+                merged[email] = AcceptedPush(
+                    email,
+                    {**before.fields, **p.fields},
+                    max(before.at, p.at),
+                    p.tags if p.tags is not None else before.tags,
+                )
+        members = [{"email": e, "pushed_at": p.at} for e, p in merged.items()]
+        field_rows = [
+            {"email": e, "tag": tag, "value_json": _encode(value), "pushed_at": p.at}
+            for e, p in merged.items()
+            for tag, value in p.fields.items()
+        ]
+        retagged = [e for e, p in merged.items() if p.tags is not None]
+        tag_rows = [
+            {"email": e, "tag": tag, "pushed_at": merged[e].at}
+            for e in retagged
+            for tag in sorted(merged[e].tags or ())
+        ]
+        emails = list(merged)
+        with self.engine.begin() as conn:
+            self._upsert(conn, member, members, ("email",))
+            self._upsert(conn, member_field, field_rows, ("email", "tag"))
+            for chunk in chunks(retagged):
+                conn.execute(member_tag.delete().where(member_tag.c.email.in_(chunk)))
+            if tag_rows:
+                conn.execute(member_tag.insert(), tag_rows)
+            for chunk in chunks(emails):
+                conn.execute(push.delete().where(push.c.email.in_(chunk)))
+
+    def record_failure(self, failure: PushFailure) -> None:
+        self.record_failures([failure])
+
+    def record_failures(self, failures: Sequence[PushFailure]) -> None:
+        if not failures:
+            return
+        latest = {normalise_email(f.email): f for f in failures}
+        with self.engine.begin() as conn:
+            previous: dict[str, tuple[str, int]] = {}
+            for chunk in chunks(list(latest)):
+                for row in conn.execute(
+                    sa.select(push.c.email, push.c.fingerprint, push.c.attempts).where(
+                        push.c.email.in_(chunk), push.c.state == "failed"
+                    )
+                ):
+                    previous[row.email] = (row.fingerprint, int(row.attempts))
+            rows = []
+            for email, f in latest.items():
+                attempts = f.attempts
+                if email in previous and previous[email][0] == f.fingerprint:
+                    attempts = max(attempts, previous[email][1] + 1)
+                rows.append(
+                    {
+                        "email": email,
+                        "state": "failed",
+                        "reason": f.reason,
+                        "permanent": f.permanent,
+                        "fingerprint": f.fingerprint,
+                        "attempts": attempts,
+                        "failed_at": f.failed_at,
+                        "next_retry_at": f.next_retry_at,
+                    }
+                )
+            self._upsert(conn, push, rows, ("email",))
+
+    def failures(self, *, permanent: bool | None = None) -> list[PushFailure]:
+        query = sa.select(push).where(push.c.state == "failed").order_by(push.c.email)
+        if permanent is not None:
+            query = query.where(push.c.permanent == permanent)
+        with self.engine.connect() as conn:
+            return [self._failure(row) for row in conn.execute(query)]
+
+    # -- pushed digests, the audience gone, address moves ----------------------
+
+    def set_pushed_fingerprints(self, entity_type: str, fingerprints: Mapping[str, str]) -> None:
+        """Record what Mailchimp accepted from these entities (after the push)."""
+        if not fingerprints:
+            return
+        stmt = (
+            entity_state.update()
+            .where(
+                entity_state.c.entity_type == entity_type,
+                entity_state.c.entity_id == sa.bindparam("k_id"),
+            )
+            .values(pushed_fp=sa.bindparam("k_fp"))
+        )
+        rows = [{"k_id": k, "k_fp": v} for k, v in fingerprints.items()]
+        with self.engine.begin() as conn:
+            for chunk in chunks(rows, 5000):
+                conn.execute(stmt, list(chunk))
+
+    def forget_audience(self) -> None:
+        """The audience is gone (deleted in Mailchimp): nothing it accepted is
+        there any more, so the ledger of accepted values, tags and failures is
+        emptied and every entity's pushed digest cleared; the next cycle is a
+        full pass that pushes everyone again (as new members) once an audience
+        exists. Events recorded sent stay sent."""
+        with self.engine.begin() as conn:
+            for table in (member_field, member_tag, push, member):
+                conn.execute(table.delete())
+            conn.execute(entity_state.update().values(pushed_fp=None))
+            conn.execute(watermark.delete().where(watermark.c.name == "last_full_cycle"))
+
+    def failed_emails(self, emails: Iterable[str]) -> set[str]:
+        """Which of these members have a failed push on record (refused, or
+        held back waiting for a retry)."""
+        wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in chunks(wanted, 900):
+                found.update(
+                    conn.execute(
+                        sa.select(push.c.email).where(
+                            push.c.state == "failed", push.c.email.in_(chunk)
+                        )
+                    ).scalars()
+                )
+        return found
+
+    def move_member(self, old: str, new: str) -> None:
+        """The application changed the address and Mailchimp the member's:
+        the ledger and the entities follow, so nothing is sent twice to the
+        new address."""
+        old, new = normalise_email(old), normalise_email(new)
+        if old == new:
+            return
+        with self.engine.begin() as conn:
+            move_ledger(conn, old, new)
+            conn.execute(entity_state.update().where(entity_state.c.email == old).values(email=new))
