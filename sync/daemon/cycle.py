@@ -61,8 +61,9 @@ from sync.records import ActionOccurrence, DesiredMember, EventDue, FactValue
 from sync.rules.model import STATUS, Entity, Mode, Ruleset
 from sync.sources.model import SourcesConfig
 from sync.sources.reader import SourceQueryError, SourceReader, SourceUnavailableError
-from sync.sql.compiler import SqlEvaluation, key_instant
+from sync.sql.compiled import SqlEvaluation
 from sync.sql.evaluator import SqlEvaluator
+from sync.sql.keys import key_instant
 from sync.state.store import Baseline as StoredBaseline
 from sync.state.store import EntityEvaluation, StateStore, StoredRow, evaluation_digest
 
