@@ -14,7 +14,8 @@ from sync.cli import cli
 from sync.demo import EXAMPLES, load_demo
 from sync.demo.synthetic import epoch
 from sync.sources.model import load_sources
-from sync.sources.reader import ReadReport, SourceReader
+from sync.sources.reader import SourceReader
+from sync.sources.report import ReadReport
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

@@ -60,7 +60,8 @@ from sync.mailchimp.sink import PushSummary
 from sync.records import ActionOccurrence, DesiredMember, EventDue, FactValue
 from sync.rules.model import STATUS, Entity, Mode, Ruleset
 from sync.sources.model import SourcesConfig
-from sync.sources.reader import SourceQueryError, SourceReader, SourceUnavailableError
+from sync.sources.reader import SourceReader
+from sync.sources.sessions import SourceQueryError, SourceUnavailableError
 from sync.sql.compiled import SqlEvaluation
 from sync.sql.evaluator import SqlEvaluator
 from sync.sql.keys import key_instant

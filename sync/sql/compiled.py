@@ -22,7 +22,7 @@ from sync.records import FactValue
 from sync.rules.expressions import Type
 from sync.rules.model import ACTION_CODE, STATUS, Entity
 from sync.sources.model import EntitySource
-from sync.sources.reader import bind_instant, convert
+from sync.sources.values import bind_instant, convert
 from sync.sql.expr import EPOCH, from_micros, to_micros
 from sync.sql.inputs import NOW_US, REINIT_US
 

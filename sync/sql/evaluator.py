@@ -23,7 +23,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sync.exceptions import ConfigurationError
 from sync.rules.model import Mode, Ruleset
 from sync.sources.model import EntitySource, SourcesConfig
-from sync.sources.reader import bind_instant, read_only_engine
+from sync.sources.sessions import read_only_engine
+from sync.sources.values import bind_instant
 from sync.sql.actions import Baselines
 from sync.sql.compiled import ActionKeys, CompiledEntity, SqlEvaluation
 from sync.sql.compiler import PG_SETTINGS, compile_entity, compile_reinit
