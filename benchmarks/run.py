@@ -64,9 +64,10 @@ from sync.mailchimp.sink import MailchimpSink, SinkConfig  # noqa: E402
 from sync.records import ActionOccurrence, DesiredMember  # noqa: E402
 from sync.rules.model import Entity  # noqa: E402
 from sync.rules.schema import load_rules  # noqa: E402
-from sync.sources.reader import to_utc  # noqa: E402
 from sync.sources.schema import load_sources  # noqa: E402
-from sync.sql.compiler import PG_SETTINGS, SqlEvaluation  # noqa: E402
+from sync.sources.values import to_utc  # noqa: E402
+from sync.sql.compiled import SqlEvaluation  # noqa: E402
+from sync.sql.compiler import PG_SETTINGS  # noqa: E402
 from sync.sql.evaluator import SqlEvaluator, later_keys  # noqa: E402
 from sync.state.store import StateStore  # noqa: E402
 

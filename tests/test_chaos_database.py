@@ -54,8 +54,9 @@ from sync.mailchimp.client import (
     make_client,
 )
 from sync.mailchimp.sink import MailchimpSink, SinkConfig
-from sync.sources.reader import SourceReader, SourceUnavailableError
+from sync.sources.reader import SourceReader
 from sync.sources.schema import load_sources
+from sync.sources.sessions import SourceUnavailableError
 from tests.tcp_proxy import TcpProxy
 from tests.test_chaos import ROOT, DataFeed, expected_events, received_events
 from tests.test_cycle import NOW, Clock, audience_fields, expected_members

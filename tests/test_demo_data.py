@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from sync.cli import cli
 from sync.demo import EXAMPLES, load_demo
 from sync.demo.synthetic import epoch
-from sync.sources.reader import ReadReport, SourceReader
+from sync.sources.reader import SourceReader
+from sync.sources.report import ReadReport
 from sync.sources.schema import load_sources
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,16 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from sync.records import ActionOccurrence
-from sync.sources.reader import (
-    ReadReport,
-    SourceQueryError,
-    SourceReader,
-    bind_instant,
-    convert,
-    read_only_engine,
-    to_utc,
-)
+from sync.sources.reader import SourceReader
+from sync.sources.report import ReadReport
 from sync.sources.schema import parse_sources
+from sync.sources.sessions import SourceQueryError, read_only_engine
+from sync.sources.values import bind_instant, convert, to_utc
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 PARIS = timezone(timedelta(hours=1))
@@ -366,7 +361,7 @@ def test_a_sentinel_date_east_of_utc_is_a_bad_value_not_a_crash():
 
     import pytest
 
-    from sync.sources.reader import to_utc
+    from sync.sources.values import to_utc
 
     with pytest.raises(ValueError, match="out of range"):
         to_utc(datetime(1, 1, 1), ZoneInfo("Europe/Paris"))

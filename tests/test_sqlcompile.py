@@ -13,8 +13,10 @@ from sync.evaluate.engine import reinit_state
 from sync.rules.schema import load_rules
 from sync.sources.reader import SourceReader
 from sync.sources.schema import load_sources
-from sync.sql.compiler import Baselines, compile_entity, needed_facts
+from sync.sql.actions import Baselines
+from sync.sql.compiler import compile_entity
 from sync.sql.evaluator import SqlEvaluator, later_keys
+from sync.sql.population import needed_facts
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent

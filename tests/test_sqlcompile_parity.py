@@ -34,7 +34,8 @@ from sync.rules.model import Entity, Mode, Ruleset
 from sync.rules.schema import load_rules, parse_rules
 from sync.sources.reader import SourceReader
 from sync.sources.schema import load_sources, parse_sources
-from sync.sql.compiler import Baselines, SqlEvaluation
+from sync.sql.actions import Baselines
+from sync.sql.compiled import SqlEvaluation
 from sync.sql.evaluator import SqlEvaluator, later_keys
 
 ROOT = Path(__file__).resolve().parent.parent

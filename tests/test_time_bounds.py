@@ -30,8 +30,9 @@ from sync.demo import load_demo
 from sync.emulator.faults import FaultKind
 from sync.exceptions import RulesError
 from sync.mailchimp.ledger import PushFailure
-from sync.sources.reader import SourceReader, SourceUnavailableError
+from sync.sources.reader import SourceReader
 from sync.sources.schema import parse_sources
+from sync.sources.sessions import SourceUnavailableError
 from tests.test_cycle import NOW
 from tests.test_daemon_run import (  # noqa: F401 (fixtures; the first reaps daemons)
     Daemon,

@@ -60,9 +60,11 @@ from sync.mailchimp.sink import PushSummary
 from sync.records import ActionOccurrence, DesiredMember, EventDue, FactValue
 from sync.rules.model import STATUS, Entity, Mode, Ruleset
 from sync.sources.model import SourcesConfig
-from sync.sources.reader import SourceQueryError, SourceReader, SourceUnavailableError
-from sync.sql.compiler import SqlEvaluation, key_instant
+from sync.sources.reader import SourceReader
+from sync.sources.sessions import SourceQueryError, SourceUnavailableError
+from sync.sql.compiled import SqlEvaluation
 from sync.sql.evaluator import SqlEvaluator
+from sync.sql.keys import key_instant
 from sync.state.baselines import Baseline as StoredBaseline
 from sync.state.entities import EntityEvaluation, StoredRow, evaluation_digest
 from sync.state.store import StateStore

@@ -52,8 +52,9 @@ from sync.mailchimp.sink import DryRunSink, MailchimpSink, SinkConfig
 from sync.rules.model import Ruleset
 from sync.rules.schema import load_rules
 from sync.sources.model import SourcesConfig, check_contract
-from sync.sources.reader import SourceReader, SourceUnavailableError
+from sync.sources.reader import SourceReader
 from sync.sources.schema import load_sources
+from sync.sources.sessions import SourceUnavailableError
 from sync.sql.compiler import PG_SETTINGS
 from sync.sql.evaluator import SqlEvaluator
 from sync.state.store import StateStore

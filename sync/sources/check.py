@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 from sync.exceptions import Problem
 from sync.sources.model import EntitySource, Query, SourcesConfig
-from sync.sources.reader import SourceQueryError, SourceReader
+from sync.sources.reader import SourceReader
+from sync.sources.sessions import SourceQueryError
 
 
 def required_columns(source: EntitySource) -> Iterator[tuple[Query, tuple[str, ...], str]]:

@@ -23,25 +23,14 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sync.exceptions import ConfigurationError
 from sync.rules.model import Mode, Ruleset
 from sync.sources.model import EntitySource, SourcesConfig
-from sync.sources.reader import bind_instant, read_only_engine
-from sync.sql.compiler import (
-    CKEYS,
-    IDS,
-    KEYS_JSON,
-    NOW_US,
-    PG_SETTINGS,
-    REINIT_US,
-    SINCE,
-    SKEYS,
-    ActionKeys,
-    Baselines,
-    CompiledEntity,
-    SqlEvaluation,
-    compile_entity,
-    compile_keys_since,
-    compile_reinit,
-)
+from sync.sources.sessions import read_only_engine
+from sync.sources.values import bind_instant
+from sync.sql.actions import Baselines
+from sync.sql.compiled import ActionKeys, CompiledEntity, SqlEvaluation
+from sync.sql.compiler import PG_SETTINGS, compile_entity, compile_reinit
 from sync.sql.expr import to_micros
+from sync.sql.inputs import CKEYS, IDS, KEYS_JSON, NOW_US, REINIT_US, SINCE, SKEYS
+from sync.sql.keys import compile_keys_since
 
 
 class SqlEvaluator:
@@ -340,7 +329,7 @@ def _key(source: EntitySource, value: str) -> Any:
 def _key_params(
     dialect: str, chunk: Sequence[Any], keys: Mapping[str, ActionKeys]
 ) -> dict[str, Any]:
-    """The bound values of ``_given_keys`` for the ids of ``chunk``."""
+    """The bound values of ``sync.sql.keys.bound_keys`` for the ids of ``chunk``."""
     given = [keys[str(i)] for i in chunk]
     if dialect == "postgresql":
         return {SKEYS: [k[0] for k in given], CKEYS: [k[1] for k in given]}

@@ -1,4 +1,4 @@
-"""Conditions and instants as SQL: the expression half of ``sqlcompile``.
+"""Conditions and instants as SQL: the expression half of ``sync.sql.compiler``.
 
 The condition language (``sync.rules.expressions``) is compiled to SQLAlchemy Core
 column expressions that mean exactly what the Python evaluator computes:

@@ -1,4 +1,4 @@
-"""Timelines as SQL arithmetic: the ``then`` chains and ladders of ``sqlcompile``.
+"""Timelines as SQL arithmetic: the ``then`` chains and ladders of ``sync.sql.compiler``.
 
 Once a row knows which state it entered and when (``m_state``, an index into
 the entity's states, and ``m_entered``, epoch microseconds), where time has

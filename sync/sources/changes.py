@@ -1,0 +1,118 @@
+"""What changed in the data: the watermark, ids with new data, recent occurrences.
+
+Smaller reads than a population's: whether the data moved (``watermark``),
+which entities have new data since an instant (``changed_ids``: the ids a
+daemon's tick evaluates) and which action occurrences fall in an event
+window (``occurrences``: the cycle's events). Each runs in one read-only
+session of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sync.records import ActionOccurrence
+from sync.sources.model import EntitySource
+from sync.sources.report import ReadReport
+from sync.sources.sessions import ReadOnlyDatabase, SourceQueryError
+from sync.sources.streams import Key, entity_key
+from sync.sources.values import bind_instant, to_utc
+
+
+def watermark(db: ReadOnlyDatabase, source: EntitySource, *, now: datetime) -> datetime | None:
+    """The newest instant in the data: the ``watermark`` query, else the
+    latest action instant. A daemon re-reads when this moves."""
+    tz = ZoneInfo(source.naive_timezone)
+    queries = [source.watermark] if source.watermark else [q for _, q in source.actions]
+    latest: datetime | None = None
+    with db.session(source) as conn:
+        for query in queries:
+            sql = (
+                query.sql
+                if query is source.watermark
+                else (f"SELECT max(at) AS at FROM (\n{query.sql}\n) AS mailsync_q")
+            )
+            value = db.execute(conn, query, sql, db.now_params(query, now, tz)).scalar()
+            try:
+                instant = to_utc(value, tz)
+            except ValueError as exc:
+                raise SourceQueryError(f"{query.label}: {exc}") from None
+            if instant is not None and (latest is None or instant > latest):
+                latest = instant
+    return latest
+
+
+def changed_ids(
+    db: ReadOnlyDatabase, source: EntitySource, *, since: datetime, now: datetime
+) -> list[str]:
+    """Ids of entities with new data after ``since``, sorted.
+
+    Uses the ``changed`` query when given (it sees ``:since``), else every
+    action query filtered on ``at > :since``. Feed the result to
+    ``read_entities(ids=...)``.
+    """
+    tz = ZoneInfo(source.naive_timezone)
+    keys: set[Key] = set()
+    queries = [source.changed] if source.changed else [q for _, q in source.actions]
+    with db.session(source) as conn:
+        for query in queries:
+            if query is source.changed:
+                sql = f"SELECT DISTINCT id FROM (\n{query.sql}\n) AS mailsync_q"
+            else:
+                sql = f"SELECT DISTINCT id FROM (\n{query.sql}\n) AS mailsync_q WHERE at > :since"
+            params = db.now_params(query, now, tz)
+            params["since"] = bind_instant(since, db.dialect, tz)
+            result = db.execute(conn, query, sql, params)
+            for (value,) in result:
+                keys.add(entity_key(source, value, query))
+    return [str(k) for k in sorted(keys)]
+
+
+def occurrences(
+    db: ReadOnlyDatabase,
+    source: EntitySource,
+    actions: Iterable[str],
+    *,
+    since: datetime,
+    now: datetime,
+) -> dict[str, list[ActionOccurrence]]:
+    """Occurrences of ``actions`` at or after ``since`` and at or before
+    ``now``, by entity id: the daemon's event window. One range query per
+    action (``at`` is indexed in a well-kept application database); the
+    instants are converted exactly as ``read_entities`` converts them, so
+    the idempotency keys built from them are the engine's. A row whose
+    instant cannot be read is reported and skipped, as when reading."""
+    tz = ZoneInfo(source.naive_timezone)
+    wanted = set(actions)
+    found: dict[str, list[ActionOccurrence]] = {}
+    report = ReadReport(source.entity_type)
+    with db.session(source) as conn:
+        for name, query in source.actions:
+            if name not in wanted:
+                continue
+            sql = (
+                f"SELECT id, at FROM (\n{query.sql}\n) AS mailsync_q"
+                " WHERE at >= :mailsync_since AND at <= :now"
+            )
+            params = db.now_params(query, now, tz)
+            params["now"] = bind_instant(now, db.dialect, tz)
+            params["mailsync_since"] = bind_instant(since, db.dialect, tz)
+            for row in db.execute(conn, query, sql, params):
+                value, raw = tuple(row)
+                key = str(entity_key(source, value, query))
+                try:
+                    at = to_utc(raw, tz)
+                except ValueError as exc:
+                    label = query.label
+                    report.note(report.bad_values, label, f"{label}: id {key}: {exc}")
+                    continue
+                if at is None or at < since or at > now:
+                    continue
+                found.setdefault(key, []).append(ActionOccurrence(at, name))
+    report.log()
+    return found
+
+
+# -- internals ---------------------------------------------------------

@@ -1,0 +1,182 @@
+"""A compiled entity type: its ``SELECT``, the values to bind, its rows decoded.
+
+``sync.sql.compiler`` builds a ``CompiledEntity``; each row of its statement
+decodes to a ``SqlEvaluation``, the fields of ``engine.Evaluation`` that do not
+need action occurrences. Everything that depends only on the rules (state and
+status names, tags, how each merge field decodes) is looked up in tables
+built once per compiled entity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property, partial
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from sync.records import FactValue
+from sync.rules.expressions import Type
+from sync.rules.model import ACTION_CODE, STATUS, Entity
+from sync.sources.model import EntitySource
+from sync.sources.values import bind_instant, convert
+from sync.sql.expr import EPOCH, from_micros, to_micros
+from sync.sql.inputs import NOW_US, REINIT_US
+
+#: An entity's latest status-giving and code-bearing actions, each as
+#: ``at_µs * K + declaration order`` (None: no such action yet). Opaque to
+#: callers: what ``SqlEvaluation.keys`` gives and ``evaluate(keys=...)`` takes.
+ActionKeys = tuple[int | None, int | None]
+
+_NO_TAGS: frozenset[str] = frozenset()
+
+
+class SqlEvaluation(NamedTuple):
+    """What the compiled SQL says about one entity at ``now`` (the fields of
+    ``engine.Evaluation`` that do not need action occurrences).
+
+    A named tuple rather than a frozen dataclass: the evaluator builds one per
+    entity, a million per full evaluation, and a tuple is built in one C call
+    (a frozen dataclass sets each field through ``object.__setattr__``)."""
+
+    id: str
+    email: str | None
+    status: str | None
+    status_since: datetime | None
+    state: str | None
+    state_entered_at: datetime | None
+    action_code: str | None
+    merge_fields: Mapping[str, FactValue] = {}
+    tags: frozenset[str] = frozenset()
+    next_change_at: datetime | None = None
+    #: The latest actions' keys, to evaluate this entity again later from
+    #: them and the occurrences since (``SqlEvaluator.keys_since``).
+    keys: ActionKeys = (None, None)
+
+
+_tuple_new = tuple.__new__
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledEntity:
+    """One entity type compiled for one dialect: a ``SELECT`` and its decoder."""
+
+    entity: Entity
+    source: EntitySource
+    dialect: str
+    select: sa.Select[Any]
+    identity: tuple[str, ...]
+    #: merge tag → (how to decode, result column)
+    _merge: tuple[tuple[str, str, str | None], ...]
+    _codes: Mapping[int, str]
+    _code_base: int
+
+    def params(self, now: datetime, *, reinit_at: datetime | None = None) -> dict[str, Any]:
+        """The bound values for evaluating at ``now`` (``ids`` aside)."""
+        tz = ZoneInfo(self.source.naive_timezone)
+        params: dict[str, Any] = {
+            "now": bind_instant(now, self.dialect, tz),
+            NOW_US: to_micros(now),
+        }
+        if reinit_at is not None:
+            params[REINIT_US] = to_micros(reinit_at)
+        return params
+
+    def decode(self, row: Sequence[Any]) -> SqlEvaluation:
+        """A result row as an evaluation; ids become text as the reader's do.
+
+        Columns are read by position (the ``select``'s order) and everything
+        that depends only on the rules (state, status name, tags, how each
+        merge field decodes) is looked up in tables built once: at a million
+        rows, per-row attribute and name lookups cost as much as the query."""
+        ident, email, cur, step, state_at, since, change, code_key, status_key = row[:9]
+        code = None if code_key is None else self._codes.get(code_key % self._code_base)
+        if cur is None:
+            state_name = status = None
+            tags: frozenset[str] = _NO_TAGS
+            entered = started = None
+        else:
+            state_name, status, tags = self._statuses[cur][step]
+            entered = None if state_at is None else EPOCH + timedelta(0, 0, state_at)
+            started = None if since is None else EPOCH + timedelta(0, 0, since)
+        merge: dict[str, FactValue] = {}
+        for tag, kind, position, decoder in self._plan:
+            if kind == 2:
+                value = row[position]
+                merge[tag] = value if value is None or value.__class__ is str else decoder(value)
+            elif kind == 0:
+                merge[tag] = status
+            elif kind == 1:
+                merge[tag] = code
+            elif kind == 3:
+                value = row[position]
+                merge[tag] = None if value is None else decoder(value)
+            else:
+                merge[tag] = None
+        return _tuple_new(
+            SqlEvaluation,
+            (
+                str(ident),
+                email.strip() or None if email.__class__ is str else None,
+                status,
+                started,
+                state_name,
+                entered,
+                code,
+                merge,
+                tags,
+                None if change is None else EPOCH + timedelta(0, 0, change),
+                (status_key, code_key),
+            ),
+        )
+
+    @cached_property
+    def _statuses(self) -> list[list[tuple[str, str, frozenset[str]]]]:
+        """State index → rung → (state name, status name, tags)."""
+        return [
+            [(state.name, state.status_name(step), state.tags) for step in range(len(state.steps))]
+            for state in self.entity.states.values()
+        ]
+
+    @cached_property
+    def _plan(self) -> tuple[tuple[str, int, int, Any], ...]:
+        """Per merge field: (tag, kind, column position, decoder). Kinds: 0
+        status, 1 action code, 2 text (kept as is when already a str), 3
+        decoded, 4 missing (always null)."""
+        tz = ZoneInfo(self.source.naive_timezone)
+        names = [c.name for c in self.select.selected_columns]
+        plan: list[tuple[str, int, int, Any]] = []
+        for tag, how, column in self._merge:
+            if how == STATUS:
+                plan.append((tag, 0, -1, None))
+            elif how == ACTION_CODE:
+                plan.append((tag, 1, -1, None))
+            elif column is None:
+                plan.append((tag, 4, -1, None))
+            else:
+                position = names.index(column)
+                decoder = partial(_decode_value, how, tz=tz)
+                textual = how in ("identity", "string", f"derived:{Type.STRING.value}")
+                plan.append((tag, 2 if textual else 3, position, decoder))
+        return tuple(plan)
+
+
+def _decode_value(how: str, value: Any, tz: ZoneInfo) -> FactValue:
+    """Raw column value → fact value, the way ``SourceReader`` converts it."""
+    if value is None:
+        return None
+    if how == "identity":
+        return str(value)
+    if how == "rollup":
+        return int(value)
+    if how.startswith("derived:"):
+        kind = how.removeprefix("derived:")
+        if kind == Type.INSTANT.value:
+            return from_micros(value)
+        if kind == Type.BOOL.value:
+            return bool(value)
+        return convert(value, "number" if kind == Type.NUMBER.value else "string", tz)
+    return convert(value, how, tz)  # type: ignore[arg-type]

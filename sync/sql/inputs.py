@@ -1,0 +1,42 @@
+"""What a compiled query reads from outside: the sources' SQL and bound parameters.
+
+Every query of ``sources.yaml`` enters the compiled statement as a named
+subquery with known columns (``source_query``); the values that change from
+one evaluation to the next (now, the re-initialisation instant, the ids and
+keys asked for) are bound parameters with the names below, and a set of ids
+filters a query through ``in_ids``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.selectable import Subquery
+
+from sync.sql.expr import Naming, SqlExpr
+
+#: Bound parameter names the compiled query uses besides the sources' ``:now``.
+NOW_US = "mailsync_now_us"
+REINIT_US = "mailsync_reinit_us"
+IDS = "mailsync_ids"
+SKEYS = "mailsync_skeys"
+CKEYS = "mailsync_ckeys"
+KEYS_JSON = "mailsync_keys"
+SINCE = "mailsync_since"
+
+
+def in_ids(column: SqlExpr, naming: Naming, id_type: str) -> SqlExpr:
+    """``column`` is one of the requested ids: ``= ANY(:ids)`` with one array
+    parameter on PostgreSQL (any number of ids in one query), an expanding
+    ``IN`` on SQLite (which has no arrays; the evaluator sends chunks)."""
+    if naming.dialect == "postgresql":
+        element = sa.BigInteger() if id_type == "integer" else sa.Text()
+        return column == sa.any_(sa.bindparam(IDS, type_=postgresql.ARRAY(element)))
+    return column.in_(sa.bindparam(IDS, expanding=True))
+
+
+def source_query(query_sql: str, columns: Iterable[str], name: str) -> Subquery:
+    """A query of sources.yaml as a subquery ``name`` with these columns."""
+    return sa.text(query_sql).columns(*(sa.column(c) for c in columns)).subquery(name)
