@@ -227,6 +227,33 @@ entities:
     assert "duplicate rows" in caplog.text
 
 
+
+def test_rows_with_unusable_ids_are_reported_and_skipped(db_url, caplog):
+    """One bad row never stops a read: a null id, and an integer id written
+    as text in a way that would merge it with another entity ('01' with 1),
+    are each reported with the query and the value, and skipped."""
+    _setup(db_url, [(1, "2026-01-05 10:00:00")])
+    text = """\
+entities:
+  user:
+    list: SELECT id, email FROM people
+    actions:
+      paid: >-
+        SELECT CAST(person_id AS VARCHAR(10)) AS id, at FROM payments
+        UNION ALL SELECT '01', at FROM payments
+        UNION ALL SELECT NULL, at FROM payments
+"""
+    with caplog.at_level(logging.WARNING, logger="sync.sources.model"):
+        records, report = read(db_url, text)
+    assert [(r.id, len(r.actions)) for r in records] == [("1", 1), ("2", 0), ("10", 0)]
+    assert report.bad_ids == {"sources.yaml:5 (entities ==> user ==> actions ==> paid)": 2}
+    assert "2 rows with an unusable id (skipped)" in caplog.text
+    assert "id '01' is not written as the integer 1 (it would be merged with entity 1)" in (
+        caplog.text
+    )
+    assert "null id: row skipped" in caplog.text
+
+
 # -- read-only ------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from sync.records import ActionOccurrence
 from sync.sources.model import EntitySource
 from sync.sources.report import ReadReport
 from sync.sources.sessions import ReadOnlyDatabase, SourceQueryError
-from sync.sources.streams import Key, entity_key
+from sync.sources.streams import BadId, Key, entity_key
 from sync.sources.values import bind_instant, to_utc
 
 
@@ -55,6 +55,7 @@ def changed_ids(
     """
     tz = ZoneInfo(source.naive_timezone)
     keys: set[Key] = set()
+    report = ReadReport(source.entity_type)
     queries = [source.changed] if source.changed else [q for _, q in source.actions]
     with db.session(source) as conn:
         for query in queries:
@@ -66,7 +67,11 @@ def changed_ids(
             params["since"] = bind_instant(since, db.dialect, tz)
             result = db.execute(conn, query, sql, params)
             for (value,) in result:
-                keys.add(entity_key(source, value, query))
+                try:
+                    keys.add(entity_key(source, value, query))
+                except BadId as exc:
+                    report.note(report.bad_ids, query.label, f"{query.label}: {exc}: row skipped")
+    report.log()
     return [str(k) for k in sorted(keys)]
 
 
@@ -101,7 +106,11 @@ def occurrences(
             params["mailsync_since"] = bind_instant(since, db.dialect, tz)
             for row in db.execute(conn, query, sql, params):
                 value, raw = tuple(row)
-                key = str(entity_key(source, value, query))
+                try:
+                    key = str(entity_key(source, value, query))
+                except BadId as exc:
+                    report.note(report.bad_ids, query.label, f"{query.label}: {exc}: row skipped")
+                    continue
                 try:
                     at = to_utc(raw, tz)
                 except ValueError as exc:

@@ -25,6 +25,7 @@ class ReadReport:
     orphans: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
     bad_values: dict[str, int] = field(default_factory=dict)
+    bad_ids: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
 
     def note(self, counter: dict[str, int], label: str, example: str) -> None:
@@ -34,13 +35,14 @@ class ReadReport:
 
     @property
     def clean(self) -> bool:
-        return not (self.orphans or self.duplicates or self.bad_values)
+        return not (self.orphans or self.duplicates or self.bad_values or self.bad_ids)
 
     def log(self) -> None:
         for title, counter in (
             ("rows for ids not in the entity list", self.orphans),
             ("duplicate rows (first kept)", self.duplicates),
             ("unusable values (read as null / row skipped)", self.bad_values),
+            ("rows with an unusable id (skipped)", self.bad_ids),
         ):
             for label, count in counter.items():
                 log.warning("%s: %d %s in %s", self.entity_type, count, title, label)

@@ -40,21 +40,43 @@ class Stream:
     rows: Iterator[tuple[Key, Any]]
 
 
+class BadId(ValueError):
+    """A row's id that cannot name an entity of its type; the row is skipped."""
+
+
 def entity_key(source: EntitySource, value: Any, query: Query) -> Key:
-    """A row's id as the merge compares it (``int`` or ``str``, per ``id_type``)."""
+    """A row's id as the merge compares it (``int`` or ``str``, per ``id_type``).
+
+    ``BadId`` when it cannot be one: null, not an integer, or an integer
+    not written as one (``'007'``, ``' 7'``), which would otherwise be
+    merged with the entity ``7``.
+    """
     if value is None:
-        raise SourceQueryError(f"{query.label}: a row has a null id")
+        raise BadId("null id")
     if source.id_type == "text":
         return value if isinstance(value, str) else str(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, Decimal) and value == value.to_integral_value():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise SourceQueryError(
-        f"{query.label}: id {value!r} is not an integer; set id_type: text for this entity"
-    )
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        key = int(value)
+        if str(key) == value:
+            return key
+        raise BadId(
+            f"id {value!r} is not written as the integer {key} (it would be merged with "
+            f"entity {key}); fix the row, or set id_type: text for this entity"
+        )
+    raise BadId(f"id {value!r} is not an integer; set id_type: text for this entity")
+
+
+def _keyed(source: EntitySource, value: Any, query: Query, report: ReadReport) -> Key | None:
+    """``entity_key``, or None with the row reported when its id is bad."""
+    try:
+        return entity_key(source, value, query)
+    except BadId as exc:
+        report.note(report.bad_ids, query.label, f"{query.label}: {exc}: row skipped")
+        return None
 
 
 def _ordered(
@@ -120,8 +142,11 @@ def list_stream(
         for row in rows:
             email = row[email_at]
             email = email.strip() or None if isinstance(email, str) else None
+            key = _keyed(source, row[id_at], query, report)
+            if key is None:
+                continue
             values = {k: (None if row[i] is None else str(row[i])) for i, k in identity}
-            yield entity_key(source, row[id_at], query), (email, values)
+            yield key, (email, values)
 
     return Stream(query.label, gen())
 
@@ -145,7 +170,9 @@ def action_stream(
 
     def gen() -> Iterator[tuple[Key, Any]]:
         for row in rows:
-            key = entity_key(source, row[id_at], query)
+            key = _keyed(source, row[id_at], query, report)
+            if key is None:
+                continue
             try:
                 at = to_utc(row[at_at], tz)
             except ValueError as exc:
@@ -183,7 +210,9 @@ def _typed_stream(
 
     def gen() -> Iterator[tuple[Key, Row[Any], dict[str, FactValue]]]:
         for row in rows:
-            key = entity_key(source, row[id_at], query)
+            key = _keyed(source, row[id_at], query, report)
+            if key is None:
+                continue
             values: dict[str, FactValue] = {}
             for column, at in positions:
                 try:
