@@ -75,7 +75,7 @@ sys.path.insert(0, str(ROOT))
 import run as floor  # noqa: E402  (benchmarks/run.py: the database, the floor, the SQL)
 
 from sync.daemon.config import Config, MailchimpConfig  # noqa: E402
-from sync.daemon.cycle import CycleSummary  # noqa: E402
+from sync.daemon.cycle_summary import CycleSummary  # noqa: E402
 from sync.daemon.runtime import build_runtime, run_once  # noqa: E402
 from sync.demo import load_demo  # noqa: E402
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID  # noqa: E402

@@ -24,7 +24,7 @@ import click
 
 from sync.cli._common import handle_errors, parse_at
 from sync.daemon.config import Config, MailchimpConfig
-from sync.daemon.cycle import CycleSummary
+from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.runtime import build_runtime, run_once
 from sync.dashboard import Background, from_config
 from sync.demo import load_demo

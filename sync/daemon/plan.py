@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sync.daemon.config import Config
-from sync.daemon.cycle import CycleSummary
+from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.runtime import Runtime, build_runtime, events_window, load_checked, make_cycle
 from sync.mailchimp.ledger import PushLedger
 from sync.mailchimp.sink import PushSummary, SinkConfig, plan_pushes

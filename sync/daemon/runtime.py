@@ -28,9 +28,11 @@ import sqlalchemy as sa
 
 from sync.daemon import history
 from sync.daemon.config import Config
-from sync.daemon.cycle import Cycle, CycleSummary, Sink
+from sync.daemon.cycle import Cycle
+from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.lock import Fence, Keeper, LeaderLock, LeadershipLost
 from sync.daemon.metrics import Metrics, degraded_reasons
+from sync.daemon.push import Sink
 from sync.database_faults import DatabaseUnusable, StoreBroken, database_fault
 from sync.exceptions import (
     AudienceMissing,
