@@ -25,7 +25,8 @@ import click
 from sync.cli._common import handle_errors, parse_at
 from sync.daemon.config import Config, MailchimpConfig
 from sync.daemon.cycle_summary import CycleSummary
-from sync.daemon.runtime import build_runtime, run_once
+from sync.daemon.once import run_once
+from sync.daemon.runtime import build_runtime
 from sync.dashboard import Background, from_config
 from sync.demo import load_demo
 from sync.demo.workspace import Workspace, default_folder

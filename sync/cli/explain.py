@@ -7,8 +7,9 @@ import json
 import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
+from sync.daemon.clock import system_clock
 from sync.daemon.config import load_config
-from sync.daemon.runtime import load_checked, system_clock
+from sync.daemon.runtime import load_checked
 from sync.evaluate.explain import explain_entity, find_records, render_text
 from sync.exceptions import ConfigurationError
 from sync.sources.reader import SourceReader

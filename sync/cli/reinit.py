@@ -10,9 +10,10 @@ from datetime import datetime
 import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
+from sync.daemon.clock import system_clock
 from sync.daemon.config import load_config
 from sync.daemon.plan import plan_reinit
-from sync.daemon.runtime import load_checked, system_clock
+from sync.daemon.runtime import load_checked
 from sync.evaluate.engine import reinit_state
 from sync.rules.model import Entity
 from sync.sources.reader import SourceReader

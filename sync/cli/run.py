@@ -11,11 +11,13 @@ from types import FrameType
 import click
 
 from sync.cli._common import config_option, handle_errors, parse_backfill
+from sync.daemon.clock import clock_from_env
 from sync.daemon.config import load_config
 from sync.daemon.lock import leader_lock
 from sync.daemon.logs import configure_logging
 from sync.daemon.metrics import Metrics, MetricsServer, parse_address
-from sync.daemon.runtime import Runtime, build_runtime_patiently, clock_from_env, serve
+from sync.daemon.runtime import Runtime
+from sync.daemon.serve import build_runtime_patiently, serve
 from sync.dashboard import app as dashboard
 from sync.exceptions import ConfigurationError
 from sync.mailchimp.webhooks import PREFIX, WebhookReceiver

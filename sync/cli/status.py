@@ -7,8 +7,8 @@ import json
 import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
+from sync.daemon.clock import system_clock
 from sync.daemon.config import load_config
-from sync.daemon.runtime import system_clock
 from sync.mailchimp.reconciliation import WATERMARK as POLL_WATERMARK
 from sync.rules.schema import load_rules
 from sync.state.store import StateStore
