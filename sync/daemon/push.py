@@ -54,34 +54,6 @@ class Pending:
     #: Evaluations of those entities, stored once the push is done.
     evaluations: list[EntityEvaluation] = field(default_factory=list)
 
-    def add(
-        self,
-        entity: Entity,
-        entity_id: str,
-        email: str,
-        derived: Derived,
-        events: Sequence[EventDue],
-        fingerprint: str,
-    ) -> None:
-        builder = self.members.get(email)
-        if builder is None:
-            builder = self.members[email] = MemberBuilder(email)
-        elif entity.merge_fields:
-            same_type = [i for t, i, _ in self.contributors.get(email, ()) if t == entity.name]
-            if same_type:
-                # Entities that only send events (a player's matches) share a
-                # member by design; merge fields from two entities conflict.
-                log.warning(
-                    "%s is the address of several %s entities (%s, %s): one member, "
-                    "the last one read sets its merge fields",
-                    email,
-                    entity.name,
-                    same_type[0],
-                    entity_id,
-                )
-        builder.add_values(entity, entity_id, derived.merge_fields, derived.tags, events)
-        self.contributors.setdefault(email, []).append((entity.name, entity_id, fingerprint))
-
     def __len__(self) -> int:
         return len(self.members)
 
@@ -119,7 +91,25 @@ class PushBuffer:
         fingerprint: str,
     ) -> None:
         """Queue one entity's contribution to the member at ``email``."""
-        self._pending.add(entity, entity_id, email, derived, events, fingerprint)
+        pending = self._pending
+        builder = pending.members.get(email)
+        if builder is None:
+            builder = pending.members[email] = MemberBuilder(email)
+        elif entity.merge_fields:
+            same_type = [i for t, i, _ in pending.contributors.get(email, ()) if t == entity.name]
+            if same_type:
+                # Entities that only send events (a player's matches) share a
+                # member by design; merge fields from two entities conflict.
+                log.warning(
+                    "%s is the address of several %s entities (%s, %s): one member, "
+                    "the last one read sets its merge fields",
+                    email,
+                    entity.name,
+                    same_type[0],
+                    entity_id,
+                )
+        builder.add_values(entity, entity_id, derived.merge_fields, derived.tags, events)
+        pending.contributors.setdefault(email, []).append((entity.name, entity_id, fingerprint))
 
     def store_once_pushed(self, evaluation: EntityEvaluation) -> None:
         """Store ``evaluation`` only once its member is pushed: a cycle killed

@@ -74,19 +74,26 @@ def build_runtime_patiently(
         try:
             runtime = build_runtime(config, **options)
         except Exception as exc:
-            fault = transient_fault(exc)
-            delay = backoff.next()
-            log.warning(
-                "starting: %s; retrying in %.0fs",
-                fault,
-                delay,
-                extra={"failure": {"kind": type(fault).__name__, "message": str(fault)}},
-            )
-            pause(stop, delay)
+            _wait_to_retry("starting", transient_fault(exc), backoff, stop)
             continue
         runtime.stop = stop
         return runtime
     return None
+
+
+def _wait_to_retry(
+    what: str, fault: RetriableError, backoff: Backoff, stop: threading.Event
+) -> None:
+    """Log that ``what`` failed and when it is tried again, then wait."""
+    delay = backoff.next()
+    log.warning(
+        "%s: %s; retrying in %.0fs",
+        what,
+        fault,
+        delay,
+        extra={"failure": {"kind": type(fault).__name__, "message": str(fault)}},
+    )
+    pause(stop, delay)
 
 
 def transient_fault(exc: Exception) -> RetriableError:
@@ -132,14 +139,7 @@ def serve(
             except Exception as exc:
                 fault = transient_fault(exc)
                 metrics.leader = False
-                delay = backoff.next()
-                log.warning(
-                    "leader lock: %s; retrying in %.0fs",
-                    fault,
-                    delay,
-                    extra={"failure": {"kind": type(fault).__name__, "message": str(fault)}},
-                )
-                pause(stop, delay)
+                _wait_to_retry("leader lock", fault, backoff, stop)
                 continue
             backoff.reset()
             if not held:
