@@ -62,6 +62,25 @@ def _print_cycle(title: str, summary: CycleSummary, calls: Counter[str]) -> None
         click.echo(f"  ({kind}: {how}; {summary.evaluations_written} evaluations stored)")
 
 
+def _print_next_steps(
+    space: Workspace, now: datetime, email: str | None, *, again_with_dir: bool
+) -> None:
+    """The commands to try next, each naming the workspace by absolute path."""
+    settings_file = shlex.quote(str(space.settings))
+    at = now.isoformat()
+    click.secho("Where to look next (each works from any directory):", bold=True)
+    if email:
+        click.echo(f"  mailsync explain {email} --config {settings_file} --at {at}")
+    click.echo(f"  mailsync status --config {settings_file} --at {at}")
+    click.echo(f"  mailsync check --config {settings_file}   # rules, sources and database agree")
+    click.echo(f"  mailsync graph {shlex.quote(str(space.rules))}   # the lifecycle as a diagram")
+    click.echo(
+        f"  mailsync test {shlex.quote(str(space.rules_test))}   # what the rules promise, pinned"
+    )
+    again = "mailsync demo" + (f" --dir {shlex.quote(str(space.folder))}" if again_with_dir else "")
+    click.echo(f"Edit {space.rules}, then run `{again}` again to see what your change does.")
+
+
 @click.command()
 @click.option(
     "--dir",
@@ -163,21 +182,8 @@ def demo(
         finally:
             session.close()
 
-    settings_file = shlex.quote(str(space.settings))
-    at = session.now.isoformat()
-    click.secho("Where to look next (each works from any directory):", bold=True)
-    if explanation is not None and explanation.record.email:
-        click.echo(
-            f"  mailsync explain {explanation.record.email} --config {settings_file} --at {at}"
-        )
-    click.echo(f"  mailsync status --config {settings_file} --at {at}")
-    click.echo(f"  mailsync check --config {settings_file}   # rules, sources and database agree")
-    click.echo(f"  mailsync graph {shlex.quote(str(space.rules))}   # the lifecycle as a diagram")
-    click.echo(
-        f"  mailsync test {shlex.quote(str(space.rules_test))}   # what the rules promise, pinned"
-    )
-    again = "mailsync demo" + (f" --dir {shlex.quote(str(space.folder))}" if directory else "")
-    click.echo(f"Edit {space.rules}, then run `{again}` again to see what your change does.")
+    email = explanation.record.email if explanation is not None else None
+    _print_next_steps(space, session.now, email, again_with_dir=bool(directory))
     if live is not None:
         click.secho(f"The dashboard stays up at {live.url}; Ctrl-C stops it.", bold=True)
         try:
