@@ -5,7 +5,7 @@
 
 Only the daemon's public entry points are used for the cycles:
 ``sync.daemon.config.Config`` -> ``sync.daemon.runtime.build_runtime`` ->
-``sync.daemon.runtime.run_once``
+``sync.daemon.once.run_once``
 (its ``CycleSummary``), with the sink the configuration chooses (an audience,
 a base URL and ``MAILCHIMP_API_KEY``, as in production). Whatever the cycle
 does inside, this measures what a user gets.
@@ -75,8 +75,9 @@ sys.path.insert(0, str(ROOT))
 import run as floor  # noqa: E402  (benchmarks/run.py: the database, the floor, the SQL)
 
 from sync.daemon.config import Config, MailchimpConfig  # noqa: E402
-from sync.daemon.cycle import CycleSummary  # noqa: E402
-from sync.daemon.runtime import build_runtime, run_once  # noqa: E402
+from sync.daemon.cycle_summary import CycleSummary  # noqa: E402
+from sync.daemon.once import run_once  # noqa: E402
+from sync.daemon.runtime import build_runtime  # noqa: E402
 from sync.demo import load_demo  # noqa: E402
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID  # noqa: E402
 from sync.mailchimp.client import MailchimpSettings, fix_merge_fields, make_client  # noqa: E402

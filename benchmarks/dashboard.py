@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sync.daemon import history
-from sync.daemon.cycle import CycleSummary
+from sync.daemon.cycle_summary import CycleSummary
 from sync.dashboard import Dashboard, ReadOnlyStore
 from sync.rules.schema import load_rules
 from sync.state.store import StateStore

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sync.daemon.runtime import run_once
+from sync.daemon.once import run_once
 from tests.test_cycle import Clock
 from tests.test_cycle import make_runtime as cycle_runtime
 

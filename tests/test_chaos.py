@@ -40,7 +40,8 @@ import pytest
 import sqlalchemy as sa
 
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
-from sync.daemon.runtime import Runtime, build_runtime, run_once
+from sync.daemon.once import run_once
+from sync.daemon.runtime import Runtime, build_runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator, FaultKind
 from sync.evaluate.engine import evaluate

@@ -42,7 +42,9 @@ import sqlalchemy as sa
 
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
 from sync.daemon.lock import LeaderLock, leader_lock
-from sync.daemon.runtime import Runtime, _cycle_failure, build_runtime, run_once, transient_fault
+from sync.daemon.once import run_once
+from sync.daemon.runtime import Runtime, build_runtime
+from sync.daemon.serve import cycle_failure, transient_fault
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
 from sync.evaluate.members import normalise_email
@@ -154,7 +156,7 @@ def daemon_cycle(
     try:
         run_once(runtime, now=clock.now)
     except Exception as exc:
-        why = _cycle_failure(exc)  # raises what would end the daemon
+        why = cycle_failure(exc)  # raises what would end the daemon
         report.cycles_failed[type(why).__name__] += 1
         return False
     report.cycles_ok += 1

@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
-from sync.daemon.runtime import build_runtime, run_once
+from sync.daemon.once import run_once
+from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.evaluate.engine import evaluate
@@ -226,16 +227,16 @@ def test_one_bad_record_does_not_stop_the_cycle(
 ):
     load_demo(db_url, "blousebrothers", users=30, seed=7, now=NOW)
     runtime, _ = make_runtime("blousebrothers", db_url, tmp_path, mailchimp_emulator, Clock(NOW))
-    import sync.daemon.cycle
+    import sync.daemon.derive
 
-    real = sync.daemon.cycle.evaluate
+    real = sync.daemon.derive.evaluate
 
     def flaky(entity, facts, actions, now, baseline=None, **kw):
         if facts.get("username", "").endswith("2"):
             raise ValueError("a value of the wrong type")
         return real(entity, facts, actions, now, baseline, **kw)
 
-    monkeypatch.setattr(sync.daemon.cycle, "evaluate", flaky)
+    monkeypatch.setattr(sync.daemon.derive, "evaluate", flaky)
     # The engine path (a type the SQL cannot evaluate) reads record by record.
     runtime.config = replace(
         runtime.config, daemon=replace(runtime.config.daemon, evaluator="engine")

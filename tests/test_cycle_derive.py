@@ -20,7 +20,8 @@ import pytest
 import sqlalchemy as sa
 
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
-from sync.daemon.runtime import build_runtime, run_once
+from sync.daemon.once import run_once
+from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.evaluate.engine import evaluate
@@ -386,7 +387,8 @@ def test_a_rules_reload_forces_a_full_pass(bb, tmp_path):
 
     from sync.daemon.lock import leader_lock
     from sync.daemon.metrics import Metrics
-    from sync.daemon.runtime import RulesWatcher, _lead
+    from sync.daemon.reload import RulesWatcher
+    from sync.daemon.serve import _lead
 
     make, clock, _engine, emulator = bb
     rules = tmp_path / "rules.yaml"

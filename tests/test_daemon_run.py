@@ -25,7 +25,8 @@ import pytest
 import sqlalchemy as sa
 
 from sync.daemon.config import load_config
-from sync.daemon.runtime import RulesWatcher, build_runtime, rules_changes
+from sync.daemon.reload import RulesWatcher, rules_changes
+from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.rules.schema import load_rules
@@ -284,7 +285,7 @@ def test_the_leaders_waits_never_block_on_the_stop_event():
     main thread's waits poll the event instead."""
     import threading
 
-    from sync.daemon.runtime import pause
+    from sync.daemon.serve import pause
 
     class NoWait(threading.Event):
         def wait(self, timeout=None):  # type: ignore[override]

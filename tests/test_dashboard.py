@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from sync.cli import cli
 from sync.daemon import history
 from sync.daemon.config import load_config
-from sync.daemon.cycle import CycleSummary
+from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.metrics import Metrics, MetricsServer
 from sync.dashboard import Access, Dashboard, People, ReadOnlyStore, check_bind, serve
 from sync.exceptions import ConfigurationError

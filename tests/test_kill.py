@@ -23,7 +23,8 @@ import pytest
 import sqlalchemy as sa
 
 from sync.daemon.config import load_config
-from sync.daemon.runtime import build_runtime, run_once
+from sync.daemon.once import run_once
+from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
 from sync.emulator import Emulator
 from sync.mailchimp.client import MailchimpSettings, fix_merge_fields, make_client

@@ -18,7 +18,8 @@ import requests
 
 from sync.cli import main
 from sync.daemon.metrics import Metrics, MetricsServer
-from sync.daemon.runtime import Runtime, run_once
+from sync.daemon.once import run_once
+from sync.daemon.runtime import Runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_LIST_ID, Emulator
 from sync.mailchimp.reconciliation import ReconciliationPoll

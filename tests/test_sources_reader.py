@@ -227,7 +227,6 @@ entities:
     assert "duplicate rows" in caplog.text
 
 
-
 def test_rows_with_unusable_ids_are_reported_and_skipped(db_url, caplog):
     """One bad row never stops a read: a null id, and an integer id written
     as text in a way that would merge it with another entity ('01' with 1),

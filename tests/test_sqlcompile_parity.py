@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync.daemon.cycle import event_keys
+from sync.daemon.events import event_keys
 from sync.demo import load_demo
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, reinit_state
 from sync.evaluate.ruletest import read_test_file

@@ -24,7 +24,7 @@ import pytest
 
 from sync.cli import main
 from sync.daemon.config import DaemonConfig, load_config
-from sync.daemon.cycle import CycleSummary
+from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.metrics import Metrics
 from sync.demo import load_demo
 from sync.emulator.faults import FaultKind

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
+from sync.daemon.clock import system_clock
 from sync.daemon.config import load_config
-from sync.daemon.runtime import system_clock
 from sync.dashboard import from_config, serve
 from sync.rules.schema import load_rules
 

@@ -23,22 +23,13 @@ from pathlib import Path
 import click
 
 from sync.cli._common import handle_errors, parse_at
-from sync.daemon.config import Config, MailchimpConfig
-from sync.daemon.cycle import CycleSummary
-from sync.daemon.runtime import build_runtime, run_once
+from sync.daemon.cycle_summary import CycleSummary
 from sync.dashboard import Background, from_config
 from sync.demo import load_demo
+from sync.demo.session import DemoSession
 from sync.demo.workspace import Workspace, default_folder
-from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
-from sync.evaluate.explain import explain_entity, render_text
-from sync.mailchimp.client import (
-    Caller,
-    MailchimpSettings,
-    existing_merge_fields,
-    fix_merge_fields,
-    make_client,
-)
-from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.emulator import Emulator
+from sync.evaluate.explain import render_text
 
 #: Real seconds per simulated day with --serve.
 SERVE_PACE = 3.0
@@ -69,6 +60,25 @@ def _print_cycle(title: str, summary: CycleSummary, calls: Counter[str]) -> None
                         for t, e in sorted(summary.evaluated_by.items()))  # fmt: skip
         kind = "full pass" if summary.full else "tick"
         click.echo(f"  ({kind}: {how}; {summary.evaluations_written} evaluations stored)")
+
+
+def _print_next_steps(
+    space: Workspace, now: datetime, email: str | None, *, again_with_dir: bool
+) -> None:
+    """The commands to try next, each naming the workspace by absolute path."""
+    settings_file = shlex.quote(str(space.settings))
+    at = now.isoformat()
+    click.secho("Where to look next (each works from any directory):", bold=True)
+    if email:
+        click.echo(f"  mailsync explain {email} --config {settings_file} --at {at}")
+    click.echo(f"  mailsync status --config {settings_file} --at {at}")
+    click.echo(f"  mailsync check --config {settings_file}   # rules, sources and database agree")
+    click.echo(f"  mailsync graph {shlex.quote(str(space.rules))}   # the lifecycle as a diagram")
+    click.echo(
+        f"  mailsync test {shlex.quote(str(space.rules_test))}   # what the rules promise, pinned"
+    )
+    again = "mailsync demo" + (f" --dir {shlex.quote(str(space.folder))}" if again_with_dir else "")
+    click.echo(f"Edit {space.rules}, then run `{again}` again to see what your change does.")
 
 
 @click.command()
@@ -113,7 +123,6 @@ def demo(
     now = parse_at(start) or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     space = Workspace(Path(directory).expanduser().resolve() if directory else default_folder())
     copied, kept = space.prepare()
-    rules, sources, database, state_url = space.rules, space.sources, space.database, space.state
     click.secho(f"0. Workspace: {space.folder}", bold=True)
     if copied:
         click.echo(f"   copied from the package: {', '.join(copied)}")
@@ -124,85 +133,46 @@ def demo(
         f"1. Demo database: {users} BlouseBrothers users in {space.folder / 'app.sqlite'}",
         bold=True,
     )
-    counts = load_demo(database, "blousebrothers", users=users, seed=seed, now=now, replace=True)
+    counts = load_demo(
+        space.database, "blousebrothers", users=users, seed=seed, now=now, replace=True
+    )
     click.echo("   " + ", ".join(f"{n} {table}" for table, n in counts.items()))
 
     with Emulator() as emulator:
         click.secho(f"2. Mailchimp emulator listening on {emulator.url}", bold=True)
-        config = Config(
-            rules=rules,
-            sources=sources,
-            database=database,
-            state=state_url,
-            mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=emulator.url),
-        )
-        settings = MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url)
-        client = make_client(settings)
-        caller = Caller(client, DEFAULT_LIST_ID)
-        clock = {"now": now}
-        runtime = build_runtime(
-            config,
-            clock=lambda: clock["now"],
-            sink_factory=lambda state: MailchimpSink(
-                caller, state, SinkConfig(), clock=lambda: clock["now"]
-            ),
-        )
-        # The demo goes live with the week's events (`--backfill-events 7d`),
-        # so that the first cycle shows them; a real first cycle sends none.
-        runtime.backfill_events = config.daemon.events_max_age
+        session = DemoSession(space, emulator, now)
         try:
-            wanted = {
-                f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields
-            }
-            before = set(existing_merge_fields(client, DEFAULT_LIST_ID))
-            fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
-            created = sorted(set(existing_merge_fields(client, DEFAULT_LIST_ID)) - before)
+            created = session.create_merge_fields()
             click.echo(
                 f"   merge fields created (as `mailsync check --fix` does): {', '.join(created)}"
             )
 
-            seen_calls: Counter[str] = Counter()
             if serve:  # the dashboard, on the demo's state store and simulated clock
                 live = Background(
-                    from_config(config, lambda: runtime.ruleset, lambda: clock["now"]), port=port
+                    from_config(session.config, lambda: session.runtime.ruleset, session.clock),
+                    port=port,
                 )
                 click.secho(f"   Dashboard: {live.url} (one simulated day every "
                             f"{SERVE_PACE:.0f} s)", bold=True)  # fmt: skip
 
             def cycle(title: str) -> CycleSummary:
-                before = Counter(caller.calls)
-                summary = run_once(runtime, now=clock["now"])
-                seen_calls.update(caller.calls)
-                _print_cycle(title, summary, Counter(caller.calls) - before)
+                summary, calls = session.cycle()
+                _print_cycle(title, summary, calls)
                 return summary
 
             summary = cycle(f"3. First cycle at {now:%Y-%m-%d %H:%M} UTC: every user gets a status")
             for day in range(1, days + 1):
                 if live is not None:
                     time.sleep(SERVE_PACE)  # time to watch the pages move
-                clock["now"] = now + timedelta(days=day)
+                session.advance(now + timedelta(days=day))
                 summary = cycle(
-                    f"4.{day} One day later ({clock['now']:%Y-%m-%d}): only what moved is pushed"
+                    f"4.{day} One day later ({session.now:%Y-%m-%d}): only what moved is pushed"
                 )
 
-            example = next(
-                (c for c in summary.changed if c[3] and "_" in (c[3] or "")),
-                summary.changed[0] if summary.changed else None,
-            )
-            if example is not None:
-                entity = runtime.ruleset.entity(example[0])
-                (record,) = runtime.reader.read_entities(
-                    example[0], now=clock["now"], ids=[example[1]]
-                )
+            explanation = session.explain_example(summary)
+            if explanation is not None:
+                record = explanation.record
                 click.secho("5. One of them, as `mailsync explain` tells it:", bold=True)
-                explanation = explain_entity(
-                    entity,
-                    record,
-                    clock["now"],
-                    runtime.state,
-                    limit=8,
-                    events_since=clock["now"] - config.daemon.events_max_age,
-                )
                 for line in render_text(explanation):
                     click.echo("   " + line)
                 if record.email:
@@ -210,21 +180,10 @@ def demo(
                     if member is not None:
                         click.echo(f"   in the emulated audience: {dict(member.merge_fields)}")
         finally:
-            runtime.close()
+            session.close()
 
-    settings_file = shlex.quote(str(space.settings))
-    at = clock["now"].isoformat()
-    click.secho("Where to look next (each works from any directory):", bold=True)
-    if example is not None and record.email:
-        click.echo(f"  mailsync explain {record.email} --config {settings_file} --at {at}")
-    click.echo(f"  mailsync status --config {settings_file} --at {at}")
-    click.echo(f"  mailsync check --config {settings_file}   # rules, sources and database agree")
-    click.echo(f"  mailsync graph {shlex.quote(str(rules))}   # the lifecycle as a diagram")
-    click.echo(
-        f"  mailsync test {shlex.quote(str(space.rules_test))}   # what the rules promise, pinned"
-    )
-    again = "mailsync demo" + (f" --dir {shlex.quote(str(space.folder))}" if directory else "")
-    click.echo(f"Edit {rules}, then run `{again}` again to see what your change does.")
+    email = explanation.record.email if explanation is not None else None
+    _print_next_steps(space, session.now, email, again_with_dir=bool(directory))
     if live is not None:
         click.secho(f"The dashboard stays up at {live.url}; Ctrl-C stops it.", bold=True)
         try:

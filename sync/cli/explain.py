@@ -7,12 +7,10 @@ import json
 import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
+from sync.daemon.clock import system_clock
 from sync.daemon.config import load_config
-from sync.daemon.runtime import load_checked, system_clock
-from sync.evaluate.explain import explain_entity, find_records, render_text
-from sync.exceptions import ConfigurationError
-from sync.sources.reader import SourceReader
-from sync.state.store import StateStore
+from sync.daemon.reports import explain as explain_who
+from sync.evaluate.explain import render_text
 
 
 @click.command()
@@ -38,32 +36,8 @@ def explain(
     merge fields and events, what was last pushed to Mailchimp, and any
     pending error."""
     config = load_config(config_path)
-    ruleset, sources = load_checked(config)
     now = parse_at(at) or system_clock()
-    types = [entity_type] if entity_type else list(ruleset.entities)
-    for name in types:
-        if name not in ruleset.entities:
-            raise ConfigurationError(f"no entity type {name!r} in {config.rules}")
-    state = StateStore(config.state, schema=config.state_schema)
-    state.migrate()
-    with SourceReader(sources, config.require_database()) as reader:
-        found = find_records(who, types, sources, reader, state, now)
-    try:
-        explanations = [
-            explain_entity(
-                ruleset.entity(name),
-                record,
-                now,
-                state,
-                limit=limit,
-                events_since=now - config.daemon.events_max_age,
-            )
-            for name, record in found
-        ]
-    finally:
-        state.close()
-    if not explanations:
-        raise ConfigurationError(f"no entity {who!r} in the sources ({', '.join(types)})")
+    explanations = explain_who(config, who, now=now, entity_type=entity_type, limit=limit)
     if as_json:
         payload = [e.as_json() for e in explanations]
         click.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))

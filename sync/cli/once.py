@@ -7,8 +7,10 @@ import sys
 import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at, parse_backfill
+from sync.daemon.clock import clock_from_env
 from sync.daemon.config import load_config
-from sync.daemon.runtime import build_runtime, clock_from_env, poll_mailchimp, run_once
+from sync.daemon.once import poll_mailchimp, run_once
+from sync.daemon.runtime import build_runtime
 
 
 @click.command()

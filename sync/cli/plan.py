@@ -14,9 +14,9 @@ from sync.cli._common import (
     handle_errors,
     parse_at,
 )
+from sync.daemon.clock import system_clock
 from sync.daemon.config import load_config
 from sync.daemon.plan import plan_rules, preview_reinit
-from sync.daemon.runtime import system_clock
 
 #: Exit status of a plan that found changes (0: none; 2: invalid input).
 EXIT_CHANGES = 3

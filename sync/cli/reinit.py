@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from datetime import datetime
+from contextlib import AbstractContextManager
 
 import click
 
 from sync.cli._common import at_option, config_option, handle_errors, parse_at
+from sync.daemon.clock import system_clock
 from sync.daemon.config import load_config
-from sync.daemon.plan import plan_reinit
-from sync.daemon.runtime import load_checked, system_clock
-from sync.evaluate.engine import reinit_state
+from sync.daemon.reinit import States, preview, reinitialise
 from sync.rules.model import Entity
-from sync.sources.reader import SourceReader
-from sync.sql.evaluator import SqlEvaluator
-from sync.state.baselines import Baseline
-from sync.state.store import StateStore
 
 
 @click.command()
@@ -53,67 +46,22 @@ def reinit(config_path: str | None, at: str | None, dry_run: bool, evaluator: st
     and also works for SQLite data in a time zone other than UTC.
     """
     config = load_config(config_path)
-    ruleset, sources = load_checked(config)
     instant = parse_at(at) or system_clock()
-    state = StateStore(config.state, schema=config.state_schema)
-    database = config.require_database()
-    try:
-        state.migrate()
-        with (
-            SourceReader(sources, database) as reader,
-            SqlEvaluator(ruleset, sources, database) as sql,
-        ):
-
-            def states_of(entity: Entity) -> Iterable[tuple[str, str | None]]:
-                if evaluator == "sql":
-                    return sql.reinit_states(entity.name, at=instant)
-                return _python_states(reader, entity, instant)
-
-            if dry_run:
-                # The same table as `mailsync plan --reinit`, from the same function.
-                report = plan_reinit(
-                    ruleset, sources, state, states_of, rules=config.rules, now=instant
-                )
-                for entity_type, total in sorted(report.entities_read.items()):
-                    click.echo(
-                        f"{entity_type}: would re-initialise {total} at {instant.isoformat()}"
-                    )
-                for line in report.table_lines():
-                    click.echo(line)
-                click.echo("DRY RUN: nothing was written.")
-                return
-            for entity in ruleset.entities.values():
-                if not entity.reinit or entity.name not in sources.entities:
-                    continue
-                counts: Counter[str | None] = Counter()
-                stream = _baselines(states_of(entity), entity, instant, counts)
-                state.replace_baselines(entity.name, instant, stream)
-                total = sum(counts.values())
-                click.echo(f"{entity.name}: {total} re-initialised at {instant.isoformat()}")
-                for status, count in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))):
-                    click.echo(f"  entered {status or '(no status)'}: {count}")
-    finally:
-        state.close()
+    if dry_run:
+        report = preview(config, at=instant, evaluator=evaluator)
+        for entity_type, total in sorted(report.entities_read.items()):
+            click.echo(f"{entity_type}: would re-initialise {total} at {instant.isoformat()}")
+        for line in report.table_lines():
+            click.echo(line)
+        click.echo("DRY RUN: nothing was written.")
+        return
+    for done in reinitialise(config, at=instant, evaluator=evaluator, progress=_progress_bar):
+        for line in done.lines():
+            click.echo(line)
 
 
-def _python_states(
-    reader: SourceReader, entity: Entity, instant: datetime
-) -> Iterator[tuple[str, str | None]]:
-    for record in reader.read_entities(entity.name, now=instant):
-        yield record.id, reinit_state(entity, record.facts, instant)
-
-
-def _baselines(
-    states: Iterable[tuple[str, str | None]],
-    entity: Entity,
-    instant: datetime,
-    counts: Counter[str | None],
-) -> Iterator[Baseline]:
-    """Stream the new baselines, counting them by state, with a progress bar."""
-    with click.progressbar(
+def _progress_bar(entity: Entity, states: States) -> AbstractContextManager[States]:
+    """The states of one type as they stream, with a progress bar on stderr."""
+    return click.progressbar(
         states, label=f"re-initialising {entity.name}", file=sys.stderr, show_pos=True
-    ) as bar:
-        for ident, name in bar:
-            counts[name] += 1
-            if name is not None:
-                yield Baseline(ident, name, instant)
+    )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import signal
-import sys
 import threading
 from types import FrameType
 
@@ -12,17 +10,9 @@ import click
 
 from sync.cli._common import config_option, handle_errors, parse_backfill
 from sync.daemon.config import load_config
-from sync.daemon.lock import leader_lock
 from sync.daemon.logs import configure_logging
-from sync.daemon.metrics import Metrics, MetricsServer, parse_address
-from sync.daemon.runtime import Runtime, build_runtime_patiently, clock_from_env, serve
+from sync.daemon.service import check_http, run_daemon
 from sync.dashboard import app as dashboard
-from sync.exceptions import ConfigurationError
-from sync.mailchimp.webhooks import PREFIX, WebhookReceiver
-
-log = logging.getLogger(__name__)
-
-log = logging.getLogger("sync.daemon.runtime")
 
 
 @click.command()
@@ -68,11 +58,7 @@ def run(
     """
     config = load_config(config_path)
     configure_logging(log_format or config.log_format)
-    if config.mailchimp.webhook_secret and not (metrics_address or config.metrics):
-        raise ConfigurationError(
-            "a webhook secret is set but the daemon has no HTTP port: the webhook "
-            "receiver is served with the metrics (set --metrics or MAILSYNC_METRICS)"
-        )
+    check_http(config, metrics_address)
     backfill = parse_backfill(backfill_events)
     stopping = threading.Event()
 
@@ -81,61 +67,11 @@ def run(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    # A database that cannot be reached yet (a server still starting) is
-    # waited for, with back-off; one that needs an operator ends the run.
-    runtime = build_runtime_patiently(
-        config, stopping, dry_run=dry_run, out=sys.stdout, clock=clock_from_env()
+    run_daemon(
+        config,
+        stopping,
+        dry_run=dry_run,
+        metrics_address=metrics_address,
+        backfill=backfill,
+        pages_for=lambda runtime, host: dashboard.for_daemon(config, runtime, host),
     )
-    if runtime is None:
-        return
-    runtime.backfill_events = backfill
-    # SIGTERM mid-query: the handler only sets the event (a signal handler
-    # must not do I/O); this thread then cancels the running source query,
-    # so that the daemon ends in seconds, not when the query does.
-    threading.Thread(
-        target=_cancel_on_stop, args=(stopping, runtime), name="cancel-on-stop", daemon=True
-    ).start()
-    metrics = Metrics(
-        config.daemon.interval.total_seconds(), config.daemon.cycle_overrun.total_seconds()
-    )
-    server = None
-    pages = None
-    address = metrics_address or config.metrics
-    receiver = None
-    if config.mailchimp.webhook_secret:
-        try:
-            receiver = WebhookReceiver(
-                runtime.state, config.mailchimp.webhook_secret, config.mailchimp.list_id
-            )
-        except ConfigurationError:
-            runtime.close()
-            raise
-    if address:
-        host, port = parse_address(address)
-        pages = dashboard.for_daemon(config, runtime, host)  # the dashboard, beside /metrics
-        server = MetricsServer(
-            metrics, host, port, webhooks=receiver, pages=pages.get if pages else None
-        ).start()
-        # Through the log, not echoed: with --log-format json every line is JSON.
-        log.info("metrics on http://%s:%s/metrics", host, server.address[1])
-        if receiver is not None:
-            log.info(
-                "Mailchimp webhooks on http://%s:%s%s<secret>", host, server.address[1], PREFIX
-            )
-    lock = leader_lock(
-        runtime.state, config.mailchimp.list_id or "dry-run", ttl=config.daemon.lease_ttl
-    )
-    try:
-        serve(runtime, lock, metrics)
-    finally:
-        if server is not None:
-            server.stop()
-        if pages is not None:
-            pages.close()
-        runtime.close()
-
-
-def _cancel_on_stop(stopping: threading.Event, runtime: Runtime) -> None:
-    stopping.wait()
-    if runtime.reader.cancel():
-        log.info("stopping: the running source query was cancelled")

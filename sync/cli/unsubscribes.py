@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
 
 import click
 
 from sync.cli._common import config_option, handle_errors
 from sync.daemon.config import load_config
+from sync.daemon.reports import opt_outs
 from sync.records import parse_instant
-from sync.state.store import StateStore
 
 
 @click.command()
@@ -40,33 +39,7 @@ def unsubscribes(config_path: str | None, since: str | None, as_json: bool) -> N
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--since") from None
     config = load_config(config_path)
-    state = StateStore(config.state, schema=config.state_schema)
-    try:
-        state.migrate()
-        opted_out = state.mailchimp_opt_outs(after)
-        emails = [m.email for m in opted_out]
-        previous = state.mailchimp_previous_addresses(emails)
-        entities = state.entities_by_email(
-            [*emails, *(old for olds in previous.values() for old in olds)]
-        )
-    finally:
-        state.close()
-    rows: list[dict[str, Any]] = []
-    for m in opted_out:
-        addresses = [m.email, *previous.get(m.email, [])]
-        rows.append(
-            {
-                "email": m.email,
-                "status": m.status,
-                "reason": m.reason,
-                "at": m.status_at.isoformat() if m.status_at else None,
-                "source": m.source,
-                "previous_emails": previous.get(m.email, []),
-                "entities": [
-                    {"type": t, "id": i} for a in addresses for t, i in entities.get(a, [])
-                ],
-            }
-        )
+    rows = opt_outs(config, since=after)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -32,7 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sync.daemon.cycle import CycleSummary
+from sync.daemon.cycle_summary import CycleSummary
 from sync.rules.model import Ruleset
 from sync.state.store import StateStore
 from sync.state.tables import status_history, transition_history, watermark

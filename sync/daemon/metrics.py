@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sync.daemon.cycle import CycleSummary
+from sync.daemon.cycle_summary import CycleSummary
 from sync.mailchimp.webhooks import WebhookReceiver
 
 

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from sync.daemon.config import Config
-from sync.daemon.cycle import CycleSummary
-from sync.daemon.runtime import Runtime, build_runtime, events_window, load_checked, make_cycle
+from sync.daemon.cycle_summary import CycleSummary
+from sync.daemon.once import events_window, make_cycle
+from sync.daemon.runtime import Runtime, build_runtime, load_checked
 from sync.mailchimp.ledger import PushLedger
 from sync.mailchimp.sink import PushSummary, SinkConfig, plan_pushes
 from sync.records import DesiredMember

@@ -14,13 +14,14 @@ Mailchimp API key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, with_derived
 from sync.evaluate.members import mailchimp_value, normalise_email, scoped_events
+from sync.evaluate.related import related_statuses
 from sync.records import ActionOccurrence, EntityRecord, FactValue
 from sync.rules.expression_eval import thresholds
 from sync.rules.model import Entity
@@ -317,24 +318,16 @@ def find_records(
     for name in types:
         if name not in sources.entities:
             continue
-        related = {rel.name: _stored(state, rel.name) for rel in sources.entity(name).relations}
+        related = related_statuses(sources, state, name)
         records: Iterator[EntityRecord]
         if by_email and not known.get(name):
             records = (
                 r
-                for r in reader.read_entities(name, now=now, related_statuses=related or None)
+                for r in reader.read_entities(name, now=now, related_statuses=related)
                 if r.email and normalise_email(r.email) == normalise_email(who)
             )
         else:
             ids = sorted(known.get(name, ())) if by_email else [who]
-            records = reader.read_entities(name, now=now, ids=ids, related_statuses=related or None)
+            records = reader.read_entities(name, now=now, ids=ids, related_statuses=related)
         found.extend((name, r) for r in records)
     return found
-
-
-def _stored(state: StateStore, entity_type: str) -> Callable[[str], str | None]:
-    def status_of(entity_id: str) -> str | None:
-        stored = state.entity_state_of(entity_type, entity_id)
-        return stored.status if stored else None
-
-    return status_of

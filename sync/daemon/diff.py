@@ -1,0 +1,174 @@
+"""The cycle's diff: each derived chunk against what the state store holds.
+
+Each chunk of results is compared with the stored evaluations (status,
+entry, next change: written only when they differ) and with a digest of the
+member contribution (merge fields, tags) Mailchimp last accepted from the
+entity: only the differences go further, to the push buffer. An entity
+whose address changed has its member's address changed first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from sync.daemon.cycle_summary import CycleSummary
+from sync.daemon.identities import IdentityChanges
+from sync.daemon.push import PushBuffer
+from sync.daemon.type_run import Derived, TypeRun
+from sync.evaluate.members import normalise_email
+from sync.records import EventDue
+from sync.rules.model import Entity
+from sync.state.entities import EntityEvaluation, StoredRow, evaluation_digest
+from sync.state.store import StateStore
+
+#: The cycle's log lines keep the name they always had (operators filter on it).
+log = logging.getLogger("sync.daemon.cycle")
+
+
+def pushes_anything(entity: Entity) -> bool:
+    if entity.merge_fields or entity.managed_tags:
+        return True
+    return any(a.event for a in entity.actions.values()) or any(
+        s.event for s in entity.states.values()
+    )
+
+
+def contribution_fingerprint(entity: Entity, derived: Derived) -> str:
+    """A digest of what one entity asks of its member (merge fields, active
+    tags): equal digests, nothing to push. Raw values plus each field's type
+    (the formatting for Mailchimp is a function of both), cheaper than
+    formatting every value of a million entities."""
+    values = derived.merge_fields
+    text = repr(
+        (
+            [values.get(f.tag) for f in entity.merge_fields],
+            sorted(derived.tags) if derived.tags else (),
+            _field_types(entity),
+        )
+    )
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+
+
+_FIELD_TYPES: dict[int, tuple[Entity, tuple[tuple[str, str], ...]]] = {}
+
+
+def _field_types(entity: Entity) -> tuple[tuple[str, str], ...]:
+    # Keyed by identity (a rule model holds dicts, so it is not hashable); the
+    # entity is kept alongside, so its id cannot be reused while cached.
+    cached = _FIELD_TYPES.get(id(entity))
+    if cached is None or cached[0] is not entity:
+        cached = _FIELD_TYPES[id(entity)] = (
+            entity,
+            tuple((f.tag, f.type) for f in entity.merge_fields),
+        )
+    return cached[1]
+
+
+class Differ:
+    """Settles each derived chunk of one cycle against the state store."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        summary: CycleSummary,
+        buffer: PushBuffer,
+        identities: IdentityChanges,
+        *,
+        now: datetime,
+        record: bool,
+    ) -> None:
+        self.state = state
+        self.summary = summary
+        self.buffer = buffer
+        self.identities = identities
+        self.now = now
+        self.record = record
+
+    def settle(
+        self,
+        run: TypeRun,
+        derived: Mapping[str, tuple[str | None, Derived]],
+        stored: Mapping[str, StoredRow],
+        events: Mapping[str, tuple[EventDue, ...]],
+    ) -> None:
+        """Compare one chunk with the state store: store the evaluations that
+        changed, queue the members whose contribution or events changed."""
+        name = run.entity.name
+        writes: list[EntityEvaluation] = []
+        summary = self.summary
+        for ident, (email, r) in derived.items():
+            summary.entities_read[name] += 1
+            if run.seen is not None:
+                run.seen.add(ident)
+            key = normalise_email(email) if email else None
+            before = stored.get(ident)
+            if before is None or before.status != r.status:
+                summary.note_change(name, ident, before.status if before else None, r.status)
+            changed: EntityEvaluation | None = None
+            digest = evaluation_digest(
+                r.status, r.state, r.state_entered_at, r.status_since, r.next_change_at, key
+            )
+            if before is None or before.eval_fp != digest:
+                changed = EntityEvaluation(
+                    entity_type=name,
+                    entity_id=ident,
+                    email=email,
+                    status=r.status,
+                    base_status=r.state,
+                    base_entered_at=r.state_entered_at,
+                    status_since=r.status_since,
+                    next_change_at=r.next_change_at,
+                )
+            if self._queue(run, ident, key, before, r, events.get(ident, ())):
+                if changed is not None:
+                    # Stored once pushed: a cycle killed mid-push leaves the
+                    # entity due, so the next tick (not only the next full
+                    # pass) pushes it again.
+                    self.buffer.store_once_pushed(changed)
+            elif changed is not None:
+                writes.append(changed)
+        if writes and self.record:
+            self.state.upsert_evaluations(writes, at=self.now)
+            summary.evaluations_written += len(writes)
+        self.buffer.flush_if_full()
+
+    def _queue(
+        self,
+        run: TypeRun,
+        ident: str,
+        key: str | None,
+        before: StoredRow | None,
+        r: Derived,
+        due_events: Sequence[EventDue],
+    ) -> bool:
+        """Queue the entity's member contribution when it differs from what
+        Mailchimp accepted, has events to send, or must be retried; True when
+        queued."""
+        entity = run.entity
+        if not pushes_anything(entity):
+            return False
+        if key is None:
+            if before is None or before.email is not None:
+                # Said once, when first seen without one (not every full pass).
+                log.warning(
+                    "%s %s has no email address: evaluated, nothing pushed", entity.name, ident
+                )
+            return False
+        moved = before is not None and before.email is not None and before.email != key
+        if moved:
+            assert before is not None and before.email is not None
+            self.identities.change_address(before.email, key)
+        fp = contribution_fingerprint(entity, r)
+        if (
+            not moved
+            and before is not None
+            and before.pushed_fp == fp
+            and not due_events
+            and ident not in run.forced
+        ):
+            return False
+        self.buffer.add(entity, ident, key, r, due_events, fp)
+        return True
