@@ -79,7 +79,8 @@ from sync.daemon.cycle import CycleSummary  # noqa: E402
 from sync.daemon.runtime import build_runtime, run_once  # noqa: E402
 from sync.demo import load_demo  # noqa: E402
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID  # noqa: E402
-from sync.mailchimp.client import MailchimpSettings, fix_merge_fields, make_client  # noqa: E402
+from sync.mailchimp.audience import fix_merge_fields  # noqa: E402
+from sync.mailchimp.client import MailchimpSettings, make_client  # noqa: E402
 
 NOW = floor.NOW
 #: The cycles' instants: a poll interval of a few minutes between them.

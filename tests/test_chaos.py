@@ -39,21 +39,18 @@ from typing import Any, ClassVar
 import pytest
 import sqlalchemy as sa
 
+from sync.addresses import normalise_email
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
 from sync.daemon.runtime import Runtime, build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator, FaultKind
 from sync.evaluate.engine import evaluate
-from sync.evaluate.members import normalise_email
-from sync.mailchimp.client import (
-    BatchPolling,
-    Caller,
-    MailchimpSettings,
-    RetryPolicy,
-    fix_merge_fields,
-    make_client,
-)
-from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.mailchimp.audience import fix_merge_fields
+from sync.mailchimp.batches import BatchPolling
+from sync.mailchimp.caller import Caller, RetryPolicy
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import SinkConfig
 from sync.sources.reader import SourceReader
 from sync.state.store import StateStore
 from tests.test_cycle import NOW, Clock, audience_fields, expected_members

@@ -15,14 +15,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from sync.addresses import normalise_email
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
 from sync.daemon.runtime import build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.evaluate.engine import evaluate
-from sync.evaluate.members import mailchimp_value, normalise_email
-from sync.mailchimp.client import Caller, MailchimpSettings, fix_merge_fields, make_client
-from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.evaluate.members import mailchimp_value
+from sync.mailchimp.audience import fix_merge_fields
+from sync.mailchimp.caller import Caller
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import SinkConfig
 from sync.sources.reader import SourceReader
 
 ROOT = Path(__file__).resolve().parent.parent

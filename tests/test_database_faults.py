@@ -28,7 +28,7 @@ from sync.daemon.lock import LeaseLock
 from sync.database_faults import StoreBroken
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_LIST_ID, Emulator
-from sync.mailchimp.client import fix_merge_fields
+from sync.mailchimp.audience import fix_merge_fields
 from sync.rules.schema import load_rules
 from sync.state.store import StateStore
 from tests.test_cycle import NOW

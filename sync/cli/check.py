@@ -22,13 +22,8 @@ from sync.cli._common import EXIT_INVALID, config_option, handle_errors
 from sync.daemon.config import load_config
 from sync.daemon.runtime import contract_problems, has_credentials
 from sync.exceptions import Problem, RulesError
-from sync.mailchimp.client import (
-    MailchimpSettings,
-    check_audience,
-    check_key,
-    fix_merge_fields,
-    make_client,
-)
+from sync.mailchimp.audience import check_audience, check_key, fix_merge_fields
+from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.rules.model import Ruleset
 from sync.rules.schema import load_rules
 from sync.sources.check import probe_sources

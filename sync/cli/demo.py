@@ -31,14 +31,11 @@ from sync.demo import load_demo
 from sync.demo.workspace import Workspace, default_folder
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
 from sync.evaluate.explain import explain_entity, render_text
-from sync.mailchimp.client import (
-    Caller,
-    MailchimpSettings,
-    existing_merge_fields,
-    fix_merge_fields,
-    make_client,
-)
-from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.mailchimp.audience import existing_merge_fields, fix_merge_fields
+from sync.mailchimp.caller import Caller
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import SinkConfig
 
 #: Real seconds per simulated day with --serve.
 SERVE_PACE = 3.0

@@ -53,10 +53,11 @@ from typing import Protocol
 import psycopg
 import sqlalchemy as sa
 
+from sync.addresses import normalise_email
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, position_at
-from sync.evaluate.members import MemberBuilder, normalise_email
+from sync.evaluate.members import MemberBuilder
 from sync.exceptions import ConfigurationError
-from sync.mailchimp.sink import PushSummary
+from sync.mailchimp.summary import PushSummary
 from sync.records import ActionOccurrence, DesiredMember, EventDue, FactValue
 from sync.rules.model import STATUS, Entity, Mode, Ruleset
 from sync.sources.model import SourcesConfig

@@ -13,7 +13,6 @@ answers requests on many threads at once.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
 import threading
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sync.addresses import subscriber_hash
 from sync.emulator.mergefields import MergeField, checked_values, default_fields, new_field
 from sync.emulator.problems import (
     ApiProblem,
@@ -59,11 +59,6 @@ BATCH_MAX = 500
 PAGE_MAX = 1000
 ERROR_CONTACT_EXISTS = "ERROR_CONTACT_EXISTS"
 ERROR_GENERIC = "ERROR_GENERIC"
-
-
-def subscriber_hash(email: str) -> str:
-    """Mailchimp's member id: the MD5 of the lower-cased address."""
-    return hashlib.md5(email.lower().encode("utf-8")).hexdigest()
 
 
 def timestamp(moment: datetime) -> str:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sync.addresses import normalise_email
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, with_derived
-from sync.evaluate.members import mailchimp_value, normalise_email, scoped_events
+from sync.evaluate.members import mailchimp_value, scoped_events
 from sync.records import ActionOccurrence, EntityRecord, FactValue
 from sync.rules.expressions import thresholds
 from sync.rules.model import Entity

@@ -22,15 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sync.addresses import normalise_email
 from sync.evaluate.engine import Evaluation
 from sync.payload import json_problem
 from sync.records import DesiredMember, EventDue, FactValue, MergeValue
 from sync.rules.model import Entity
-
-
-def normalise_email(email: str) -> str:
-    """Mailchimp identifies members by the lower-cased address."""
-    return email.strip().lower()
 
 
 def mailchimp_value(value: FactValue, field_type: str) -> MergeValue:

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from sync.addresses import normalise_email
 from sync.database_faults import label_engine
 from sync.exceptions import ConfigurationError
 from sync.mailchimp.changes import OPTED_OUT, MailchimpChange, apply_change
@@ -41,7 +42,6 @@ from sync.mailchimp.ledger import (
     MemberPushState,
     PushFailure,
     SentEvent,
-    normalise_email,
 )
 from sync.records import MergeValue, require_aware
 
