@@ -45,7 +45,7 @@ from sync.daemon.runtime import Runtime, build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator, FaultKind
 from sync.evaluate.engine import evaluate
-from sync.mailchimp.audience import fix_merge_fields
+from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields
 from sync.mailchimp.batches import BatchPolling
 from sync.mailchimp.caller import Caller, RetryPolicy
 from sync.mailchimp.client import MailchimpSettings, make_client
@@ -129,7 +129,7 @@ def chaos_runtime(pg_url: str, emulator: Emulator, clock: Clock, timeout: float)
         clock=clock,
         sink_factory=lambda store: MailchimpSink(caller, store, sink_config, clock=clock),
     )
-    wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+    wanted = wanted_merge_fields(runtime.ruleset.entities.values())
     fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
     return runtime
 

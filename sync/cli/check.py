@@ -22,7 +22,7 @@ from sync.cli._common import EXIT_INVALID, config_option, handle_errors
 from sync.daemon.config import load_config
 from sync.daemon.runtime import contract_problems, has_credentials
 from sync.exceptions import Problem, RulesError
-from sync.mailchimp.audience import check_audience, check_key, fix_merge_fields
+from sync.mailchimp.audience import check_audience, check_key, fix_merge_fields, wanted_merge_fields
 from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.rules.model import Ruleset
 from sync.rules.schema import load_rules
@@ -160,7 +160,7 @@ def _check_mailchimp(
     problems = check_key(client)
     if problems:
         _fail(problems)
-    wanted = {f.tag: f.type for e in ruleset.entities.values() for f in e.merge_fields}
+    wanted = wanted_merge_fields(ruleset.entities.values())
     if fix:
         for done in fix_merge_fields(client, list_id, wanted):
             click.echo(f"Mailchimp: {done}")

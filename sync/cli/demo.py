@@ -31,7 +31,7 @@ from sync.demo import load_demo
 from sync.demo.workspace import Workspace, default_folder
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
 from sync.evaluate.explain import explain_entity, render_text
-from sync.mailchimp.audience import existing_merge_fields, fix_merge_fields
+from sync.mailchimp.audience import existing_merge_fields, fix_merge_fields, wanted_merge_fields
 from sync.mailchimp.caller import Caller
 from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.mailchimp.sink import MailchimpSink
@@ -148,9 +148,7 @@ def demo(
         # so that the first cycle shows them; a real first cycle sends none.
         runtime.backfill_events = config.daemon.events_max_age
         try:
-            wanted = {
-                f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields
-            }
+            wanted = wanted_merge_fields(runtime.ruleset.entities.values())
             before = set(existing_merge_fields(client, DEFAULT_LIST_ID))
             fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
             created = sorted(set(existing_merge_fields(client, DEFAULT_LIST_ID)) - before)

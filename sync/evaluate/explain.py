@@ -21,7 +21,7 @@ from typing import Any
 
 from sync.addresses import normalise_email
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, with_derived
-from sync.evaluate.members import mailchimp_value, scoped_events
+from sync.evaluate.members import merge_values, scoped_events
 from sync.records import ActionOccurrence, EntityRecord, FactValue
 from sync.rules.expressions import thresholds
 from sync.rules.model import Entity
@@ -69,10 +69,7 @@ class Explanation:
                 {"at": _iso(s.at), "cause": s.cause, "status": s.status} for s in self.timeline
             ],
             "timeline_truncated": self.truncated,
-            "merge_fields": {
-                f.tag: mailchimp_value(ev.merge_fields.get(f.tag), f.type)
-                for f in self.entity.merge_fields
-            },
+            "merge_fields": merge_values(self.entity, ev.merge_fields),
             "events": [
                 {
                     "key": e.key,

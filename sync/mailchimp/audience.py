@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import requests
@@ -16,6 +16,7 @@ from mailchimp_marketing.api_client import ApiClientError
 
 from sync.exceptions import FatalError
 from sync.mailchimp.answers import Answer, classify
+from sync.rules.model import Entity
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,13 @@ def _call_once(what: str, fn: Callable[[], object]) -> Answer:
     if not answer.ok:
         log.info("%s: %s", what, answer.reason)
     return answer
+
+
+def wanted_merge_fields(entities: Iterable[Entity]) -> dict[str, str]:
+    """Merge tag -> kind of value the rules push (``text``, ``number``,
+    ``date``, ``url``), over ``entities``: the ``wanted`` of ``check_audience``
+    and ``fix_merge_fields``."""
+    return {f.tag: f.type for e in entities for f in e.merge_fields}
 
 
 def check_key(client: Any) -> list[str]:
