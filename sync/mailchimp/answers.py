@@ -4,7 +4,8 @@
 returned ``requests.Response``, a raised ``ApiClientError``, a network error,
 one entry of a batch-subscribe ``errors[]``, one result of a ``/batches``
 operation) becomes an ``Answer`` of class success / transient / permanent
-(for that member) / fatal (for the run).
+(for that member) / fatal (for the run). ``answer_of`` runs one call and
+classifies what it returned or raised.
 
 Quirks of ``mailchimp-marketing`` 3.0.80 handled here (their sources are
 in docs/emulator.md's fidelity tables): error answers with an empty body are
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -239,3 +240,14 @@ def classify(outcome: object, *, scope: Scope = "member") -> Answer:
     if isinstance(outcome, BaseException):
         return Answer(AnswerClass.FATAL, "unexpected_error", f"{type(outcome).__name__}: {outcome}")
     return Answer(AnswerClass.FATAL, "unexpected_answer", f"unexpected answer {type(outcome)!r}")
+
+
+def answer_of(fn: Callable[[], object], *, scope: Scope = "member") -> Answer:
+    """Run one official-client call and classify its outcome, returned or raised."""
+    try:
+        outcome: object = fn()
+    except ApiClientError as exc:
+        outcome = exc
+    except requests.RequestException as exc:
+        outcome = exc
+    return classify(outcome, scope=scope)

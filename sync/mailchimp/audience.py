@@ -11,11 +11,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import requests
-from mailchimp_marketing.api_client import ApiClientError
-
 from sync.exceptions import FatalError
-from sync.mailchimp.answers import Answer, classify
+from sync.mailchimp.answers import Answer, answer_of
 from sync.rules.model import Entity
 
 log = logging.getLogger(__name__)
@@ -33,13 +30,7 @@ _MERGE_TAG = re.compile(r"^[A-Z0-9_]{1,10}$")
 
 
 def _call_once(what: str, fn: Callable[[], object]) -> Answer:
-    try:
-        outcome: object = fn()
-    except ApiClientError as exc:
-        outcome = exc
-    except requests.RequestException as exc:
-        outcome = exc
-    answer = classify(outcome, scope="run")
+    answer = answer_of(fn, scope="run")
     if not answer.ok:
         log.info("%s: %s", what, answer.reason)
     return answer

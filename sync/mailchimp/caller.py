@@ -21,12 +21,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-import requests
 import tenacity
-from mailchimp_marketing.api_client import ApiClientError
 
 from sync.exceptions import AudienceMissing, FatalError
-from sync.mailchimp.answers import Answer, AnswerClass, Scope, classify
+from sync.mailchimp.answers import Answer, AnswerClass, Scope, answer_of
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +84,7 @@ class Caller:
     def _attempt(self, fn: Callable[[], object], scope: Scope) -> Answer:
         if self.fence is not None:
             self.fence()  # the single choke point of writes: none once deposed
-        try:
-            outcome: object = fn()
-        except ApiClientError as exc:
-            outcome = exc
-        except requests.RequestException as exc:
-            outcome = exc
-        answer = classify(outcome, scope=scope)
+        answer = answer_of(fn, scope=scope)
         with self._lock:
             self.calls[answer.kind.value] += 1
         return answer
