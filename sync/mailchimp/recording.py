@@ -51,6 +51,7 @@ class PushRecorder:
         self._audience_confirmed = False
 
     def record(self, outcome: Outcome) -> None:
+        """Write ``outcome`` to the ledger (once: it is not cleared)."""
         # A member may both get a tag accepted and an event refused: record the
         # acceptance first, the failure after, so the failure stays visible.
         if outcome.accepted:

@@ -113,8 +113,8 @@ class _Phases:
                     upsert.existing.append(p)
         self.recorder.record(outcome)
 
-    def update(self, pool: ThreadPoolExecutor, plans: Sequence[MemberPlan], upsert: Upsert) -> None:
-        """Phase 2: safe upsert of members that exist. Required merge fields
+    def update(self, pool: ThreadPoolExecutor, upsert: Upsert) -> None:
+        """Phase 2: safe upsert of the members that exist. Required merge fields
         are enforced on updates too: skip that check as on creation."""
         update_params = (
             {"skip_merge_validation": "true"} if self.config.skip_merge_validation else {}
@@ -131,7 +131,7 @@ class _Phases:
                     params=update_params,
                 ),
             )
-            for p in plans
+            for p in upsert.existing
         ]
         updated = _Updated(self.recorder, self.missing, upsert)
         try:
@@ -206,5 +206,5 @@ def upsert_members(
         pool.submit(phases.create, chunk) for chunk in iter_chunks(new, runner.config.batch_size)
     ]
     collect(futures, lambda result: phases.created(result, upsert))
-    phases.update(pool, upsert.existing, upsert)
+    phases.update(pool, upsert)
     return upsert.done
