@@ -80,7 +80,8 @@ from sync.daemon.once import run_once  # noqa: E402
 from sync.daemon.runtime import build_runtime  # noqa: E402
 from sync.demo import load_demo  # noqa: E402
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID  # noqa: E402
-from sync.mailchimp.client import MailchimpSettings, fix_merge_fields, make_client  # noqa: E402
+from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields  # noqa: E402
+from sync.mailchimp.client import MailchimpSettings, make_client  # noqa: E402
 
 NOW = floor.NOW
 #: The cycles' instants: a poll interval of a few minutes between them.
@@ -402,7 +403,7 @@ def cycles(args: argparse.Namespace) -> dict[str, Any]:
     versions: RowVersions | None = None
     try:
         # As `mailsync check --fix` would, once, before the daemon starts.
-        wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+        wanted = wanted_merge_fields(runtime.ruleset.entities.values())
         settings = MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=args.emulator)
         fix_merge_fields(make_client(settings), DEFAULT_LIST_ID, wanted)
         tables = state_tables(state_url, schema)

@@ -54,13 +54,17 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sync.addresses import normalise_email  # noqa: E402
 from sync.demo import load_demo  # noqa: E402
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator  # noqa: E402
 from sync.evaluate.engine import evaluate  # noqa: E402
-from sync.evaluate.members import mailchimp_value, normalise_email  # noqa: E402
-from sync.mailchimp.client import Caller, MailchimpSettings, fix_merge_fields, make_client  # noqa: E402
+from sync.evaluate.members import merge_values  # noqa: E402
+from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields  # noqa: E402
+from sync.mailchimp.caller import Caller  # noqa: E402
+from sync.mailchimp.client import MailchimpSettings, make_client  # noqa: E402
 from sync.mailchimp.ledger import AcceptedPush  # noqa: E402
-from sync.mailchimp.sink import MailchimpSink, SinkConfig  # noqa: E402
+from sync.mailchimp.sink import MailchimpSink  # noqa: E402
+from sync.mailchimp.sink_config import SinkConfig  # noqa: E402
 from sync.records import ActionOccurrence, DesiredMember  # noqa: E402
 from sync.rules.model import Entity  # noqa: E402
 from sync.rules.schema import load_rules  # noqa: E402
@@ -236,10 +240,7 @@ def _member(entity: Entity, result: SqlEvaluation) -> DesiredMember | None:
         return None
     return DesiredMember(
         email=normalise_email(result.email),
-        merge_fields={
-            f.tag: mailchimp_value(result.merge_fields.get(f.tag), f.type)
-            for f in entity.merge_fields
-        },
+        merge_fields=merge_values(entity, result.merge_fields),
         tags=frozenset(result.tags),
         managed_tags=frozenset(entity.managed_tags),
     )
@@ -299,7 +300,7 @@ def tick(
             client = make_client(
                 MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url)
             )
-            fix_merge_fields(client, DEFAULT_LIST_ID, {f.tag: f.type for f in entity.merge_fields})
+            fix_merge_fields(client, DEFAULT_LIST_ID, wanted_merge_fields([entity]))
             audience = emulator.store.audience(DEFAULT_LIST_ID)
             for member in members.values():
                 audience.seed_member(

@@ -39,22 +39,19 @@ from typing import Any, ClassVar
 import pytest
 import sqlalchemy as sa
 
+from sync.addresses import normalise_email
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
 from sync.daemon.once import run_once
 from sync.daemon.runtime import Runtime, build_runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator, FaultKind
 from sync.evaluate.engine import evaluate
-from sync.evaluate.members import normalise_email
-from sync.mailchimp.client import (
-    BatchPolling,
-    Caller,
-    MailchimpSettings,
-    RetryPolicy,
-    fix_merge_fields,
-    make_client,
-)
-from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields
+from sync.mailchimp.batches import BatchPolling
+from sync.mailchimp.caller import Caller, RetryPolicy
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import SinkConfig
 from sync.sources.reader import SourceReader
 from sync.state.store import StateStore
 from tests.test_cycle import NOW, Clock, audience_fields, expected_members
@@ -133,7 +130,7 @@ def chaos_runtime(pg_url: str, emulator: Emulator, clock: Clock, timeout: float)
         clock=clock,
         sink_factory=lambda store: MailchimpSink(caller, store, sink_config, clock=clock),
     )
-    wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+    wanted = wanted_merge_fields(runtime.ruleset.entities.values())
     fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
     return runtime
 

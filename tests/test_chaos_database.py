@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from sync.addresses import normalise_email
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
 from sync.daemon.lock import LeaderLock, leader_lock
 from sync.daemon.once import run_once
@@ -47,15 +48,11 @@ from sync.daemon.runtime import Runtime, build_runtime
 from sync.daemon.serve import cycle_failure, transient_fault
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
-from sync.evaluate.members import normalise_email
-from sync.mailchimp.client import (
-    Caller,
-    MailchimpSettings,
-    RetryPolicy,
-    fix_merge_fields,
-    make_client,
-)
-from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.mailchimp.audience import fix_merge_fields
+from sync.mailchimp.caller import Caller, RetryPolicy
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import SinkConfig
 from sync.sources.reader import SourceReader
 from sync.sources.schema import load_sources
 from sync.sources.sessions import SourceUnavailableError

@@ -17,10 +17,13 @@ import pytest
 import responses
 
 from sync.emulator import Emulator, FaultKind
-from sync.mailchimp.client import BatchPolling, Caller, MailchimpSettings, RetryPolicy, make_client
+from sync.mailchimp.batches import BatchPolling
+from sync.mailchimp.caller import Caller, RetryPolicy
+from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.mailchimp.ledger import EventIntent, PushLedger, SentEvent, event_signature
 from sync.mailchimp.memory import MemoryLedger
-from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import SinkConfig
 from sync.records import DesiredMember, EventDue
 from sync.state.store import StateStore
 

@@ -24,7 +24,8 @@ import requests
 
 from sync.cli import main
 from sync.daemon.logs import configure_logging
-from sync.mailchimp.client import Caller, MailchimpSettings, RetryPolicy, make_client
+from sync.mailchimp.caller import Caller, RetryPolicy
+from sync.mailchimp.client import MailchimpSettings, make_client
 from tests.test_cli_daemon import setup  # noqa: F401 (a fixture)
 from tests.test_cycle import NOW
 

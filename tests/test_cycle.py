@@ -15,15 +15,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from sync.addresses import normalise_email
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
 from sync.daemon.once import run_once
 from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.evaluate.engine import evaluate
-from sync.evaluate.members import mailchimp_value, normalise_email
-from sync.mailchimp.client import Caller, MailchimpSettings, fix_merge_fields, make_client
-from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.evaluate.members import merge_values
+from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields
+from sync.mailchimp.caller import Caller
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import SinkConfig
 from sync.sources.reader import SourceReader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +74,7 @@ def make_runtime(example, db_url, tmp_path, emulator, clock, **sink_options):
             caller, store, SinkConfig(**sink_options), clock=clock
         ),
     )
-    wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+    wanted = wanted_merge_fields(runtime.ruleset.entities.values())
     fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
     return runtime, caller
 
@@ -82,10 +86,7 @@ def expected_members(runtime, entity_type, now):
     with SourceReader(runtime.sources, runtime.config.database) as reader:
         for record in reader.read_entities(entity_type, now=now):
             result = evaluate(entity, record.facts, record.actions, now)
-            expected[normalise_email(record.email)] = {
-                f.tag: mailchimp_value(result.merge_fields[f.tag], f.type)
-                for f in entity.merge_fields
-            }
+            expected[normalise_email(record.email)] = merge_values(entity, result.merge_fields)
     return expected
 
 

@@ -19,15 +19,20 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from sync.addresses import normalise_email
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
 from sync.daemon.once import run_once
 from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.evaluate.engine import evaluate
-from sync.evaluate.members import mailchimp_value, normalise_email
-from sync.mailchimp.client import Caller, MailchimpSettings, fix_merge_fields, make_client
-from sync.mailchimp.sink import DryRunSink, MailchimpSink, SinkConfig
+from sync.evaluate.members import merge_values
+from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields
+from sync.mailchimp.caller import Caller
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.dryrun import DryRunSink
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import SinkConfig
 from sync.rules.schema import load_rules
 from sync.sources.reader import SourceReader
 
@@ -81,7 +86,7 @@ def bb(db_url, tmp_path, mailchimp_emulator):
         runtime = build_runtime(config, clock=clock, sink_factory=sink)
         runtime.dry_run = dry_run
         runtimes.append(runtime)
-        wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+        wanted = wanted_merge_fields(runtime.ruleset.entities.values())
         fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
         return runtime, caller, out
 
@@ -104,10 +109,7 @@ def _expected(runtime, now):
     with SourceReader(runtime.sources, runtime.config.database) as reader:
         for record in reader.read_entities("user", now=now):
             result = evaluate(entity, record.facts, record.actions, now)
-            found[normalise_email(record.email)] = {
-                f.tag: mailchimp_value(result.merge_fields[f.tag], f.type)
-                for f in entity.merge_fields
-            }
+            found[normalise_email(record.email)] = merge_values(entity, result.merge_fields)
     return found
 
 
@@ -492,7 +494,7 @@ def test_a_type_the_sql_cannot_compile_falls_back_to_the_engine(tmp_path, mailch
         ),
     )
     try:
-        wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+        wanted = wanted_merge_fields(runtime.ruleset.entities.values())
         fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
         summary = run_once(runtime)
         assert summary.evaluated_by == {"user": "engine"}
@@ -564,7 +566,7 @@ def test_an_audience_deleted_mid_run_is_one_error_and_everyone_comes_back(bb, ca
     # Restored (a new, empty audience with the fields): the next pass pushes
     # everyone again, as the engine says.
     emulator.store.add_audience(DEFAULT_LIST_ID)
-    wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+    wanted = wanted_merge_fields(runtime.ruleset.entities.values())
     fix_merge_fields(client_caller.client, DEFAULT_LIST_ID, wanted)
     clock.now = NOW + timedelta(days=2, minutes=5)
     again = run_once(runtime)

@@ -142,7 +142,8 @@ def setup(tmp_path, mailchimp_emulator):
     load_demo(database, "blousebrothers", users=120, seed=11, now=NOW)
     state = f"sqlite:///{tmp_path}/state.sqlite"
     # The daemon expects the audience ready (mailsync check --fix).
-    from sync.mailchimp.client import MailchimpSettings, fix_merge_fields, make_client
+    from sync.mailchimp.audience import fix_merge_fields
+    from sync.mailchimp.client import MailchimpSettings, make_client
 
     client = make_client(
         MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=mailchimp_emulator.url)

@@ -28,7 +28,7 @@ from sync.daemon.lock import LeaseLock
 from sync.database_faults import StoreBroken
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_LIST_ID, Emulator
-from sync.mailchimp.client import fix_merge_fields
+from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields
 from sync.rules.schema import load_rules
 from sync.state.store import StateStore
 from tests.test_cycle import NOW
@@ -57,7 +57,7 @@ def settings(
         with path.open("a") as file:
             file.write(f"mailchimp:\n  list_id: {DEFAULT_LIST_ID}\n  base_url: {emulator.url}\n")
         ruleset = load_rules(ROOT / "rules.yaml")
-        wanted = {f.tag: f.type for e in ruleset.entities.values() for f in e.merge_fields}
+        wanted = wanted_merge_fields(ruleset.entities.values())
         fix_merge_fields(emulator.client(), DEFAULT_LIST_ID, wanted)
     return path
 

@@ -12,7 +12,8 @@ import pytest
 import requests
 from mailchimp_marketing.api_client import ApiClientError
 
-from sync.emulator import FaultKind, client_for, subscriber_hash
+from sync.addresses import subscriber_hash
+from sync.emulator import FaultKind, client_for
 from sync.emulator.batches import MAX_PENDING, RESULTS_PER_FILE
 
 STATES = ["pending", "preprocessing", "started", "finalizing", "finished"]

@@ -13,8 +13,9 @@ import requests
 from click.testing import CliRunner
 from mailchimp_marketing.api_client import ApiClientError
 
+from sync.addresses import subscriber_hash
 from sync.cli import cli
-from sync.emulator import client_for, subscriber_hash
+from sync.emulator import client_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 from mailchimp_marketing.api_client import ApiClientError
 
-from sync.emulator import subscriber_hash
+from sync.addresses import subscriber_hash
 
 
 def problem_of(exc: pytest.ExceptionInfo[ApiClientError]) -> dict[str, Any]:

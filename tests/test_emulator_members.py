@@ -9,7 +9,8 @@ import pytest
 import requests
 from mailchimp_marketing.api_client import ApiClientError
 
-from sync.emulator import Emulator, subscriber_hash
+from sync.addresses import subscriber_hash
+from sync.emulator import Emulator
 
 
 def problem_of(exc: pytest.ExceptionInfo[ApiClientError]) -> dict:

@@ -8,7 +8,7 @@ import pytest
 import requests
 from mailchimp_marketing.api_client import ApiClientError
 
-from sync.emulator import subscriber_hash
+from sync.addresses import subscriber_hash
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from sync.daemon.lock import AdvisoryLock, Fence, LeadershipLost, LeaseLock
 from sync.daemon.runtime import build_runtime
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.exceptions import FatalError
-from sync.mailchimp.client import Caller, MailchimpSettings, make_client
+from sync.mailchimp.caller import Caller
+from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.state.store import StateStore
 from tests.test_cycle import NOW, audience_fields, expected_members
 from tests.test_daemon_run import (  # noqa: F401 (fixtures: setup, and one reaping daemons)

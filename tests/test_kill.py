@@ -27,8 +27,9 @@ from sync.daemon.once import run_once
 from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
 from sync.emulator import Emulator
-from sync.mailchimp.client import MailchimpSettings, fix_merge_fields, make_client
-from sync.mailchimp.sink import PushSummary
+from sync.mailchimp.audience import fix_merge_fields
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.summary import PushSummary
 from sync.records import DesiredMember
 from tests.test_chaos import EVENT_WINDOW, expected_events, received_events
 from tests.test_cycle import NOW, Clock, audience_fields, expected_members, make_runtime

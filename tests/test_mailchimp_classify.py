@@ -12,22 +12,10 @@ import responses
 from mailchimp_marketing.api_client import ApiClientError
 
 from sync.exceptions import ConfigurationError, FatalError
-from sync.mailchimp.client import (
-    Answer,
-    AnswerClass,
-    Caller,
-    MailchimpSettings,
-    MemberError,
-    OperationResult,
-    RetryPolicy,
-    check_audience,
-    classify,
-    datacenter_of,
-    fix_merge_fields,
-    json_safe,
-    load_api_key,
-    make_client,
-)
+from sync.mailchimp.answers import Answer, AnswerClass, MemberError, OperationResult, classify
+from sync.mailchimp.audience import check_audience, fix_merge_fields
+from sync.mailchimp.caller import Caller, RetryPolicy, json_safe
+from sync.mailchimp.client import MailchimpSettings, datacenter_of, load_api_key, make_client
 
 KEY = "f00dfacecafe0123456789abcdef0123-us21"
 BASE = "https://us21.api.mailchimp.com/3.0"

@@ -2,8 +2,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from sync.addresses import normalise_email
 from sync.evaluate.engine import evaluate
-from sync.evaluate.members import MemberBuilder, desired_member, mailchimp_value, normalise_email
+from sync.evaluate.members import MemberBuilder, desired_member, mailchimp_value
 from sync.records import ActionOccurrence
 from sync.rules.schema import load_rules
 

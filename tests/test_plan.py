@@ -21,7 +21,7 @@ from sync.daemon.config import load_config
 from sync.daemon.once import run_once
 from sync.daemon.plan import ops_calls, plan_rules
 from sync.daemon.runtime import build_runtime
-from sync.mailchimp.sink import SinkConfig
+from sync.mailchimp.sink_config import SinkConfig
 from sync.state.store import StateStore
 from tests.test_cli_daemon import live, run, setup  # noqa: F401 (fixture)
 from tests.test_cycle import NOW

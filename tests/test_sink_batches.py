@@ -14,17 +14,13 @@ import pytest
 import requests
 import responses
 
-from sync.mailchimp.client import (
-    JOB_SIZE,
-    BatchPolling,
-    Caller,
-    MailchimpSettings,
-    RetryPolicy,
-    make_client,
-    parse_batch_results,
-)
+from sync.mailchimp.batches import BatchPolling, parse_batch_results
+from sync.mailchimp.caller import Caller, RetryPolicy
+from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.mailchimp.memory import MemoryLedger
-from sync.mailchimp.sink import MailchimpSink, SinkConfig, fingerprint, plan_pushes
+from sync.mailchimp.push_plan import fingerprint, plan_pushes
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import JOB_SIZE, SinkConfig
 from sync.records import DesiredMember
 
 KEY = "c0ffee00c0ffee00c0ffee00c0ffee00-us19"

@@ -15,17 +15,14 @@ import pytest
 
 from sync.emulator import Emulator, FaultKind
 from sync.exceptions import FatalError
-from sync.mailchimp.client import (
-    JOB_SIZE,
-    BatchPolling,
-    Caller,
-    MailchimpSettings,
-    RetryPolicy,
-    make_client,
-)
+from sync.mailchimp.batches import BatchPolling
+from sync.mailchimp.caller import Caller, RetryPolicy
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.dryrun import DryRunSink
 from sync.mailchimp.ledger import PushLedger
 from sync.mailchimp.memory import MemoryLedger
-from sync.mailchimp.sink import DryRunSink, MailchimpSink, SinkConfig
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import JOB_SIZE, SinkConfig
 from sync.records import DesiredMember, EventDue
 from sync.state.store import StateStore
 
@@ -68,7 +65,7 @@ def make_sink(
     if warm:
         # The sink reads the audience's merge tags once per `merge_fields_ttl`:
         # read them now, so that the call counts below are those of the pushes.
-        sink.audience_tags(clock())
+        sink.audience.read(clock())
         emulator.calls.reset()
     return sink
 

@@ -20,7 +20,7 @@ import pytest
 from sync.cli import main
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
-from sync.mailchimp.client import BatchPolling
+from sync.mailchimp.batches import BatchPolling
 from sync.mailchimp.ledger import PushLedger
 from sync.mailchimp.memory import MemoryLedger
 from sync.mailchimp.sink import MailchimpSink
@@ -68,7 +68,7 @@ def test_values_of_a_missing_tag_are_held_back_reported_and_sent_once_it_exists(
 ) -> None:
     ledger, clock = MemoryLedger(), Clock()
     sink = make_sink(emulator, ledger, clock)
-    with caplog.at_level(logging.ERROR, logger="sync.mailchimp.sink"):
+    with caplog.at_level(logging.ERROR, logger="sync.mailchimp.merge_tags"):
         summary = sink.push([DesiredMember("a@x.io", {"STATUS": "new", "PLAN": "gold"})])
     # Not a fatal error: the member and its other values went through.
     assert summary.pushed == 1
@@ -170,7 +170,7 @@ def test_oversize_event_properties_are_shortened_with_a_warning_never_dropped(
     sink = make_sink(emulator, ledger, clock)
     story = EventDue("k1", "told", T0, {"title": "short", "story": "y" * 3000})
     member = DesiredMember("a@x.io", {"STATUS": "a"}, events=(story,))
-    with caplog.at_level(logging.WARNING, logger="sync.mailchimp.sink"):
+    with caplog.at_level(logging.WARNING, logger="sync.mailchimp.push_plan"):
         summary = sink.push([member])
     assert summary.events_sent == 1
     (received,) = emulator.audience.events("a@x.io")

@@ -15,7 +15,7 @@ from sync.emulator import Emulator
 from sync.mailchimp.changes import MailchimpChange
 from sync.mailchimp.ledger import PushLedger
 from sync.mailchimp.memory import MemoryLedger
-from sync.mailchimp.sink import ARCHIVED_REASON
+from sync.mailchimp.push_plan import ARCHIVED_REASON
 from sync.records import DesiredMember, EventDue
 from sync.state.store import StateStore
 from tests.test_sink_emulator import T0, Clock, make_sink

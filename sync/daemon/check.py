@@ -23,13 +23,13 @@ from pathlib import Path
 
 from sync.daemon.runtime import contract_problems, has_credentials
 from sync.exceptions import Problem, RulesError
-from sync.mailchimp.client import (
-    MailchimpSettings,
+from sync.mailchimp.audience import (
     check_audience,
     check_key,
     fix_merge_fields,
-    make_client,
+    wanted_merge_fields,
 )
+from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.rules.model import Ruleset
 from sync.sources.check import probe_sources
 from sync.sources.model import SourcesConfig, check_contract
@@ -138,7 +138,7 @@ def check_mailchimp(
     problems = check_key(client)
     if problems:
         raise MailchimpCheckFailed(problems)
-    wanted = {f.tag: f.type for e in ruleset.entities.values() for f in e.merge_fields}
+    wanted = wanted_merge_fields(ruleset.entities.values())
     if fix:
         for done in fix_merge_fields(client, list_id, wanted):
             yield f"Mailchimp: {done}"

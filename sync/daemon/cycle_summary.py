@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sync.mailchimp.sink import PushSummary
+from sync.mailchimp.summary import PushSummary
 
 #: How many individual status changes a cycle summary keeps as examples.
 MAX_CHANGED_KEPT = 10_000

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from sync.addresses import normalise_email
 from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.identities import IdentityChanges
 from sync.daemon.push import PushBuffer
 from sync.daemon.type_run import Derived, TypeRun
-from sync.evaluate.members import normalise_email
 from sync.records import EventDue
 from sync.rules.model import Entity
 from sync.state.entities import EntityEvaluation, StoredRow, evaluation_digest

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from sync.addresses import normalise_email
 from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.type_run import Derived, TypeRun
-from sync.evaluate.members import normalise_email
 from sync.records import ActionOccurrence
 from sync.rules.model import Entity
 from sync.sources.reader import SourceReader

@@ -34,7 +34,9 @@ from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.once import events_window, make_cycle
 from sync.daemon.runtime import Runtime, build_runtime, load_checked
 from sync.mailchimp.ledger import PushLedger
-from sync.mailchimp.sink import PushSummary, SinkConfig, plan_pushes
+from sync.mailchimp.push_plan import plan_pushes
+from sync.mailchimp.sink_config import SinkConfig
+from sync.mailchimp.summary import PushSummary
 from sync.records import DesiredMember
 from sync.rules.model import Entity, Ruleset
 from sync.sources.model import SourcesConfig

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from sync.addresses import normalise_email
 from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.type_run import Derived
-from sync.evaluate.members import MemberBuilder, normalise_email
-from sync.mailchimp.sink import PushSummary
+from sync.evaluate.members import MemberBuilder
+from sync.mailchimp.summary import PushSummary
 from sync.records import DesiredMember, EventDue
 from sync.rules.model import Entity
 from sync.state.entities import EntityEvaluation

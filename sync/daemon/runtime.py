@@ -28,15 +28,12 @@ from sync.daemon.config import Config
 from sync.daemon.lock import Fence
 from sync.daemon.push import Sink
 from sync.exceptions import Problem, RulesError
-from sync.mailchimp.client import (
-    API_KEY_ENV,
-    API_KEY_FILE_ENV,
-    Caller,
-    MailchimpSettings,
-    make_client,
-)
+from sync.mailchimp.caller import Caller
+from sync.mailchimp.client import API_KEY_ENV, API_KEY_FILE_ENV, MailchimpSettings, make_client
+from sync.mailchimp.dryrun import DryRunSink
 from sync.mailchimp.reconciliation import ReconciliationPoll
-from sync.mailchimp.sink import DryRunSink, MailchimpSink, SinkConfig
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import SinkConfig
 from sync.rules.model import Ruleset
 from sync.rules.schema import load_rules
 from sync.sources.model import SourcesConfig, check_contract

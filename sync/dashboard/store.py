@@ -24,8 +24,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sync.addresses import normalise_email
 from sync.exceptions import ConfigurationError
-from sync.mailchimp.ledger import PushFailure, normalise_email
+from sync.mailchimp.ledger import PushFailure
 from sync.state.base import DEFAULT_SQLITE_FILE
 from sync.state.entities import EntityState
 from sync.state.store import StateStore

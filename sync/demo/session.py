@@ -20,14 +20,15 @@ from sync.daemon.runtime import build_runtime
 from sync.demo.workspace import Workspace
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
 from sync.evaluate.explain import Explanation, explain_entity
-from sync.mailchimp.client import (
-    Caller,
-    MailchimpSettings,
+from sync.mailchimp.audience import (
     existing_merge_fields,
     fix_merge_fields,
-    make_client,
+    wanted_merge_fields,
 )
-from sync.mailchimp.sink import MailchimpSink, SinkConfig
+from sync.mailchimp.caller import Caller
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.sink_config import SinkConfig
 
 
 class DemoSession:
@@ -67,9 +68,7 @@ class DemoSession:
     def create_merge_fields(self) -> list[str]:
         """Create the merge fields the rules push (as `mailsync check --fix`
         does); the tags created, sorted."""
-        wanted = {
-            f.tag: f.type for e in self.runtime.ruleset.entities.values() for f in e.merge_fields
-        }
+        wanted = wanted_merge_fields(self.runtime.ruleset.entities.values())
         before = set(existing_merge_fields(self.client, DEFAULT_LIST_ID))
         fix_merge_fields(self.client, DEFAULT_LIST_ID, wanted)
         return sorted(set(existing_merge_fields(self.client, DEFAULT_LIST_ID)) - before)

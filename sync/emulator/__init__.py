@@ -8,7 +8,6 @@ official client pointed at it. The public surface is re-exported here:
 * :func:`client_for`: an official client aimed at any base URL;
 * :class:`FaultKind`: the failures one can inject (``e.faults.script(...)``);
 * :class:`BatchQueue` / :class:`Batch`: the ``/batches`` jobs (``e.batches``);
-* :func:`subscriber_hash`: Mailchimp's member id for an address.
 
 ``sync.emulator.fixtures`` is the pytest plugin (``mailchimp_emulator``).
 See ``docs/emulator.md``.
@@ -19,7 +18,7 @@ from sync.emulator.batches import Batch, BatchQueue
 from sync.emulator.calls import Call, CallLog, OperationCall
 from sync.emulator.client import client_for
 from sync.emulator.faults import FaultKind, FaultPlan
-from sync.emulator.members import Event, Member, subscriber_hash
+from sync.emulator.members import Event, Member
 from sync.emulator.server import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
 from sync.emulator.store import Store
 
@@ -39,5 +38,4 @@ __all__ = [
     "OperationCall",
     "Store",
     "client_for",
-    "subscriber_hash",
 ]

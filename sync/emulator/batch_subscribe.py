@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sync.addresses import subscriber_hash
 from sync.emulator.audience import Audience
 from sync.emulator.bodies import json_object
-from sync.emulator.members import REQUEST_STATUSES, subscriber_hash
+from sync.emulator.members import REQUEST_STATUSES
 from sync.emulator.problems import ApiProblem, FieldError, invalid
 from sync.emulator.roster import apply_profile
 from sync.emulator.tags import tag_names

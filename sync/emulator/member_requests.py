@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sync.addresses import subscriber_hash
 from sync.emulator.audience import Audience
 from sync.emulator.bodies import instant, json_object, page
-from sync.emulator.members import STATUSES, hash_of, subscriber_hash
+from sync.emulator.members import STATUSES, hash_of
 from sync.emulator.problems import FieldError, invalid
 from sync.emulator.roster import apply_profile
 from sync.emulator.tags import tag_names

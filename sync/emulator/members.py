@@ -7,13 +7,13 @@ Mailchimp's vocabulary, shared by every part of the store.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sync.addresses import subscriber_hash
 from sync.emulator.mergefields import MergeField
 
 Clock = Callable[[], datetime]
@@ -29,11 +29,6 @@ COMPLIANCE_STATUSES = ("unsubscribed", "cleaned")
 NOT_ARCHIVABLE = ("cleaned", "pending", "archived")
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 HASH_PATTERN = re.compile(r"[0-9a-f]{32}")
-
-
-def subscriber_hash(email: str) -> str:
-    """Mailchimp's member id: the MD5 of the lower-cased address."""
-    return hashlib.md5(email.lower().encode("utf-8")).hexdigest()
 
 
 def hash_of(key: str) -> str:

@@ -17,6 +17,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sync.addresses import subscriber_hash
 from sync.emulator.members import (
     COMPLIANCE_STATUSES,
     EMAIL_PATTERN,
@@ -25,7 +26,6 @@ from sync.emulator.members import (
     Clock,
     Member,
     hash_of,
-    subscriber_hash,
 )
 from sync.emulator.problems import (
     ApiProblem,

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sync.addresses import normalise_email
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, with_derived
-from sync.evaluate.members import mailchimp_value, normalise_email, scoped_events
+from sync.evaluate.members import merge_values, scoped_events
 from sync.evaluate.related import related_statuses
 from sync.records import ActionOccurrence, EntityRecord, FactValue
 from sync.rules.expression_eval import thresholds
@@ -69,10 +70,7 @@ class Explanation:
                 {"at": _iso(s.at), "cause": s.cause, "status": s.status} for s in self.timeline
             ],
             "timeline_truncated": self.truncated,
-            "merge_fields": {
-                f.tag: mailchimp_value(ev.merge_fields.get(f.tag), f.type)
-                for f in self.entity.merge_fields
-            },
+            "merge_fields": merge_values(self.entity, ev.merge_fields),
             "events": [
                 {
                     "key": e.key,

@@ -22,15 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sync.addresses import normalise_email
 from sync.evaluate.engine import Evaluation
 from sync.payload import json_problem
 from sync.records import DesiredMember, EventDue, FactValue, MergeValue
 from sync.rules.model import Entity
-
-
-def normalise_email(email: str) -> str:
-    """Mailchimp identifies members by the lower-cased address."""
-    return email.strip().lower()
 
 
 def mailchimp_value(value: FactValue, field_type: str) -> MergeValue:
@@ -58,6 +54,12 @@ def scoped_events(entity: Entity, entity_id: str, events: Iterable[EventDue]) ->
     ]
 
 
+def merge_values(entity: Entity, values: Mapping[str, FactValue]) -> dict[str, MergeValue]:
+    """The merge-field values ``entity`` wants for its member, by merge tag,
+    formatted for Mailchimp (a fact without a value is the empty string)."""
+    return {f.tag: mailchimp_value(values.get(f.tag), f.type) for f in entity.merge_fields}
+
+
 @dataclass
 class MemberBuilder:
     """Accumulates every entity's contribution to one member."""
@@ -83,9 +85,10 @@ class MemberBuilder:
         events: Iterable[EventDue],
     ) -> None:
         """One entity's contribution, from the engine or the compiled SQL."""
+        wanted = merge_values(entity, merge_fields)
         for merge_field in entity.merge_fields:
             tag = merge_field.tag
-            value = mailchimp_value(merge_fields.get(tag), merge_field.type)
+            value = wanted[tag]
             problem = json_problem(value)
             # The last entity read sets the field, valid or not.
             if problem is None:

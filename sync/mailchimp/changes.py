@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sync.mailchimp.ledger import normalise_email
+from sync.addresses import normalise_email
 from sync.records import require_aware
 
 #: Statuses a member can have in Mailchimp (``archived`` only shows on GET).

@@ -35,11 +35,6 @@ if TYPE_CHECKING:
     from sync.mailchimp.changes import MailchimpChange
 
 
-def normalise_email(email: str) -> str:
-    """The key under which a member is remembered: trimmed and lower-cased."""
-    return email.strip().lower()
-
-
 @dataclass(frozen=True)
 class PushFailure:
     """A push Mailchimp refused for one member."""

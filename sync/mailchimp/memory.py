@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from sync.addresses import normalise_email
 from sync.mailchimp.changes import OPTED_OUT, MailchimpChange, apply_change
 from sync.mailchimp.ledger import (
     AcceptedPush,
@@ -22,7 +23,6 @@ from sync.mailchimp.ledger import (
     MemberPushState,
     PushFailure,
     SentEvent,
-    normalise_email,
 )
 from sync.records import MergeValue
 

@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sync.exceptions import RetriableError
+from sync.mailchimp.caller import Caller
 from sync.mailchimp.changes import MailchimpChange, from_member, profile_edits
-from sync.mailchimp.client import Caller
 from sync.mailchimp.ledger import PushLedger
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from sync.mailchimp.ledger import normalise_email
+from sync.addresses import normalise_email
 from sync.state.base import StoreBase, chunks, utc_now
 from sync.state.tables import entity_link, entity_state
 

@@ -13,7 +13,8 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from sync.mailchimp.ledger import EventIntent, SentEvent, normalise_email
+from sync.addresses import normalise_email
+from sync.mailchimp.ledger import EventIntent, SentEvent
 from sync.state.base import StoreBase, chunks
 from sync.state.tables import event_pending, event_sent
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sync.mailchimp.ledger import AcceptedPush, MemberPushState, PushFailure, normalise_email
+from sync.addresses import normalise_email
+from sync.mailchimp.ledger import AcceptedPush, MemberPushState, PushFailure
 from sync.records import MergeValue
 from sync.state.base import StoreBase, chunks
 from sync.state.tables import (

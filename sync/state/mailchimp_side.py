@@ -14,8 +14,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sync.addresses import normalise_email
 from sync.mailchimp.changes import OPTED_OUT, MailchimpChange, apply_change
-from sync.mailchimp.ledger import AudienceProblem, MailchimpMember, normalise_email
+from sync.mailchimp.ledger import AudienceProblem, MailchimpMember
 from sync.state.base import StoreBase, chunks, utc_now
 from sync.state.ledger import move_ledger
 from sync.state.tables import audience_problem, mailchimp_alias, mailchimp_change, mailchimp_member

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from mailchimp_marketing.api_client import ApiClientError
 
-from sync.emulator.members import subscriber_hash
+from sync.addresses import subscriber_hash
 
 #: The ``type`` of Mailchimp's problem documents, as recorded in 2021
 #: (grouparoo/grouparoo, plugins/@grouparoo/mailchimp/__tests__/fixtures).

@@ -17,9 +17,9 @@ from typing import Any
 
 import requests
 
+from sync.addresses import subscriber_hash
 from sync.emulator import Emulator
-from sync.emulator.members import subscriber_hash
-from sync.mailchimp.client import parse_batch_results
+from sync.mailchimp.batches import parse_batch_results
 from tests.test_emulator_batch_operations import BATCH_KEYS as JOB_KEYS
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from mailchimp_marketing.api_client import ApiClientError
 
+from sync.addresses import subscriber_hash
 from sync.emulator import Emulator
-from sync.emulator.members import subscriber_hash
-from sync.mailchimp.client import AnswerClass, classify
+from sync.mailchimp.answers import AnswerClass, classify
 from tests.fidelity.conftest import ERROR_TYPE, problem_of, put_member
 
 

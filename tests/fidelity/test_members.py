@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from mailchimp_marketing.api_client import ApiClientError
 
+from sync.addresses import subscriber_hash
 from sync.emulator import Emulator
-from sync.emulator.members import subscriber_hash
 from tests.fidelity.conftest import ERROR_TYPE, problem_of, put_member
 
 #: Keys of a member as a recorded answer shows them (grouparoo fixture).

@@ -19,8 +19,8 @@ import pytest
 import requests
 from mailchimp_marketing.api_client import ApiClientError
 
+from sync.addresses import subscriber_hash
 from sync.emulator import Emulator
-from sync.emulator.members import subscriber_hash
 from tests.fidelity.conftest import problem_of
 
 

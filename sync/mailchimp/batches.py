@@ -1,0 +1,179 @@
+"""``/batches`` jobs: many operations as one asynchronous Mailchimp job.
+
+``run_batch_operations``: ``POST /batches`` + polling + the results archive,
+one classified ``Answer`` per operation; ``iter_chunks`` splits work into
+calls or jobs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import requests
+
+from sync.mailchimp.answers import Answer, AnswerClass, OperationResult, classify
+from sync.mailchimp.caller import Caller, json_safe
+from sync.mailchimp.client import DEFAULT_TIMEOUT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of a ``/batches`` job (and of its per-call fallback)."""
+
+    operation_id: str
+    method: Literal["PUT", "POST", "PATCH"]
+    path: str
+    body: Mapping[str, Any]
+    #: The query of the call (``skip_merge_validation``): an operation's
+    #: ``params`` in ``/batches``, keyword arguments of the direct call.
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        operation: dict[str, Any] = {
+            "operation_id": self.operation_id,
+            "method": self.method,
+            "path": self.path,
+            "body": json.dumps(json_safe(self.body), allow_nan=False),
+        }
+        if self.params:
+            operation["params"] = dict(self.params)
+        return operation
+
+
+def parse_batch_results(archive: bytes) -> list[OperationResult]:
+    """The entries of a ``/batches`` results archive (a gzipped tar of JSON
+    files, each an array of ``{status_code, operation_id, response}``)."""
+    results: list[OperationResult] = []
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or not member.name.endswith(".json"):
+                continue
+            handle = tar.extractfile(member)
+            if handle is None:
+                continue
+            entries = json.loads(handle.read().decode("utf-8"))
+            for entry in entries if isinstance(entries, list) else [entries]:
+                response = entry.get("response", "")
+                results.append(
+                    OperationResult(
+                        operation_id=str(entry.get("operation_id", "")),
+                        status_code=int(entry.get("status_code", 0)),
+                        response=response if isinstance(response, str) else json.dumps(response),
+                    )
+                )
+    return results
+
+
+class BatchesUnavailable(Exception):
+    """``POST /batches`` is not served here; send the operations one by one."""
+
+
+@dataclass(frozen=True)
+class BatchPolling:
+    """How long to wait for a ``/batches`` job to finish."""
+
+    first_wait: float = 1.0
+    max_wait: float = 30.0
+    deadline: float = 1800.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+
+
+def run_batch_operations(
+    caller: Caller,
+    operations: Sequence[Operation],
+    polling: BatchPolling | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    idempotent: bool = True,
+) -> dict[str, Answer]:
+    """Submit ``operations`` as one ``/batches`` job and wait for it.
+
+    Returns an answer per operation id. Operations missing from the results (the
+    job did not finish before the deadline, the archive could not be read) get
+    a transient answer: ``batch_not_started`` when Mailchimp said it did not
+    take the job, else ``batch_unanswered``, which is ``maybe_processed`` (the
+    job may have run). Merge-field PUTs are idempotent, the next cycle sends
+    them again; operations that are not (events) must say so with
+    ``idempotent=False``, so that a start whose answer was lost is not
+    retried (it would queue the job twice).
+    """
+    polling = polling or BatchPolling()
+    body = {"operations": [op.as_json() for op in operations]}
+    # Member scope: a 404/405 here means "no /batches" (a proxy, an emulator),
+    # not an unknown audience; the caller then falls back to direct calls.
+    started = caller.call(
+        "POST /batches", lambda: caller.client.batches.start(body), idempotent=idempotent
+    )
+    if started.code in {"not_found", "method_not_allowed"}:
+        raise BatchesUnavailable(started.reason)
+
+    def unanswered(reason: str, code: str = "batch_unanswered") -> dict[str, Answer]:
+        return {op.operation_id: Answer(AnswerClass.TRANSIENT, code, reason) for op in operations}
+
+    if not started.ok or not isinstance(started.body, Mapping) or "id" not in started.body:
+        refused = not started.ok and not started.maybe_processed
+        code = "batch_not_started" if refused else "batch_unanswered"
+        return unanswered(f"batch job not started: {started.reason}", code)
+    batch_id = str(started.body["id"])
+    begin, wait = polling.clock(), polling.first_wait
+    status: Mapping[str, Any] = started.body
+    while status.get("status") != "finished":
+        if polling.clock() - begin > polling.deadline:
+            log.warning(
+                "batch %s not finished after %.0fs; its members are retried later",
+                batch_id,
+                polling.deadline,
+            )
+            return unanswered(f"batch {batch_id} not finished in time")
+        polling.sleep(wait)
+        wait = min(wait * 2, polling.max_wait)
+        # Member scope: a 404 here means this job is gone (deleted, expired),
+        # not the audience; its operations are then retried next cycle.
+        polled = caller.call(
+            f"GET /batches/{batch_id}",
+            lambda: caller.client.batches.status(batch_id),
+            scope="member",
+        )
+        if not polled.ok or not isinstance(polled.body, Mapping):
+            return unanswered(f"batch {batch_id}: {polled.reason}")
+        status = polled.body
+    url = status.get("response_body_url")
+    if not url:
+        return unanswered(f"batch {batch_id} finished without results")
+
+    def download() -> object:
+        # A pre-signed URL: no API key is sent with it.
+        answer = requests.get(str(url), timeout=timeout)
+        if answer.ok:
+            return {"archive": answer.content}
+        return answer
+
+    # Member scope again: a 404 from the results store is about this archive.
+    fetched = caller.call(f"results of batch {batch_id}", download, scope="member")
+    if not fetched.ok:
+        return unanswered(f"batch {batch_id} results: {fetched.reason}")
+    try:
+        results = parse_batch_results(fetched.body["archive"])
+    except (tarfile.TarError, ValueError, KeyError, OSError) as exc:
+        log.error("batch %s: unreadable results archive (%s)", batch_id, exc)
+        return unanswered(f"batch {batch_id}: unreadable results ({type(exc).__name__})")
+    answers = unanswered(f"batch {batch_id}: no result for this operation")
+    for result in results:
+        if result.operation_id in answers:
+            answers[result.operation_id] = classify(result, scope="member")
+    return answers
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
