@@ -21,8 +21,9 @@ the end checks are those of the Mailchimp chaos run:
 A failed cycle is tried again one daemon interval (a minute) later on the
 simulated clock, as the daemon would. The default run is scaled down
 (1,000 users, 2 days in 6-hour steps);
-``-m slow`` runs 5,000 users over 14 days. Figures are printed (``-s``)
-and recorded in docs/reliability.md.
+``-m slow`` runs 5,000 users over 14 days, with fewer faults a second (a
+cycle over 5,000 users lasts longer: it must be able to finish between
+two). Figures are printed (``-s``) and recorded in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -283,7 +284,7 @@ def test_database_chaos_5k_users_2_weeks(
         days=14,
         step=timedelta(hours=4),
         seed=2,
-        rate=1.0,
+        rate=0.2,
     )
     _check_and_print(report, "database chaos (slow)")
 
