@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from sync.daemon.runtime import run_once
-from tests.test_cycle import Clock
-from tests.test_cycle import make_runtime as cycle_runtime
+from tests.support.clock import Clock
+from tests.support.cycle import make_runtime as cycle_runtime
 
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 SIGNUP = datetime(2026, 2, 27, 9, 0)  # naive on purpose: read as UTC (naive_timezone)

@@ -32,7 +32,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,7 +43,6 @@ from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
 from sync.daemon.runtime import Runtime, build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator, FaultKind
-from sync.evaluate.engine import evaluate
 from sync.evaluate.members import normalise_email
 from sync.mailchimp.client import (
     BatchPolling,
@@ -54,9 +53,10 @@ from sync.mailchimp.client import (
     make_client,
 )
 from sync.mailchimp.sink import MailchimpSink, SinkConfig
-from sync.sources.reader import SourceReader
 from sync.state.store import StateStore
-from tests.test_cycle import NOW, Clock, audience_fields, expected_members
+from tests.support.clock import Clock
+from tests.support.cycle import NOW, audience_fields, expected_members
+from tests.support.events import EVENT_WINDOW, expected_events, received_events
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,6 @@ PERMANENT = {
     "forgotten": "permanently deleted",
     "fake": "fake or invalid",
 }
-EVENT_WINDOW = timedelta(days=7)  # DaemonConfig.events_max_age
 
 
 @dataclass
@@ -225,37 +224,6 @@ def mark_permanent_failures(emulator: Emulator, pg_url: str, every: int) -> dict
             emulator.audience.mark_fake(email)
         marks[email] = mark
     return marks
-
-
-def expected_events(runtime: Runtime, since: datetime, now: datetime) -> Counter[tuple[str, ...]]:
-    """(email, name, instant, properties) of every event due between ``since`` and ``now``."""
-    entity = runtime.ruleset.entity("user")
-    expected: Counter[tuple[str, ...]] = Counter()
-    with SourceReader(runtime.sources, runtime.config.database) as reader:
-        for record in reader.read_entities("user", now=now):
-            result = evaluate(entity, record.facts, record.actions, now, events_since=since)
-            for event in result.events:
-                expected[
-                    _event_key(
-                        normalise_email(record.email or ""),
-                        event.name,
-                        event.occurred_at.isoformat(),
-                        event.properties,
-                    )
-                ] += 1
-    return expected
-
-
-def _event_key(email: str, name: str, occurred_at: str, properties: Any) -> tuple[str, ...]:
-    instant = datetime.fromisoformat(occurred_at).astimezone(UTC).replace(microsecond=0)
-    return (email, name, instant.isoformat(), json.dumps(dict(properties), sort_keys=True))
-
-
-def received_events(emulator: Emulator) -> Counter[tuple[str, ...]]:
-    return Counter(
-        _event_key(email.lower(), e.name, e.occurred_at or "", e.properties)
-        for email, e in emulator.audience.received_events()
-    )
 
 
 def absorb(report: ChaosReport, runtime: Runtime, now: datetime) -> None:

@@ -13,7 +13,7 @@ import io
 import math
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -29,17 +29,10 @@ from sync.mailchimp.client import Caller, MailchimpSettings, fix_merge_fields, m
 from sync.mailchimp.sink import DryRunSink, MailchimpSink, SinkConfig
 from sync.rules.schema import load_rules
 from sync.sources.reader import SourceReader
+from tests.support.clock import Clock
+from tests.support.cycle import NOW
 
 ROOT = Path(__file__).resolve().parent.parent
-NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ from sync.emulator import DEFAULT_LIST_ID, Emulator
 from sync.mailchimp.client import fix_merge_fields
 from sync.rules.schema import load_rules
 from sync.state.store import StateStore
-from tests.test_cycle import NOW
-from tests.test_daemon_run import Daemon, _kill_leftover_daemons  # noqa: F401 (reaps daemons)
+from tests.support.cycle import NOW
+from tests.support.daemon_process import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 AT = NOW.isoformat()

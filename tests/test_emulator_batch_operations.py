@@ -14,19 +14,9 @@ from mailchimp_marketing.api_client import ApiClientError
 
 from sync.emulator import FaultKind, client_for, subscriber_hash
 from sync.emulator.batches import MAX_PENDING, RESULTS_PER_FILE
+from tests.support.mailchimp_api import BATCH_KEYS
 
 STATES = ["pending", "preprocessing", "started", "finalizing", "finished"]
-BATCH_KEYS = {
-    "id",
-    "status",
-    "total_operations",
-    "finished_operations",
-    "errored_operations",
-    "submitted_at",
-    "completed_at",
-    "response_body_url",
-    "_links",
-}
 START = "POST /batches"
 POLL = "GET /batches/{batch_id}"
 DOWNLOAD = "GET /batch-results/{batch_id}.tar.gz"

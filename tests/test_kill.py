@@ -29,11 +29,10 @@ from sync.emulator import Emulator
 from sync.mailchimp.client import MailchimpSettings, fix_merge_fields, make_client
 from sync.mailchimp.sink import PushSummary
 from sync.records import DesiredMember
-from tests.test_chaos import EVENT_WINDOW, expected_events, received_events
-from tests.test_cycle import NOW, Clock, audience_fields, expected_members, make_runtime
-from tests.test_daemon_run import Daemon, _kill_leftover_daemons, write_settings
-
-__all__ = ["_kill_leftover_daemons"]  # the fixture that reaps daemons left running
+from tests.support.clock import Clock
+from tests.support.cycle import NOW, audience_fields, expected_members, make_runtime
+from tests.support.daemon_process import Daemon, write_settings
+from tests.support.events import EVENT_WINDOW, expected_events, received_events
 
 
 class Killed(BaseException):

@@ -23,7 +23,8 @@ from sync.demo import load_demo
 from sync.emulator import DEFAULT_LIST_ID, Emulator
 from sync.mailchimp.reconciliation import ReconciliationPoll
 from sync.mailchimp.webhooks import PREFIX, WebhookReceiver
-from tests.test_cycle import NOW, Clock, expected_members, make_runtime
+from tests.support.clock import Clock
+from tests.support.cycle import NOW, expected_members, make_runtime
 
 SECRET = "s3cret-0123456789abcdef"
 LATER = NOW + timedelta(days=40)

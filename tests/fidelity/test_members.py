@@ -23,7 +23,7 @@ from mailchimp_marketing.api_client import ApiClientError
 
 from sync.emulator import Emulator
 from sync.emulator.store import subscriber_hash
-from tests.fidelity.conftest import ERROR_TYPE, problem_of, put_member
+from tests.support.mailchimp_api import ERROR_TYPE, problem_of, put_member
 
 #: Keys of a member as a recorded answer shows them (grouparoo fixture).
 MEMBER_KEYS = {

@@ -21,7 +21,7 @@ from mailchimp_marketing.api_client import ApiClientError
 
 from sync.emulator import Emulator
 from sync.emulator.store import subscriber_hash
-from tests.fidelity.conftest import problem_of
+from tests.support.mailchimp_api import problem_of
 
 
 @pytest.fixture
