@@ -374,7 +374,7 @@ def test_reconciliation_reads_every_page_in_mailchimps_format() -> None:
     pages = {"0": [other] * 1000, "1000": [ours]}
     seen: list[str] = []
 
-    def listing(request):  # type: ignore[no-untyped-def]
+    def listing(request):
         offset = request.params.get("offset", "0")
         seen.append(offset)
         body = {"events": pages[offset], "total_items": 1001}

@@ -24,13 +24,12 @@ from sync.daemon.runtime import build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.evaluate.engine import evaluate
-from sync.evaluate.members import mailchimp_value, normalise_email
+from sync.evaluate.members import normalise_email
 from sync.mailchimp.client import Caller, MailchimpSettings, fix_merge_fields, make_client
 from sync.mailchimp.sink import DryRunSink, MailchimpSink, SinkConfig
 from sync.rules.schema import load_rules
-from sync.sources.reader import SourceReader
 from tests.support.clock import Clock
-from tests.support.cycle import NOW
+from tests.support.cycle import NOW, audience_fields, expected_members
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,24 +88,6 @@ def _at(engine, instant):
     return instant.replace(tzinfo=None) if engine.dialect.name == "sqlite" else instant
 
 
-def _expected(runtime, now):
-    """email -> merge fields, computed by the engine on records read back."""
-    entity = runtime.ruleset.entity("user")
-    found = {}
-    with SourceReader(runtime.sources, runtime.config.database) as reader:
-        for record in reader.read_entities("user", now=now):
-            result = evaluate(entity, record.facts, record.actions, now)
-            found[normalise_email(record.email)] = {
-                f.tag: mailchimp_value(result.merge_fields[f.tag], f.type)
-                for f in entity.merge_fields
-            }
-    return found
-
-
-def _audience(emulator):
-    return {m.email_address.lower(): dict(m.merge_fields) for m in emulator.audience.members()}
-
-
 def _credit(engine, user_id, at):
     with engine.begin() as conn:
         next_id = conn.execute(sa.text("SELECT COALESCE(MAX(id), 0) + 1 FROM credits"))
@@ -124,10 +105,10 @@ def test_cycles_evaluate_in_sql_and_push_what_the_engine_says(bb):
     runtime, _, _ = make()
     summary = run_once(runtime)
     assert summary.evaluated_by == {"user": "sql"}
-    assert _audience(emulator) == _expected(runtime, NOW)
+    assert audience_fields(emulator) == expected_members(runtime, "user", NOW)
     clock.now = NOW + timedelta(days=3)
     later = run_once(runtime, full=True)
-    assert _audience(emulator) == _expected(runtime, clock.now)
+    assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
     assert later.push.pushed == len({c[1] for c in later.changed})
 
 
@@ -163,7 +144,7 @@ def test_a_dry_run_writes_nothing_and_loses_nothing(bb):
     state.dispose()
     real, _, _ = make()
     run_once(real)
-    assert set(_audience(emulator)) == shown
+    assert set(audience_fields(emulator)) == shown
 
 
 def test_a_late_row_is_caught_by_the_next_full_pass_and_gets_its_event(bb):
@@ -305,7 +286,10 @@ def test_an_address_already_in_the_audience_is_not_merged(bb):
     # Mailchimp refused the change: the old member stays, the new address
     # gets the user's values, nothing is lost.
     assert emulator.audience.member(first) is not None
-    assert emulator.audience.member(taken).merge_fields == _expected(runtime, clock.now)[taken]
+    assert (
+        emulator.audience.member(taken).merge_fields
+        == expected_members(runtime, "user", clock.now)[taken]
+    )
     assert second
 
 
@@ -422,7 +406,7 @@ def test_a_rules_reload_forces_a_full_pass(bb, tmp_path):
     reloads = [c for c in cycles[1:] if c.counts.get("full")]
     assert reloads, [c.counts for c in cycles]
     assert reloads[0].counts["entities_read"] == {"user": 120}
-    assert _audience(emulator) == _expected(runtime, clock.now)
+    assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
 
 
 def test_on_delete_unsubscribe_unsubscribes_the_member_of_a_deleted_entity(bb):
@@ -487,7 +471,7 @@ def test_a_type_the_sql_cannot_compile_falls_back_to_the_engine(tmp_path, mailch
         fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
         summary = run_once(runtime)
         assert summary.evaluated_by == {"user": "engine"}
-        assert _audience(mailchimp_emulator) == _expected(runtime, NOW)
+        assert audience_fields(mailchimp_emulator) == expected_members(runtime, "user", NOW)
         again = run_once(runtime, full=True)
         assert again.push.considered == 0
         assert again.evaluations_written == 0
@@ -560,4 +544,4 @@ def test_an_audience_deleted_mid_run_is_one_error_and_everyone_comes_back(bb, ca
     clock.now = NOW + timedelta(days=2, minutes=5)
     again = run_once(runtime)
     assert again.full
-    assert _audience(emulator) == _expected(runtime, clock.now)
+    assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)

@@ -163,7 +163,7 @@ def test_the_leaders_waits_never_block_on_the_stop_event():
     from sync.daemon.runtime import pause
 
     class NoWait(threading.Event):
-        def wait(self, timeout=None):  # type: ignore[override]
+        def wait(self, timeout: float | None = None) -> bool:
             raise AssertionError("the main thread must not wait on the stop event")
 
     stop = NoWait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 
 import pytest
 import requests
@@ -42,9 +43,9 @@ def test_webhooks_reach_the_running_daemon(daemon_demo, monkeypatch, capsys):
     assert daemon.stop() == 0
 
     audience = emulator.audience
-    assert audience.member(archived).status == "archived"  # type: ignore[union-attr]
-    assert audience.member(unsub1).status == "unsubscribed"  # type: ignore[union-attr]
-    assert audience.member(unsub2).status == "unsubscribed"  # type: ignore[union-attr]
+    assert audience.member(archived).status == "archived"
+    assert audience.member(unsub1).status == "unsubscribed"
+    assert audience.member(unsub2).status == "unsubscribed"
     report = json.loads(_status(settings, capsys))
     assert report["mailchimp_side"]["statuses"] == {"archived": 1, "unsubscribed": 2}
 
@@ -67,7 +68,7 @@ def test_a_weak_webhook_secret_is_refused(daemon_demo, monkeypatch, capsys, secr
     assert "webhook secret: expected at least 16" in capsys.readouterr().err
 
 
-def _status(settings, capsys) -> str:
+def _status(settings: Path, capsys: pytest.CaptureFixture[str]) -> str:
     capsys.readouterr()
     assert main(["status", "--config", str(settings), "--json"]) == 0
     return capsys.readouterr().out

@@ -21,7 +21,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from sync.cli import main
 from sync.daemon.lock import LeaseLock
@@ -32,7 +31,7 @@ from sync.mailchimp.client import fix_merge_fields
 from sync.rules.schema import load_rules
 from sync.state.store import StateStore
 from tests.support.cycle import NOW
-from tests.support.daemon_process import Daemon
+from tests.support.daemon_process import Daemon, cycles_done
 
 ROOT = Path(__file__).resolve().parent.parent
 AT = NOW.isoformat()
@@ -175,16 +174,6 @@ def test_a_lease_on_a_vanished_state_file_is_refused(tmp_path):
 
 
 # -- the daemon -------------------------------------------------------------------------------
-
-
-def cycles_done(state_url: str) -> int:
-    store = StateStore(state_url)
-    try:
-        return sum(1 for c in store.cycles(limit=1000) if c.ok)
-    except sa.exc.DBAPIError:
-        return 0  # the daemon has not created its tables yet
-    finally:
-        store.close()
 
 
 def wait_more_cycles(state: str, daemon: Daemon, more: int = 1, timeout: float = 60) -> None:

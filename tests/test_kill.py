@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from sync.daemon.config import load_config
+from sync.daemon.cycle import Sink
 from sync.daemon.runtime import build_runtime, run_once
 from sync.demo import load_demo
 from sync.emulator import Emulator
@@ -42,13 +43,19 @@ class Killed(BaseException):
 class DiesMidPush:
     """A sink that sends half the members, then dies."""
 
-    def __init__(self, real: object) -> None:
+    def __init__(self, real: Sink) -> None:
         self.real = real
 
     def push(self, members: Iterable[DesiredMember]) -> PushSummary:
         chosen = list(members)
-        self.real.push(chosen[: len(chosen) // 2])  # type: ignore[attr-defined]
+        self.real.push(chosen[: len(chosen) // 2])
         raise Killed
+
+    def change_address(self, old: str, new: str) -> bool:
+        return self.real.change_address(old, new)
+
+    def remove_member(self, email: str, how: str) -> bool:
+        return self.real.remove_member(email, how)
 
 
 def test_a_cycle_killed_mid_push_is_redone(sqlite_url, tmp_path, mailchimp_emulator):
@@ -132,7 +139,8 @@ class StateView:
         return sum(1 for c in self.cycles() if c["ok"])
 
     def latest_start(self) -> datetime | None:
-        return self._scalar("SELECT max(started_at) FROM cycle")
+        started: datetime | None = self._scalar("SELECT max(started_at) FROM cycle")
+        return started
 
     def unsettled(self) -> int:
         """Transient failures plus event intents left: work for another cycle."""

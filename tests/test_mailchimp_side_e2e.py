@@ -94,8 +94,8 @@ def test_changes_made_in_mailchimp_are_respected_and_shown(
     # Mid-run, a marketer also deletes a merge field the rules push (issue
     # 12: "a marketer deletes a merge field, archives a contact, and
     # unsubscribes two members in Mailchimp mid-run").
-    deleted = audience_field = emulator.audience.merge_field("MMERGE25")
-    assert audience_field is not None
+    deleted = emulator.audience.merge_field("MMERGE25")
+    assert deleted is not None
     emulator.audience.delete_merge_field(str(deleted.merge_id))
 
     clock.now = LATER

@@ -14,6 +14,7 @@ import math
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,9 +44,7 @@ def emulator(mailchimp_emulator: Emulator) -> Emulator:
     return mailchimp_emulator
 
 
-def make_sink(
-    emulator: Emulator, ledger: PushLedger, clock: Clock, **config: object
-) -> MailchimpSink:
+def make_sink(emulator: Emulator, ledger: PushLedger, clock: Clock, **config: Any) -> MailchimpSink:
     """The sink of ``tests.support.sink``, polling ``/batches`` briskly."""
     config.setdefault("polling", BatchPolling(first_wait=0.02, max_wait=0.2, deadline=60))
     return sink_for(emulator, ledger, clock, **config)

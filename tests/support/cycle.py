@@ -78,8 +78,10 @@ def expected_members(
     """email → merge fields, computed by the engine on records read back."""
     entity = runtime.ruleset.entity(entity_type)
     expected = {}
+    assert runtime.config.database is not None
     with SourceReader(runtime.sources, runtime.config.database) as reader:
         for record in reader.read_entities(entity_type, now=now):
+            assert record.email is not None
             result = evaluate(entity, record.facts, record.actions, now)
             expected[normalise_email(record.email)] = {
                 f.tag: mailchimp_value(result.merge_fields[f.tag], f.type)

@@ -107,7 +107,7 @@ def cycles_done(state_url: str) -> int:
     store = StateStore(state_url)
     try:
         return sum(1 for c in store.cycles(limit=1000) if c.ok)
-    except sa.exc.OperationalError:
+    except sa.exc.DBAPIError:  # OperationalError on SQLite, ProgrammingError on PostgreSQL
         return 0  # the daemon has not created its tables yet
     finally:
         store.close()

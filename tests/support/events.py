@@ -22,6 +22,7 @@ def expected_events(runtime: Runtime, since: datetime, now: datetime) -> Counter
     """(email, name, instant, properties) of every event due between ``since`` and ``now``."""
     entity = runtime.ruleset.entity("user")
     expected: Counter[tuple[str, ...]] = Counter()
+    assert runtime.config.database is not None
     with SourceReader(runtime.sources, runtime.config.database) as reader:
         for record in reader.read_entities("user", now=now):
             result = evaluate(entity, record.facts, record.actions, now, events_since=since)

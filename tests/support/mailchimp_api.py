@@ -32,7 +32,8 @@ ERROR_TYPE = "https://mailchimp.com/developer/marketing/docs/errors/"
 
 
 def problem_of(exc: pytest.ExceptionInfo[ApiClientError]) -> dict[str, Any]:
-    """The problem+json the client hands over as a string in ``.text``."""
+    """The problem+json the client hands over as a string in ``.text``, never parsed."""
+    assert isinstance(exc.value.text, str)
     body = json.loads(exc.value.text)
     assert isinstance(body, dict)
     return body

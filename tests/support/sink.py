@@ -4,6 +4,7 @@ with retries that do not wait, and the instant its clock starts at."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sync.emulator import Emulator
 from sync.mailchimp.client import Caller, MailchimpSettings, RetryPolicy, make_client
@@ -22,7 +23,7 @@ def make_sink(
     timeout: float = 5.0,
     *,
     warm: bool = True,
-    **config: object,
+    **config: Any,
 ) -> MailchimpSink:
     settings = MailchimpSettings(
         api_key=emulator.api_key, list_id=emulator.list_id, host=emulator.url, timeout=timeout
@@ -32,7 +33,7 @@ def make_sink(
         emulator.list_id,
         RetryPolicy(attempts=6, initial_wait=0.0, max_wait=0.0, sleep=lambda _: None),
     )
-    sink = MailchimpSink(caller, ledger, SinkConfig(**config), clock=clock)  # type: ignore[arg-type]
+    sink = MailchimpSink(caller, ledger, SinkConfig(**config), clock=clock)
     if warm:
         # The sink reads the audience's merge tags once per `merge_fields_ttl`:
         # read them now, so that the call counts below are those of the pushes.
