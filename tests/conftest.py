@@ -5,6 +5,10 @@ file in the test's temporary directory) and on PostgreSQL (a fresh schema in
 the real server, dropped afterwards, which is far cheaper than a database per
 test). Without a reachable server the PostgreSQL half is skipped, except
 under ``CI=true``, where it fails: CI must prove the PostgreSQL path.
+
+Fixtures several test modules share are here too (``ledger``,
+``demo_settings``, ``daemon_demo``); helpers that are not fixtures live in
+``tests/support``.
 """
 
 from __future__ import annotations
