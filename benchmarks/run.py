@@ -340,9 +340,9 @@ def tick(
                     before = run.previous.get(result.id)
                     if before is None or before.status != result.status:
                         status_changes += 1
-                    member = _member(entity, result)
-                    if member is not None and member != members.get(result.id):
-                        changed.append(member)
+                    wanted = _member(entity, result)
+                    if wanted is not None and wanted != members.get(result.id):
+                        changed.append(wanted)
                 tick_s = time.perf_counter() - started
                 started = time.perf_counter()
                 summary = sink.push(changed)

@@ -5,6 +5,10 @@ file in the test's temporary directory) and on PostgreSQL (a fresh schema in
 the real server, dropped afterwards, which is far cheaper than a database per
 test). Without a reachable server the PostgreSQL half is skipped, except
 under ``CI=true``, where it fails: CI must prove the PostgreSQL path.
+
+Fixtures several test modules share are here too (``ledger``,
+``demo_settings``, ``daemon_demo``); helpers that are not fixtures live in
+``tests/support``.
 """
 
 from __future__ import annotations
@@ -12,11 +16,24 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from sync.demo import load_demo
+from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
+from sync.mailchimp.audience import fix_merge_fields
+from sync.mailchimp.client import MailchimpSettings, make_client
+from sync.mailchimp.ledger import PushLedger
+from sync.mailchimp.memory import MemoryLedger
+from sync.state.store import StateStore
+from tests.support.cycle import NOW
+from tests.support.daemon_process import kill_leftover_daemons
+
 pytest_plugins = ["sync.emulator.fixtures"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PG_ADMIN_URL = os.environ.get(
     "MAILSYNC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -71,3 +88,68 @@ def db_url(request: pytest.FixtureRequest) -> str:
     """Each database test runs once per supported backend."""
     name = "pg_url" if request.param == "postgresql" else "sqlite_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_daemons() -> Iterator[None]:
+    """After each test, the ``mailsync run`` processes it left running are killed."""
+    yield
+    kill_leftover_daemons()
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def ledger(request: pytest.FixtureRequest) -> Iterator[PushLedger]:
+    """Every PushLedger: MemoryLedger, and the state store on SQLite and on
+    PostgreSQL. (Sink tests narrow it to memory and SQLite in their module.)"""
+    if request.param == "memory":
+        yield MemoryLedger()
+        return
+    url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
+    store = StateStore(url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def demo_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> tuple[Path, Path]:
+    """A BlouseBrothers demo database (SQLite or PostgreSQL) and a settings
+    file, without Mailchimp. The state store is a SQLite file either way.
+    Gives (settings file, folder)."""
+    monkeypatch.delenv("MAILCHIMP_API_KEY", raising=False)
+    monkeypatch.delenv("MAILCHIMP_LIST_ID", raising=False)
+    load_demo(db_url, "blousebrothers", users=40, seed=2, now=NOW)
+    config = tmp_path / "mailsync.yaml"
+    config.write_text(
+        f"rules: {ROOT / 'rules.yaml'}\nsources: {ROOT / 'sources.yaml'}\n"
+        f"database: {db_url}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
+    )
+    return config, tmp_path
+
+
+@pytest.fixture
+def daemon_demo(tmp_path: Path, mailchimp_emulator: Emulator) -> tuple[Path, str, str, Emulator]:
+    """A BlouseBrothers demo database and a state store (SQLite files) and the
+    emulator's audience ready for a daemon. Gives (folder, database URL,
+    state URL, emulator)."""
+    database = f"sqlite:///{tmp_path}/app.sqlite"
+    load_demo(database, "blousebrothers", users=120, seed=11, now=NOW)
+    state = f"sqlite:///{tmp_path}/state.sqlite"
+    # The daemon expects the audience ready (mailsync check --fix).
+    client = make_client(
+        MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=mailchimp_emulator.url)
+    )
+    fix_merge_fields(
+        client,
+        DEFAULT_LIST_ID,
+        {
+            "MMERGE25": "text",
+            "MMERGE28": "text",
+            "FNAME": "text",
+            "LNAME": "text",
+            "MMERGE3": "text",
+        },
+    )
+    return tmp_path, database, state, mailchimp_emulator

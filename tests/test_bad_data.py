@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from sync.daemon.once import run_once
-from tests.test_cycle import Clock
-from tests.test_cycle import make_runtime as cycle_runtime
+from tests.support.clock import Clock
+from tests.support.cycle import audience_fields
+from tests.support.cycle import make_runtime as cycle_runtime
 
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 SIGNUP = datetime(2026, 2, 27, 9, 0)  # naive on purpose: read as UTC (naive_timezone)
@@ -80,8 +81,12 @@ bookings = sa.Table(
 )
 
 
-def user(id_: int, email: str | None, first: str | None = "Ann", **extra: object) -> dict:
-    row = {"id": id_, "email": email, "first_name": first, "last_name": "Lee"}
+#: A row of the ``users`` table.
+Row = dict[str, object]
+
+
+def user(id_: int, email: str | None, first: str | None = "Ann", **extra: object) -> Row:
+    row: Row = {"id": id_, "email": email, "first_name": first, "last_name": "Lee"}
     row["signed_up_at"] = extra.get("signed_up_at", SIGNUP)
     return row
 
@@ -89,7 +94,7 @@ def user(id_: int, email: str | None, first: str | None = "Ann", **extra: object
 GOOD = [user(1, "ann@example.com"), user(99, "zed@example.com", "Zed")]
 
 
-def make_app(db_url: str, rows: list[dict], wallet_rows=(), booking_rows=()) -> None:
+def make_app(db_url: str, rows: list[Row], wallet_rows=(), booking_rows=()) -> None:
     engine = sa.create_engine(db_url)
     with engine.begin() as conn:
         metadata.create_all(conn)
@@ -109,12 +114,8 @@ def make_runtime(db_url: str, tmp_path: Path, emulator, clock: Clock):
     return runtime
 
 
-def audience(emulator) -> dict[str, dict]:
-    return {m.email_address.lower(): dict(m.merge_fields) for m in emulator.audience.members()}
-
-
 def assert_good_members_correct(emulator) -> None:
-    members = audience(emulator)
+    members = audience_fields(emulator)
     for email, first in (("ann@example.com", "Ann"), ("zed@example.com", "Zed")):
         assert members[email]["MMERGE25"] == "registered_H24", members[email]
         assert members[email]["MMERGE28"] == "welcome"
@@ -143,7 +144,7 @@ def test_invalid_address_is_a_permanent_failure_for_that_member_only(
     (failure,) = summary.push.failures
     assert failure.email == "ann at example dot com"
     assert failure.permanent
-    assert "ann at example dot com" not in audience(mailchimp_emulator)
+    assert "ann at example dot com" not in audience_fields(mailchimp_emulator)
 
 
 def test_empty_or_missing_address_is_evaluated_not_pushed_and_logged(
@@ -154,7 +155,7 @@ def test_empty_or_missing_address_is_evaluated_not_pushed_and_logged(
         summary = cycle(db_url, tmp_path, mailchimp_emulator, rows)
     assert summary.entities_read["user"] == 5
     assert summary.push.failed == 0
-    assert len(audience(mailchimp_emulator)) == 2
+    assert len(audience_fields(mailchimp_emulator)) == 2
     messages = [r.getMessage() for r in caplog.records]
     assert any("user 2" in m and "no email address" in m for m in messages), messages
     assert any("user 4" in m and "no email address" in m for m in messages), messages
@@ -169,7 +170,7 @@ def test_one_address_in_two_users_and_mixed_case_feed_one_member(
     ]
     with caplog.at_level(logging.WARNING):
         cycle(db_url, tmp_path, mailchimp_emulator, rows)
-    members = audience(mailchimp_emulator)
+    members = audience_fields(mailchimp_emulator)
     assert len(members) == 3
     # One member, fed by both users in id order: the last one read (highest id) wins.
     assert members["bob@example.com"]["FNAME"] == "Robert"
@@ -189,7 +190,7 @@ def test_null_action_instant_skips_that_row_with_a_warning(
     # No status-giving action: no status, an empty status field (not an error).
     # The compiled SQL skips the row as the reader does (an aggregate ignores
     # nulls); the engine path, which reads row by row, also says so.
-    assert audience(mailchimp_emulator)["nul@example.com"]["MMERGE25"] == ""
+    assert audience_fields(mailchimp_emulator)["nul@example.com"]["MMERGE25"] == ""
     runtime = make_runtime(db_url, tmp_path, mailchimp_emulator, Clock(NOW))
     runtime.config = replace(
         runtime.config, daemon=replace(runtime.config.daemon, evaluator="engine")
@@ -199,7 +200,7 @@ def test_null_action_instant_skips_that_row_with_a_warning(
             run_once(runtime, full=True)
     finally:
         runtime.close()
-    assert audience(mailchimp_emulator)["nul@example.com"]["MMERGE25"] == ""
+    assert audience_fields(mailchimp_emulator)["nul@example.com"]["MMERGE25"] == ""
     assert any("null instant" in r.getMessage() for r in caplog.records)
 
 
@@ -210,7 +211,7 @@ def test_future_and_sentinel_instants_do_not_count_yet(db_url, tmp_path, mailchi
         {"user_id": 3, "created_at": datetime(9999, 12, 31, tzinfo=UTC)},
     ]
     cycle(db_url, tmp_path, mailchimp_emulator, rows, wallet_rows=wallet_rows)
-    members = audience(mailchimp_emulator)
+    members = audience_fields(mailchimp_emulator)
     assert members["future@example.com"]["MMERGE25"] == "registered_H24"
     assert members["never@example.com"]["MMERGE25"] == "registered_H24"
 
@@ -226,7 +227,7 @@ def test_instants_out_of_arithmetic_range_fail_that_record_only(
     with caplog.at_level(logging.ERROR):
         summary = cycle(db_url, tmp_path, mailchimp_emulator, [], booking_rows=booking_rows)
     assert summary.entities_failed["booking"] == 1
-    assert audience(mailchimp_emulator)["zed@example.com"]["MMERGE30"] == "booked_soon"
+    assert audience_fields(mailchimp_emulator)["zed@example.com"]["MMERGE30"] == "booked_soon"
     assert any("cannot evaluate booking 1" in r.getMessage() for r in caplog.records)
 
 
@@ -244,7 +245,7 @@ def test_instants_out_of_arithmetic_range_fail_that_record_only(
 )
 def test_odd_text_is_sent_as_it_is(db_url, tmp_path, mailchimp_emulator, first, sent):
     cycle(db_url, tmp_path, mailchimp_emulator, [user(2, "odd@example.com", first)])
-    assert audience(mailchimp_emulator)["odd@example.com"]["FNAME"] == sent
+    assert audience_fields(mailchimp_emulator)["odd@example.com"]["FNAME"] == sent
 
 
 def test_very_long_text_is_a_failure_for_that_member_only(db_url, tmp_path, mailchimp_emulator):
@@ -276,7 +277,7 @@ def test_deleted_entity_keeps_its_member_and_is_forgotten(db_url, tmp_path, mail
         clock.now = NOW + timedelta(days=8)  # past the _J7 step of everyone
         later = run_once(runtime)
         assert not later.full
-        members = audience(mailchimp_emulator)
+        members = audience_fields(mailchimp_emulator)
         # Never deleted, archived or unsubscribed: it keeps its last pushed values.
         assert members["gone@example.com"]["MMERGE25"] == "registered_H24"
         assert members["ann@example.com"]["MMERGE25"] == "registered_J7"
@@ -311,6 +312,6 @@ def test_an_unreadable_instant_does_not_stop_the_cycle(
     # reads 'infinity' as an instant after any `now` (like a 9999-12-31
     # sentinel) and text that is no date as no instant. (Not reported row by
     # row on this path: see docs/reliability.md.)
-    assert audience(mailchimp_emulator)["odd@example.com"]["MMERGE25"] == "registered_H24"
+    assert audience_fields(mailchimp_emulator)["odd@example.com"]["MMERGE25"] == "registered_H24"
     assert summary.entities_read["user"] == 3
     assert summary.evaluated_by["user"] == "sql"

@@ -32,9 +32,9 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -45,16 +45,17 @@ from sync.daemon.once import run_once
 from sync.daemon.runtime import Runtime, build_runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator, FaultKind
-from sync.evaluate.engine import evaluate
 from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields
 from sync.mailchimp.batches import BatchPolling
 from sync.mailchimp.caller import Caller, RetryPolicy
 from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.mailchimp.sink import MailchimpSink
 from sync.mailchimp.sink_config import SinkConfig
-from sync.sources.reader import SourceReader
 from sync.state.store import StateStore
-from tests.test_cycle import NOW, Clock, audience_fields, expected_members
+from tests.support.clock import Clock
+from tests.support.cycle import NOW, audience_fields, expected_members
+from tests.support.datafeed import DataFeed
+from tests.support.events import EVENT_WINDOW, expected_events, received_events
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +67,6 @@ PERMANENT = {
     "forgotten": "permanently deleted",
     "fake": "fake or invalid",
 }
-EVENT_WINDOW = timedelta(days=7)  # DaemonConfig.events_max_age
 
 
 @dataclass
@@ -135,72 +135,6 @@ def chaos_runtime(pg_url: str, emulator: Emulator, clock: Clock, timeout: float)
     return runtime
 
 
-class DataFeed:
-    """New rows between cycles, at instants after the previous cycle's."""
-
-    TABLES: ClassVar[dict[str, str]] = {
-        "credits": "INSERT INTO credits (id, user_id, amount_cents, credited_at) "
-        "VALUES (:id, :u, 1500, :at)",
-        "transfers": "INSERT INTO transfers (id, user_id, amount_cents, received_at) "
-        "VALUES (:id, :u, 2500, :at)",
-        "balance_notices": "INSERT INTO balance_notices (id, user_id, sent_at) "
-        "VALUES (:id, :u, :at)",
-    }
-
-    def __init__(self, url: str, rng: random.Random, report: ChaosReport) -> None:
-        self.engine = sa.create_engine(url)
-        self.rng = rng
-        self.report = report
-        with self.engine.connect() as conn:
-            self.users = int(conn.execute(sa.text("SELECT max(id) FROM users")).scalar_one())
-            self.next_id = {
-                table: int(
-                    conn.execute(sa.text(f"SELECT COALESCE(max(id), 0) FROM {table}")).scalar_one()
-                )
-                + 1
-                for table in self.TABLES
-            }
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def between(self, after: datetime, until: datetime) -> None:
-        span = (until - after).total_seconds()
-
-        def instant() -> datetime:
-            return after + timedelta(seconds=self.rng.uniform(1, span))
-
-        with self.engine.begin() as conn:
-            for table, sql in self.TABLES.items():
-                for _ in range(max(1, self.report.users // 400)):
-                    conn.execute(
-                        sa.text(sql),
-                        {
-                            "id": self.next_id[table],
-                            "u": self.rng.randint(1, self.users),
-                            "at": instant(),
-                        },
-                    )
-                    self.next_id[table] += 1
-                    self.report.rows_inserted[table] += 1
-            for _ in range(max(1, self.report.users // 1000)):
-                self.users += 1
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO users "
-                        "(id, email, first_name, last_name, username, date_joined) "
-                        "VALUES (:id, :email, 'New', 'Comer', :name, :at)"
-                    ),
-                    {
-                        "id": self.users,
-                        "email": f"new.comer.{self.users}@example.net",
-                        "name": f"newcomer{self.users}",
-                        "at": instant(),
-                    },
-                )
-                self.report.rows_inserted["users"] += 1
-
-
 def mark_permanent_failures(emulator: Emulator, pg_url: str, every: int) -> dict[str, str]:
     """Every ``every``-th user's address fails for good; email -> mark."""
     engine = sa.create_engine(pg_url)
@@ -223,37 +157,6 @@ def mark_permanent_failures(emulator: Emulator, pg_url: str, every: int) -> dict
             emulator.audience.mark_fake(email)
         marks[email] = mark
     return marks
-
-
-def expected_events(runtime: Runtime, since: datetime, now: datetime) -> Counter[tuple[str, ...]]:
-    """(email, name, instant, properties) of every event due between ``since`` and ``now``."""
-    entity = runtime.ruleset.entity("user")
-    expected: Counter[tuple[str, ...]] = Counter()
-    with SourceReader(runtime.sources, runtime.config.database) as reader:
-        for record in reader.read_entities("user", now=now):
-            result = evaluate(entity, record.facts, record.actions, now, events_since=since)
-            for event in result.events:
-                expected[
-                    _event_key(
-                        normalise_email(record.email or ""),
-                        event.name,
-                        event.occurred_at.isoformat(),
-                        event.properties,
-                    )
-                ] += 1
-    return expected
-
-
-def _event_key(email: str, name: str, occurred_at: str, properties: Any) -> tuple[str, ...]:
-    instant = datetime.fromisoformat(occurred_at).astimezone(UTC).replace(microsecond=0)
-    return (email, name, instant.isoformat(), json.dumps(dict(properties), sort_keys=True))
-
-
-def received_events(emulator: Emulator) -> Counter[tuple[str, ...]]:
-    return Counter(
-        _event_key(email.lower(), e.name, e.occurred_at or "", e.properties)
-        for email, e in emulator.audience.received_events()
-    )
 
 
 def absorb(report: ChaosReport, runtime: Runtime, now: datetime) -> None:

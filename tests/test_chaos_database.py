@@ -2,7 +2,7 @@
 
 BlouseBrothers demo users in PostgreSQL; the application database and the
 state store (another schema of the same server) are each reached through a
-loopback TCP proxy (``tests/tcp_proxy.py``) that, at random and while
+loopback TCP proxy (``tests/support/tcp_proxy.py``) that, at random and while
 cycles run as well as between them, resets every connection, stalls all
 traffic, or refuses new connections for a while. Each cycle is handled as
 the daemon's loop handles it: the leader lock is taken first, a failure the
@@ -49,7 +49,7 @@ from sync.daemon.runtime import Runtime, build_runtime
 from sync.daemon.serve import cycle_failure, transient_fault
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID, Emulator
-from sync.mailchimp.audience import fix_merge_fields
+from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields
 from sync.mailchimp.caller import Caller, RetryPolicy
 from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.mailchimp.sink import MailchimpSink
@@ -57,11 +57,12 @@ from sync.mailchimp.sink_config import SinkConfig
 from sync.sources.reader import SourceReader
 from sync.sources.schema import load_sources
 from sync.sources.sessions import SourceUnavailableError
-from tests.tcp_proxy import TcpProxy
-from tests.test_chaos import ROOT, DataFeed, expected_events, received_events
-from tests.test_cycle import NOW, Clock, audience_fields, expected_members
+from tests.support.clock import Clock
+from tests.support.cycle import NOW, ROOT, audience_fields, expected_members
+from tests.support.datafeed import DataFeed
+from tests.support.events import EVENT_WINDOW, expected_events, received_events
+from tests.support.tcp_proxy import TcpProxy
 
-EVENT_WINDOW = timedelta(days=7)
 INTERVAL = timedelta(minutes=1)  # DaemonConfig.interval
 RETRIES = 100
 PAUSE = 0.2  # real seconds between tries: a refusal lasts up to a second
@@ -130,7 +131,7 @@ def proxied_runtime(app_url: str, state_url: str, emulator: Emulator, clock: Clo
         clock=clock,
         sink_factory=lambda store: MailchimpSink(caller, store, SinkConfig(), clock=clock),
     )
-    wanted = {f.tag: f.type for e in runtime.ruleset.entities.values() for f in e.merge_fields}
+    wanted = wanted_merge_fields(runtime.ruleset.entities.values())
     fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
     return runtime
 
@@ -181,7 +182,7 @@ def run_database_chaos(
     clock = Clock(NOW)
     runtime = proxied_runtime(app_proxy.url(pg_url), state_proxy.url(state_url), emulator, clock)
     lock = leader_lock(runtime.state, DEFAULT_LIST_ID)
-    feed = DataFeed(pg_url, random.Random(seed), report)  # type: ignore[arg-type]
+    feed = DataFeed(pg_url, random.Random(seed), report)
     try:
         app_proxy.chaos(rate, seed=seed)
         state_proxy.chaos(rate, seed=seed + 1)
@@ -306,6 +307,7 @@ def test_a_connection_lost_under_the_reader_is_retriable_and_the_next_read_works
         database=proxy.url(pg_url),
         state="sqlite://",
     )
+    assert config.database is not None
     sources = load_sources(config.sources)
     try:
         with SourceReader(sources, config.database, batch_size=5) as reader:

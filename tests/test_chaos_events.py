@@ -26,19 +26,12 @@ from sync.mailchimp.sink import MailchimpSink
 from sync.mailchimp.sink_config import SinkConfig
 from sync.records import DesiredMember, EventDue
 from sync.state.store import StateStore
+from tests.support.clock import Clock
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LATER = T0 + timedelta(minutes=10)  # past the settle delay
 EVENTS_POST = "POST /lists/{list_id}/members/{subscriber_hash}/events"
 EVENTS_GET = "GET /lists/{list_id}/members/{subscriber_hash}/events"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -94,7 +87,7 @@ def posts(emulator: Emulator) -> int:
 
 @pytest.mark.parametrize("kind", [FaultKind.PROCESS_THEN_TIMEOUT, FaultKind.PROCESS_THEN_RESET])
 def test_processed_but_unanswered_is_found_not_resent(emulator, ledger, kind):
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock)
     emulator.faults.script("/lists/*/members/*/events", kind)
     first = sink.push([member(credit(amount="10"))])
@@ -124,7 +117,7 @@ def test_processed_but_unanswered_is_found_not_resent(emulator, ledger, kind):
     "kind", [FaultKind.TIMEOUT, FaultKind.RESET, FaultKind.SERVER_ERROR, FaultKind.UNAVAILABLE_HTML]
 )
 def test_unanswered_and_not_processed_is_sent_again_once(emulator, ledger, kind):
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock)
     emulator.faults.script("/lists/*/members/*/events", kind)
     first = sink.push([member(credit())])
@@ -141,7 +134,7 @@ def test_unanswered_and_not_processed_is_sent_again_once(emulator, ledger, kind)
 
 @pytest.mark.parametrize("kind", [FaultKind.TOO_MANY_REQUESTS, FaultKind.FORBIDDEN_EMPTY])
 def test_not_processed_answers_are_retried_in_the_run(emulator, ledger, kind):
-    sink = sink_for(emulator, ledger, Clock())
+    sink = sink_for(emulator, ledger, Clock(T0))
     emulator.faults.script("/lists/*/members/*/events", kind, times=2)
     summary = sink.push([member(credit())])
     assert (summary.events_sent, summary.failed) == (1, 0)
@@ -151,7 +144,7 @@ def test_not_processed_answers_are_retried_in_the_run(emulator, ledger, kind):
 
 
 def test_a_refused_event_clears_its_intent(emulator, ledger):
-    sink = sink_for(emulator, ledger, Clock())
+    sink = sink_for(emulator, ledger, Clock(T0))
     bad = EventDue("user:1:bad", "x", T0)  # Mailchimp wants 2 to 30 characters
     summary = sink.push([member(bad)])
     assert summary.failed == 1
@@ -160,7 +153,7 @@ def test_a_refused_event_clears_its_intent(emulator, ledger):
 
 
 def test_persistent_throttling_keeps_the_commitment(emulator, ledger):
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock)
     emulator.faults.script("/lists/*/members/*/events", FaultKind.TOO_MANY_REQUESTS, times=5)
     summary = sink.push([member(credit())])
@@ -177,7 +170,7 @@ def test_persistent_throttling_keeps_the_commitment(emulator, ledger):
 
 
 def test_a_crash_between_intent_and_post_sends_it(emulator, ledger):
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock)
     sink.push([member()])
     # What a kill -9 right after the intents' transaction leaves behind.
@@ -191,7 +184,7 @@ def test_a_crash_between_intent_and_post_sends_it(emulator, ledger):
 
 
 def test_a_crash_between_post_and_record_does_not_send_twice(emulator, ledger):
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock)
     sink.push([member()])
     event = credit(amount="10")
@@ -215,7 +208,7 @@ def test_a_crash_between_post_and_record_does_not_send_twice(emulator, ledger):
 
 
 def test_intents_too_recent_are_not_checked_yet(emulator, ledger):
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock, event_settle=timedelta(minutes=10))
     emulator.faults.script("/lists/*/members/*/events", FaultKind.PROCESS_THEN_RESET)
     sink.push([member(credit())])
@@ -234,7 +227,7 @@ def test_an_event_that_left_the_window_meanwhile_is_still_sent(emulator, ledger)
     """Found by the 10k chaos run: an event near the edge of events_max_age
     whose POST timed out was no longer listed by the engine at the next
     cycle; forgetting the intent then lost it."""
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock)
     emulator.faults.script("/lists/*/members/*/events", FaultKind.TIMEOUT)
     sink.push([member(credit(amount="1"))])
@@ -252,7 +245,7 @@ def test_a_look_alike_already_sent_is_not_taken_for_the_unconfirmed_one(emulator
     instant: two keys, the same signature. One was sent and recorded; the
     other's POST timed out unprocessed. Mailchimp lists one copy, which is
     the first's: the second must still be sent."""
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock)
     first = EventDue("match:1:reminder", "reminder", T0)
     second = EventDue("match:2:reminder", "reminder", T0)
@@ -267,7 +260,7 @@ def test_a_look_alike_already_sent_is_not_taken_for_the_unconfirmed_one(emulator
 
 
 def test_a_failed_lookup_sends_nothing_for_that_member(emulator, ledger):
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock)
     emulator.faults.script("/lists/*/members/*/events", FaultKind.PROCESS_THEN_TIMEOUT)
     sink.push([member(credit())])
@@ -286,7 +279,7 @@ def test_a_failed_lookup_sends_nothing_for_that_member(emulator, ledger):
 
 
 def test_a_batch_job_of_events_is_never_started_twice(emulator, ledger):
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock, bulk_threshold=5)
     people = [member(credit(), email=f"u{i}@shop.io") for i in range(12)]
     sink.push([DesiredMember(m.email, m.merge_fields) for m in people])
@@ -306,7 +299,7 @@ def test_a_batch_job_of_events_is_never_started_twice(emulator, ledger):
 
 
 def test_a_batch_job_refused_at_the_start_is_sent_later_once(emulator, ledger):
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock, bulk_threshold=5)
     people = [member(credit(), email=f"u{i}@shop.io") for i in range(6)]
     sink.push([DesiredMember(m.email, m.merge_fields) for m in people])
@@ -326,7 +319,7 @@ def test_a_job_still_queued_is_waited_for(emulator, ledger):
     /batches job of events was queued; the next one looked the events up
     before the job ran, did not find them, sent them again, then the old
     job ran too."""
-    clock = Clock()
+    clock = Clock(T0)
     sink = sink_for(emulator, ledger, clock)
     sink.push([member()])
     event = credit()
@@ -384,7 +377,7 @@ def test_reconciliation_reads_every_page_in_mailchimps_format() -> None:
     pages = {"0": [other] * 1000, "1000": [ours]}
     seen: list[str] = []
 
-    def listing(request):  # type: ignore[no-untyped-def]
+    def listing(request):
         offset = request.params.get("offset", "0")
         seen.append(offset)
         body = {"events": pages[offset], "total_items": 1001}
@@ -409,7 +402,7 @@ def test_reconciliation_reads_every_page_in_mailchimps_format() -> None:
 
 
 def test_sent_events_carry_their_signature(emulator, ledger):
-    sink = sink_for(emulator, ledger, Clock())
+    sink = sink_for(emulator, ledger, Clock(T0))
     sink.push([member(credit(amount="3"))])
     (signature,) = ledger.sent_event_signatures(["ann@shop.io"])["ann@shop.io"]
     assert signature == event_signature("credit", credit().occurred_at, {"amount": "3"})

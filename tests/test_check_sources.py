@@ -17,7 +17,7 @@ import pytest
 
 from sync.cli import main
 from sync.demo import load_demo
-from tests.test_cycle import NOW
+from tests.support.cycle import NOW
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = (ROOT / "sources.yaml").read_text()

@@ -6,18 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from sync.cli import main
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
-from tests.test_cycle import NOW
+from tests.support.cli import run
+from tests.support.cycle import NOW
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(capsys, *args):
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture

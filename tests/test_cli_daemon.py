@@ -7,47 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from sync.cli import main
 from sync.demo import load_demo
-from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.state.store import StateStore
-from tests.test_cycle import NOW
+from tests.support.cli import live, run
+from tests.support.cycle import NOW
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def setup(tmp_path, monkeypatch, db_url):
-    """A BlouseBrothers demo database (SQLite or PostgreSQL) and a settings
-    file, without Mailchimp. The state store is a SQLite file either way."""
-    monkeypatch.delenv("MAILCHIMP_API_KEY", raising=False)
-    monkeypatch.delenv("MAILCHIMP_LIST_ID", raising=False)
-    load_demo(db_url, "blousebrothers", users=40, seed=2, now=NOW)
-    config = tmp_path / "mailsync.yaml"
-    config.write_text(
-        f"rules: {ROOT / 'rules.yaml'}\nsources: {ROOT / 'sources.yaml'}\n"
-        f"database: {db_url}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
-    )
-    return config, tmp_path
-
-
-def live(monkeypatch, emulator, capsys, config):
-    """Point the commands at the emulator (a real cycle, not a dry run, which
-    writes nothing to the state store) and create its merge fields."""
-    monkeypatch.setenv("MAILCHIMP_API_KEY", DEFAULT_API_KEY)
-    monkeypatch.setenv("MAILCHIMP_LIST_ID", DEFAULT_LIST_ID)
-    monkeypatch.setenv("MAILCHIMP_BASE_URL", emulator.url)
-    run(capsys, "check", "--fix", "--config", str(config))
-
-
-def run(capsys, *args):
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_once_without_mailchimp_is_a_loud_dry_run(setup, capsys):
-    config, tmp_path = setup
+def test_once_without_mailchimp_is_a_loud_dry_run(demo_settings, capsys):
+    config, tmp_path = demo_settings
     code, out, err = run(capsys, "once", "--config", str(config), "--at", NOW.isoformat())
     assert code == 0
     assert "DRY RUN, nothing sent: 40 members considered" in err
@@ -65,8 +34,8 @@ def test_once_without_mailchimp_is_a_loud_dry_run(setup, capsys):
     state.close()
 
 
-def test_status_and_explain_after_a_cycle(setup, capsys, monkeypatch, mailchimp_emulator):
-    config, _ = setup
+def test_status_and_explain_after_a_cycle(demo_settings, capsys, monkeypatch, mailchimp_emulator):
+    config, _ = demo_settings
     live(monkeypatch, mailchimp_emulator, capsys, config)
     at = NOW.isoformat()
     assert run(capsys, "once", "--config", str(config), "--at", at)[0] == 0
@@ -92,15 +61,15 @@ def test_status_and_explain_after_a_cycle(setup, capsys, monkeypatch, mailchimp_
     assert "timeline:" in text
 
 
-def test_explain_unknown_entity_exits_2(setup, capsys):
-    config, _ = setup
+def test_explain_unknown_entity_exits_2(demo_settings, capsys):
+    config, _ = demo_settings
     code, _, err = run(capsys, "explain", "nobody@example.com", "--config", str(config))
     assert code == 2
     assert "no entity 'nobody@example.com'" in err
 
 
-def test_reinit_is_atomic_and_previewable(setup, capsys):
-    config, tmp_path = setup
+def test_reinit_is_atomic_and_previewable(demo_settings, capsys):
+    config, tmp_path = demo_settings
     at = NOW.isoformat()
     code, out, _ = run(capsys, "reinit", "--config", str(config), "--at", at, "--dry-run")
     assert code == 0
@@ -120,8 +89,8 @@ def test_reinit_is_atomic_and_previewable(setup, capsys):
     assert "full cycle" in err
 
 
-def test_reinit_in_sql_stores_what_the_python_evaluator_stores(setup, capsys):
-    config, tmp_path = setup
+def test_reinit_in_sql_stores_what_the_python_evaluator_stores(demo_settings, capsys):
+    config, tmp_path = demo_settings
     at = NOW.isoformat()
     outputs, stored = {}, {}
     state = StateStore(f"sqlite:///{tmp_path}/state.sqlite")

@@ -22,12 +22,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from sync.cli import main
 from sync.daemon.logs import configure_logging
 from sync.mailchimp.caller import Caller, RetryPolicy
 from sync.mailchimp.client import MailchimpSettings, make_client
-from tests.test_cli_daemon import setup  # noqa: F401 (a fixture)
-from tests.test_cycle import NOW
+from tests.support.cli import run
+from tests.support.cycle import NOW
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,16 +42,10 @@ def restore_logging():
 
 
 @pytest.fixture
-def settings(setup):  # noqa: F811 (the imported fixture, by name)
-    """test_cli_daemon's demo database and settings file, without Mailchimp."""
-    config, _ = setup
+def settings(demo_settings):
+    """The demo database and settings file, without Mailchimp (``demo_settings``)."""
+    config, _ = demo_settings
     return config
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_reinit_dry_run_says_would_re_initialise(settings, capsys):

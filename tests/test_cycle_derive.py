@@ -13,7 +13,7 @@ import io
 import math
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,6 @@ from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.evaluate.engine import evaluate
-from sync.evaluate.members import merge_values
 from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields
 from sync.mailchimp.caller import Caller
 from sync.mailchimp.client import MailchimpSettings, make_client
@@ -34,18 +33,10 @@ from sync.mailchimp.dryrun import DryRunSink
 from sync.mailchimp.sink import MailchimpSink
 from sync.mailchimp.sink_config import SinkConfig
 from sync.rules.schema import load_rules
-from sync.sources.reader import SourceReader
+from tests.support.clock import Clock
+from tests.support.cycle import NOW, audience_fields, expected_members
 
 ROOT = Path(__file__).resolve().parent.parent
-NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
@@ -102,21 +93,6 @@ def _at(engine, instant):
     return instant.replace(tzinfo=None) if engine.dialect.name == "sqlite" else instant
 
 
-def _expected(runtime, now):
-    """email -> merge fields, computed by the engine on records read back."""
-    entity = runtime.ruleset.entity("user")
-    found = {}
-    with SourceReader(runtime.sources, runtime.config.database) as reader:
-        for record in reader.read_entities("user", now=now):
-            result = evaluate(entity, record.facts, record.actions, now)
-            found[normalise_email(record.email)] = merge_values(entity, result.merge_fields)
-    return found
-
-
-def _audience(emulator):
-    return {m.email_address.lower(): dict(m.merge_fields) for m in emulator.audience.members()}
-
-
 def _credit(engine, user_id, at):
     with engine.begin() as conn:
         next_id = conn.execute(sa.text("SELECT COALESCE(MAX(id), 0) + 1 FROM credits"))
@@ -134,10 +110,10 @@ def test_cycles_evaluate_in_sql_and_push_what_the_engine_says(bb):
     runtime, _, _ = make()
     summary = run_once(runtime)
     assert summary.evaluated_by == {"user": "sql"}
-    assert _audience(emulator) == _expected(runtime, NOW)
+    assert audience_fields(emulator) == expected_members(runtime, "user", NOW)
     clock.now = NOW + timedelta(days=3)
     later = run_once(runtime, full=True)
-    assert _audience(emulator) == _expected(runtime, clock.now)
+    assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
     assert later.push.pushed == len({c[1] for c in later.changed})
 
 
@@ -173,7 +149,7 @@ def test_a_dry_run_writes_nothing_and_loses_nothing(bb):
     state.dispose()
     real, _, _ = make()
     run_once(real)
-    assert set(_audience(emulator)) == shown
+    assert set(audience_fields(emulator)) == shown
 
 
 def test_a_late_row_is_caught_by_the_next_full_pass_and_gets_its_event(bb):
@@ -315,7 +291,10 @@ def test_an_address_already_in_the_audience_is_not_merged(bb):
     # Mailchimp refused the change: the old member stays, the new address
     # gets the user's values, nothing is lost.
     assert emulator.audience.member(first) is not None
-    assert emulator.audience.member(taken).merge_fields == _expected(runtime, clock.now)[taken]
+    assert (
+        emulator.audience.member(taken).merge_fields
+        == expected_members(runtime, "user", clock.now)[taken]
+    )
     assert second
 
 
@@ -433,7 +412,7 @@ def test_a_rules_reload_forces_a_full_pass(bb, tmp_path):
     reloads = [c for c in cycles[1:] if c.counts.get("full")]
     assert reloads, [c.counts for c in cycles]
     assert reloads[0].counts["entities_read"] == {"user": 120}
-    assert _audience(emulator) == _expected(runtime, clock.now)
+    assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
 
 
 def test_on_delete_unsubscribe_unsubscribes_the_member_of_a_deleted_entity(bb):
@@ -498,7 +477,7 @@ def test_a_type_the_sql_cannot_compile_falls_back_to_the_engine(tmp_path, mailch
         fix_merge_fields(client, DEFAULT_LIST_ID, wanted)
         summary = run_once(runtime)
         assert summary.evaluated_by == {"user": "engine"}
-        assert _audience(mailchimp_emulator) == _expected(runtime, NOW)
+        assert audience_fields(mailchimp_emulator) == expected_members(runtime, "user", NOW)
         again = run_once(runtime, full=True)
         assert again.push.considered == 0
         assert again.evaluations_written == 0
@@ -571,4 +550,4 @@ def test_an_audience_deleted_mid_run_is_one_error_and_everyone_comes_back(bb, ca
     clock.now = NOW + timedelta(days=2, minutes=5)
     again = run_once(runtime)
     assert again.full
-    assert _audience(emulator) == _expected(runtime, clock.now)
+    assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)

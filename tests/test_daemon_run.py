@@ -12,158 +12,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from sync.daemon.config import load_config
 from sync.daemon.reload import RulesWatcher, rules_changes
 from sync.daemon.runtime import build_runtime
-from sync.demo import load_demo
-from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
+from sync.emulator import DEFAULT_API_KEY
 from sync.rules.schema import load_rules
-from sync.state.store import StateStore
-from tests.test_cycle import NOW, audience_fields, expected_members
+from tests.support.cycle import NOW, audience_fields, expected_members
+from tests.support.daemon_process import (
+    Daemon,
+    cycles_done,
+    last_cycle_now,
+    wait_cycles,
+    write_settings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEED = 3600  # one real second is one simulated hour
 
 
-def write_settings(tmp_path, database, state, emulator, *, rules=None, extra=""):
-    path = tmp_path / "mailsync.yaml"
-    path.write_text(
-        f"rules: {rules or ROOT / 'rules.yaml'}\nsources: {ROOT / 'sources.yaml'}\n"
-        f"database: {database}\nstate: {state}\n"
-        f"mailchimp:\n  list_id: {DEFAULT_LIST_ID}\n  base_url: {emulator.url}\n"
-        "daemon:\n  interval: 1s\n  lease_ttl: 2s\n  full_rescan: 30d\n" + extra
-    )
-    return path
-
-
-RUNNING: list[Daemon] = []
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftover_daemons():
-    yield
-    while RUNNING:
-        daemon = RUNNING.pop()
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
-        if not daemon.log_file.closed:
-            daemon.log_file.close()
-
-
-class Daemon:
-    """A ``mailsync run`` subprocess."""
-
-    def __init__(self, settings: Path, start: datetime, *args: str) -> None:
-        env = dict(os.environ)
-        env.update(
-            PYTHONPATH=str(ROOT),
-            MAILCHIMP_API_KEY=DEFAULT_API_KEY,
-            MAILSYNC_CLOCK_START=start.isoformat(),
-            MAILSYNC_CLOCK_SPEED=str(SPEED),
-        )
-        self.log = settings.parent / f"daemon-{time.monotonic_ns()}.log"
-        self.log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sync", "run", "--config", str(settings), *args],
-            env=env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-        )
-        RUNNING.append(self)
-
-    def text(self) -> str:
-        if not self.log_file.closed:
-            self.log_file.flush()
-        return self.log.read_text()
-
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.text())
-            if match:
-                return match
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"{pattern!r} not in the daemon's log:\n{self.text()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        self.process.send_signal(sig)
-        try:
-            code = self.process.wait(timeout=timeout)
-        finally:
-            self.log_file.close()
-        return code
-
-
-def cycles_done(state_url: str) -> int:
-    store = StateStore(state_url)
-    try:
-        return sum(1 for c in store.cycles(limit=1000) if c.ok)
-    except sa.exc.OperationalError:
-        return 0  # the daemon has not created its tables yet
-    finally:
-        store.close()
-
-
-def wait_cycles(state_url: str, count: int, daemon: Daemon, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while cycles_done(state_url) < count:
-        if daemon.process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"fewer than {count} cycles:\n{daemon.text()}")
-        time.sleep(0.2)
-
-
-def last_cycle_now(state_url: str) -> datetime:
-    store = StateStore(state_url)
-    try:
-        good = [c for c in store.cycles(limit=1000) if c.ok]
-        return datetime.fromisoformat(good[0].counts["now"])
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def setup(tmp_path, mailchimp_emulator):
-    database = f"sqlite:///{tmp_path}/app.sqlite"
-    load_demo(database, "blousebrothers", users=120, seed=11, now=NOW)
-    state = f"sqlite:///{tmp_path}/state.sqlite"
-    # The daemon expects the audience ready (mailsync check --fix).
-    from sync.mailchimp.audience import fix_merge_fields
-    from sync.mailchimp.client import MailchimpSettings, make_client
-
-    client = make_client(
-        MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=mailchimp_emulator.url)
-    )
-    fix_merge_fields(
-        client,
-        DEFAULT_LIST_ID,
-        {
-            "MMERGE25": "text",
-            "MMERGE28": "text",
-            "FNAME": "text",
-            "LNAME": "text",
-            "MMERGE3": "text",
-        },
-    )
-    return tmp_path, database, state, mailchimp_emulator
-
-
-def test_sigterm_ends_cleanly_and_metrics_are_served(setup):
-    tmp_path, database, state, emulator = setup
+def test_sigterm_ends_cleanly_and_metrics_are_served(daemon_demo):
+    tmp_path, database, state, emulator = daemon_demo
     settings = write_settings(tmp_path, database, state, emulator)
     daemon = Daemon(settings, NOW, "--metrics", "127.0.0.1:0", "--log-format", "json")
     port = int(daemon.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
@@ -183,8 +58,8 @@ def test_sigterm_ends_cleanly_and_metrics_are_served(setup):
     assert DEFAULT_API_KEY not in daemon.text()
 
 
-def test_a_standby_takes_over_when_the_leader_dies(setup):
-    tmp_path, database, state, emulator = setup
+def test_a_standby_takes_over_when_the_leader_dies(daemon_demo):
+    tmp_path, database, state, emulator = daemon_demo
     settings = write_settings(tmp_path, database, state, emulator)
     leader = Daemon(settings, NOW)
     wait_cycles(state, 1, leader)
@@ -197,8 +72,8 @@ def test_a_standby_takes_over_when_the_leader_dies(setup):
     assert standby.stop() == 0
 
 
-def test_kill_restart_converges_without_duplicate_events(setup):
-    tmp_path, database, state, emulator = setup
+def test_kill_restart_converges_without_duplicate_events(daemon_demo):
+    tmp_path, database, state, emulator = daemon_demo
     settings = write_settings(tmp_path, database, state, emulator)
     clock = NOW
     engine = sa.create_engine(database)
@@ -242,9 +117,9 @@ def test_kill_restart_converges_without_duplicate_events(setup):
     assert len(received) == len(set(received)), "an event was sent twice"
 
 
-def test_rules_reload_keeps_the_last_good_rules(setup, caplog):
+def test_rules_reload_keeps_the_last_good_rules(daemon_demo, caplog):
     caplog.set_level(logging.INFO, logger="sync")
-    tmp_path, database, state, emulator = setup
+    tmp_path, database, state, emulator = daemon_demo
     rules = tmp_path / "rules.yaml"
     rules.write_text((ROOT / "rules.yaml").read_text())
     settings = write_settings(tmp_path, database, state, emulator, rules=rules)
@@ -289,7 +164,7 @@ def test_the_leaders_waits_never_block_on_the_stop_event():
     from sync.daemon.serve import pause
 
     class NoWait(threading.Event):
-        def wait(self, timeout=None):  # type: ignore[override]
+        def wait(self, timeout: float | None = None) -> bool:
             raise AssertionError("the main thread must not wait on the stop event")
 
     stop = NoWait()

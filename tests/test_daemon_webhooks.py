@@ -6,27 +6,21 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 
 import pytest
 import requests
 
 from sync.cli import main
 from sync.mailchimp.webhooks import PREFIX
-from tests.test_cycle import NOW
-from tests.test_daemon_run import (  # noqa: F401 (fixtures)
-    Daemon,
-    _kill_leftover_daemons,
-    cycles_done,
-    setup,
-    wait_cycles,
-    write_settings,
-)
+from tests.support.cycle import NOW
+from tests.support.daemon_process import Daemon, cycles_done, wait_cycles, write_settings
 
 SECRET = "daemon-webhook-secret-0123"
 
 
-def test_webhooks_reach_the_running_daemon(setup, monkeypatch, capsys):  # noqa: F811
-    tmp_path, database, state, emulator = setup
+def test_webhooks_reach_the_running_daemon(daemon_demo, monkeypatch, capsys):
+    tmp_path, database, state, emulator = daemon_demo
     monkeypatch.setenv("MAILSYNC_WEBHOOK_SECRET", SECRET)
     settings = write_settings(tmp_path, database, state, emulator)
     daemon = Daemon(settings, NOW, "--metrics", "127.0.0.1:0")
@@ -49,15 +43,15 @@ def test_webhooks_reach_the_running_daemon(setup, monkeypatch, capsys):  # noqa:
     assert daemon.stop() == 0
 
     audience = emulator.audience
-    assert audience.member(archived).status == "archived"  # type: ignore[union-attr]
-    assert audience.member(unsub1).status == "unsubscribed"  # type: ignore[union-attr]
-    assert audience.member(unsub2).status == "unsubscribed"  # type: ignore[union-attr]
+    assert audience.member(archived).status == "archived"
+    assert audience.member(unsub1).status == "unsubscribed"
+    assert audience.member(unsub2).status == "unsubscribed"
     report = json.loads(_status(settings, capsys))
     assert report["mailchimp_side"]["statuses"] == {"archived": 1, "unsubscribed": 2}
 
 
-def test_a_webhook_secret_needs_the_http_port(setup, monkeypatch, capsys):  # noqa: F811
-    tmp_path, database, state, emulator = setup
+def test_a_webhook_secret_needs_the_http_port(daemon_demo, monkeypatch, capsys):
+    tmp_path, database, state, emulator = daemon_demo
     monkeypatch.setenv("MAILSYNC_WEBHOOK_SECRET", SECRET)
     settings = write_settings(tmp_path, database, state, emulator)
     assert main(["run", "--config", str(settings)]) == 2
@@ -65,8 +59,8 @@ def test_a_webhook_secret_needs_the_http_port(setup, monkeypatch, capsys):  # no
 
 
 @pytest.mark.parametrize("secret", ["short", "has/a/slash-0123456789"])
-def test_a_weak_webhook_secret_is_refused(setup, monkeypatch, capsys, secret):  # noqa: F811
-    tmp_path, database, state, emulator = setup
+def test_a_weak_webhook_secret_is_refused(daemon_demo, monkeypatch, capsys, secret):
+    tmp_path, database, state, emulator = daemon_demo
     monkeypatch.setenv("MAILSYNC_WEBHOOK_SECRET", secret)
     monkeypatch.setenv("MAILCHIMP_API_KEY", emulator.api_key)
     settings = write_settings(tmp_path, database, state, emulator)
@@ -74,7 +68,7 @@ def test_a_weak_webhook_secret_is_refused(setup, monkeypatch, capsys, secret):  
     assert "webhook secret: expected at least 16" in capsys.readouterr().err
 
 
-def _status(settings, capsys) -> str:
+def _status(settings: Path, capsys: pytest.CaptureFixture[str]) -> str:
     capsys.readouterr()
     assert main(["status", "--config", str(settings), "--json"]) == 0
     return capsys.readouterr().out

@@ -31,34 +31,19 @@ from sync.daemon import history
 from sync.daemon.config import load_config
 from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.metrics import Metrics, MetricsServer
-from sync.dashboard import Access, Dashboard, People, ReadOnlyStore, check_bind, serve
+from sync.dashboard import Access, Dashboard, ReadOnlyStore, check_bind, serve
 from sync.exceptions import ConfigurationError
 from sync.mailchimp.changes import MailchimpChange
 from sync.rules.schema import load_rules
-from sync.sources.schema import load_sources
 from sync.state.entities import EntityEvaluation
 from sync.state.store import StateStore
 from sync.state.tables import status_history, transition_history
-from tests.dashboard_demo import Demo, make_demo
+from tests.support.dashboard import Demo, dashboard_for, make_demo
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     return make_demo(tmp_path_factory.mktemp("demo"))
-
-
-def dashboard_for(demo: Demo, access: Access | None = None) -> Dashboard:
-    config = load_config(str(demo.config))
-    ruleset = load_rules(config.rules)
-    assert config.database is not None
-    return Dashboard(
-        ReadOnlyStore(config.state),
-        lambda: ruleset,
-        clock=lambda: demo.at,
-        access=access,
-        people=People(load_sources(config.sources), config.database, timedelta(days=7)),
-        rules_file=config.rules,
-    )
 
 
 @pytest.fixture

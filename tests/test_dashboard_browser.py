@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from sync.dashboard import serve
-from tests.dashboard_demo import Demo, make_demo
-from tests.test_dashboard import dashboard_for
+from tests.support.dashboard import Demo, dashboard_for, make_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -21,7 +21,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from sync.cli import main
 from sync.daemon.lock import LeaseLock
@@ -31,8 +30,8 @@ from sync.emulator import DEFAULT_LIST_ID, Emulator
 from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields
 from sync.rules.schema import load_rules
 from sync.state.store import StateStore
-from tests.test_cycle import NOW
-from tests.test_daemon_run import Daemon, _kill_leftover_daemons  # noqa: F401 (reaps daemons)
+from tests.support.cycle import NOW
+from tests.support.daemon_process import Daemon, cycles_done
 
 ROOT = Path(__file__).resolve().parent.parent
 AT = NOW.isoformat()
@@ -175,16 +174,6 @@ def test_a_lease_on_a_vanished_state_file_is_refused(tmp_path):
 
 
 # -- the daemon -------------------------------------------------------------------------------
-
-
-def cycles_done(state_url: str) -> int:
-    store = StateStore(state_url)
-    try:
-        return sum(1 for c in store.cycles(limit=1000) if c.ok)
-    except sa.exc.DBAPIError:
-        return 0  # the daemon has not created its tables yet
-    finally:
-        store.close()
 
 
 def wait_more_cycles(state: str, daemon: Daemon, more: int = 1, timeout: float = 60) -> None:

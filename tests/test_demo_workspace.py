@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sync.cli import main
 from sync.demo.workspace import SHIPPED, Workspace, default_folder
 
@@ -22,7 +24,7 @@ START = "2026-03-01T08:00:00Z"
 HINT = re.compile(r"^  mailsync (?P<args>.+?)(?:\s+#.*)?$")
 
 
-def run_demo(capsys, *args: str) -> str:
+def run_demo(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     code = main(["demo", "--users", "150", "--days", "1", "--start", START, *args])
     out = capsys.readouterr().out
     assert code == 0, out

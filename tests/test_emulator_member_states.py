@@ -3,7 +3,6 @@ webhooks, as the emulator models them (sources in docs/emulator.md)."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,17 +14,7 @@ import requests
 from mailchimp_marketing.api_client import ApiClientError
 
 from sync.addresses import subscriber_hash
-
-
-def problem_of(exc: pytest.ExceptionInfo[ApiClientError]) -> dict[str, Any]:
-    return json.loads(exc.value.text)
-
-
-def put(client: Any, list_id: str, email: str, **body: Any) -> dict[str, Any]:
-    return client.lists.set_list_member(
-        list_id, subscriber_hash(email), {"email_address": email, **body}
-    )
-
+from tests.support.mailchimp_api import problem_of, put_member
 
 # -- archived ---------------------------------------------------------------------
 
@@ -71,7 +60,7 @@ def test_put_with_status_if_new_leaves_an_archived_contact_archived(
     mailchimp_emulator, mailchimp_client
 ):
     mailchimp_emulator.audience.seed_member("a@shop.io", status="archived")
-    member = put(
+    member = put_member(
         mailchimp_client,
         mailchimp_emulator.list_id,
         "a@shop.io",
@@ -83,7 +72,9 @@ def test_put_with_status_if_new_leaves_an_archived_contact_archived(
 
 def test_put_with_status_brings_an_archived_contact_back(mailchimp_emulator, mailchimp_client):
     mailchimp_emulator.audience.seed_member("a@shop.io", status="archived")
-    member = put(mailchimp_client, mailchimp_emulator.list_id, "a@shop.io", status="subscribed")
+    member = put_member(
+        mailchimp_client, mailchimp_emulator.list_id, "a@shop.io", status="subscribed"
+    )
     assert member["status"] == "subscribed"
 
 
@@ -115,7 +106,7 @@ def test_delete_permanent_forgets_the_address(mailchimp_emulator, mailchimp_clie
         mailchimp_client.lists.get_list_member(list_id, h)
     assert exc.value.status_code == 404
     with pytest.raises(ApiClientError) as exc:
-        put(mailchimp_client, list_id, "gone@shop.io", status_if_new="subscribed")
+        put_member(mailchimp_client, list_id, "gone@shop.io", status_if_new="subscribed")
     assert problem_of(exc)["title"] == "Forgotten Email Not Subscribed"
 
 
@@ -124,9 +115,9 @@ def test_delete_permanent_forgets_the_address(mailchimp_emulator, mailchimp_clie
 
 def test_unsubscribed_through_the_api_may_be_resubscribed(mailchimp_emulator, mailchimp_client):
     list_id = mailchimp_emulator.list_id
-    put(mailchimp_client, list_id, "u@shop.io", status_if_new="subscribed")
-    put(mailchimp_client, list_id, "u@shop.io", status="unsubscribed")
-    assert put(mailchimp_client, list_id, "u@shop.io", status="subscribed")["status"] == (
+    put_member(mailchimp_client, list_id, "u@shop.io", status_if_new="subscribed")
+    put_member(mailchimp_client, list_id, "u@shop.io", status="unsubscribed")
+    assert put_member(mailchimp_client, list_id, "u@shop.io", status="subscribed")["status"] == (
         "subscribed"
     )
 
@@ -136,11 +127,11 @@ def test_unsubscribed_by_the_person_or_cleaned_is_a_compliance_state(
     mailchimp_emulator, mailchimp_client, action
 ):
     list_id = mailchimp_emulator.list_id
-    put(mailchimp_client, list_id, "c@shop.io", status_if_new="subscribed")
+    put_member(mailchimp_client, list_id, "c@shop.io", status_if_new="subscribed")
     inspect = f"{mailchimp_emulator.root_url}/_emulator/lists/{list_id}/members/c@shop.io"
     assert requests.post(f"{inspect}/{action}", json={}, timeout=5).status_code == 200
     with pytest.raises(ApiClientError) as exc:
-        put(mailchimp_client, list_id, "c@shop.io", status="subscribed")
+        put_member(mailchimp_client, list_id, "c@shop.io", status="subscribed")
     assert problem_of(exc)["title"] == "Member In Compliance State"
     # The batch subscribe says so per member.
     result = mailchimp_client.lists.batch_list_members(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,18 +10,7 @@ from mailchimp_marketing.api_client import ApiClientError
 
 from sync.addresses import subscriber_hash
 from sync.emulator import Emulator
-
-
-def problem_of(exc: pytest.ExceptionInfo[ApiClientError]) -> dict:
-    # The client hands back problem+json as a string, never parsed.
-    assert isinstance(exc.value.text, str)
-    return json.loads(exc.value.text)
-
-
-def put(client, list_id, email, **body):
-    return client.lists.set_list_member(
-        list_id, subscriber_hash(email), {"email_address": email, **body}
-    )
+from tests.support.mailchimp_api import problem_of, put_member
 
 
 def test_ping(mailchimp_client):
@@ -48,7 +36,7 @@ def test_unknown_list_is_404_problem(mailchimp_client):
 
 
 def test_put_creates_with_status_if_new(mailchimp_emulator, mailchimp_client):
-    member = put(
+    member = put_member(
         mailchimp_client,
         mailchimp_emulator.list_id,
         "Ann@Shop.io",
@@ -69,7 +57,7 @@ def test_put_creates_with_status_if_new(mailchimp_emulator, mailchimp_client):
 
 def test_put_with_only_status_if_new_keeps_existing_status(mailchimp_emulator, mailchimp_client):
     mailchimp_emulator.audience.seed_member("u@shop.io", status="unsubscribed")
-    member = put(
+    member = put_member(
         mailchimp_client,
         mailchimp_emulator.list_id,
         "u@shop.io",
@@ -82,14 +70,18 @@ def test_put_with_only_status_if_new_keeps_existing_status(mailchimp_emulator, m
 
 def test_put_tags_apply_only_on_creation(mailchimp_emulator, mailchimp_client):
     list_id = mailchimp_emulator.list_id
-    put(mailchimp_client, list_id, "t@shop.io", status_if_new="subscribed", tags=["first"])
-    member = put(mailchimp_client, list_id, "t@shop.io", status_if_new="subscribed", tags=["x"])
+    put_member(mailchimp_client, list_id, "t@shop.io", status_if_new="subscribed", tags=["first"])
+    member = put_member(
+        mailchimp_client, list_id, "t@shop.io", status_if_new="subscribed", tags=["x"]
+    )
     assert [t["name"] for t in member["tags"]] == ["first"]
 
 
 def test_put_status_changes_existing_member(mailchimp_emulator, mailchimp_client):
     mailchimp_emulator.audience.seed_member("s@shop.io")
-    member = put(mailchimp_client, mailchimp_emulator.list_id, "s@shop.io", status="unsubscribed")
+    member = put_member(
+        mailchimp_client, mailchimp_emulator.list_id, "s@shop.io", status="unsubscribed"
+    )
     assert member["status"] == "unsubscribed"
 
 
@@ -97,7 +89,7 @@ def test_put_status_changes_existing_member(mailchimp_emulator, mailchimp_client
 def test_resubscribing_compliance_member_is_refused(mailchimp_emulator, mailchimp_client, status):
     mailchimp_emulator.audience.seed_member("c@shop.io", status=status)
     with pytest.raises(ApiClientError) as exc:
-        put(mailchimp_client, mailchimp_emulator.list_id, "c@shop.io", status="subscribed")
+        put_member(mailchimp_client, mailchimp_emulator.list_id, "c@shop.io", status="subscribed")
     assert exc.value.status_code == 400
     body = problem_of(exc)
     assert body["title"] == "Member In Compliance State"
@@ -107,7 +99,7 @@ def test_resubscribing_compliance_member_is_refused(mailchimp_emulator, mailchim
 
 def test_pending_is_allowed_for_unsubscribed(mailchimp_emulator, mailchimp_client):
     mailchimp_emulator.audience.seed_member("p@shop.io", status="unsubscribed")
-    member = put(mailchimp_client, mailchimp_emulator.list_id, "p@shop.io", status="pending")
+    member = put_member(mailchimp_client, mailchimp_emulator.list_id, "p@shop.io", status="pending")
     assert member["status"] == "pending"
 
 
@@ -116,7 +108,9 @@ def test_marked_compliance_address_cannot_be_created_subscribed(
 ):
     mailchimp_emulator.audience.mark_compliance("new@shop.io")
     with pytest.raises(ApiClientError) as exc:
-        put(mailchimp_client, mailchimp_emulator.list_id, "new@shop.io", status_if_new="subscribed")
+        put_member(
+            mailchimp_client, mailchimp_emulator.list_id, "new@shop.io", status_if_new="subscribed"
+        )
     assert problem_of(exc)["title"] == "Member In Compliance State"
 
 
@@ -127,7 +121,9 @@ def test_forgotten_email_cannot_be_reimported(mailchimp_emulator, mailchimp_clie
         mailchimp_client.lists.get_list_member(mailchimp_emulator.list_id, "gone@shop.io")
     assert exc.value.status_code == 404
     with pytest.raises(ApiClientError) as exc:
-        put(mailchimp_client, mailchimp_emulator.list_id, "gone@shop.io", status_if_new="pending")
+        put_member(
+            mailchimp_client, mailchimp_emulator.list_id, "gone@shop.io", status_if_new="pending"
+        )
     body = problem_of(exc)
     assert body["title"] == "Forgotten Email Not Subscribed"
     assert body["detail"].startswith("gone@shop.io was permanently deleted")
@@ -143,7 +139,7 @@ def test_forgotten_email_cannot_be_reimported(mailchimp_emulator, mailchimp_clie
 def test_fake_email_is_refused(mailchimp_emulator, mailchimp_client, email, mark):
     mailchimp_emulator.audience.mark_fake(mark)
     with pytest.raises(ApiClientError) as exc:
-        put(mailchimp_client, mailchimp_emulator.list_id, email, status_if_new="subscribed")
+        put_member(mailchimp_client, mailchimp_emulator.list_id, email, status_if_new="subscribed")
     body = problem_of(exc)
     assert body["status"] == 400
     assert body["detail"] == f"{email} looks fake or invalid, please enter a real email address."
@@ -152,7 +148,7 @@ def test_fake_email_is_refused(mailchimp_emulator, mailchimp_client, email, mark
 @pytest.mark.parametrize("email", ["no-at-sign", "a@b"])
 def test_malformed_email_is_refused(mailchimp_emulator, mailchimp_client, email):
     with pytest.raises(ApiClientError) as exc:
-        put(mailchimp_client, mailchimp_emulator.list_id, email, status_if_new="subscribed")
+        put_member(mailchimp_client, mailchimp_emulator.list_id, email, status_if_new="subscribed")
     body = problem_of(exc)
     assert (body["status"], body["title"]) == (400, "Invalid Resource")
     assert body["detail"] == "Please provide a valid email address."
@@ -160,7 +156,7 @@ def test_malformed_email_is_refused(mailchimp_emulator, mailchimp_client, email)
 
 def test_new_member_needs_a_status(mailchimp_emulator, mailchimp_client):
     with pytest.raises(ApiClientError) as exc:
-        put(mailchimp_client, mailchimp_emulator.list_id, "n@shop.io")
+        put_member(mailchimp_client, mailchimp_emulator.list_id, "n@shop.io")
     assert problem_of(exc)["errors"][0]["field"] == "status_if_new"
 
 
@@ -193,7 +189,7 @@ def test_merge_field_values_are_checked(mailchimp_emulator, mailchimp_client, me
             list_id, {"tag": tag, "name": tag, "type": kind}
         )
     with pytest.raises(ApiClientError) as exc:
-        put(
+        put_member(
             mailchimp_client,
             list_id,
             "m@shop.io",
@@ -219,8 +215,10 @@ def test_valid_typed_values_and_clearing(mailchimp_emulator, mailchimp_client):
         list_id, {"tag": "BDAY", "name": "B", "type": "birthday"}
     )
     values = {"SCORE": 12.5, "SINCE": "2024-02-29", "BDAY": "02/29", "FNAME": "Z"}
-    put(mailchimp_client, list_id, "v@shop.io", status_if_new="subscribed", merge_fields=values)
-    member = put(mailchimp_client, list_id, "v@shop.io", merge_fields={"FNAME": ""})
+    put_member(
+        mailchimp_client, list_id, "v@shop.io", status_if_new="subscribed", merge_fields=values
+    )
+    member = put_member(mailchimp_client, list_id, "v@shop.io", merge_fields={"FNAME": ""})
     assert member["merge_fields"]["FNAME"] == ""
     assert member["merge_fields"]["SCORE"] == 12.5
 
@@ -231,7 +229,7 @@ def test_required_merge_field_on_creation(mailchimp_emulator, mailchimp_client):
         list_id, {"tag": "PLAN", "name": "Plan", "type": "text", "required": True}
     )
     with pytest.raises(ApiClientError) as exc:
-        put(mailchimp_client, list_id, "r@shop.io", status_if_new="subscribed")
+        put_member(mailchimp_client, list_id, "r@shop.io", status_if_new="subscribed")
     assert problem_of(exc)["errors"] == [{"field": "PLAN", "message": "Please enter a value"}]
 
 
@@ -279,7 +277,7 @@ def test_since_last_changed_uses_the_emulator_clock():
         client = emulator.client(timeout=5)
         emulator.audience.seed_member("old@shop.io")
         now[0] += timedelta(hours=1)
-        put(client, emulator.list_id, "old@shop.io", status="unsubscribed")
+        put_member(client, emulator.list_id, "old@shop.io", status="unsubscribed")
         emulator.audience.seed_member("quiet@shop.io")
         found = client.lists.get_list_members_info(
             emulator.list_id,

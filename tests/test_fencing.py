@@ -26,13 +26,11 @@ from sync.exceptions import FatalError
 from sync.mailchimp.caller import Caller
 from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.state.store import StateStore
-from tests.test_cycle import NOW, audience_fields, expected_members
-from tests.test_daemon_run import (  # noqa: F401 (fixtures: setup, and one reaping daemons)
+from tests.support.cycle import NOW, audience_fields, expected_members
+from tests.support.daemon_process import (
     Daemon,
-    _kill_leftover_daemons,
     cycles_done,
     last_cycle_now,
-    setup,
     wait_cycles,
     write_settings,
 )
@@ -130,8 +128,8 @@ def test_a_fenced_caller_sends_nothing(mailchimp_emulator):
     assert sum(caller.calls.values()) == 1  # only the ping went out
 
 
-def test_two_daemons_on_one_sqlite_store_with_slow_mailchimp_send_each_event_once(setup):  # noqa: F811
-    tmp_path, database, state, emulator = setup
+def test_two_daemons_on_one_sqlite_store_with_slow_mailchimp_send_each_event_once(daemon_demo):
+    tmp_path, database, state, emulator = daemon_demo
     # Each call takes longer than the whole 2 s lease (16 s against 30 s in
     # the run): every cycle that sends anything outlasts it.
     emulator.service_delay = 3.0

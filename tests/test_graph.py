@@ -422,10 +422,10 @@ def dot_edges(text: str) -> list[tuple[str, str, str]]:
                 names[node_id] = label.split("\n")[0]
         for e in graph.get_edges():
             label = e.get("label")
-            edges.append(
-                (unquote(e.get_source()), unquote(e.get_destination()),
-                 unquote(label) if label else "")
-            )  # fmt: skip
+            source, destination = e.get_source(), e.get_destination()
+            assert isinstance(source, str)
+            assert isinstance(destination, str)
+            edges.append((unquote(source), unquote(destination), unquote(label) if label else ""))
         for sub in graph.get_subgraphs():
             walk(sub)
 
@@ -454,7 +454,7 @@ def test_both_renderers_draw_the_same_edges(rulesets: dict[str, Ruleset], name: 
     mermaid = mermaid_edges(render(ruleset, "mermaid"))
     assert mermaid == dot_edges(render(ruleset, "dot"))
 
-    def name(graph: Graph, node_id: str) -> str:
+    def node_name(graph: Graph, node_id: str) -> str:
         # How both readers name a node: choices have no label of their own in Mermaid.
         kind = graph.node(node_id).kind
         if kind is NodeKind.START:
@@ -462,7 +462,7 @@ def test_both_renderers_draw_the_same_edges(rulesets: dict[str, Ruleset], name: 
         return node_id if kind is NodeKind.CHOICE else graph.node(node_id).label
 
     model = sorted(
-        (name(g, e.source), name(g, e.target), e.label)
+        (node_name(g, e.source), node_name(g, e.target), e.label)
         for g in build_graphs(ruleset)
         for e in g.edges
     )

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from sync.daemon.config import load_config
 from sync.daemon.once import run_once
+from sync.daemon.push import Sink
 from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
 from sync.emulator import Emulator
@@ -31,11 +32,10 @@ from sync.mailchimp.audience import fix_merge_fields
 from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.mailchimp.summary import PushSummary
 from sync.records import DesiredMember
-from tests.test_chaos import EVENT_WINDOW, expected_events, received_events
-from tests.test_cycle import NOW, Clock, audience_fields, expected_members, make_runtime
-from tests.test_daemon_run import Daemon, _kill_leftover_daemons, write_settings
-
-__all__ = ["_kill_leftover_daemons"]  # the fixture that reaps daemons left running
+from tests.support.clock import Clock
+from tests.support.cycle import NOW, audience_fields, expected_members, make_runtime
+from tests.support.daemon_process import Daemon, write_settings
+from tests.support.events import EVENT_WINDOW, expected_events, received_events
 
 
 class Killed(BaseException):
@@ -45,13 +45,19 @@ class Killed(BaseException):
 class DiesMidPush:
     """A sink that sends half the members, then dies."""
 
-    def __init__(self, real: object) -> None:
+    def __init__(self, real: Sink) -> None:
         self.real = real
 
     def push(self, members: Iterable[DesiredMember]) -> PushSummary:
         chosen = list(members)
-        self.real.push(chosen[: len(chosen) // 2])  # type: ignore[attr-defined]
+        self.real.push(chosen[: len(chosen) // 2])
         raise Killed
+
+    def change_address(self, old: str, new: str) -> bool:
+        return self.real.change_address(old, new)
+
+    def remove_member(self, email: str, how: str) -> bool:
+        return self.real.remove_member(email, how)
 
 
 def test_a_cycle_killed_mid_push_is_redone(sqlite_url, tmp_path, mailchimp_emulator):
@@ -135,7 +141,8 @@ class StateView:
         return sum(1 for c in self.cycles() if c["ok"])
 
     def latest_start(self) -> datetime | None:
-        return self._scalar("SELECT max(started_at) FROM cycle")
+        started: datetime | None = self._scalar("SELECT max(started_at) FROM cycle")
+        return started
 
     def unsettled(self) -> int:
         """Transient failures plus event intents left: work for another cycle."""

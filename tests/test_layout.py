@@ -63,3 +63,23 @@ def test_the_import_contracts_hold() -> None:
         [lint, "--no-cache"], cwd=PACKAGE.parent, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/support/ or in fixtures (conftest.py),
+    never in a test module another one imports."""
+    tests = PACKAGE.parent / "tests"
+    found = []
+    for path in sorted(tests.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if any(
+                n.rsplit(".", 1)[-1].startswith("test_") and n.startswith("tests.") for n in names
+            ):
+                found.append(f"{path.relative_to(tests.parent)}:{node.lineno}")
+    assert found == []

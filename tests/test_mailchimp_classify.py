@@ -345,8 +345,9 @@ def test_caller_retries_transient_only_and_logs_each_retry(
         content_type=PROBLEM,
     )
     assert (
-        caller.call("PUT", lambda: client.lists.set_list_member(LIST, "h", {})).code == "not_found"
-    )  # type: ignore[attr-defined]
+        caller.call("PUT", lambda: client.lists.set_list_member(LIST, "h", {})).code  # type: ignore[attr-defined]
+        == "not_found"
+    )
     assert len(responses.calls) == 4  # permanent: not retried
     responses.replace(
         responses.PUT, PUT, json=problem(401, "API Key Invalid"), status=401, content_type=PROBLEM
@@ -386,7 +387,9 @@ def test_audience_checks_and_fix(client: object) -> None:
     assert fix_merge_fields(client, LIST, {"FNAME": "text", "MMERGE25": "text"}) == [
         f"audience {LIST}: created merge field MMERGE25 (text)"
     ]
-    created = json.loads(responses.calls[-1].request.body)
+    body = responses.calls[-1].request.body
+    assert body is not None
+    created = json.loads(body)
     assert created["tag"] == "MMERGE25"
 
 

@@ -24,7 +24,8 @@ from sync.demo import load_demo
 from sync.emulator import DEFAULT_LIST_ID, Emulator
 from sync.mailchimp.reconciliation import ReconciliationPoll
 from sync.mailchimp.webhooks import PREFIX, WebhookReceiver
-from tests.test_cycle import NOW, Clock, expected_members, make_runtime
+from tests.support.clock import Clock
+from tests.support.cycle import NOW, expected_members, make_runtime
 
 SECRET = "s3cret-0123456789abcdef"
 LATER = NOW + timedelta(days=40)
@@ -94,8 +95,8 @@ def test_changes_made_in_mailchimp_are_respected_and_shown(
     # Mid-run, a marketer also deletes a merge field the rules push (issue
     # 12: "a marketer deletes a merge field, archives a contact, and
     # unsubscribes two members in Mailchimp mid-run").
-    deleted = audience_field = emulator.audience.merge_field("MMERGE25")
-    assert audience_field is not None
+    deleted = emulator.audience.merge_field("MMERGE25")
+    assert deleted is not None
     emulator.audience.delete_merge_field(str(deleted.merge_id))
 
     clock.now = LATER

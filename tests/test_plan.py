@@ -23,8 +23,8 @@ from sync.daemon.plan import ops_calls, plan_rules
 from sync.daemon.runtime import build_runtime
 from sync.mailchimp.sink_config import SinkConfig
 from sync.state.store import StateStore
-from tests.test_cli_daemon import live, run, setup  # noqa: F401 (fixture)
-from tests.test_cycle import NOW
+from tests.support.cli import live, run
+from tests.support.cycle import NOW
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("entity_state", "member", "member_field", "event_sent", "cycle", "watermark", "push")
@@ -33,9 +33,9 @@ LATER = NOW + timedelta(days=2, hours=6)
 
 
 @pytest.fixture
-def after_a_cycle(setup, capsys, monkeypatch, mailchimp_emulator):  # noqa: F811
+def after_a_cycle(demo_settings, capsys, monkeypatch, mailchimp_emulator):
     """Settings whose state store holds one real cycle at NOW."""
-    config, tmp_path = setup
+    config, tmp_path = demo_settings
     live(monkeypatch, mailchimp_emulator, capsys, config)
     code, _, err = run(capsys, "once", "--config", str(config), "--at", NOW.isoformat())
     assert code == 0, err
@@ -194,8 +194,8 @@ def test_reinit_preview_counts_what_reinit_stores(after_a_cycle, capsys):
     assert Counter((stored.get(i), b.status) for i, b in baselines.items()) == planned
 
 
-def test_before_the_first_cycle_everyone_is_new(setup, capsys):  # noqa: F811
-    config, _ = setup
+def test_before_the_first_cycle_everyone_is_new(demo_settings, capsys):
+    config, _ = demo_settings
     store = StateStore(load_config(config).state)
     store.migrate()  # an empty state store, as on the first day
     store.close()

@@ -51,7 +51,9 @@ def test_base_is_valid():
         "money_ok_H24",
         "money_ok_J7",
     )
-    assert user.states["money_ok"].then.after == timedelta(days=8)
+    then = user.states["money_ok"].then
+    assert then is not None
+    assert then.after == timedelta(days=8)
     assert ruleset.warnings == ()
 
 

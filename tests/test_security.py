@@ -174,6 +174,7 @@ def test_the_package_never_calls_eval_or_exec():
 def test_the_emulator_binds_to_loopback_by_default():
     with Emulator() as emulator:
         assert emulator.host == "127.0.0.1"
+        assert emulator._server is not None
         assert emulator._server.server_address[0] == "127.0.0.1"
     assert inspect.signature(Emulator).parameters["host"].default == "127.0.0.1"
 

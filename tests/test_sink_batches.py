@@ -136,7 +136,7 @@ def test_changed_existing_members_cost_three_calls_per_job(job_size: int) -> Non
     assert ledger.member_states(["m8@x.io"])["m8@x.io"].fields == {"STATUS": "new"}
     assert ledger.member_states(["m7@x.io"])["m7@x.io"].fields == {"STATUS": "old"}
     # The archive URL is pre-signed: the key is never sent there.
-    download = next(c for c in responses.calls if "results.example" in c.request.url)
+    download = next(c for c in responses.calls if "results.example" in (c.request.url or ""))
     assert "Authorization" not in download.request.headers
 
 

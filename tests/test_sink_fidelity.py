@@ -14,6 +14,7 @@ import math
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,9 +27,10 @@ from sync.mailchimp.memory import MemoryLedger
 from sync.mailchimp.sink import MailchimpSink
 from sync.payload import EVENT_PROPERTIES_MAX, properties_size
 from sync.records import DesiredMember, EventDue
-from tests.test_cycle import NOW
-from tests.test_sink_emulator import T0, Clock
-from tests.test_sink_emulator import make_sink as sink_for
+from tests.support.clock import Clock
+from tests.support.cycle import NOW
+from tests.support.sink import T0
+from tests.support.sink import make_sink as sink_for
 
 ROOT = Path(__file__).resolve().parent.parent
 READ_TAGS = "GET /lists/{list_id}/merge-fields"
@@ -42,10 +44,8 @@ def emulator(mailchimp_emulator: Emulator) -> Emulator:
     return mailchimp_emulator
 
 
-def make_sink(
-    emulator: Emulator, ledger: PushLedger, clock: Clock, **config: object
-) -> MailchimpSink:
-    """The sink of ``test_sink_emulator``, polling ``/batches`` briskly."""
+def make_sink(emulator: Emulator, ledger: PushLedger, clock: Clock, **config: Any) -> MailchimpSink:
+    """The sink of ``tests.support.sink``, polling ``/batches`` briskly."""
     config.setdefault("polling", BatchPolling(first_wait=0.02, max_wait=0.2, deadline=60))
     return sink_for(emulator, ledger, clock, **config)
 
@@ -66,7 +66,7 @@ def delete_field(emulator: Emulator, tag: str) -> None:
 def test_values_of_a_missing_tag_are_held_back_reported_and_sent_once_it_exists(
     emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ledger, clock = MemoryLedger(), Clock()
+    ledger, clock = MemoryLedger(), Clock(T0)
     sink = make_sink(emulator, ledger, clock)
     with caplog.at_level(logging.ERROR, logger="sync.mailchimp.merge_tags"):
         summary = sink.push([DesiredMember("a@x.io", {"STATUS": "new", "PLAN": "gold"})])
@@ -96,7 +96,7 @@ def test_a_field_deleted_mid_run_is_caught_in_the_answer_and_not_recorded(
 ) -> None:
     """The sink read the tags before the marketer deleted SCORE: Mailchimp
     answers 200 and leaves SCORE out; only what came back is recorded."""
-    ledger, clock = MemoryLedger(), Clock()
+    ledger, clock = MemoryLedger(), Clock(T0)
     n = 12 if path == "batches" else 2
     sink = make_sink(emulator, ledger, clock, bulk_threshold=10)
     if path != "create":
@@ -122,7 +122,7 @@ def test_a_field_deleted_mid_run_is_caught_in_the_answer_and_not_recorded(
 
 
 def test_the_audience_is_read_once_per_ttl_not_once_per_push(emulator: Emulator) -> None:
-    ledger, clock = MemoryLedger(), Clock()
+    ledger, clock = MemoryLedger(), Clock(T0)
     sink = make_sink(emulator, ledger, clock, merge_fields_ttl=timedelta(minutes=15))
     # Read once when the sink was made, at T0.
     for minute, status in enumerate(("a", "b", "c")):
@@ -140,7 +140,7 @@ def test_the_audience_is_read_once_per_ttl_not_once_per_push(emulator: Emulator)
 @pytest.mark.parametrize("n", [2, 12], ids=["direct-put", "batches"])
 @pytest.mark.parametrize("skip", [True, False], ids=["skip", "no-skip"])
 def test_updates_carry_skip_merge_validation(emulator: Emulator, n: int, skip: bool) -> None:
-    ledger, clock = MemoryLedger(), Clock()
+    ledger, clock = MemoryLedger(), Clock(T0)
     sink = make_sink(emulator, ledger, clock, bulk_threshold=10, skip_merge_validation=skip)
     sink.push(people(n, STATUS="a"))
     # A marketer makes a new field required: the members have no value for it.
@@ -166,7 +166,7 @@ def test_updates_carry_skip_merge_validation(emulator: Emulator, n: int, skip: b
 def test_oversize_event_properties_are_shortened_with_a_warning_never_dropped(
     emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ledger, clock = MemoryLedger(), Clock()
+    ledger, clock = MemoryLedger(), Clock(T0)
     sink = make_sink(emulator, ledger, clock)
     story = EventDue("k1", "told", T0, {"title": "short", "story": "y" * 3000})
     member = DesiredMember("a@x.io", {"STATUS": "a"}, events=(story,))
@@ -195,7 +195,7 @@ def test_oversize_event_properties_are_shortened_with_a_warning_never_dropped(
 def test_a_value_that_is_not_json_fails_that_member_only(
     emulator: Emulator, caplog: pytest.LogCaptureFixture, bad: float, path: str
 ) -> None:
-    ledger, clock = MemoryLedger(), Clock()
+    ledger, clock = MemoryLedger(), Clock(T0)
     sink = make_sink(emulator, ledger, clock)
     if path == "update":
         sink.push(people(3, STATUS="a", SCORE=1))

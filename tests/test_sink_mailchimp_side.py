@@ -18,7 +18,8 @@ from sync.mailchimp.memory import MemoryLedger
 from sync.mailchimp.push_plan import ARCHIVED_REASON
 from sync.records import DesiredMember, EventDue
 from sync.state.store import StateStore
-from tests.test_sink_emulator import T0, Clock, make_sink
+from tests.support.clock import Clock
+from tests.support.sink import T0, make_sink
 
 PUT = "PUT /lists/{list_id}/members/{subscriber_hash}"
 BATCH_SUBSCRIBE = "POST /lists/{list_id}"
@@ -78,7 +79,7 @@ def test_opted_out_members_keep_their_status(
     known, config = PATHS[path]
     prepare(emulator, ledger, state, known)
     before = emulator.audience.member("m@x.io").status  # type: ignore[union-attr]
-    summary = make_sink(emulator, ledger, Clock(), **config).push([wanted("m@x.io")])
+    summary = make_sink(emulator, ledger, Clock(T0), **config).push([wanted("m@x.io")])
     member = emulator.audience.member("m@x.io")
     assert member is not None
     assert member.status == before
@@ -94,7 +95,7 @@ def test_an_archived_contact_is_not_brought_back(
 ) -> None:
     known, config = PATHS[path]
     prepare(emulator, ledger, "archived", known)
-    clock = Clock()
+    clock = Clock(T0)
     sink = make_sink(emulator, ledger, clock, **config)
     summary = sink.push([wanted("m@x.io")])
     member = emulator.audience.member("m@x.io")
@@ -122,7 +123,7 @@ def test_a_member_known_archived_is_not_even_sent(emulator: Emulator, ledger: Pu
     ledger.record_mailchimp_changes(
         [MailchimpChange("archive", "m@x.io", T0, "webhook", "archived", key="w1")]
     )
-    summary = make_sink(emulator, ledger, Clock()).push([wanted("m@x.io")])
+    summary = make_sink(emulator, ledger, Clock(T0)).push([wanted("m@x.io")])
     assert (summary.archived, emulator.calls.count()) == (1, 0)
 
 
@@ -131,7 +132,7 @@ def test_once_unarchived_in_mailchimp_the_member_is_pushed_again(
 ) -> None:
     emulator.audience.seed_member("m@x.io")
     emulator.audience.archive_member("m@x.io")
-    clock = Clock()
+    clock = Clock(T0)
     sink = make_sink(emulator, ledger, clock)
     assert sink.push([wanted("m@x.io")]).archived == 1
     # The person signs up again through a form; the webhook says so.
@@ -154,7 +155,7 @@ def test_once_unarchived_in_mailchimp_the_member_is_pushed_again(
 def test_pushes_follow_an_address_changed_in_mailchimp(
     emulator: Emulator, ledger: PushLedger
 ) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     sink = make_sink(emulator, ledger, clock)
     sink.push([wanted("old@x.io", "first")])
     emulator.audience.change_address("old@x.io", "new@x.io")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def test_stopping_midway_leaves_the_evaluator_usable(db_url: str) -> None:
     rules, sources = load_rules(ROOT / "rules.yaml"), load_sources(ROOT / "sources.yaml")
     with SqlEvaluator(rules, sources, db_url, batch_size=7) as evaluator:
         first = evaluator.evaluate("user", now=NOW)
+        assert isinstance(first, Generator)
         taken = [next(first) for _ in range(10)]
         first.close()
         everyone = [r.id for r in evaluator.evaluate("user", now=NOW)]

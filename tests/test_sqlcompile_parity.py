@@ -329,7 +329,7 @@ def action_cases(draw: st.DrawFn, entity: Entity) -> Case:
         if kind is Type.BOOL
     }
     baseline = None
-    if entity.reinit and draw(st.booleans()):
+    if bool(entity.reinit) and draw(st.booleans()):
         at = BASE + draw(st.integers(0, 60 * 24 * 90)) * _MINUTE
         state = reinit_state(entity, facts, at)
         baseline = Baseline(state, at) if state else None

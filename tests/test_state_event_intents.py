@@ -9,9 +9,8 @@ import pytest
 
 from sync.mailchimp.ledger import EventIntent, PushLedger, SentEvent, event_signature
 from sync.state.store import StateStore
-from tests.test_state_ledger_contract import T0, ledger
 
-__all__ = ["ledger"]  # the fixture, re-used
+T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 
 
 def intent(key: str, *, email: str = "Ann@Shop.io", at: datetime = T0, **props: str) -> EventIntent:

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from sync.mailchimp.ledger import AcceptedPush, AudienceProblem, PushFailure, PushLedger, SentEvent
-from sync.mailchimp.memory import MemoryLedger
-from sync.state.store import StateStore
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def ledger(request: pytest.FixtureRequest) -> Iterator[PushLedger]:
-    if request.param == "memory":
-        yield MemoryLedger()
-        return
-    url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
-    store = StateStore(url)
-    store.migrate()
-    yield store
-    store.close()
 
 
 def test_unknown_members_are_absent(ledger: PushLedger) -> None:

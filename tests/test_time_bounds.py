@@ -33,13 +33,8 @@ from sync.mailchimp.ledger import PushFailure
 from sync.sources.reader import SourceReader
 from sync.sources.schema import parse_sources
 from sync.sources.sessions import SourceUnavailableError
-from tests.test_cycle import NOW
-from tests.test_daemon_run import (  # noqa: F401 (fixtures; the first reaps daemons)
-    Daemon,
-    _kill_leftover_daemons,
-    setup,
-    write_settings,
-)
+from tests.support.cycle import NOW
+from tests.support.daemon_process import Daemon, write_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNUP = "signup: SELECT id, date_joined AS at FROM users"
@@ -129,8 +124,8 @@ def test_healthz_reports_an_overrun_and_sigterm_cancels_the_query(slow_app, tmp_
     assert "This is a bug" not in text
 
 
-def test_a_cycle_whose_writes_mailchimp_refused_is_degraded(setup):  # noqa: F811
-    tmp_path, database, state, emulator = setup
+def test_a_cycle_whose_writes_mailchimp_refused_is_degraded(daemon_demo):
+    tmp_path, database, state, emulator = daemon_demo
     settings = write_settings(tmp_path, database, state, emulator)
     emulator.faults.set_random(1.0, seed=1, kinds=[FaultKind.SERVER_ERROR])
     daemon = Daemon(settings, NOW, "--metrics", "127.0.0.1:0")

@@ -13,7 +13,7 @@ from sync.exceptions import ConfigurationError
 from sync.mailchimp.changes import MailchimpChange
 from sync.mailchimp.webhooks import PREFIX, WebhookReceiver
 from sync.state.store import StateStore
-from tests.test_mailchimp_changes import CLEANED
+from tests.support.webhook_payloads import CLEANED
 
 SECRET = "0123456789abcdef-secret"
 

@@ -16,7 +16,7 @@ import pytest
 from mailchimp_marketing.api_client import ApiClientError
 
 from sync.emulator import Emulator
-from tests.fidelity.conftest import problem_of
+from tests.support.mailchimp_api import problem_of
 
 ANSWER_KEYS = {
     "new_members",

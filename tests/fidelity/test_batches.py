@@ -20,7 +20,7 @@ import requests
 from sync.addresses import subscriber_hash
 from sync.emulator import Emulator
 from sync.mailchimp.batches import parse_batch_results
-from tests.test_emulator_batch_operations import BATCH_KEYS as JOB_KEYS
+from tests.support.mailchimp_api import BATCH_KEYS
 
 
 def test_a_job_its_states_and_its_results(
@@ -48,7 +48,7 @@ def test_a_job_its_states_and_its_results(
             ]
         }
     )
-    assert set(job) == JOB_KEYS
+    assert set(job) == BATCH_KEYS
     assert (job["status"], job["completed_at"], job["response_body_url"]) == ("pending", "", "")
     mailchimp_emulator.hold_batches = False
     mailchimp_emulator.batches.wait_finished(job["id"])

@@ -19,7 +19,7 @@ from mailchimp_marketing.api_client import ApiClientError
 from sync.addresses import subscriber_hash
 from sync.emulator import Emulator
 from sync.mailchimp.answers import AnswerClass, classify
-from tests.fidelity.conftest import ERROR_TYPE, problem_of, put_member
+from tests.support.mailchimp_api import ERROR_TYPE, problem_of, put_member
 
 
 def test_ping_and_the_audience(mailchimp_emulator: Emulator, mailchimp_client: Any) -> None:

@@ -23,7 +23,7 @@ from mailchimp_marketing.api_client import ApiClientError
 
 from sync.addresses import subscriber_hash
 from sync.emulator import Emulator
-from tests.fidelity.conftest import ERROR_TYPE, problem_of, put_member
+from tests.support.mailchimp_api import ERROR_TYPE, problem_of, put_member
 
 #: Keys of a member as a recorded answer shows them (grouparoo fixture).
 MEMBER_KEYS = {

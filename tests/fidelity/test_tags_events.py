@@ -21,7 +21,7 @@ from mailchimp_marketing.api_client import ApiClientError
 
 from sync.addresses import subscriber_hash
 from sync.emulator import Emulator
-from tests.fidelity.conftest import problem_of
+from tests.support.mailchimp_api import problem_of
 
 
 @pytest.fixture

@@ -1,9 +1,7 @@
-"""Helpers of the fidelity suite.
+"""Mailchimp's API as the official client shows it: the documented shape of a
+batch job, the problem documents of its errors, and a member written by PUT.
 
-Every test here plays a documented request through the official client
-(``mailchimp_marketing``) against the emulator and checks the answer against
-what a public source shows Mailchimp doing. The source of each behaviour is
-named next to the test and listed in ``docs/emulator.md`` (fidelity table).
+Shared by the emulator's tests and its fidelity suite (``tests/fidelity``).
 """
 
 from __future__ import annotations
@@ -16,13 +14,26 @@ from mailchimp_marketing.api_client import ApiClientError
 
 from sync.addresses import subscriber_hash
 
+#: The keys of a ``/batches`` job as Mailchimp answers it.
+BATCH_KEYS = {
+    "id",
+    "status",
+    "total_operations",
+    "finished_operations",
+    "errored_operations",
+    "submitted_at",
+    "completed_at",
+    "response_body_url",
+    "_links",
+}
 #: The ``type`` of Mailchimp's problem documents, as recorded in 2021
 #: (grouparoo/grouparoo, plugins/@grouparoo/mailchimp/__tests__/fixtures).
 ERROR_TYPE = "https://mailchimp.com/developer/marketing/docs/errors/"
 
 
 def problem_of(exc: pytest.ExceptionInfo[ApiClientError]) -> dict[str, Any]:
-    """The problem+json the client hands over as a string in ``.text``."""
+    """The problem+json the client hands over as a string in ``.text``, never parsed."""
+    assert isinstance(exc.value.text, str)
     body = json.loads(exc.value.text)
     assert isinstance(body, dict)
     return body
