@@ -38,7 +38,6 @@ import sqlalchemy as sa
 
 from sync.database_faults import check_present, database_fault
 from sync.exceptions import FatalError
-from sync.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +243,15 @@ class LeaseLock:
         self._held = False
 
 
+class LockStore(Protocol):
+    """What the leader lock needs of the state store: its database."""
+
+    @property
+    def engine(self) -> sa.Engine: ...
+
+
 def leader_lock(
-    state: StateStore, name: str, *, ttl: timedelta = timedelta(seconds=30)
+    state: LockStore, name: str, *, ttl: timedelta = timedelta(seconds=30)
 ) -> LeaderLock:
     """The right lock for the state store's database."""
     if state.engine.dialect.name == "postgresql":

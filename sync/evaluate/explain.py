@@ -17,18 +17,38 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sync.addresses import normalise_email
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, with_derived
 from sync.evaluate.members import merge_values, scoped_events
-from sync.evaluate.related import related_statuses
+from sync.evaluate.related import StoredStates, related_statuses
+from sync.mailchimp.changes import MailchimpChange
+from sync.mailchimp.ledger import MailchimpMember, MemberPushState
 from sync.records import ActionOccurrence, EntityRecord, FactValue
 from sync.rules.expression_eval import thresholds
 from sync.rules.model import Entity
 from sync.sources.model import SourcesConfig
 from sync.sources.reader import SourceReader
-from sync.state.store import StateStore
+from sync.state.baselines import Baseline as StoredBaseline
+
+
+class ExplainedState(StoredStates, Protocol):
+    """What ``explain`` reads of the state store, and nothing more: the
+    baseline, what Mailchimp accepted and says, the events sent, the email
+    index (``StateStore`` is one)."""
+
+    def baseline(self, entity_type: str, entity_id: str) -> StoredBaseline | None: ...
+
+    def member_states(self, emails: Iterable[str]) -> dict[str, MemberPushState]: ...
+
+    def sent_event_keys(self, email: str, keys: Iterable[str]) -> set[str]: ...
+
+    def mailchimp_members(self, emails: Iterable[str]) -> dict[str, MailchimpMember]: ...
+
+    def mailchimp_history(self, email: str, limit: int = 20) -> list[MailchimpChange]: ...
+
+    def entity_ids_by_email(self, emails: Iterable[str]) -> dict[str, set[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -154,7 +174,7 @@ def explain_entity(
     entity: Entity,
     record: EntityRecord,
     now: datetime,
-    state: StateStore | None = None,
+    state: ExplainedState | None = None,
     *,
     limit: int = 50,
     events_since: datetime | None = None,
@@ -206,7 +226,7 @@ def explain_entity(
     return Explanation(entity, record, now, evaluation, steps, truncated, baseline, pushed)
 
 
-def mailchimp_side(state: StateStore, email: str) -> dict[str, Any]:
+def mailchimp_side(state: ExplainedState, email: str) -> dict[str, Any]:
     """What changed on Mailchimp's side for this address (webhooks, poll,
     answers): status, address moved, profile edits, recent webhooks; {} if nothing."""
     known = state.mailchimp_members([email]).get(email)
@@ -304,7 +324,7 @@ def find_records(
     types: Sequence[str],
     sources: SourcesConfig,
     reader: SourceReader,
-    state: StateStore,
+    state: ExplainedState,
     now: datetime,
 ) -> list[tuple[str, EntityRecord]]:
     """The records of ``who`` (an email address or an entity id) in the sources,

@@ -11,12 +11,19 @@ the cycle's engine path and by ``mailsync explain``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from sync.sources.model import SourcesConfig
-from sync.state.store import StateStore
+from sync.state.entities import EntityState
 
 
-def stored_status(state: StateStore, entity_type: str) -> Callable[[str], str | None]:
+class StoredStates(Protocol):
+    """What a rollup reads of the state store: one entity's stored evaluation."""
+
+    def entity_state_of(self, entity_type: str, entity_id: str) -> EntityState | None: ...
+
+
+def stored_status(state: StoredStates, entity_type: str) -> Callable[[str], str | None]:
     """Related entity id -> its status as stored (None: none, or not stored)."""
 
     def status_of(entity_id: str) -> str | None:
@@ -27,7 +34,7 @@ def stored_status(state: StateStore, entity_type: str) -> Callable[[str], str | 
 
 
 def related_statuses(
-    sources: SourcesConfig, state: StateStore, entity_type: str
+    sources: SourcesConfig, state: StoredStates, entity_type: str
 ) -> dict[str, Callable[[str], str | None]] | None:
     """The status lookup of each relation of ``entity_type``, as the reader's
     ``related_statuses`` takes them; None for a type without relations."""
