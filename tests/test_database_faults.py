@@ -300,3 +300,55 @@ class Proxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def test_a_full_state_store_disk_does_not_make_every_cycle_push_again(
+    tmp_path: Path, mailchimp_emulator: Emulator
+) -> None:
+    """Issue 13, row 9: the state store's disk fills up while a push runs.
+    Mailchimp accepted the push, the ledger could not record it: before, every
+    later cycle pushed it all again (10,744 operations in 20 s). Now what was
+    accepted is kept and written before the next push sends anything, so a
+    cycle on a full disk sends nothing, and once there is room again nothing
+    already accepted is sent again."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from sync.daemon.once import run_once
+    from tests.support.clock import Clock
+    from tests.support.cycle import audience_fields, expected_members, make_runtime
+
+    emulator = mailchimp_emulator
+    app = f"sqlite:///{tmp_path}/app.sqlite"
+    load_demo(app, "blousebrothers", users=1500, seed=1, now=NOW)
+    clock = Clock(NOW)
+    runtime, _ = make_runtime("blousebrothers", app, tmp_path, emulator, clock)
+    run_once(runtime, now=NOW)
+    engine = runtime.state.engine
+    with engine.connect() as conn:
+        pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
+    room = {"pages": pages + 2}  # the disk is full: a few pages left
+
+    @sa.event.listens_for(engine, "connect")
+    def _disk(dbapi_connection, _record):
+        dbapi_connection.execute(f"PRAGMA max_page_count = {room['pages']}")
+
+    engine.dispose()
+    later = NOW + timedelta(days=8)  # every member's status moved on
+    sent = []
+    for _ in range(3):
+        before = emulator.calls.operation_count()
+        with pytest.raises(sa.exc.OperationalError, match="full"):
+            run_once(runtime, now=later, full=True)
+        sent.append(emulator.calls.operation_count() - before)
+    assert sent[0] > 500, "the first push went out before the disk was found full"
+    assert sent[1:] == [0, 0], "a cycle on a full disk sends nothing again"
+
+    room["pages"] = 1_000_000  # space freed
+    engine.dispose()
+    before = emulator.calls.operation_count()
+    run_once(runtime, now=later, full=True)
+    assert emulator.calls.operation_count() == before, "nothing accepted is sent again"
+    assert audience_fields(emulator) == expected_members(runtime, "user", later)
+    runtime.close()

@@ -35,13 +35,22 @@ class PushRecorder:
     """Records one push's outcomes in the ledger; remembers who failed."""
 
     def __init__(
-        self, caller: Caller, ledger: PushLedger, config: SinkConfig, now: datetime
+        self,
+        caller: Caller,
+        ledger: PushLedger,
+        config: SinkConfig,
+        now: datetime,
+        unrecorded: list[Outcome] | None = None,
     ) -> None:
         self.caller = caller
         self.ledger = ledger
         self.config = config
         self.now = now
         self.list_id = caller.list_id
+        #: Outcomes Mailchimp accepted that the ledger could not take (the
+        #: state store's disk full, its server gone): kept by the sink across
+        #: pushes, and written before the next push sends anything.
+        self.unrecorded = unrecorded if unrecorded is not None else []
         #: Members whose last failure in this push is this one.
         self.failed: dict[str, PushFailure] = {}
         #: Members found archived by the answer to a PUT.
@@ -51,7 +60,26 @@ class PushRecorder:
         self._audience_confirmed = False
 
     def record(self, outcome: Outcome) -> None:
-        """Write ``outcome`` to the ledger (once: it is not cleared)."""
+        """Write ``outcome`` to the ledger (once: it is not cleared).
+
+        When the ledger cannot take it, Mailchimp has the work all the same:
+        the outcome is kept in ``unrecorded`` and the error goes on (the push
+        stops), so that the next push writes it before sending anything,
+        instead of sending it all again."""
+        try:
+            self._write(outcome)
+        except Exception:
+            self.unrecorded.append(outcome)
+            raise
+
+    def record_unrecorded(self) -> None:
+        """Write what earlier pushes could not record; raises, leaving it
+        kept, while the ledger still cannot take it."""
+        while self.unrecorded:
+            self._write(self.unrecorded[0])
+            self.unrecorded.pop(0)
+
+    def _write(self, outcome: Outcome) -> None:
         # A member may both get a tag accepted and an event refused: record the
         # acceptance first, the failure after, so the failure stays visible.
         if outcome.accepted:

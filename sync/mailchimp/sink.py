@@ -161,6 +161,8 @@ class MailchimpSink:
         self.list_id = caller.list_id
         self.runner = OpRunner(caller, self.config)
         self.audience = AudienceTags(caller, ledger, self.config.merge_fields_ttl)
+        #: What Mailchimp accepted that the ledger could not record yet.
+        self.unrecorded: list[Outcome] = []
 
     def __repr__(self) -> str:
         return f"MailchimpSink(list_id={self.list_id!r}, config={self.config!r})"
@@ -169,7 +171,10 @@ class MailchimpSink:
     # calls in flight: each worker makes one call at a time.
     def push(self, members: Iterable[DesiredMember]) -> PushSummary:
         now = self.clock()
-        recorder = PushRecorder(self.caller, self.ledger, self.config, now)
+        recorder = PushRecorder(self.caller, self.ledger, self.config, now, self.unrecorded)
+        # What an earlier push could not record is written first: while the
+        # state store cannot take it, nothing is sent (and sent again).
+        recorder.record_unrecorded()
         plan = plan_pushes(members, self.ledger, now)
         calls_before = dict(self.caller.calls)
         summary = PushSummary(
