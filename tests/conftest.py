@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,9 +65,9 @@ def pg_admin_url() -> str:
     return PG_ADMIN_URL
 
 
-@pytest.fixture
-def pg_url(pg_admin_url: str) -> Iterator[str]:
-    """A URL whose default schema is a fresh, empty schema of its own."""
+@contextmanager
+def _fresh_schema(pg_admin_url: str) -> Iterator[str]:
+    """A URL whose default schema is a fresh, empty schema, dropped afterwards."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(pg_admin_url)
     with admin.begin() as conn:
@@ -76,6 +77,21 @@ def pg_url(pg_admin_url: str) -> Iterator[str]:
     with admin.begin() as conn:
         conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A URL whose default schema is a fresh, empty schema of its own."""
+    with _fresh_schema(pg_admin_url) as url:
+        yield url
+
+
+@pytest.fixture
+def state_pg_url(pg_admin_url: str) -> Iterator[str]:
+    """Another fresh schema on the same server: a state store kept apart
+    from the application's database (``pg_url``)."""
+    with _fresh_schema(pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture

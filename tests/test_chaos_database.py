@@ -33,10 +33,8 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -61,6 +59,7 @@ from tests.support.clock import Clock
 from tests.support.cycle import NOW, ROOT, audience_fields, expected_members
 from tests.support.datafeed import DataFeed
 from tests.support.events import EVENT_WINDOW, expected_events, received_events
+from tests.support.report import JsonReport
 from tests.support.tcp_proxy import TcpProxy
 
 INTERVAL = timedelta(minutes=1)  # DaemonConfig.interval
@@ -69,7 +68,7 @@ PAUSE = 0.2  # real seconds between tries: a refusal lasts up to a second
 
 
 @dataclass
-class DatabaseChaosReport:
+class DatabaseChaosReport(JsonReport):
     users: int
     cycles: int = 0
     cycles_ok: int = 0
@@ -87,27 +86,6 @@ class DatabaseChaosReport:
     events_duplicated: int = 0
     events_unexpected: int = 0
     runtime_s: float = 0.0
-
-    def as_json(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        for key, value in out.items():
-            if isinstance(value, Counter):
-                out[key] = dict(sorted(value.items()))
-        return out
-
-
-@pytest.fixture
-def state_pg_url(pg_admin_url: str) -> Iterator[str]:
-    """A second fresh schema on the same server, for the state store."""
-    schema = f"t_{uuid.uuid4().hex[:12]}_state"
-    admin = sa.create_engine(pg_admin_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in pg_admin_url else "?"
-    yield f"{pg_admin_url}{sep}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
 
 
 def proxied_runtime(app_url: str, state_url: str, emulator: Emulator, clock: Clock) -> Runtime:
