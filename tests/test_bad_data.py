@@ -204,6 +204,38 @@ def test_null_action_instant_skips_that_row_with_a_warning(
     assert any("null instant" in r.getMessage() for r in caplog.records)
 
 
+def test_action_rows_the_compiled_sql_leaves_out_are_reported(
+    db_url, tmp_path, mailchimp_emulator, caplog
+):
+    """Issue 13, row 4, on the compiled SQL path: a null id in an action
+    table, an instant that is no date (SQLite text) or is infinite
+    (PostgreSQL) never stop the cycle, and each is reported with its query
+    and value; the other members are pushed as the rules say."""
+    postgres = db_url.startswith("postgresql")
+    bad_instant = "infinity" if postgres else "not a date"
+    make_app(db_url, [*GOOD, user(2, "two@example.com")])
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO wallets (user_id, created_at) VALUES (NULL, :ok), (2, :bad)"),
+            {"ok": NOW - timedelta(hours=1), "bad": bad_instant},
+        )
+    engine.dispose()
+    runtime = make_runtime(db_url, tmp_path, mailchimp_emulator, Clock(NOW))
+    try:
+        with caplog.at_level(logging.WARNING):
+            summary = run_once(runtime)
+    finally:
+        runtime.close()
+    assert summary.evaluated_by["user"] == "sql"
+    assert_good_members_correct(mailchimp_emulator)
+    # The infinite or unreadable wallet does not count: user 2 stays registered.
+    assert audience_fields(mailchimp_emulator)["two@example.com"]["MMERGE25"] == "registered_H24"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("null id" in m and "row left out" in m for m in messages), messages
+    assert any(f"instant '{bad_instant}'" in m and "id 2" in m for m in messages), messages
+
+
 def test_future_and_sentinel_instants_do_not_count_yet(db_url, tmp_path, mailchimp_emulator):
     rows = [user(2, "future@example.com"), user(3, "never@example.com")]
     wallet_rows = [

@@ -253,6 +253,38 @@ entities:
     assert "null id: row skipped" in caplog.text
 
 
+@pytest.mark.postgres
+def test_infinite_postgresql_instants_are_reported_not_fatal(pg_url, caplog):
+    """PostgreSQL's 'infinity' has no Python datetime: psycopg refused the
+    value and one such row stopped every read (issue 13, row 4). It is now an
+    unreadable instant like any other: reported with its value, the action
+    skipped, the fact read as null, the rest of the read unchanged."""
+    _setup(pg_url, [(1, "2026-01-05 10:00:00")])
+    text = """\
+entities:
+  user:
+    list: SELECT id, email FROM people
+    actions:
+      paid: >-
+        SELECT person_id AS id, at FROM payments
+        UNION ALL SELECT 2, 'infinity'::timestamp
+        UNION ALL SELECT 10, '-infinity'::timestamp
+    facts:
+      - sql: SELECT id, CASE WHEN id = 2 THEN 'infinity'::timestamptz END AS until FROM people
+        columns: {until: instant}
+"""
+    with caplog.at_level(logging.WARNING, logger="sync.sources.model"):
+        records, report = read(pg_url, text)
+    assert [(r.id, len(r.actions), r.facts["until"]) for r in records] == [
+        ("1", 1, None),
+        ("2", 0, None),
+        ("10", 0, None),
+    ]
+    assert sum(report.bad_values.values()) == 3
+    assert "'infinity'" in caplog.text
+    assert "'-infinity'" in caplog.text
+
+
 # -- read-only ------------------------------------------------------------------
 
 

@@ -110,6 +110,10 @@ class Deriver:
             self._derive_sql_chunk(run, chunk)
             if self.stop.is_set():
                 return
+        if ids is None:
+            # The whole population: say which action rows the SQL left out
+            # (a null id, an instant that is no date), as the reader would.
+            self.reader.unusable_actions(run.entity.name, now=self.now).log()
 
     def _derive_sql_chunk(self, run: TypeRun, chunk: list[SqlEvaluation]) -> None:
         entity = run.entity

@@ -2,9 +2,10 @@
 
 Smaller reads than a population's: whether the data moved (``watermark``),
 which entities have new data since an instant (``changed_ids``: the ids a
-daemon's tick evaluates) and which action occurrences fall in an event
-window (``occurrences``: the cycle's events). Each runs in one read-only
-session of its own.
+daemon's tick evaluates), which action occurrences fall in an event window
+(``occurrences``: the cycle's events) and which action rows the compiled SQL
+leaves out (``unusable_actions``). Each runs in one read-only session of its
+own.
 """
 
 from __future__ import annotations
@@ -125,3 +126,43 @@ def occurrences(
 
 
 # -- internals ---------------------------------------------------------
+
+
+#: How many unusable rows of one action query are looked at (and counted).
+UNUSABLE_SAMPLE = 100
+
+
+def unusable_actions(db: ReadOnlyDatabase, source: EntitySource, *, now: datetime) -> ReadReport:
+    """Action rows the compiled SQL leaves out, reported as the reader reports them.
+
+    A row with a null id names no entity; an instant the database cannot
+    place in time (SQLite text that is no date, such as ``'not a date'`` or
+    ``2026-13-01``; PostgreSQL's ``'infinity'``) is no occurrence. The
+    compiled SQL skips both without a word, being a join and arithmetic; this
+    finds them (one filtered scan per action query, at most
+    ``UNUSABLE_SAMPLE`` rows each) so that the cycle can say which query and
+    which value. The report is logged by the caller.
+    """
+    report = ReadReport(source.entity_type)
+    if db.dialect == "postgresql":
+        unreadable = "NOT isfinite(CAST(at AS timestamptz))"
+    else:
+        unreadable = "strftime('%s', at) IS NULL"
+    with db.session(source) as conn:
+        for _, query in source.actions:
+            sql = (
+                f"SELECT CAST(id AS TEXT) AS id, CAST(at AS TEXT) AS at FROM (\n{query.sql}\n)"
+                f" AS mailsync_q WHERE id IS NULL OR (at IS NOT NULL AND {unreadable})"
+                f" LIMIT {UNUSABLE_SAMPLE}"
+            )
+            params = db.now_params(query, now, ZoneInfo(source.naive_timezone))
+            label = query.label
+            for row in db.execute(conn, query, sql, params):
+                ident, at = tuple(row)
+                if ident is None:
+                    example = f"{label}: null id (at {at!r}): row left out"
+                    report.note(report.bad_ids, label, example)
+                else:
+                    example = f"{label}: id {ident}: instant {at!r}: row left out"
+                    report.note(report.bad_values, label, example)
+    return report

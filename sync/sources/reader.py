@@ -144,6 +144,10 @@ class SourceReader(ReadOnlyDatabase):
         source = self.config.entity(entity_type)
         return changes.changed_ids(self, source, since=since, now=now)
 
+    def unusable_actions(self, entity_type: str, *, now: datetime) -> ReadReport:
+        """Action rows the compiled SQL leaves out (``changes.unusable_actions``)."""
+        return changes.unusable_actions(self, self.config.entity(entity_type), now=now)
+
     def occurrences(
         self,
         entity_type: str,

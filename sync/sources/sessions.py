@@ -24,6 +24,8 @@ from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from psycopg.adapt import Loader
+from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
 from sqlalchemy.engine import Connection, Engine, Row
 
 from sync.exceptions import ConfigurationError, RetriableError
@@ -139,6 +141,36 @@ def _pg_session_read_only(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
     cursor.close()
     dbapi_connection.commit()
+    _load_infinite_instants_as_text(dbapi_connection)
+
+
+def _load_infinite_instants_as_text(dbapi_connection: Any) -> None:
+    """PostgreSQL's ``'infinity'`` and ``'-infinity'`` dates and timestamps
+    come back as those words instead of failing the whole read.
+
+    Python's ``datetime`` has no infinity, so psycopg refuses such a value
+    ("timestamp too large (after year 10K)"), and one row would stop every
+    read of its entity type. As text, the value meets ``values.to_utc`` like
+    any unreadable instant: the row is reported with its value and skipped
+    (an action), or read as null (a fact). The compiled SQL compares them in
+    the database, where they are in order.
+    """
+    for type_name, base in (
+        ("date", DateLoader),
+        ("timestamp", TimestampLoader),
+        ("timestamptz", TimestamptzLoader),
+    ):
+        dbapi_connection.adapters.register_loader(type_name, _infinite_as_text(base))
+
+
+def _infinite_as_text(base: type[Loader]) -> type[Loader]:
+    class InfiniteAsText(base):  # type: ignore[valid-type, misc]
+        def load(self, data: Any) -> Any:
+            if bytes(data) in (b"infinity", b"-infinity"):
+                return bytes(data).decode()
+            return super().load(data)
+
+    return InfiniteAsText
 
 
 class ReadOnlyDatabase:
