@@ -236,6 +236,40 @@ def test_action_rows_the_compiled_sql_leaves_out_are_reported(
     assert any(f"instant '{bad_instant}'" in m and "id 2" in m for m in messages), messages
 
 
+def test_text_ids_next_to_integer_ids_are_one_entity_and_02_is_none(
+    sqlite_url, tmp_path, mailchimp_emulator, caplog
+):
+    """Issue 13, row 13, on the compiled SQL path (SQLite keeps each value's
+    own type): an action table whose ids are text (a TEXT column) next to a
+    list of integers. '2' is entity 2, once: the SQL's GROUP BY kept 2 and
+    '2' apart and the entity came out twice. '01' is no entity: it was merged
+    into entity 1. Both paths now agree, and '01' is reported."""
+    make_app(sqlite_url, [*GOOD, user(2, "two@example.com")])
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE text_wallets (user_id TEXT, created_at TIMESTAMP)")
+        conn.execute(
+            sa.text("INSERT INTO text_wallets VALUES ('2', :at), ('01', :at)"),
+            {"at": "2026-03-01 08:00:00"},
+        )
+    engine.dispose()
+    (tmp_path / "rules.yaml").write_text(RULES)
+    (tmp_path / "sources.yaml").write_text(SOURCES.replace("FROM wallets", "FROM text_wallets"))
+    files = (tmp_path / "rules.yaml", tmp_path / "sources.yaml")
+    runtime, _ = cycle_runtime(files, sqlite_url, tmp_path, mailchimp_emulator, Clock(NOW))
+    try:
+        with caplog.at_level(logging.WARNING):
+            summary = run_once(runtime)
+    finally:
+        runtime.close()
+    assert summary.evaluated_by["user"] == "sql"
+    assert summary.entities_read["user"] == 3, "each user once"
+    members = audience_fields(mailchimp_emulator)
+    assert members["two@example.com"]["MMERGE25"] == "wallet_ok"
+    assert members["ann@example.com"]["MMERGE25"] == "registered_H24", "'01' is not user 1"
+    assert any("id '01' names no entity" in r.getMessage() for r in caplog.records)
+
+
 def test_future_and_sentinel_instants_do_not_count_yet(db_url, tmp_path, mailchimp_emulator):
     rows = [user(2, "future@example.com"), user(3, "never@example.com")]
     wallet_rows = [

@@ -15,7 +15,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from sync.records import ActionOccurrence
-from sync.sources.model import EntitySource
+from sync.sources.model import EntitySource, Query
 from sync.sources.report import ReadReport
 from sync.sources.sessions import ReadOnlyDatabase, SourceQueryError
 from sync.sources.streams import BadId, Key, entity_key
@@ -144,15 +144,22 @@ def unusable_actions(db: ReadOnlyDatabase, source: EntitySource, *, now: datetim
     which value. The report is logged by the caller.
     """
     report = ReadReport(source.entity_type)
+    no_entity = "id IS NULL"
     if db.dialect == "postgresql":
         unreadable = "NOT isfinite(CAST(at AS timestamptz))"
     else:
         unreadable = "strftime('%s', at) IS NULL"
+        if source.id_type == "integer":
+            # Text that is not the integer it reads as ('02'): sql.inputs.entity_id.
+            no_entity += (
+                " OR (typeof(id) = 'text' AND CAST(CAST(id AS INTEGER) AS TEXT) <> id)"
+                " OR typeof(id) NOT IN ('integer', 'text', 'real')"
+            )
     with db.session(source) as conn:
         for _, query in source.actions:
             sql = (
                 f"SELECT CAST(id AS TEXT) AS id, CAST(at AS TEXT) AS at FROM (\n{query.sql}\n)"
-                f" AS mailsync_q WHERE id IS NULL OR (at IS NOT NULL AND {unreadable})"
+                f" AS mailsync_q WHERE {no_entity} OR (at IS NOT NULL AND {unreadable})"
                 f" LIMIT {UNUSABLE_SAMPLE}"
             )
             params = db.now_params(query, now, ZoneInfo(source.naive_timezone))
@@ -162,7 +169,18 @@ def unusable_actions(db: ReadOnlyDatabase, source: EntitySource, *, now: datetim
                 if ident is None:
                     example = f"{label}: null id (at {at!r}): row left out"
                     report.note(report.bad_ids, label, example)
+                elif not _names_an_entity(source, ident, query):
+                    example = f"{label}: id {ident!r} names no entity: row left out"
+                    report.note(report.bad_ids, label, example)
                 else:
                     example = f"{label}: id {ident}: instant {at!r}: row left out"
                     report.note(report.bad_values, label, example)
     return report
+
+
+def _names_an_entity(source: EntitySource, ident: str, query: Query) -> bool:
+    try:
+        entity_key(source, ident, query)
+    except BadId:
+        return False
+    return True

@@ -37,6 +37,32 @@ def in_ids(column: SqlExpr, naming: Naming, id_type: str) -> SqlExpr:
     return column.in_(sa.bindparam(IDS, expanding=True))
 
 
+def entity_id(column: SqlExpr, dialect: str, id_type: str) -> SqlExpr:
+    """A source row's id as the entity it names, or NULL when it names none.
+
+    SQLite keeps each value's own storage type: an integer entity's rows may
+    carry ``2`` in one table and the text ``'2'`` in another, which
+    ``GROUP BY`` keeps apart (one entity came out twice) while a join with
+    the list matches both, and ``'02'`` would match entity 2 too. The reader
+    takes ``'2'`` as 2 and refuses ``'02'`` (``sources.streams.entity_key``);
+    so does this: text written as the integer it is becomes that integer,
+    anything else NULL (left out, and reported by the full pass's check).
+    PostgreSQL types a column once: nothing to do.
+    """
+    if dialect != "sqlite" or id_type != "integer":
+        return column
+    as_integer = sa.cast(column, sa.Integer)
+    return sa.case(
+        (sa.func.typeof(column) == "integer", column),
+        (
+            sa.and_(sa.func.typeof(column) == "text", sa.cast(as_integer, sa.Text) == column),
+            as_integer,
+        ),
+        (sa.and_(sa.func.typeof(column) == "real", as_integer == column), as_integer),
+        else_=sa.null(),
+    )
+
+
 def source_query(query_sql: str, columns: Iterable[str], name: str) -> Subquery:
     """A query of sources.yaml as a subquery ``name`` with these columns."""
     return sa.text(query_sql).columns(*(sa.column(c) for c in columns)).subquery(name)

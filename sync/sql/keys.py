@@ -20,7 +20,17 @@ from sqlalchemy.sql.selectable import FromClause
 from sync.rules.model import Entity
 from sync.sources.model import EntitySource
 from sync.sql.expr import Naming, SqlExpr, from_micros, inline_constants, instant_micros
-from sync.sql.inputs import CKEYS, IDS, KEYS_JSON, NOW_US, SINCE, SKEYS, in_ids, source_query
+from sync.sql.inputs import (
+    CKEYS,
+    IDS,
+    KEYS_JSON,
+    NOW_US,
+    SINCE,
+    SKEYS,
+    entity_id,
+    in_ids,
+    source_query,
+)
 
 
 def compile_keys_since(entity: Entity, source: EntitySource, dialect: str) -> sa.Select[Any] | None:
@@ -95,7 +105,8 @@ def latest_actions(
         if action is None or (action.enters is None and action.code is None):
             continue  # never changes status nor code: not read at all
         sub = source_query(query.sql, ("id", "at"), f"m_action_{name}")
-        ident, at = sub.c.id, instant_micros(sub.c.at, naming.dialect)
+        ident = entity_id(sub.c.id, naming.dialect, source.id_type)
+        at = instant_micros(sub.c.at, naming.dialect)
         if naming.dialect == "postgresql":
             # Compared with the sources' own ``:now`` on native instants (the
             # session time zone reads naive ones): cheaper than in µs. One
