@@ -111,9 +111,20 @@ class Deriver:
             if self.stop.is_set():
                 return
         if ids is None:
-            # The whole population: say which action rows the SQL left out
-            # (a null id, an instant that is no date), as the reader would.
-            self.reader.unusable_actions(run.entity.name, now=self.now).log()
+            self._report_unusable_actions(run.entity.name)
+
+    def _report_unusable_actions(self, entity_type: str) -> None:
+        """After the whole population: say which action rows the SQL left out
+        (a null id, an instant that is no date), as the reader would. Only a
+        report: a check that fails (a slow action query stopped by
+        ``statement_timeout``) is logged, and the cycle goes on."""
+        try:
+            self.reader.unusable_actions(entity_type, now=self.now).log()
+        except (SourceQueryError, SourceUnavailableError) as exc:
+            if self.stop.is_set():
+                return
+            log.warning("%s: the action rows the SQL leaves out were not checked: %s",
+                        entity_type, exc)  # fmt: skip
 
     def _derive_sql_chunk(self, run: TypeRun, chunk: list[SqlEvaluation]) -> None:
         entity = run.entity
