@@ -551,3 +551,33 @@ def test_an_audience_deleted_mid_run_is_one_error_and_everyone_comes_back(bb, ca
     again = run_once(runtime)
     assert again.full
     assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
+
+
+def test_the_contribution_digest_keeps_its_formula() -> None:
+    """The digest of what an entity asks of its member is stored
+    (``pushed_fp``) and compared in every later cycle: a new formula would
+    make a whole audience look changed and pushed again after an upgrade.
+    It stays BLAKE2 (12 bytes) of ``repr((values, sorted tags, field
+    types))``, however it is computed."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from sync.daemon.diff import contribution_fingerprint
+    from sync.rules.schema import load_rules
+
+    entity = load_rules(ROOT / "rules.yaml").entity("user")
+    tags = [f.tag for f in entity.merge_fields]
+    for values, active in (
+        ({}, frozenset()),
+        (dict(zip(tags, ["it's", 2.5, None, True, NOW], strict=False)), frozenset({"b", "a"})),
+    ):
+        derived = SimpleNamespace(merge_fields=values, tags=active)
+        text = repr(
+            (
+                [values.get(t) for t in tags],
+                sorted(active) if active else (),
+                tuple((f.tag, f.type) for f in entity.merge_fields),
+            )
+        )
+        expected = hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+        assert contribution_fingerprint(entity, derived) == expected

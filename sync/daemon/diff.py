@@ -40,31 +40,42 @@ def contribution_fingerprint(entity: Entity, derived: Derived) -> str:
     """A digest of what one entity asks of its member (merge fields, active
     tags): equal digests, nothing to push. Raw values plus each field's type
     (the formatting for Mailchimp is a function of both), cheaper than
-    formatting every value of a million entities."""
+    formatting every value of a million entities.
+
+    The text hashed is ``repr((values, tags, field types))``, written out
+    piece by piece so that the constant part (the field types) is rendered
+    once per entity type, not once per entity: the digests stored in the
+    state store stay the same."""
     values = derived.merge_fields
-    text = repr(
-        (
-            [values.get(f.tag) for f in entity.merge_fields],
-            sorted(derived.tags) if derived.tags else (),
-            _field_types(entity),
-        )
-    )
+    tags = sorted(derived.tags) if derived.tags else ()
+    tags_and_types = f"{tags!r}, {_field_types_text(entity)})"
+    text = f"({[values.get(tag) for tag in _tags(entity)]!r}, {tags_and_types}"
     return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
 
 
-_FIELD_TYPES: dict[int, tuple[Entity, tuple[tuple[str, str], ...]]] = {}
+_FIELD_TYPES: dict[int, tuple[Entity, tuple[str, ...], str]] = {}
 
 
-def _field_types(entity: Entity) -> tuple[tuple[str, str], ...]:
+def _cached(entity: Entity) -> tuple[Entity, tuple[str, ...], str]:
     # Keyed by identity (a rule model holds dicts, so it is not hashable); the
     # entity is kept alongside, so its id cannot be reused while cached.
     cached = _FIELD_TYPES.get(id(entity))
     if cached is None or cached[0] is not entity:
+        types = tuple((f.tag, f.type) for f in entity.merge_fields)
         cached = _FIELD_TYPES[id(entity)] = (
             entity,
-            tuple((f.tag, f.type) for f in entity.merge_fields),
+            tuple(f.tag for f in entity.merge_fields),
+            repr(types),
         )
-    return cached[1]
+    return cached
+
+
+def _tags(entity: Entity) -> tuple[str, ...]:
+    return _cached(entity)[1]
+
+
+def _field_types_text(entity: Entity) -> str:
+    return _cached(entity)[2]
 
 
 class Differ:
