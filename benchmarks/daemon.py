@@ -52,6 +52,7 @@ import platform
 import random
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -442,6 +443,9 @@ def cycles(args: argparse.Namespace) -> dict[str, Any]:
         if versions is not None:
             versions.close()
         delete_inserted(args.app_db)
+        if args.keep_state is not None and scratch.exists():
+            # For `mailsync plan` measured on the same state store.
+            shutil.copyfile(scratch, args.keep_state)
         scratch.unlink(missing_ok=True)
     figures.update(
         {
@@ -494,6 +498,8 @@ def run_child(args: argparse.Namespace, state: str, url: str, emulator: str) -> 
         command += ["--json", str(out), "--app-db", url, "--emulator", emulator, "--child", state]
         command += ["--state-schema", args.state_schema]
         command += ["--rules", str(args.rules), "--sources", str(args.sources)]
+        if args.keep_state is not None:
+            command += ["--keep-state", str(args.keep_state)]
         subprocess.run(command, check=True)
         result: dict[str, Any] = json.loads(out.read_text())
         return result
@@ -557,6 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rules", type=Path, default=ROOT / "rules.yaml")
     parser.add_argument("--sources", type=Path, default=ROOT / "sources.yaml")
     # Internal: the child process that runs the cycles of one state store.
+    parser.add_argument(
+        "--keep-state",
+        type=Path,
+        help="copy the SQLite state store here after the cycles (to measure `plan` on it)",
+    )
     parser.add_argument("--child", choices=STATES, help=argparse.SUPPRESS)
     parser.add_argument("--emulator", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -27,6 +27,9 @@ class CycleSummary:
     dry_run: bool = False
     entities_read: Counter[str] = field(default_factory=Counter)
     entities_failed: Counter[str] = field(default_factory=Counter)
+    #: Of the entities read, those left alone without decoding their row:
+    #: the same row digest as when last settled (``sync.daemon.derive``).
+    entities_settled: Counter[str] = field(default_factory=Counter)
     status_changes: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     #: (entity type, status before, status after) -> how many entities moved
     #: so (before None: new to the state store).
@@ -100,6 +103,7 @@ class CycleSummary:
             "now": self.now.isoformat(),
             "entities_read": dict(self.entities_read),
             "entities_failed": dict(self.entities_failed),
+            "entities_settled": dict(self.entities_settled),
             "evaluated_by": dict(self.evaluated_by),
             "status_changes": {
                 f"{entity}:{status}": n for (entity, status), n in self.status_changes.items()
@@ -129,6 +133,9 @@ class CycleSummary:
         kind = "full" if self.full else "incremental"
         read = ", ".join(f"{n} {t}" for t, n in sorted(self.entities_read.items())) or "nothing"
         out = [f"{kind} cycle at {self.now.isoformat()}: read {read} in {self.duration_s:.2f}s"]
+        if self.entities_settled:
+            settled = ", ".join(f"{n} {t}" for t, n in sorted(self.entities_settled.items()))
+            out.append(f"unchanged since they were last settled (same row digest): {settled}")
         if self.dry_run:
             out.append("DRY RUN: nothing was written to the state store")
         if self.entities_failed:

@@ -7,15 +7,23 @@ is evaluated by the Python engine instead (``sync.evaluate.engine``), for
 that type only; so are the entities with an event not sent yet (the engine
 gives the events with their properties) and those that must reach the sink.
 Each chunk derived goes to the ``Differ``.
+
+On PostgreSQL each result row carries a digest computed by the database
+(``CompiledEntity.with_fingerprint``). An entity whose digest is the one
+recorded when it was last settled (evaluation stored, contribution accepted
+by Mailchimp), with no change due, no retry and no event in the window, is
+counted and left alone: its row is not even decoded. The others are decoded
+and diffed in full, and the differ records their new digest once settled.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from itertools import islice
+from typing import Any, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -31,11 +39,17 @@ from sync.rules.model import STATUS, Entity, Mode
 from sync.sources.model import SourcesConfig
 from sync.sources.reader import SourceReader
 from sync.sources.sessions import SourceQueryError, SourceUnavailableError
-from sync.sql.compiled import SqlEvaluation
+from sync.sql.compiled import CompiledEntity, SqlEvaluation
 from sync.sql.evaluator import SqlEvaluator
+from sync.sql.expr import to_micros
 from sync.sql.keys import key_instant
 from sync.state.baselines import Baseline as StoredBaseline
+from sync.state.entities import StoredRow
 from sync.state.store import StateStore
+
+#: A result row of the compiled SQL, with the statement that decodes it.
+Row = tuple[CompiledEntity, Sequence[Any]]
+T = TypeVar("T")
 
 #: The cycle's log lines keep the name they always had (operators filter on it).
 log = logging.getLogger("sync.daemon.cycle")
@@ -66,6 +80,7 @@ class Deriver:
         self.evaluator = evaluator
         self.batch_size = batch_size
         self.stop = stop
+        self._now_us = to_micros(now)
 
     def uses_sql(self, entity_type: str) -> bool:
         """Whether the compiled SQL can evaluate this type (else the engine)."""
@@ -105,8 +120,8 @@ class Deriver:
 
     def _run_sql(self, run: TypeRun, ids: list[str] | None) -> None:
         assert self.evaluator is not None
-        results = self.evaluator.evaluate(run.entity.name, now=self.now, ids=ids)
-        for chunk in _chunks(results, self.batch_size):
+        rows = self.evaluator.rows(run.entity.name, now=self.now, ids=ids, fingerprint=True)
+        for chunk in _chunks(rows, self.batch_size):
             self._derive_sql_chunk(run, chunk)
             if self.stop.is_set():
                 return
@@ -126,19 +141,58 @@ class Deriver:
             log.warning("%s: the action rows the SQL leaves out were not checked: %s",
                         entity_type, exc)  # fmt: skip
 
-    def _derive_sql_chunk(self, run: TypeRun, chunk: list[SqlEvaluation]) -> None:
+    def _unsettled(
+        self, run: TypeRun, chunk: list[Row], ids: list[str], stored: Mapping[str, StoredRow]
+    ) -> list[SqlEvaluation]:
+        """The chunk's rows decoded, but for the entities already settled:
+        their row digest is the one recorded when they were last settled,
+        and no change is due, no retry and no event in the window. Those are
+        counted as read and left alone."""
+        left: list[SqlEvaluation] = []
+        settled = 0
+        now_us = self._now_us
+        for (compiled, row), ident in zip(chunk, ids, strict=True):
+            if compiled.fingerprinted:
+                before = stored.get(ident)
+                if (
+                    before is not None
+                    and before.row_fp is not None
+                    and before.row_fp == row[-1]
+                    and ident not in run.forced
+                    and ident not in run.occurrences
+                    and not before.due(now_us)
+                ):
+                    settled += 1
+                    if run.seen is not None:
+                        run.seen.add(ident)
+                    continue
+            left.append(compiled.decode(row))
+        if settled:
+            self.summary.entities_read[run.entity.name] += settled
+            self.summary.entities_settled[run.entity.name] += settled
+        return left
+
+    def _derive_sql_chunk(self, run: TypeRun, rows: list[Row]) -> None:
         entity = run.entity
+        row_ids = [str(row[0]) for _, row in rows]
+        stored = self.state.stored_rows(entity.name, row_ids)
+        chunk = self._unsettled(run, rows, row_ids, stored)
+        if not chunk:
+            return
         ids = [r.id for r in chunk]
-        stored = self.state.stored_rows(entity.name, ids)
         baselines = (
             self.state.baselines(entity.name, ids)
             if entity.reinit and entity.mode is Mode.ACTIONS
             else {}
         )
         derived: dict[str, tuple[str | None, Derived]] = {}
+        fingerprints: dict[str, str | None] = {}
         for r in chunk:
             baseline = baselines.get(r.id)
-            derived[r.id] = (r.email, self._with_baseline(entity, r, baseline) if baseline else r)
+            if baseline:
+                r = self._with_baseline(entity, r, baseline)
+            derived[r.id] = (r.email, r)
+            fingerprints[r.id] = r.fp
         # Entities with an event not sent yet: the engine gives their events.
         engine_ids = set(run.forced.intersection(derived))
         engine_ids |= unsent_events(self.state, run, derived, self.now)
@@ -147,7 +201,7 @@ class Deriver:
             for record_id, email, evaluation in self._engine_results(run, sorted(engine_ids)):
                 derived[record_id] = (email, evaluation)
                 events[record_id] = evaluation.events
-        self.differ.settle(run, derived, stored, events)
+        self.differ.settle(run, derived, stored, events, fingerprints)
 
     def _with_baseline(
         self, entity: Entity, r: SqlEvaluation, baseline: StoredBaseline
@@ -156,7 +210,11 @@ class Deriver:
         (``engine._entry_by_actions``); the compiled SQL evaluated without
         baselines (the state store may live in another database), so the
         timeline is recomputed here for the entities that have one."""
-        if baseline.entered_at > self.now or baseline.status not in entity.states:
+        if baseline.entered_at > self.now:
+            # It takes over once its instant is reached, which no row digest
+            # sees: compared in full until then.
+            return r._replace(fp=None)
+        if baseline.status not in entity.states:
             return r
         action_key = r.keys[0]
         if action_key is not None and key_instant(entity, action_key) > baseline.entered_at:
@@ -240,7 +298,7 @@ class Deriver:
             settle()
 
 
-def _chunks(items: Iterator[SqlEvaluation], size: int) -> Iterator[list[SqlEvaluation]]:
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
     while chunk := list(islice(items, size)):
         yield chunk
 

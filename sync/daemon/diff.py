@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from sync.addresses import normalise_email
@@ -104,11 +105,18 @@ class Differ:
         derived: Mapping[str, tuple[str | None, Derived]],
         stored: Mapping[str, StoredRow],
         events: Mapping[str, tuple[EventDue, ...]],
+        fingerprints: Mapping[str, str | None] | None = None,
     ) -> None:
         """Compare one chunk with the state store: store the evaluations that
-        changed, queue the members whose contribution or events changed."""
+        changed, queue the members whose contribution or events changed.
+
+        ``fingerprints``: each entity's row digest (``SqlEvaluation.fp``),
+        recorded once it is settled: with its evaluation when nothing is
+        pushed, with the accepted contribution after a push."""
         name = run.entity.name
+        fingerprints = fingerprints or {}
         writes: list[EntityEvaluation] = []
+        settled: dict[str, str] = {}
         summary = self.summary
         for ident, (email, r) in derived.items():
             summary.entities_read[name] += 1
@@ -119,6 +127,7 @@ class Differ:
             if before is None or before.status != r.status:
                 summary.note_change(name, ident, before.status if before else None, r.status)
             changed: EntityEvaluation | None = None
+            row_fp = fingerprints.get(ident)
             digest = evaluation_digest(
                 r.status, r.state, r.state_entered_at, r.status_since, r.next_change_at, key
             )
@@ -133,17 +142,22 @@ class Differ:
                     status_since=r.status_since,
                     next_change_at=r.next_change_at,
                 )
-            if self._queue(run, ident, key, before, r, events.get(ident, ())):
+            if self._queue(run, ident, key, before, r, events.get(ident, ()), row_fp):
                 if changed is not None:
                     # Stored once pushed: a cycle killed mid-push leaves the
                     # entity due, so the next tick (not only the next full
-                    # pass) pushes it again.
+                    # pass) pushes it again. Its row digest is recorded with
+                    # the contribution, once accepted.
                     self.buffer.store_once_pushed(changed)
             elif changed is not None:
-                writes.append(changed)
-        if writes and self.record:
-            self.state.upsert_evaluations(writes, at=self.now)
-            summary.evaluations_written += len(writes)
+                writes.append(replace(changed, row_fp=row_fp))
+            elif row_fp is not None and before is not None and before.row_fp != row_fp:
+                settled[ident] = row_fp
+        if self.record:
+            if writes:
+                self.state.upsert_evaluations(writes, at=self.now)
+                summary.evaluations_written += len(writes)
+            self.state.set_row_fingerprints(name, settled)
         self.buffer.flush_if_full()
 
     def _queue(
@@ -154,6 +168,7 @@ class Differ:
         before: StoredRow | None,
         r: Derived,
         due_events: Sequence[EventDue],
+        row_fp: str | None,
     ) -> bool:
         """Queue the entity's member contribution when it differs from what
         Mailchimp accepted, has events to send, or must be retried; True when
@@ -181,5 +196,5 @@ class Differ:
             and ident not in run.forced
         ):
             return False
-        self.buffer.add(entity, ident, key, r, due_events, fp)
+        self.buffer.add(entity, ident, key, r, due_events, fp, row_fp)
         return True

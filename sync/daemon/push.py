@@ -51,8 +51,9 @@ class Pending:
     """Members accumulated for the next push, and the entities behind them."""
 
     members: dict[str, MemberBuilder] = field(default_factory=dict)
-    #: email -> (entity type, id, digest) of the entities feeding it
-    contributors: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    #: email -> (entity type, id, contribution digest, row digest) of the
+    #: entities feeding it
+    contributors: dict[str, list[tuple[str, str, str, str | None]]] = field(default_factory=dict)
     #: Evaluations of those entities, stored once the push is done.
     evaluations: list[EntityEvaluation] = field(default_factory=list)
 
@@ -91,14 +92,18 @@ class PushBuffer:
         derived: Derived,
         events: Sequence[EventDue],
         fingerprint: str,
+        row_fp: str | None = None,
     ) -> None:
-        """Queue one entity's contribution to the member at ``email``."""
+        """Queue one entity's contribution to the member at ``email``
+        (``fingerprint`` its digest, ``row_fp`` the digest of the compiled
+        SQL's row it came from: both recorded once the push is accepted)."""
         pending = self._pending
         builder = pending.members.get(email)
         if builder is None:
             builder = pending.members[email] = MemberBuilder(email)
         elif entity.merge_fields:
-            same_type = [i for t, i, _ in pending.contributors.get(email, ()) if t == entity.name]
+            contributors = pending.contributors.get(email, ())
+            same_type = [i for t, i, _, _ in contributors if t == entity.name]
             if same_type:
                 # Entities that only send events (a player's matches) share a
                 # member by design; merge fields from two entities conflict.
@@ -111,7 +116,9 @@ class PushBuffer:
                     entity_id,
                 )
         builder.add_values(entity, entity_id, derived.merge_fields, derived.tags, events)
-        pending.contributors.setdefault(email, []).append((entity.name, entity_id, fingerprint))
+        pending.contributors.setdefault(email, []).append(
+            (entity.name, entity_id, fingerprint, row_fp)
+        )
 
     def store_once_pushed(self, evaluation: EntityEvaluation) -> None:
         """Store ``evaluation`` only once its member is pushed: a cycle killed
@@ -139,10 +146,12 @@ class PushBuffer:
         failed |= set(push.not_kept)
         failed |= self.state.failed_emails(pending.members)
         accepted: dict[str, dict[str, str]] = {}
+        rows: dict[str, dict[str, str | None]] = {}
         for email, contributors in pending.contributors.items():
             if email in failed:
                 continue  # refused or held back: the next pass tries again
-            for entity_type, ident, fp in contributors:
+            for entity_type, ident, fp, row_fp in contributors:
                 accepted.setdefault(entity_type, {})[ident] = fp
+                rows.setdefault(entity_type, {})[ident] = row_fp
         for entity_type, fingerprints in accepted.items():
-            self.state.set_pushed_fingerprints(entity_type, fingerprints)
+            self.state.set_pushed_fingerprints(entity_type, fingerprints, rows[entity_type])

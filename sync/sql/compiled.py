@@ -9,8 +9,9 @@ built once per compiled entity.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cached_property, partial
 from typing import Any, NamedTuple
@@ -55,7 +56,14 @@ class SqlEvaluation(NamedTuple):
     #: The latest actions' keys, to evaluate this entity again later from
     #: them and the occurrences since (``SqlEvaluator.keys_since``).
     keys: ActionKeys = (None, None)
+    #: Digest of the result row this came from, computed by the database
+    #: (``CompiledEntity.with_fingerprint``); None when not asked for.
+    fp: str | None = None
 
+
+#: Bumped when what a row digest covers changes: every entity is compared in
+#: full once more, and its digest recorded again.
+ROW_FP_VERSION = 1
 
 _tuple_new = tuple.__new__
 
@@ -73,6 +81,8 @@ class CompiledEntity:
     _merge: tuple[tuple[str, str, str | None], ...]
     _codes: Mapping[int, str]
     _code_base: int
+    #: Whether the last result column is the row's digest (``with_fingerprint``).
+    fingerprinted: bool = False
 
     def params(self, now: datetime, *, reinit_at: datetime | None = None) -> dict[str, Any]:
         """The bound values for evaluating at ``now`` (``ids`` aside)."""
@@ -130,8 +140,50 @@ class CompiledEntity:
                 tags,
                 None if change is None else EPOCH + timedelta(0, 0, change),
                 (status_key, code_key),
+                row[-1] if self.fingerprinted else None,
             ),
         )
+
+    def with_fingerprint(self, *, ordered: bool) -> CompiledEntity:
+        """The same evaluation with one more column, ``row_fp``: a digest of
+        the whole result row and of what decoding it depends on in the rules
+        (``salt``), computed by PostgreSQL. Two equal digests decode to the
+        same evaluation, merge fields, tags and events configuration, so the
+        daemon can leave an entity whose digest did not change without
+        decoding its row (``sync.daemon.derive``)."""
+        if self.dialect != "postgresql":
+            raise NotImplementedError("row digests are computed by PostgreSQL only")
+        inner = self.select.subquery("q")
+        # ``CAST(q AS TEXT)``: the whole row as PostgreSQL writes a record.
+        text = sa.cast(sa.literal_column("q"), sa.Text) + sa.literal(self.salt, sa.Text)
+        select = sa.select(*inner.c, sa.func.md5(text).label("row_fp"))
+        if ordered:
+            select = select.order_by(inner.c[0])
+        return replace(self, select=select, fingerprinted=True)
+
+    @cached_property
+    def salt(self) -> str:
+        """What a row means besides its values: the status and tag tables,
+        action codes, merge fields and their types, events, the time zone of
+        naive instants. A rules change that alters none of these (a delay, a
+        condition) keeps the digest of every row it does not change."""
+        entity = self.entity
+        statuses = [[(a, b, sorted(tags)) for a, b, tags in rungs] for rungs in self._statuses]
+        events = (
+            [(a.name, repr(a.event)) for a in entity.actions.values()],
+            [(name, repr(state.event)) for name, state in entity.states.items()],
+        )
+        described = (
+            ROW_FP_VERSION,
+            statuses,
+            sorted(self._codes.items()),
+            self._code_base,
+            self._merge,
+            [(f.tag, f.type) for f in entity.merge_fields],
+            events,
+            self.source.naive_timezone,
+        )
+        return hashlib.blake2b(repr(described).encode("utf-8"), digest_size=8).hexdigest()
 
     @cached_property
     def _statuses(self) -> list[list[tuple[str, str, frozenset[str]]]]:

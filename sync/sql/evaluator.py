@@ -84,9 +84,22 @@ class SqlEvaluator:
         given_keys: bool = False,
         baselines: Baselines | None = None,
         ordered: bool = True,
+        fingerprint: bool = False,
     ) -> CompiledEntity:
+        """The entity type's statement for these options (built once each);
+        with ``fingerprint`` on PostgreSQL, each row also carries its digest
+        (``SqlEvaluation.fp``)."""
         baselines = baselines or Baselines()
-        cache = (entity_type, with_ids, given_keys, baselines.reinit, baselines.table, ordered)
+        fingerprint = fingerprint and self.dialect == "postgresql"
+        cache = (
+            entity_type,
+            with_ids,
+            given_keys,
+            baselines.reinit,
+            baselines.table,
+            ordered,
+            fingerprint,
+        )
         if cache in self._compiled:
             return self._compiled[cache]
         source = self.sources.entity(entity_type)
@@ -102,6 +115,8 @@ class SqlEvaluator:
             given_keys=given_keys,
             ordered=ordered,
         )
+        if fingerprint:
+            compiled = compiled.with_fingerprint(ordered=ordered)
         self._compiled[cache] = compiled
         return compiled
 
@@ -141,13 +156,17 @@ class SqlEvaluator:
         reinit_at: datetime | None = None,
         ordered: bool = True,
         keys: Mapping[str, ActionKeys] | None = None,
+        fingerprint: bool = False,
     ) -> Iterator[SqlEvaluation]:
         """Every entity of ``entity_type`` (or only ``ids``) at ``now``, by id
         (in no particular order with ``ordered=False``, which saves a sort).
 
         ``keys`` (instead of ``ids``): evaluate exactly these entities, their
         latest actions being the given keys rather than read from the action
-        queries: an incremental evaluation (see ``keys_since``)."""
+        queries: an incremental evaluation (see ``keys_since``).
+
+        ``fingerprint``: on PostgreSQL, each result carries its row's digest
+        (``SqlEvaluation.fp``; None elsewhere)."""
         for compiled, row in self.rows(
             entity_type,
             now=now,
@@ -156,6 +175,7 @@ class SqlEvaluator:
             reinit_at=reinit_at,
             ordered=ordered,
             keys=keys,
+            fingerprint=fingerprint,
         ):
             yield compiled.decode(row)
 
@@ -169,6 +189,7 @@ class SqlEvaluator:
         reinit_at: datetime | None = None,
         ordered: bool = True,
         keys: Mapping[str, ActionKeys] | None = None,
+        fingerprint: bool = False,
     ) -> Iterator[tuple[CompiledEntity, Sequence[Any]]]:
         """The raw result rows (for callers that decode lazily)."""
         if keys is not None:
@@ -188,6 +209,7 @@ class SqlEvaluator:
                 given_keys=keys is not None,
                 baselines=baselines,
                 ordered=ordered,
+                fingerprint=fingerprint,
             )
             params = compiled.params(now, reinit_at=reinit_at)
             chunks: list[list[Any] | None] = [None]

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from sync.records import require_aware
 from sync.state.base import CHUNK, StoreBase, chunks, utc_now
-from sync.state.tables import entity_baseline, reinit_generation
+from sync.state.tables import entity_baseline, entity_state, reinit_generation
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,13 @@ class BaselineStore(StoreBase):
                     }
                 ],
                 ("entity_type",),
+            )
+            # The row digests were taken without these baselines: every
+            # entity of the type is compared in full again at the next pass.
+            conn.execute(
+                entity_state.update()
+                .where(entity_state.c.entity_type == entity_type)
+                .values(row_fp=None)
             )
             conn.execute(
                 entity_baseline.delete().where(

@@ -8,7 +8,7 @@ by schedule, status and member address.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -32,6 +32,9 @@ class EntityEvaluation:
     base_entered_at: datetime | None = None
     status_since: datetime | None = None
     next_change_at: datetime | None = None
+    #: Digest of the compiled SQL's row behind this evaluation, stored with
+    #: it (None: none, or not settled yet; see ``StoredRow.row_fp``).
+    row_fp: str | None = None
 
 
 class StoredRow(NamedTuple):
@@ -41,6 +44,9 @@ class StoredRow(NamedTuple):
     #: ``evaluation_digest`` of the stored evaluation (None before version 5).
     eval_fp: str | None
     pushed_fp: str | None
+    #: Digest of the compiled SQL's row when the entity was last settled
+    #: (evaluation stored, contribution accepted); None before version 10.
+    row_fp: str | None = None
 
     @property
     def status(self) -> str | None:
@@ -49,6 +55,14 @@ class StoredRow(NamedTuple):
             return None
         status = self.eval_fp.split(DIGEST_SEPARATOR, 1)[0]
         return status or None
+
+    def due(self, now_micros: int) -> bool:
+        """Whether the stored evaluation's next change (the digest's fifth
+        field) is at or before ``now_micros``: then it must be derived again."""
+        if self.eval_fp is None:
+            return True
+        fields = self.eval_fp.split(DIGEST_SEPARATOR, 5)
+        return len(fields) < 6 or (fields[4] != "" and int(fields[4]) <= now_micros)
 
 
 #: Separates the fields of ``evaluation_digest`` (never in a status name).
@@ -94,6 +108,26 @@ class EntityState(EntityEvaluation):
     updated_at: datetime | None = None
 
 
+def update_each(engine: sa.Engine, entity_type: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Set columns of stored entities, one ``UPDATE`` per row, in one
+    transaction: each row names the id (``k_id``) and the columns it sets
+    (``k_<column>``; every row sets the same ones)."""
+    if not rows:
+        return
+    columns = [key.removeprefix("k_") for key in rows[0] if key != "k_id"]
+    stmt = (
+        entity_state.update()
+        .where(
+            entity_state.c.entity_type == entity_type,
+            entity_state.c.entity_id == sa.bindparam("k_id"),
+        )
+        .values({column: sa.bindparam(f"k_{column}") for column in columns})
+    )
+    with engine.begin() as conn:
+        for chunk in chunks(rows, 5000):
+            conn.execute(stmt, list(chunk))
+
+
 class EntityStore(StoreBase):
     """The ``entity_state`` table: evaluations stored, read, scheduled, forgotten."""
 
@@ -114,6 +148,7 @@ class EntityStore(StoreBase):
                 "status_since": e.status_since,
                 "next_change_at": e.next_change_at,
                 "updated_at": stamp,
+                "row_fp": e.row_fp,
                 "eval_fp": evaluation_digest(
                     e.status,
                     e.base_status,
@@ -140,13 +175,20 @@ class EntityStore(StoreBase):
             for chunk in chunks(entity_ids, size):
                 marks = ", ".join([mark] * len(chunk))
                 rows = conn.exec_driver_sql(
-                    "SELECT entity_id, email, eval_fp, pushed_fp FROM entity_state"
+                    "SELECT entity_id, email, eval_fp, pushed_fp, row_fp FROM entity_state"
                     f" WHERE entity_type = {mark} AND entity_id IN ({marks})",
                     (entity_type, *chunk),
                 )
-                for ident, email, eval_fp, pushed_fp in rows:
-                    found[ident] = StoredRow(email, eval_fp, pushed_fp)
+                for ident, email, eval_fp, pushed_fp, row_fp in rows:
+                    found[ident] = StoredRow(email, eval_fp, pushed_fp, row_fp)
         return found
+
+    def set_row_fingerprints(self, entity_type: str, fingerprints: Mapping[str, str]) -> None:
+        """Record the compiled SQL's row digest of settled entities whose
+        evaluation and contribution did not change (see ``StoredRow.row_fp``)."""
+        update_each(
+            self.engine, entity_type, [{"k_id": k, "k_row_fp": v} for k, v in fingerprints.items()]
+        )
 
     def entity_ids(self, entity_type: str) -> set[str]:
         """Every stored id of a type (a full pass finds the deleted ones)."""

@@ -20,6 +20,7 @@ from sync.addresses import normalise_email
 from sync.mailchimp.ledger import AcceptedPush, MemberPushState, PushFailure
 from sync.records import MergeValue
 from sync.state.base import StoreBase, chunks
+from sync.state.entities import update_each
 from sync.state.tables import (
     entity_state,
     event_pending,
@@ -208,22 +209,24 @@ class LedgerStore(StoreBase):
 
     # -- pushed digests, the audience gone, address moves ----------------------
 
-    def set_pushed_fingerprints(self, entity_type: str, fingerprints: Mapping[str, str]) -> None:
-        """Record what Mailchimp accepted from these entities (after the push)."""
-        if not fingerprints:
-            return
-        stmt = (
-            entity_state.update()
-            .where(
-                entity_state.c.entity_type == entity_type,
-                entity_state.c.entity_id == sa.bindparam("k_id"),
-            )
-            .values(pushed_fp=sa.bindparam("k_fp"))
+    def set_pushed_fingerprints(
+        self,
+        entity_type: str,
+        fingerprints: Mapping[str, str],
+        rows: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """Record what Mailchimp accepted from these entities (after the
+        push), and with it the digest of the compiled SQL's row each came
+        from (``rows``; None when unknown): the entity is settled."""
+        rows = rows or {}
+        update_each(
+            self.engine,
+            entity_type,
+            [
+                {"k_id": k, "k_pushed_fp": v, "k_row_fp": rows.get(k)}
+                for k, v in fingerprints.items()
+            ],
         )
-        rows = [{"k_id": k, "k_fp": v} for k, v in fingerprints.items()]
-        with self.engine.begin() as conn:
-            for chunk in chunks(rows, 5000):
-                conn.execute(stmt, list(chunk))
 
     def forget_audience(self) -> None:
         """The audience is gone (deleted in Mailchimp): nothing it accepted is
@@ -234,7 +237,7 @@ class LedgerStore(StoreBase):
         with self.engine.begin() as conn:
             for table in (member_field, member_tag, push, member):
                 conn.execute(table.delete())
-            conn.execute(entity_state.update().values(pushed_fp=None))
+            conn.execute(entity_state.update().values(pushed_fp=None, row_fp=None))
             conn.execute(watermark.delete().where(watermark.c.name == "last_full_cycle"))
 
     def failed_emails(self, emails: Iterable[str]) -> set[str]:

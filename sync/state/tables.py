@@ -66,6 +66,9 @@ entity_state = sa.Table(
     #: Digest of the member contribution (merge fields, tags) Mailchimp last
     #: accepted from this entity; the cycle pushes when it differs.
     sa.Column("pushed_fp", sa.Text),
+    #: Digest of the compiled SQL's row when the entity was last settled: a
+    #: full pass that gets the same one leaves the entity alone.
+    sa.Column("row_fp", sa.Text),
     sa.Index("entity_state_next_change_at", "next_change_at"),
     sa.Index("entity_state_status", "entity_type", "status"),
     sa.Index("entity_state_email", "email"),
