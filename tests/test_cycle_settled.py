@@ -11,6 +11,7 @@ the audience always holds what the engine computes.
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -48,11 +49,18 @@ STEPS = [
 ]
 
 
-@pytest.fixture
-def app(pg_url, tmp_path, mailchimp_emulator):
+@pytest.fixture(params=["joined", "looked up"])
+def app(request, pg_url, tmp_path, mailchimp_emulator):
+    """The state store in the application's database (the compiled SQL joins
+    it) or apart from it (the cycle looks the stored rows up)."""
     load_demo(pg_url, "blousebrothers", users=USERS, seed=5, now=NOW)
     clock = Clock(NOW)
-    runtime, _caller = make_runtime("blousebrothers", pg_url, tmp_path, mailchimp_emulator, clock)
+    state = None if request.param == "joined" else request.getfixturevalue("state_pg_url")
+    runtime, _caller = make_runtime(
+        "blousebrothers", pg_url, tmp_path, mailchimp_emulator, clock, state=state
+    )
+    assert runtime.evaluator is not None
+    assert (runtime.evaluator.stored is not None) == (request.param == "joined")
     engine = sa.create_engine(pg_url)
     yield runtime, clock, engine, mailchimp_emulator
     engine.dispose()
@@ -86,17 +94,17 @@ def _expected(runtime, now):
     return expected
 
 
-def _row_fps(engine):
-    with engine.connect() as conn:
+def _row_fps(runtime):
+    with runtime.state.engine.connect() as conn:
         return dict(conn.execute(sa.text("SELECT entity_id, row_fp FROM entity_state")).all())
 
 
 @pytest.mark.postgres
 def test_a_full_pass_over_an_unchanged_population_decodes_almost_nothing(app):
-    runtime, clock, engine, _emulator = app
+    runtime, clock, _engine, _emulator = app
     first = run_once(runtime, full=True)
     assert first.entities_settled["user"] == 0
-    fps = _row_fps(engine)
+    fps = _row_fps(runtime)
     assert len(fps) == USERS
     assert all(fps.values())
     clock.now = NOW + timedelta(minutes=1)
@@ -171,14 +179,14 @@ def test_baselines_move_entities_the_digest_does_not_see(app):
     """A re-initialised entity climbs its ladder from the baseline while its
     SQL row (computed without baselines) stays the same: it is due by its
     stored next change, not by its digest. Re-initialising clears the digests."""
-    runtime, clock, engine, emulator = app
+    runtime, clock, _engine, emulator = app
     run_once(runtime, full=True)
     clock.now = NOW + timedelta(hours=1)
     run_once(runtime, full=True)
-    assert any(_row_fps(engine).values())
+    assert any(_row_fps(runtime).values())
     for _ in reinitialise(runtime.config, at=clock.now):
         pass
-    assert not any(_row_fps(engine).values())
+    assert not any(_row_fps(runtime).values())
     moved = 0
     for step in STEPS[1:]:
         clock.now += step
@@ -195,13 +203,13 @@ def test_a_refused_push_records_no_digest(app):
         email = conn.execute(sa.text("SELECT email FROM users ORDER BY id")).scalar()
     emulator.audience.mark_fake(email)
     run_once(runtime, full=True)
-    with engine.connect() as conn:
+    with runtime.state.engine.connect() as conn:
         refused = conn.execute(
             sa.text("SELECT row_fp FROM entity_state WHERE email = :e"),
             {"e": normalise_email(email)},
         ).scalar_one()
     assert refused is None
-    assert sum(1 for fp in _row_fps(engine).values() if fp) == USERS - 1
+    assert sum(1 for fp in _row_fps(runtime).values() if fp) == USERS - 1
 
 
 def test_a_sqlite_application_database_compares_in_full(sqlite_url, tmp_path, mailchimp_emulator):
@@ -256,3 +264,62 @@ def test_the_digest_salt_changes_with_what_decoding_depends_on(pg_url, tmp_path)
             salts[name] = sql.compile(conn, "user", fingerprint=True).salt
     assert salts["same"] == salts["delay"]
     assert salts["event"] != salts["same"]
+
+
+@pytest.mark.postgres
+def test_the_state_store_is_joined_only_from_its_own_database(pg_url, state_pg_url, sqlite_url):
+    app_engine = sa.create_engine(pg_url)
+    same = StateStore(pg_url)
+    apart = StateStore(state_pg_url)
+    schema = f"mailsync_joined_{uuid.uuid4().hex[:8]}"
+    in_schema = StateStore(pg_url, schema=schema)
+    try:
+        assert same.joinable_from(app_engine) is None  # not migrated yet
+        for store in (same, apart, in_schema):
+            store.migrate()
+        joined = same.joinable_from(app_engine)
+        assert joined is not None
+        assert joined.schema is None
+        assert apart.joinable_from(app_engine) is None
+        qualified = in_schema.joinable_from(app_engine)
+        assert qualified is not None
+        assert qualified.schema == schema
+        on_sqlite = StateStore(sqlite_url)
+        assert on_sqlite.joinable_from(app_engine) is None
+        on_sqlite.close()
+    finally:
+        with app_engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        for store in (same, apart, in_schema):
+            store.close()
+        app_engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_column_postgresql_cannot_hash_gets_md5_digests(
+    pg_url, tmp_path, mailchimp_emulator, caplog
+):
+    load_demo(pg_url, "blousebrothers", users=20, seed=5, now=NOW)
+    rules, sources = FILES["blousebrothers"]
+    text = sources.read_text()
+    with_json = text.replace(
+        "SELECT id, email, first_name, last_name, username FROM users",
+        "SELECT id, email, to_json(first_name) AS first_name, last_name, username FROM users",
+    )
+    assert with_json != text
+    (tmp_path / "sources.yaml").write_text(with_json)
+    clock = Clock(NOW)
+    runtime, _ = make_runtime(
+        (rules, tmp_path / "sources.yaml"), pg_url, tmp_path, mailchimp_emulator, clock
+    )
+    try:
+        first = run_once(runtime, full=True)
+        clock.now = NOW + timedelta(minutes=1)
+        again = run_once(runtime, full=True)
+        fps = _row_fps(runtime)
+    finally:
+        runtime.close()
+    assert "cannot hash" in caplog.text
+    assert first.evaluated_by == {"user": "sql"}
+    assert again.entities_settled["user"] == 20
+    assert {len(fp) for fp in fps.values()} == {32}  # MD5s

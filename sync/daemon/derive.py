@@ -152,12 +152,12 @@ class Deriver:
         settled = 0
         now_us = self._now_us
         for (compiled, row), ident in zip(chunk, ids, strict=True):
-            if compiled.fingerprinted:
+            if compiled.fp_column is not None:
                 before = stored.get(ident)
                 if (
                     before is not None
                     and before.row_fp is not None
-                    and before.row_fp == row[-1]
+                    and before.row_fp == row[compiled.fp_column]
                     and ident not in run.forced
                     and ident not in run.occurrences
                     and not before.due(now_us)
@@ -175,7 +175,9 @@ class Deriver:
     def _derive_sql_chunk(self, run: TypeRun, rows: list[Row]) -> None:
         entity = run.entity
         row_ids = [str(row[0]) for _, row in rows]
-        stored = self.state.stored_rows(entity.name, row_ids)
+        stored = _joined(rows, row_ids)
+        if stored is None:
+            stored = self.state.stored_rows(entity.name, row_ids)
         chunk = self._unsettled(run, rows, row_ids, stored)
         if not chunk:
             return
@@ -296,6 +298,19 @@ class Deriver:
                     return
         if chunk:
             settle()
+
+
+def _joined(rows: list[Row], ids: list[str]) -> dict[str, StoredRow] | None:
+    """The stored rows the compiled SQL joined from the state store (when it
+    lives in the same database), by id; None when not joined."""
+    if not rows or rows[0][0].stored_column is None:
+        return None
+    at = rows[0][0].stored_column
+    return {
+        ident: StoredRow(*row[at + 1 : at + 5])
+        for (_, row), ident in zip(rows, ids, strict=True)
+        if row[at] is not None
+    }
 
 
 def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:

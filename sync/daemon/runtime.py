@@ -128,6 +128,8 @@ class Runtime:
                 batch_size=self.config.daemon.batch_size,
                 track=self.reader.tracked,
                 pg_settings={**PG_SETTINGS, "statement_timeout": _millis(timeout)},
+                # The state store in the same database: the diff is a join.
+                stored=self.state.joinable_from(self.reader.engine),
             )
         return self._evaluator
 

@@ -81,8 +81,13 @@ class CompiledEntity:
     _merge: tuple[tuple[str, str, str | None], ...]
     _codes: Mapping[int, str]
     _code_base: int
-    #: Whether the last result column is the row's digest (``with_fingerprint``).
-    fingerprinted: bool = False
+    #: Position of the row's digest among the result columns, when there is
+    #: one (``with_fingerprint``).
+    fp_column: int | None = None
+    #: Position of the stored columns joined from the state store (entity_id,
+    #: null when none is stored, then email, eval_fp, pushed_fp, row_fp),
+    #: when joined (``with_fingerprint``).
+    stored_column: int | None = None
 
     def params(self, now: datetime, *, reinit_at: datetime | None = None) -> dict[str, Any]:
         """The bound values for evaluating at ``now`` (``ids`` aside)."""
@@ -140,26 +145,68 @@ class CompiledEntity:
                 tags,
                 None if change is None else EPOCH + timedelta(0, 0, change),
                 (status_key, code_key),
-                row[-1] if self.fingerprinted else None,
+                None if self.fp_column is None else row[self.fp_column],
             ),
         )
 
-    def with_fingerprint(self, *, ordered: bool) -> CompiledEntity:
+    def with_fingerprint(
+        self, *, ordered: bool, stored: sa.TableClause | None = None, md5: bool = False
+    ) -> CompiledEntity:
         """The same evaluation with one more column, ``row_fp``: a digest of
         the whole result row and of what decoding it depends on in the rules
         (``salt``), computed by PostgreSQL. Two equal digests decode to the
         same evaluation, merge fields, tags and events configuration, so the
         daemon can leave an entity whose digest did not change without
-        decoding its row (``sync.daemon.derive``)."""
+        decoding its row (``sync.daemon.derive``).
+
+        The digest is PostgreSQL's 64-bit ``hash_record_extended`` of the
+        row, seeded with the salt: it hashes each value as stored, without
+        writing the row as text (at 1M users 0.7 s against 4 s for an MD5 of
+        the row's text). A column type without a hash function (``json``)
+        makes it fail on the first row; ``md5`` then writes the row as text
+        and digests that instead (``SqlEvaluator`` retries so).
+
+        ``stored``: the state store's ``entity_state`` table when it lives in
+        the same database; its row for each entity is joined to the result
+        (``stored_column``), so the diff needs no look-up of its own."""
         if self.dialect != "postgresql":
             raise NotImplementedError("row digests are computed by PostgreSQL only")
         inner = self.select.subquery("q")
-        # ``CAST(q AS TEXT)``: the whole row as PostgreSQL writes a record.
-        text = sa.cast(sa.literal_column("q"), sa.Text) + sa.literal(self.salt, sa.Text)
-        select = sa.select(*inner.c, sa.func.md5(text).label("row_fp"))
+        # ``q``: the whole result row, as one record.
+        row: sa.ColumnClause[Any] = sa.literal_column("q")
+        digest: sa.ColumnElement[Any]
+        if md5:
+            digest = sa.func.md5(sa.cast(row, sa.Text) + sa.literal(self.salt, sa.Text))
+        else:
+            seed = int.from_bytes(bytes.fromhex(self.salt), "big", signed=True)
+            digest = sa.cast(
+                sa.func.hash_record_extended(row, sa.literal(seed, sa.BigInteger)), sa.Text
+            )
+        columns: list[Any] = [*inner.c, digest.label("row_fp")]
+        source: sa.FromClause = inner
+        if stored is not None:
+            s = stored.alias("s")
+            source = inner.outerjoin(
+                s,
+                sa.and_(
+                    s.c.entity_type == sa.literal(self.entity.name, sa.Text),
+                    s.c.entity_id == sa.cast(inner.c[0], sa.Text),
+                ),
+            )
+            columns += [
+                s.c[name].label(f"stored_{name}")
+                for name in ("entity_id", "email", "eval_fp", "pushed_fp", "row_fp")
+            ]
+        select = sa.select(*columns).select_from(source)
         if ordered:
             select = select.order_by(inner.c[0])
-        return replace(self, select=select, fingerprinted=True)
+        fp_column = len(inner.c)
+        return replace(
+            self,
+            select=select,
+            fp_column=fp_column,
+            stored_column=fp_column + 1 if stored is not None else None,
+        )
 
     @cached_property
     def salt(self) -> str:

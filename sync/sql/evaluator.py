@@ -9,6 +9,7 @@ runs it against the application database, streams and decodes the rows
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
@@ -32,6 +33,8 @@ from sync.sql.expr import to_micros
 from sync.sql.inputs import CKEYS, IDS, KEYS_JSON, NOW_US, REINIT_US, SINCE, SKEYS
 from sync.sql.keys import compile_keys_since
 
+log = logging.getLogger(__name__)
+
 
 class SqlEvaluator:
     """Evaluates whole populations of one application database in SQL.
@@ -52,6 +55,7 @@ class SqlEvaluator:
         engine: Engine | None = None,
         pg_settings: Mapping[str, str] | None = None,
         track: Callable[[Connection], AbstractContextManager[None]] | None = None,
+        stored: sa.TableClause | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.sources = sources
@@ -66,6 +70,9 @@ class SqlEvaluator:
         #: Registers each connection while it runs (the daemon's SIGTERM
         #: cancels running queries: ``SourceReader.tracked``).
         self._track = track
+        #: The state store's ``entity_state`` when it lives in this database:
+        #: joined to the rows evaluated with ``fingerprint``.
+        self.stored = stored
         #: Statements compiled for the driver (``_stream`` on PostgreSQL).
         self._driver_sql: dict[sa.Select[Any], SQLCompiler] = {}
 
@@ -88,7 +95,7 @@ class SqlEvaluator:
     ) -> CompiledEntity:
         """The entity type's statement for these options (built once each);
         with ``fingerprint`` on PostgreSQL, each row also carries its digest
-        (``SqlEvaluation.fp``)."""
+        (``SqlEvaluation.fp``) and, with ``stored``, the state store's row."""
         baselines = baselines or Baselines()
         fingerprint = fingerprint and self.dialect == "postgresql"
         cache = (
@@ -116,7 +123,14 @@ class SqlEvaluator:
             ordered=ordered,
         )
         if fingerprint:
-            compiled = compiled.with_fingerprint(ordered=ordered)
+            md5 = not _hashable(conn, compiled, with_ids=with_ids)
+            if md5:
+                log.warning(
+                    "%s: a result column has a type PostgreSQL cannot hash; the row "
+                    "digests are MD5s of the row's text (slower)",
+                    entity_type,
+                )
+            compiled = compiled.with_fingerprint(ordered=ordered, stored=self.stored, md5=md5)
         self._compiled[cache] = compiled
         return compiled
 
@@ -192,6 +206,21 @@ class SqlEvaluator:
         fingerprint: bool = False,
     ) -> Iterator[tuple[CompiledEntity, Sequence[Any]]]:
         """The raw result rows (for callers that decode lazily)."""
+        yield from self._rows(
+            entity_type, now, ids, baselines, reinit_at, ordered, keys, fingerprint
+        )
+
+    def _rows(
+        self,
+        entity_type: str,
+        now: datetime,
+        ids: Iterable[str] | None,
+        baselines: Baselines | None,
+        reinit_at: datetime | None,
+        ordered: bool,
+        keys: Mapping[str, ActionKeys] | None,
+        fingerprint: bool,
+    ) -> Iterator[tuple[CompiledEntity, Sequence[Any]]]:
         if keys is not None:
             if ids is not None:
                 raise ValueError("evaluate: give ids or keys, not both")
@@ -342,6 +371,32 @@ class SqlEvaluator:
                 )
             return
         yield from conn.execute(statement.execution_options(yield_per=self.batch_size), params)
+
+
+def _hashable(conn: Connection, compiled: CompiledEntity, *, with_ids: bool) -> bool:
+    """Whether PostgreSQL can hash every result column of ``compiled``
+    (``hash_record_extended``; a ``json`` column cannot be). The statement
+    is run with ``LIMIT 0`` for its column types, then a row of nulls of
+    those types is hashed inside a savepoint."""
+    params: dict[str, Any] = compiled.params(datetime.now().astimezone())
+    if with_ids:
+        params[IDS] = []
+    result = conn.execute(compiled.select.limit(0), params)
+    oids = [column[1] for column in result.cursor.description]
+    result.close()
+    names = conn.execute(
+        sa.text("SELECT format_type(t, NULL) FROM unnest(CAST(:oids AS oid[])) AS t"),
+        {"oids": oids},
+    ).scalars()
+    nulls = ", ".join(f"CAST(NULL AS {name})" for name in names)
+    try:
+        with conn.begin_nested():
+            conn.execute(sa.text(f"SELECT hash_record_extended(ROW({nulls}), 0)"))
+    except sa.exc.DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.errors.UndefinedFunction):
+            return False
+        raise
+    return True
 
 
 def _key(source: EntitySource, value: str) -> Any:

@@ -190,6 +190,30 @@ class EntityStore(StoreBase):
             self.engine, entity_type, [{"k_id": k, "k_row_fp": v} for k, v in fingerprints.items()]
         )
 
+    def joinable_from(self, engine: sa.Engine) -> sa.TableClause | None:
+        """This store's ``entity_state`` as ``engine`` (the application's
+        database) can read it, when both are the same PostgreSQL database and
+        ``engine`` may read the table; else None. The compiled SQL then joins
+        it, and the cycle's diff needs no look-up of its own."""
+        mine, theirs = self.engine.url, engine.url
+        if self.dialect != "postgresql" or engine.dialect.name != "postgresql":
+            return None
+        same = (mine.host, mine.port, mine.database) == (theirs.host, theirs.port, theirs.database)
+        # Without a schema of its own, the store's tables are where its
+        # search_path puts them: the same for the application only with
+        # the same connection options.
+        if not same or (self.schema is None and mine.query != theirs.query):
+            return None
+        names = ("entity_type", "entity_id", "email", "eval_fp", "pushed_fp", "row_fp")
+        table = sa.table("entity_state", *(sa.column(n) for n in names), schema=self.schema)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.select(sa.literal(1)).select_from(table).where(sa.false()))
+        except sa.exc.DBAPIError:
+            # Not migrated yet, or not readable by the application's role.
+            return None
+        return table
+
     def entity_ids(self, entity_type: str) -> set[str]:
         """Every stored id of a type (a full pass finds the deleted ones)."""
         query = sa.select(entity_state.c.entity_id).where(entity_state.c.entity_type == entity_type)

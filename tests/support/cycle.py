@@ -46,14 +46,17 @@ def make_runtime(
     tmp_path: Path,
     emulator: Emulator,
     clock: Clock,
+    state: str | None = None,
     **sink_options: Any,
 ) -> tuple[Runtime, Caller]:
     """A runtime against the emulator; ``example`` names one of FILES or is a
-    (rules, sources) pair of paths."""
+    (rules, sources) pair of paths; ``state`` the state store's URL."""
     rules, sources = FILES[example] if isinstance(example, str) else example
-    # The state store shares PostgreSQL with the application (another schema
-    # would do too); on SQLite it is its own file, as in production.
-    state = db_url if db_url.startswith("postgresql") else f"sqlite:///{tmp_path}/state.sqlite"
+    # By default the state store shares PostgreSQL with the application
+    # (another schema would do too); on SQLite it is its own file, as in
+    # production.
+    if state is None:
+        state = db_url if db_url.startswith("postgresql") else f"sqlite:///{tmp_path}/state.sqlite"
     config = Config(
         rules=rules,
         sources=sources,
