@@ -323,3 +323,25 @@ def test_a_column_postgresql_cannot_hash_gets_md5_digests(
     assert first.evaluated_by == {"user": "sql"}
     assert again.entities_settled["user"] == 20
     assert {len(fp) for fp in fps.values()} == {32}  # MD5s
+
+
+@pytest.mark.postgres
+def test_a_full_pass_reads_the_stored_ids_back_only_when_some_are_gone(app, monkeypatch):
+    runtime, clock, _engine, _emulator = app
+    run_once(runtime, full=True)
+    read_back = []
+    entity_ids = runtime.state.entity_ids
+
+    def spy(entity_type):
+        read_back.append(entity_type)
+        return entity_ids(entity_type)
+
+    monkeypatch.setattr(runtime.state, "entity_ids", spy)
+    clock.now += timedelta(minutes=1)
+    assert not run_once(runtime, full=True).deleted
+    assert read_back == []
+    # An entity the state store knows and the sources no longer list.
+    runtime.state.upsert_evaluations([EntityEvaluation("user", "999999", None, "registered")])
+    clock.now += timedelta(minutes=1)
+    assert run_once(runtime, full=True).deleted == {"user": 1}
+    assert read_back == ["user"]

@@ -203,6 +203,8 @@ class Cycle:
         if ids == []:
             return
         run.seen = set()
+        if ids is None:
+            run.stored_before = self.state.count_entities(entity_type)
         use_sql = self.deriver.uses_sql(entity_type)
         if use_sql:
             run.occurrences = self._occurrences(run)
@@ -215,7 +217,7 @@ class Cycle:
         if self.stop.is_set():
             self.summary.stopped = True
             return
-        if run.seen is not None:
+        if run.seen is not None and run.stored_seen != run.stored_before:
             self.identities.forget_missing(entity_type, run.seen, ids)
 
     def _occurrences(self, run: TypeRun) -> dict[str, list[ActionOccurrence]]:

@@ -114,6 +114,7 @@ class Deriver:
                 use_sql = False
                 self.summary.entities_read[entity_type] = 0
                 run.seen = set()
+                run.stored_seen = 0
         if not use_sql:
             self._run_engine(run, ids)
         return "sql" if use_sql else "engine"
@@ -168,6 +169,7 @@ class Deriver:
                     continue
             left.append(compiled.decode(row))
         if settled:
+            run.stored_seen += settled
             self.summary.entities_read[run.entity.name] += settled
             self.summary.entities_settled[run.entity.name] += settled
         return left

@@ -124,6 +124,8 @@ class Differ:
                 run.seen.add(ident)
             key = normalise_email(email) if email else None
             before = stored.get(ident)
+            if before is not None:
+                run.stored_seen += 1
             if before is None or before.status != r.status:
                 summary.note_change(name, ident, before.status if before else None, r.status)
             changed: EntityEvaluation | None = None

@@ -49,3 +49,8 @@ class TypeRun:
     #: Event-bearing occurrences inside the window, by id (SQL path).
     occurrences: dict[str, list[ActionOccurrence]] = field(default_factory=dict)
     seen: set[str] | None = None
+    #: In a full pass: how many entities of the type were stored before it,
+    #: and how many of those it has seen so far. Equal at the end, none was
+    #: deleted, and the stored ids need not be read back.
+    stored_before: int | None = None
+    stored_seen: int = 0

@@ -285,6 +285,12 @@ class EntityStore(StoreBase):
         with self.engine.connect() as conn:
             return [self._entity(row) for row in conn.execute(query)]
 
+    def count_entities(self, entity_type: str) -> int:
+        """How many entities of this type are stored."""
+        query = sa.select(sa.func.count()).where(entity_state.c.entity_type == entity_type)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def count_due(self, now: datetime) -> int:
         """How many entities (of any type) have a ``next_change_at`` at or before ``now``."""
         query = sa.select(sa.func.count()).where(entity_state.c.next_change_at <= now)
