@@ -70,9 +70,7 @@ class SqlEvaluator:
         #: Registers each connection while it runs (the daemon's SIGTERM
         #: cancels running queries: ``SourceReader.tracked``).
         self._track = track
-        #: The state store's ``entity_state`` when it lives in this database:
-        #: joined to the rows evaluated with ``fingerprint``.
-        self.stored = stored
+        self.stored = stored  # entity_state, joined when in this database
         #: Statements compiled for the driver (``_stream`` on PostgreSQL).
         self._driver_sql: dict[sa.Select[Any], SQLCompiler] = {}
 
@@ -98,19 +96,12 @@ class SqlEvaluator:
         (``SqlEvaluation.fp``) and, with ``stored``, the state store's row."""
         baselines = baselines or Baselines()
         fingerprint = fingerprint and self.dialect == "postgresql"
-        cache = (
-            entity_type,
-            with_ids,
-            given_keys,
-            baselines.reinit,
-            baselines.table,
-            ordered,
-            fingerprint,
-        )
+        options = (with_ids, given_keys, baselines.reinit, baselines.table, ordered, fingerprint)
+        cache = (entity_type, *options)
         if cache in self._compiled:
             return self._compiled[cache]
         source = self.sources.entity(entity_type)
-        self._check_dialect(entity_type, source)
+        _check_dialect(self.dialect, entity_type, source)
         compiled = compile_entity(
             self.ruleset,
             self.sources,
@@ -124,12 +115,6 @@ class SqlEvaluator:
         )
         if fingerprint:
             md5 = not _hashable(conn, compiled, with_ids=with_ids)
-            if md5:
-                log.warning(
-                    "%s: a result column has a type PostgreSQL cannot hash; the row "
-                    "digests are MD5s of the row's text (slower)",
-                    entity_type,
-                )
             compiled = compiled.with_fingerprint(ordered=ordered, stored=self.stored, md5=md5)
         self._compiled[cache] = compiled
         return compiled
@@ -206,21 +191,6 @@ class SqlEvaluator:
         fingerprint: bool = False,
     ) -> Iterator[tuple[CompiledEntity, Sequence[Any]]]:
         """The raw result rows (for callers that decode lazily)."""
-        yield from self._rows(
-            entity_type, now, ids, baselines, reinit_at, ordered, keys, fingerprint
-        )
-
-    def _rows(
-        self,
-        entity_type: str,
-        now: datetime,
-        ids: Iterable[str] | None,
-        baselines: Baselines | None,
-        reinit_at: datetime | None,
-        ordered: bool,
-        keys: Mapping[str, ActionKeys] | None,
-        fingerprint: bool,
-    ) -> Iterator[tuple[CompiledEntity, Sequence[Any]]]:
         if keys is not None:
             if ids is not None:
                 raise ValueError("evaluate: give ids or keys, not both")
@@ -270,7 +240,7 @@ class SqlEvaluator:
         instant at or before ``since`` is not counted.
         """
         entity, source = self.ruleset.entity(entity_type), self.sources.entity(entity_type)
-        self._check_dialect(entity_type, source)
+        _check_dialect(self.dialect, entity_type, source)
         if entity.mode is Mode.CONDITIONS:
             raise ValueError(f"{entity_type}: statuses chosen by conditions have no keys")
         if entity_type not in self._since:
@@ -298,7 +268,7 @@ class SqlEvaluator:
         ``at`` gives from current facts (None when no line of ``reinit:``
         holds), as ``engine.reinit_state`` gives it entity by entity."""
         entity, source = self.ruleset.entity(entity_type), self.sources.entity(entity_type)
-        self._check_dialect(entity_type, source)
+        _check_dialect(self.dialect, entity_type, source)
         if entity_type not in self._reinit:
             self._reinit[entity_type] = compile_reinit(
                 self.ruleset, self.sources, entity_type, self.dialect
@@ -312,14 +282,6 @@ class SqlEvaluator:
 
     def _tracking(self, conn: Connection) -> AbstractContextManager[None]:
         return nullcontext() if self._track is None else self._track(conn)
-
-    def _check_dialect(self, entity_type: str, source: EntitySource) -> None:
-        if self.dialect == "sqlite" and source.naive_timezone != "UTC":
-            raise ConfigurationError(
-                f"{entity_type}: SQLite has no time-zone database, so the compiled SQL"
-                f" reads naive instants as UTC only (naive_timezone is"
-                f" {source.naive_timezone}); use the Python evaluator"
-            )
 
     @contextmanager
     def _transaction(self, source: EntitySource) -> Iterator[Connection]:
@@ -373,6 +335,15 @@ class SqlEvaluator:
         yield from conn.execute(statement.execution_options(yield_per=self.batch_size), params)
 
 
+def _check_dialect(dialect: str, entity_type: str, source: EntitySource) -> None:
+    if dialect == "sqlite" and source.naive_timezone != "UTC":
+        raise ConfigurationError(
+            f"{entity_type}: SQLite has no time-zone database, so the compiled SQL"
+            f" reads naive instants as UTC only (naive_timezone is"
+            f" {source.naive_timezone}); use the Python evaluator"
+        )
+
+
 def _hashable(conn: Connection, compiled: CompiledEntity, *, with_ids: bool) -> bool:
     """Whether PostgreSQL can hash every result column of ``compiled``
     (``hash_record_extended``; a ``json`` column cannot be). The statement
@@ -393,9 +364,14 @@ def _hashable(conn: Connection, compiled: CompiledEntity, *, with_ids: bool) -> 
         with conn.begin_nested():
             conn.execute(sa.text(f"SELECT hash_record_extended(ROW({nulls}), 0)"))
     except sa.exc.DBAPIError as exc:
-        if isinstance(exc.orig, psycopg.errors.UndefinedFunction):
-            return False
-        raise
+        if not isinstance(exc.orig, psycopg.errors.UndefinedFunction):
+            raise
+        log.warning(
+            "%s: a result column has a type PostgreSQL cannot hash; the row digests are"
+            " MD5s of the row's text (slower)",
+            compiled.entity.name,
+        )
+        return False
     return True
 
 
