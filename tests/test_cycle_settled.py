@@ -116,11 +116,13 @@ def test_a_full_pass_over_an_unchanged_population_decodes_almost_nothing(app):
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("where", ["joined", "looked up"])
 def test_an_entity_with_an_event_in_the_window_is_compared_in_full(
-    pg_url, tmp_path, mailchimp_emulator
+    where, request, pg_url, tmp_path, mailchimp_emulator
 ):
     """An occurrence of an action that neither moves the entity nor sets a
     code leaves its SQL row (and digest) as it was; its event is still sent."""
+    state = None if where == "joined" else request.getfixturevalue("state_pg_url")
     load_demo(pg_url, "blousebrothers", users=USERS, seed=5, now=NOW)
     rules, sources = FILES["blousebrothers"]
     text = rules.read_text()
@@ -132,8 +134,10 @@ def test_an_entity_with_an_event_in_the_window_is_compared_in_full(
     (tmp_path / "rules.yaml").write_text(event_only)
     clock = Clock(NOW)
     runtime, _ = make_runtime(
-        (tmp_path / "rules.yaml", sources), pg_url, tmp_path, mailchimp_emulator, clock
+        (tmp_path / "rules.yaml", sources), pg_url, tmp_path, mailchimp_emulator, clock, state=state
     )
+    assert runtime.evaluator is not None
+    assert (runtime.evaluator.stored is not None) == (where == "joined")
     engine = sa.create_engine(pg_url)
     try:
         run_once(runtime, full=True)
@@ -326,7 +330,7 @@ def test_a_column_postgresql_cannot_hash_gets_md5_digests(
 
 
 @pytest.mark.postgres
-def test_a_full_pass_reads_the_stored_ids_back_only_when_some_are_gone(app, monkeypatch):
+def test_a_full_pass_finds_the_deleted_entities_without_reading_every_stored_id(app, monkeypatch):
     runtime, clock, _engine, _emulator = app
     run_once(runtime, full=True)
     read_back = []
@@ -344,4 +348,72 @@ def test_a_full_pass_reads_the_stored_ids_back_only_when_some_are_gone(app, monk
     runtime.state.upsert_evaluations([EntityEvaluation("user", "999999", None, "registered")])
     clock.now += timedelta(minutes=1)
     assert run_once(runtime, full=True).deleted == {"user": 1}
-    assert read_back == ["user"]
+    # Joined, the SQL's full join finds it; looked up, the merge of digests.
+    assert read_back == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("app", ["looked up"], indirect=True)
+def test_apart_only_the_entities_whose_digests_differ_are_evaluated(app, monkeypatch):
+    """With the state store apart from the application's database, a full
+    pass merges the SQL's digests with the stored ones, then evaluates only
+    the ids that differ: a new credit, a retry, a change due."""
+    runtime, clock, engine, emulator = app
+    run_once(runtime, full=True)
+    asked = []
+    rows = runtime.evaluator.rows
+
+    def spy(entity_type, **kwargs):
+        asked.append(kwargs.get("ids"))
+        return rows(entity_type, **kwargs)
+
+    monkeypatch.setattr(runtime.evaluator, "rows", spy)
+    clock.now += timedelta(minutes=1)
+    again = run_once(runtime, full=True)
+    assert asked == []  # nothing differs: no row is read at all
+    assert again.entities_settled["user"] == again.entities_read["user"] == USERS
+    with engine.connect() as conn:
+        first = conn.execute(sa.text("SELECT min(id) FROM users")).scalar_one()
+    _credit(engine, first, (clock.now - timedelta(minutes=30)).replace(tzinfo=None))
+    clock.now += timedelta(minutes=1)
+    run_once(runtime, full=True)
+    assert asked == [[str(first)]]
+    due = {e.entity_id for e in runtime.state.due(clock.now + timedelta(days=7), 10_000)}
+    assert due
+    clock.now += timedelta(days=7)
+    asked.clear()
+    run_once(runtime, full=True)
+    assert len(asked) == 1
+    assert set(asked[0]) == due
+    assert audience_fields(emulator) == _expected(runtime, clock.now)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("app", ["joined"], indirect=True)
+def test_joined_the_settled_rows_never_leave_the_database(app):
+    """With the state store joined, a full pass gets only the rows that may
+    have changed: a new credit, a retry or event id passed in, a change due,
+    and the stored entities no longer listed (their columns null)."""
+    runtime, clock, engine, _emulator = app
+    run_once(runtime, full=True)
+    clock.now += timedelta(minutes=1)
+
+    def rows(unsettled=frozenset()):
+        found = runtime.evaluator.rows(
+            "user", now=clock.now, fingerprint=True, unsettled=set(unsettled)
+        )
+        return [(row[0], row[compiled.stored_column]) for compiled, row in found]
+
+    assert rows() == []
+    with engine.connect() as conn:
+        first, second = conn.execute(sa.text("SELECT id FROM users ORDER BY id LIMIT 2")).scalars()
+    _credit(engine, first, (clock.now - timedelta(minutes=30)).replace(tzinfo=None))
+    assert rows() == [(first, str(first))]
+    assert rows({str(second)}) == [(first, str(first)), (second, str(second))]
+    runtime.state.upsert_evaluations([EntityEvaluation("user", "999999", None, "registered")])
+    assert rows() == [(first, str(first)), (None, "999999")]
+    # A week later the ladders move: every entity whose next change is due.
+    due = {e.entity_id for e in runtime.state.due(clock.now + timedelta(days=7), 10_000)}
+    assert due
+    clock.now += timedelta(days=7)
+    assert {str(ident) for ident, _ in rows() if ident is not None} == due | {str(first)}

@@ -217,7 +217,11 @@ class Cycle:
         if self.stop.is_set():
             self.summary.stopped = True
             return
-        if run.seen is not None and run.stored_seen != run.stored_before:
+        if run.gone is not None:
+            # The SQL joined the stored rows: it found the deleted ones itself.
+            if run.gone:
+                self.identities.forget(entity_type, sorted(run.gone))
+        elif run.seen is not None and run.stored_seen != run.stored_before:
             self.identities.forget_missing(entity_type, run.seen, ids)
 
     def _occurrences(self, run: TypeRun) -> dict[str, list[ActionOccurrence]]:

@@ -12,18 +12,20 @@ On PostgreSQL each result row carries a digest computed by the database
 (``CompiledEntity.with_fingerprint``). An entity whose digest is the one
 recorded when it was last settled (evaluation stored, contribution accepted
 by Mailchimp), with no change due, no retry and no event in the window, is
-counted and left alone: its row is not even decoded. The others are decoded
-and diffed in full, and the differ records their new digest once settled.
+counted and left alone: its row is not even decoded, and in a full pass it
+does not even leave the database (``sync.daemon.settled`` says where the
+test is made). The others are decoded and diffed in full, and the differ
+records their new digest once settled.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from datetime import datetime
 from itertools import islice
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -31,6 +33,7 @@ import sqlalchemy as sa
 from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.diff import Differ
 from sync.daemon.events import unsent_events
+from sync.daemon.settled import Row, Settled, joined, without_gone
 from sync.daemon.type_run import Derived, TypeRun
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, position_at
 from sync.evaluate.related import related_statuses
@@ -39,16 +42,12 @@ from sync.rules.model import STATUS, Entity, Mode
 from sync.sources.model import SourcesConfig
 from sync.sources.reader import SourceReader
 from sync.sources.sessions import SourceQueryError, SourceUnavailableError
-from sync.sql.compiled import CompiledEntity, SqlEvaluation
+from sync.sql.compiled import SqlEvaluation
 from sync.sql.evaluator import SqlEvaluator
-from sync.sql.expr import to_micros
 from sync.sql.keys import key_instant
 from sync.state.baselines import Baseline as StoredBaseline
-from sync.state.entities import StoredRow
 from sync.state.store import StateStore
 
-#: A result row of the compiled SQL, with the statement that decodes it.
-Row = tuple[CompiledEntity, Sequence[Any]]
 T = TypeVar("T")
 
 #: The cycle's log lines keep the name they always had (operators filter on it).
@@ -80,7 +79,7 @@ class Deriver:
         self.evaluator = evaluator
         self.batch_size = batch_size
         self.stop = stop
-        self._now_us = to_micros(now)
+        self.settled = Settled(state, evaluator, summary, now=now)
 
     def uses_sql(self, entity_type: str) -> bool:
         """Whether the compiled SQL can evaluate this type (else the engine)."""
@@ -113,20 +112,46 @@ class Deriver:
                 )
                 use_sql = False
                 self.summary.entities_read[entity_type] = 0
+                self.summary.entities_settled[entity_type] = 0
                 run.seen = set()
                 run.stored_seen = 0
+                run.gone = None
+                run.stored_returned = 0
         if not use_sql:
             self._run_engine(run, ids)
         return "sql" if use_sql else "engine"
 
     def _run_sql(self, run: TypeRun, ids: list[str] | None) -> None:
         assert self.evaluator is not None
-        rows = self.evaluator.rows(run.entity.name, now=self.now, ids=ids, fingerprint=True)
+        full = ids is None
+        # A full pass with the state store joined leaves the settled
+        # entities' rows in the database: only the others come here, with
+        # the stored entities the list query no longer gives.
+        in_sql = full and self.evaluator.stored is not None
+        if in_sql:
+            run.gone = []
+        elif full and self.settled.merges(run):
+            # Apart from it, the digests alone are merged with the stored
+            # ones first; only the entities that differ are evaluated.
+            ids = self.settled.merge(run)
+            if ids is not None and not ids:
+                self._report_unusable_actions(run.entity.name)
+                return
+        rows = self.evaluator.rows(
+            run.entity.name,
+            now=self.now,
+            ids=ids,
+            fingerprint=True,
+            unsettled=run.forced | run.occurrences.keys() if in_sql else None,
+        )
         for chunk in _chunks(rows, self.batch_size):
             self._derive_sql_chunk(run, chunk)
             if self.stop.is_set():
                 return
-        if ids is None:
+        if in_sql:
+            # Every stored entity the rows did not carry was settled.
+            self.settled.count(run, (run.stored_before or 0) - run.stored_returned)
+        if full:
             self._report_unusable_actions(run.entity.name)
 
     def _report_unusable_actions(self, entity_type: str) -> None:
@@ -142,45 +167,15 @@ class Deriver:
             log.warning("%s: the action rows the SQL leaves out were not checked: %s",
                         entity_type, exc)  # fmt: skip
 
-    def _unsettled(
-        self, run: TypeRun, chunk: list[Row], ids: list[str], stored: Mapping[str, StoredRow]
-    ) -> list[SqlEvaluation]:
-        """The chunk's rows decoded, but for the entities already settled:
-        their row digest is the one recorded when they were last settled,
-        and no change is due, no retry and no event in the window. Those are
-        counted as read and left alone."""
-        left: list[SqlEvaluation] = []
-        settled = 0
-        now_us = self._now_us
-        for (compiled, row), ident in zip(chunk, ids, strict=True):
-            if compiled.fp_column is not None:
-                before = stored.get(ident)
-                if (
-                    before is not None
-                    and before.row_fp is not None
-                    and before.row_fp == row[compiled.fp_column]
-                    and ident not in run.forced
-                    and ident not in run.occurrences
-                    and not before.due(now_us)
-                ):
-                    settled += 1
-                    if run.seen is not None:
-                        run.seen.add(ident)
-                    continue
-            left.append(compiled.decode(row))
-        if settled:
-            run.stored_seen += settled
-            self.summary.entities_read[run.entity.name] += settled
-            self.summary.entities_settled[run.entity.name] += settled
-        return left
-
     def _derive_sql_chunk(self, run: TypeRun, rows: list[Row]) -> None:
         entity = run.entity
+        if rows and rows[0][0].skips_settled:
+            rows = without_gone(run, rows)
         row_ids = [str(row[0]) for _, row in rows]
-        stored = _joined(rows, row_ids)
+        stored = joined(rows, row_ids)
         if stored is None:
             stored = self.state.stored_rows(entity.name, row_ids)
-        chunk = self._unsettled(run, rows, row_ids, stored)
+        chunk = self.settled.decode_unsettled(run, rows, row_ids, stored)
         if not chunk:
             return
         ids = [r.id for r in chunk]
@@ -300,19 +295,6 @@ class Deriver:
                     return
         if chunk:
             settle()
-
-
-def _joined(rows: list[Row], ids: list[str]) -> dict[str, StoredRow] | None:
-    """The stored rows the compiled SQL joined from the state store (when it
-    lives in the same database), by id; None when not joined."""
-    if not rows or rows[0][0].stored_column is None:
-        return None
-    at = rows[0][0].stored_column
-    return {
-        ident: StoredRow(*row[at + 1 : at + 5])
-        for (_, row), ident in zip(rows, ids, strict=True)
-        if row[at] is not None
-    }
 
 
 def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:

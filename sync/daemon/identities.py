@@ -58,8 +58,12 @@ class IdentityChanges:
         gone = sorted(asked - seen)
         if ids is not None and gone:
             gone = sorted(self.state.stored_rows(entity_type, gone))
-        if not gone:
-            return
+        if gone:
+            self.forget(entity_type, gone)
+
+    def forget(self, entity_type: str, gone: list[str]) -> None:
+        """Stored entities not listed any more: forgotten, and their members
+        kept, unsubscribed or archived (``on_delete``)."""
         if not self.record:
             # A dry run (or a preview) says how many it would forget.
             self.summary.deleted[entity_type] += len(gone)

@@ -54,3 +54,8 @@ class TypeRun:
     #: deleted, and the stored ids need not be read back.
     stored_before: int | None = None
     stored_seen: int = 0
+    #: In a full pass whose SQL left the settled entities' rows in the
+    #: database (the state store joined): the stored entities the join found
+    #: no longer listed, and how many stored entities its rows carried.
+    gone: list[str] | None = None
+    stored_returned: int = 0

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from sync.records import FactValue
 from sync.rules.expressions import Type
@@ -25,7 +26,7 @@ from sync.rules.model import ACTION_CODE, STATUS, Entity
 from sync.sources.model import EntitySource
 from sync.sources.values import bind_instant, convert
 from sync.sql.expr import EPOCH, from_micros, to_micros
-from sync.sql.inputs import NOW_US, REINIT_US
+from sync.sql.inputs import NOW_AT, NOW_US, REINIT_US, UNSETTLED
 
 #: An entity's latest status-giving and code-bearing actions, each as
 #: ``at_µs * K + declaration order`` (None: no such action yet). Opaque to
@@ -88,6 +89,10 @@ class CompiledEntity:
     #: null when none is stored, then email, eval_fp, pushed_fp, row_fp),
     #: when joined (``with_fingerprint``).
     stored_column: int | None = None
+    #: Whether the rows of settled entities are left out, and stored entities
+    #: the list query no longer gives come back with null columns but the
+    #: stored ones (``with_fingerprint(skip_settled=True)``).
+    skips_settled: bool = False
 
     def params(self, now: datetime, *, reinit_at: datetime | None = None) -> dict[str, Any]:
         """The bound values for evaluating at ``now`` (``ids`` aside)."""
@@ -98,6 +103,9 @@ class CompiledEntity:
         }
         if reinit_at is not None:
             params[REINIT_US] = to_micros(reinit_at)
+        if self.skips_settled:
+            params[NOW_AT] = now
+            params[UNSETTLED] = []
         return params
 
     def decode(self, row: Sequence[Any]) -> SqlEvaluation:
@@ -150,7 +158,12 @@ class CompiledEntity:
         )
 
     def with_fingerprint(
-        self, *, ordered: bool, stored: sa.TableClause | None = None, md5: bool = False
+        self,
+        *,
+        ordered: bool,
+        stored: sa.TableClause | None = None,
+        md5: bool = False,
+        skip_settled: bool = False,
     ) -> CompiledEntity:
         """The same evaluation with one more column, ``row_fp``: a digest of
         the whole result row and of what decoding it depends on in the rules
@@ -168,36 +181,38 @@ class CompiledEntity:
 
         ``stored``: the state store's ``entity_state`` table when it lives in
         the same database; its row for each entity is joined to the result
-        (``stored_column``), so the diff needs no look-up of its own."""
-        if self.dialect != "postgresql":
-            raise NotImplementedError("row digests are computed by PostgreSQL only")
+        (``stored_column``), so the diff needs no look-up of its own.
+
+        ``skip_settled`` (with ``stored``, for the whole population): the rows
+        of settled entities stay in the database (``_settled_filter``), so
+        only what may have changed reaches the daemon; and the stored
+        entities the list query no longer gives come back as rows whose
+        columns are null but the stored ones (a full join), so deletions
+        need no read of their own."""
         inner = self.select.subquery("q")
-        # ``q``: the whole result row, as one record.
-        row: sa.ColumnClause[Any] = sa.literal_column("q")
-        digest: sa.ColumnElement[Any]
-        if md5:
-            digest = sa.func.md5(sa.cast(row, sa.Text) + sa.literal(self.salt, sa.Text))
-        else:
-            seed = int.from_bytes(bytes.fromhex(self.salt), "big", signed=True)
-            digest = sa.cast(
-                sa.func.hash_record_extended(row, sa.literal(seed, sa.BigInteger)), sa.Text
-            )
+        digest = self._digest(md5)
         columns: list[Any] = [*inner.c, digest.label("row_fp")]
         source: sa.FromClause = inner
+        where: sa.ColumnElement[bool] = sa.true()
+        if skip_settled and stored is None:
+            raise ValueError("skip_settled needs the state store joined")
         if stored is not None:
-            s = stored.alias("s")
-            source = inner.outerjoin(
-                s,
-                sa.and_(
-                    s.c.entity_type == sa.literal(self.entity.name, sa.Text),
-                    s.c.entity_id == sa.cast(inner.c[0], sa.Text),
-                ),
+            # This type's stored rows, joined by id (ids are text there).
+            s = (
+                sa.select(*stored.c)
+                .where(stored.c.entity_type == sa.literal(self.entity.name, sa.Text))
+                .subquery("s")
             )
+            ident = sa.cast(inner.c[0], sa.Text)
+            on = s.c.entity_id == ident
+            source = inner.join(s, on, full=True) if skip_settled else inner.outerjoin(s, on)
             columns += [
                 s.c[name].label(f"stored_{name}")
                 for name in ("entity_id", "email", "eval_fp", "pushed_fp", "row_fp")
             ]
-        select = sa.select(*columns).select_from(source)
+            if skip_settled:
+                where = _settled_filter(s, digest, ident)
+        select = sa.select(*columns).select_from(source).where(where)
         if ordered:
             select = select.order_by(inner.c[0])
         fp_column = len(inner.c)
@@ -206,7 +221,33 @@ class CompiledEntity:
             select=select,
             fp_column=fp_column,
             stored_column=fp_column + 1 if stored is not None else None,
+            skips_settled=skip_settled,
         )
+
+    def digests(self, *, md5: bool = False) -> CompiledEntity:
+        """Only each entity's id (as text) and its row's digest, in the byte
+        order of the ids (``COLLATE "C"``, SQLite's order too): what a full
+        pass merges with the stored digests when the state store is not
+        joined (``sync.daemon.derive``), without bringing the rows over."""
+        inner = self.select.subquery("q")
+        ident = sa.cast(inner.c[0], sa.Text)
+        select = (
+            sa.select(ident.label("id"), self._digest(md5).label("row_fp"))
+            .select_from(inner)
+            .order_by(ident.collate("C"))
+        )
+        return replace(self, select=select, fp_column=1, stored_column=None)
+
+    def _digest(self, md5: bool) -> sa.ColumnElement[Any]:
+        """The digest of the subquery ``q``'s whole row (see ``with_fingerprint``)."""
+        if self.dialect != "postgresql":
+            raise NotImplementedError("row digests are computed by PostgreSQL only")
+        # ``q``: the whole result row, as one record.
+        row: sa.ColumnClause[Any] = sa.literal_column("q")
+        if md5:
+            return sa.func.md5(sa.cast(row, sa.Text) + sa.literal(self.salt, sa.Text))
+        seed = int.from_bytes(bytes.fromhex(self.salt), "big", signed=True)
+        return sa.cast(sa.func.hash_record_extended(row, sa.literal(seed, sa.BigInteger)), sa.Text)
 
     @cached_property
     def salt(self) -> str:
@@ -261,6 +302,24 @@ class CompiledEntity:
                 textual = how in ("identity", "string", f"derived:{Type.STRING.value}")
                 plan.append((tag, 2 if textual else 3, position, decoder))
         return tuple(plan)
+
+
+def _settled_filter(
+    stored: sa.Subquery, digest: sa.ColumnElement[Any], ident: sa.ColumnElement[Any]
+) -> sa.ColumnElement[bool]:
+    """The rows a full pass must see: all but those of settled entities, the
+    test ``Deriver._unsettled`` makes in Python. Settled: the row's digest is
+    the one stored, the stored evaluation's next change is after ``now``
+    (or none) and the entity is not among the ids bound to ``UNSETTLED`` (a
+    retry, an event in the window). A null (nothing stored, an entity gone)
+    means not settled."""
+    now = sa.bindparam(NOW_AT, type_=sa.DateTime(timezone=True))
+    settled = sa.and_(
+        stored.c.row_fp == digest,
+        sa.or_(stored.c.next_change_at.is_(None), stored.c.next_change_at > now),
+        sa.not_(ident == sa.func.any(sa.bindparam(UNSETTLED, type_=postgresql.ARRAY(sa.Text)))),
+    )
+    return sa.not_(sa.func.coalesce(settled, sa.false()))
 
 
 def _decode_value(how: str, value: Any, tz: ZoneInfo) -> FactValue:

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -30,7 +38,7 @@ from sync.sql.actions import Baselines
 from sync.sql.compiled import ActionKeys, CompiledEntity, SqlEvaluation
 from sync.sql.compiler import PG_SETTINGS, compile_entity, compile_reinit
 from sync.sql.expr import to_micros
-from sync.sql.inputs import CKEYS, IDS, KEYS_JSON, NOW_US, REINIT_US, SINCE, SKEYS
+from sync.sql.inputs import CKEYS, IDS, KEYS_JSON, NOW_US, REINIT_US, SINCE, SKEYS, UNSETTLED
 from sync.sql.keys import compile_keys_since
 
 log = logging.getLogger(__name__)
@@ -90,14 +98,19 @@ class SqlEvaluator:
         baselines: Baselines | None = None,
         ordered: bool = True,
         fingerprint: bool = False,
+        skip_settled: bool = False,
+        digests: bool = False,
     ) -> CompiledEntity:
         """The entity type's statement for these options (built once each);
         with ``fingerprint`` on PostgreSQL, each row also carries its digest
-        (``SqlEvaluation.fp``) and, with ``stored``, the state store's row."""
+        (``SqlEvaluation.fp``) and, with ``stored``, the state store's row;
+        with ``skip_settled`` too, the settled entities' rows are left out.
+        ``digests``: only ids and digests (``CompiledEntity.digests``)."""
         baselines = baselines or Baselines()
         fingerprint = fingerprint and self.dialect == "postgresql"
-        options = (with_ids, given_keys, baselines.reinit, baselines.table, ordered, fingerprint)
-        cache = (entity_type, *options)
+        skip_settled = skip_settled and fingerprint and self.stored is not None and not with_ids
+        cache: tuple[Any, ...] = (entity_type, with_ids, given_keys, baselines.reinit)
+        cache += (baselines.table, ordered, fingerprint, skip_settled, digests)
         if cache in self._compiled:
             return self._compiled[cache]
         source = self.sources.entity(entity_type)
@@ -113,9 +126,14 @@ class SqlEvaluator:
             given_keys=given_keys,
             ordered=ordered,
         )
-        if fingerprint:
+        if digests:
             md5 = not _hashable(conn, compiled, with_ids=with_ids)
-            compiled = compiled.with_fingerprint(ordered=ordered, stored=self.stored, md5=md5)
+            compiled = compiled.digests(md5=md5)
+        elif fingerprint:
+            md5 = not _hashable(conn, compiled, with_ids=with_ids)
+            compiled = compiled.with_fingerprint(
+                ordered=ordered, stored=self.stored, md5=md5, skip_settled=skip_settled
+            )
         self._compiled[cache] = compiled
         return compiled
 
@@ -189,8 +207,14 @@ class SqlEvaluator:
         ordered: bool = True,
         keys: Mapping[str, ActionKeys] | None = None,
         fingerprint: bool = False,
+        unsettled: Collection[str] | None = None,
     ) -> Iterator[tuple[CompiledEntity, Sequence[Any]]]:
-        """The raw result rows (for callers that decode lazily)."""
+        """The raw result rows (for callers that decode lazily).
+
+        ``unsettled`` (with ``fingerprint``, for the whole population, the
+        state store joined): leave out the rows of settled entities but
+        these ids (``CompiledEntity.with_fingerprint(skip_settled=True)``).
+        Whether it did is ``compiled.skips_settled``."""
         if keys is not None:
             if ids is not None:
                 raise ValueError("evaluate: give ids or keys, not both")
@@ -209,8 +233,11 @@ class SqlEvaluator:
                 baselines=baselines,
                 ordered=ordered,
                 fingerprint=fingerprint,
+                skip_settled=unsettled is not None,
             )
             params = compiled.params(now, reinit_at=reinit_at)
+            if compiled.skips_settled and unsettled:
+                params[UNSETTLED] = sorted(unsettled)
             chunks: list[list[Any] | None] = [None]
             if ids is not None:
                 wanted = sorted({_key(source, i) for i in ids})
@@ -224,6 +251,18 @@ class SqlEvaluator:
                     params.update(_key_params(self.dialect, chunk, keys))
                 for row in self._stream(conn, compiled.select, params):
                     yield compiled, row
+
+    def digests(self, entity_type: str, *, now: datetime) -> Generator[tuple[str, str]]:
+        """``(id, row digest)`` of every entity at ``now``, in the byte order
+        of the ids (PostgreSQL only): the digests ``rows(fingerprint=True)``
+        gives, without the rows (``CompiledEntity.digests``)."""
+        if self.dialect != "postgresql":
+            raise NotImplementedError("row digests are computed by PostgreSQL only")
+        source = self.sources.entity(entity_type)
+        with self._transaction(source) as conn:
+            compiled = self.compile(conn, entity_type, ordered=False, digests=True)
+            for row in self._stream(conn, compiled.select, compiled.params(now)):
+                yield row[0], row[1]
 
     def keys_since(
         self, entity_type: str, *, since: datetime, now: datetime
@@ -302,37 +341,51 @@ class SqlEvaluator:
     def _stream(
         self, conn: Connection, statement: sa.Select[Any], params: dict[str, Any]
     ) -> Iterator[Sequence[Any]]:
-        """The result rows, ``batch_size`` at a time.
+        return _stream(
+            conn, statement, params, batch_size=self.batch_size, driver_sql=self._driver_sql
+        )
 
-        On PostgreSQL (with libpq 17 or later) the rows come as the server
-        produces them (libpq's chunked-rows mode, through psycopg's
-        ``stream``), not through a server-side cursor: a query run by
-        ``DECLARE … CURSOR`` cannot use parallel workers, and each ``FETCH``
-        leaves the server idle while this process decodes the previous batch.
-        Streamed, the server computes the next rows while these are decoded
-        (measured at 1M users: 10.9 s with a cursor, 7.9 s streamed;
-        ``benchmarks/README.md``). Elsewhere, SQLAlchemy's ``yield_per``.
-        """
-        if self.dialect == "postgresql" and psycopg.pq.version() >= 170000:
-            sql = self._driver_sql.get(statement)
-            if sql is None:
-                compiled = statement.compile(dialect=conn.dialect)
-                assert isinstance(compiled, SQLCompiler)
-                sql = self._driver_sql[statement] = compiled
-            # IN lists of the rules' own values become plain parameters.
-            expanded = sql.construct_expanded_state(params)
-            driver = conn.connection.driver_connection
-            assert isinstance(driver, psycopg.Connection)
-            # Binary results: integers and instants are read without parsing
-            # text (0.7 instead of 1.3 µs a row at 1M users).
-            with driver.cursor(binary=True) as cursor:
-                yield from cursor.stream(
-                    expanded.statement,
-                    _integer_arrays_as_text(expanded.parameters),
-                    size=self.batch_size,
-                )
-            return
-        yield from conn.execute(statement.execution_options(yield_per=self.batch_size), params)
+
+def _stream(
+    conn: Connection,
+    statement: sa.Select[Any],
+    params: dict[str, Any],
+    *,
+    batch_size: int,
+    driver_sql: dict[sa.Select[Any], SQLCompiler],
+) -> Iterator[Sequence[Any]]:
+    """The result rows, ``batch_size`` at a time (``driver_sql``: the
+    statements already compiled for the driver).
+
+    On PostgreSQL (with libpq 17 or later) the rows come as the server
+    produces them (libpq's chunked-rows mode, through psycopg's
+    ``stream``), not through a server-side cursor: a query run by
+    ``DECLARE … CURSOR`` cannot use parallel workers, and each ``FETCH``
+    leaves the server idle while this process decodes the previous batch.
+    Streamed, the server computes the next rows while these are decoded
+    (measured at 1M users: 10.9 s with a cursor, 7.9 s streamed;
+    ``benchmarks/README.md``). Elsewhere, SQLAlchemy's ``yield_per``.
+    """
+    if conn.dialect.name == "postgresql" and psycopg.pq.version() >= 170000:
+        sql = driver_sql.get(statement)
+        if sql is None:
+            compiled = statement.compile(dialect=conn.dialect)
+            assert isinstance(compiled, SQLCompiler)
+            sql = driver_sql[statement] = compiled
+        # IN lists of the rules' own values become plain parameters.
+        expanded = sql.construct_expanded_state(params)
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        # Binary results: integers and instants are read without parsing
+        # text (0.7 instead of 1.3 µs a row at 1M users).
+        with driver.cursor(binary=True) as cursor:
+            yield from cursor.stream(
+                expanded.statement,
+                _integer_arrays_as_text(expanded.parameters),
+                size=batch_size,
+            )
+        return
+    yield from conn.execute(statement.execution_options(yield_per=batch_size), params)
 
 
 def _check_dialect(dialect: str, entity_type: str, source: EntitySource) -> None:

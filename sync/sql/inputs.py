@@ -25,6 +25,11 @@ SKEYS = "mailsync_skeys"
 CKEYS = "mailsync_ckeys"
 KEYS_JSON = "mailsync_keys"
 SINCE = "mailsync_since"
+#: With settled rows left out (``CompiledEntity.with_fingerprint``): the
+#: instant as stored instants compare to it, and the ids a full pass must see
+#: even when settled.
+NOW_AT = "mailsync_now_at"
+UNSETTLED = "mailsync_unsettled"
 
 
 def in_ids(column: SqlExpr, naming: Naming, id_type: str) -> SqlExpr:

@@ -8,7 +8,7 @@ by schedule, status and member address.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -183,6 +183,22 @@ class EntityStore(StoreBase):
                     found[ident] = StoredRow(email, eval_fp, pushed_fp, row_fp)
         return found
 
+    def stored_digests(self, entity_type: str) -> Generator[tuple[str, str | None, str | None]]:
+        """``(entity_id, row_fp, eval_fp)`` of every stored entity of a type,
+        streamed in the byte order of the ids (the primary key's order on
+        SQLite; ``COLLATE "C"`` on PostgreSQL): a full pass merges them with
+        the compiled SQL's digests, in the same order."""
+        order = "entity_id" if self.dialect == "sqlite" else 'entity_id COLLATE "C"'
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
+                "SELECT entity_id, row_fp, eval_fp FROM entity_state"
+                f" WHERE entity_type = {mark} ORDER BY {order}",
+                (entity_type,),
+            )
+            for row in result:
+                yield row[0], row[1], row[2]
+
     def set_row_fingerprints(self, entity_type: str, fingerprints: Mapping[str, str]) -> None:
         """Record the compiled SQL's row digest of settled entities whose
         evaluation and contribution did not change (see ``StoredRow.row_fp``)."""
@@ -204,7 +220,15 @@ class EntityStore(StoreBase):
         # the same connection options.
         if not same or (self.schema is None and mine.query != theirs.query):
             return None
-        names = ("entity_type", "entity_id", "email", "eval_fp", "pushed_fp", "row_fp")
+        names = (
+            "entity_type",
+            "entity_id",
+            "email",
+            "eval_fp",
+            "pushed_fp",
+            "row_fp",
+            "next_change_at",
+        )
         table = sa.table("entity_state", *(sa.column(n) for n in names), schema=self.schema)
         try:
             with engine.connect() as conn:

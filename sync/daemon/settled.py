@@ -1,0 +1,182 @@
+"""Which entities a full pass can leave alone, and how it finds them.
+
+An entity is *settled* when its evaluation is stored and Mailchimp accepted
+its contribution; the compiled SQL's row digest is then recorded with it
+(``entity_state.row_fp``). A later full pass counts it as read and leaves it
+alone when its row has the same digest, no change of the stored evaluation
+is due, and it has no retry and no event in the window. The test is made in
+one of three places, whichever keeps the most work in the database:
+
+* in the SQL, when the state store lives in the application's database: the
+  settled entities' rows never come back (``joined``, ``without_gone``);
+* by a merge, when it lives apart: the SQL's ``(id, digest)`` and the stored
+  digests, both in id order, walked together (``Settled.merge``); only the
+  ids that differ are evaluated;
+* in Python, row by row, for whatever rows come back (``decode_unsettled``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sync.daemon.cycle_summary import CycleSummary
+from sync.daemon.type_run import TypeRun
+from sync.sql.compiled import CompiledEntity, SqlEvaluation
+from sync.sql.evaluator import SqlEvaluator
+from sync.sql.expr import to_micros
+from sync.state.entities import StoredRow
+from sync.state.store import StateStore
+
+#: A result row of the compiled SQL, with the statement that decodes it.
+Row = tuple[CompiledEntity, Sequence[Any]]
+
+#: A full pass evaluates the whole population again rather than the ids
+#: its digests found different when more than this many differ (one
+#: PostgreSQL array of ids: ``SqlEvaluator.rows``).
+MAX_UNSETTLED = 100_000
+#: ... and as soon as more than half of the first this many differ.
+_EARLY_LOOK = 10_000
+
+
+class Settled:
+    """The settled test of one cycle, and its counts."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        evaluator: SqlEvaluator | None,
+        summary: CycleSummary,
+        *,
+        now: datetime,
+    ) -> None:
+        self.state = state
+        self.evaluator = evaluator
+        self.summary = summary
+        self.now = now
+        self._now_us = to_micros(now)
+
+    def count(self, run: TypeRun, settled: int) -> None:
+        """``settled`` entities of ``run``'s type were read and left alone."""
+        if settled:
+            run.stored_seen += settled
+            self.summary.entities_read[run.entity.name] += settled
+            self.summary.entities_settled[run.entity.name] += settled
+
+    def merges(self, run: TypeRun) -> bool:
+        """Whether a full pass merges digests first: the application's
+        database computes them (PostgreSQL) and something is stored."""
+        assert self.evaluator is not None
+        return self.evaluator.dialect == "postgresql" and bool(run.stored_before)
+
+    def merge(self, run: TypeRun) -> list[str] | None:
+        """One ordered walk through the compiled SQL's ``(id, digest)`` and
+        the stored ``(id, digest, evaluation)``, both in the ids' byte order:
+        the settled entities are counted (the test of ``decode_unsettled``),
+        the stored ids the SQL no longer gives are kept in ``run.gone``, and the
+        ids left to evaluate are returned. None when more than
+        ``MAX_UNSETTLED`` differ, or most of the first ``_EARLY_LOOK``: the
+        whole population is evaluated then, as without digests."""
+        assert self.evaluator is not None
+        name = run.entity.name
+        must = run.forced | run.occurrences.keys()
+        now_us = self._now_us
+        left: list[str] = []
+        gone: list[str] = []
+        settled = 0
+        computed = self.evaluator.digests(name, now=self.now)
+        stored = self.state.stored_digests(name)
+        try:
+            at = next(stored, None)
+            for ident, digest in computed:
+                while at is not None and at[0] < ident:
+                    gone.append(at[0])
+                    at = next(stored, None)
+                if at is not None and at[0] == ident:
+                    _, row_fp, eval_fp = at
+                    at = next(stored, None)
+                    if (
+                        row_fp == digest
+                        and ident not in must
+                        and not StoredRow(None, eval_fp, None).due(now_us)
+                    ):
+                        settled += 1
+                        continue
+                left.append(ident)
+                if len(left) > MAX_UNSETTLED or (
+                    len(left) > _EARLY_LOOK and len(left) * 2 > len(left) + settled
+                ):
+                    # Most differ (new rules, a store just filled): the whole
+                    # population is evaluated, without reading on.
+                    return None
+            while at is not None:
+                gone.append(at[0])
+                at = next(stored, None)
+        finally:
+            computed.close()
+            stored.close()
+        run.gone = gone
+        run.stored_returned = (run.stored_before or 0) - settled
+        self.count(run, settled)
+        return left
+
+    def decode_unsettled(
+        self, run: TypeRun, chunk: list[Row], ids: list[str], stored: Mapping[str, StoredRow]
+    ) -> list[SqlEvaluation]:
+        """The chunk's rows decoded, but for the entities already settled:
+        their row digest is the one recorded when they were last settled,
+        and no change is due, no retry and no event in the window. Those are
+        counted as read and left alone."""
+        left: list[SqlEvaluation] = []
+        settled = 0
+        now_us = self._now_us
+        for (compiled, row), ident in zip(chunk, ids, strict=True):
+            if compiled.fp_column is not None:
+                before = stored.get(ident)
+                if (
+                    before is not None
+                    and before.row_fp is not None
+                    and before.row_fp == row[compiled.fp_column]
+                    and ident not in run.forced
+                    and ident not in run.occurrences
+                    and not before.due(now_us)
+                ):
+                    settled += 1
+                    if run.seen is not None:
+                        run.seen.add(ident)
+                    continue
+            left.append(compiled.decode(row))
+        self.count(run, settled)
+        return left
+
+
+def without_gone(run: TypeRun, rows: list[Row]) -> list[Row]:
+    """The rows of listed entities; the others (null but for the joined
+    stored columns) are stored entities the list query no longer gives,
+    kept in ``run.gone``."""
+    assert run.gone is not None
+    at = rows[0][0].stored_column
+    assert at is not None
+    listed: list[Row] = []
+    for compiled, row in rows:
+        if row[at] is not None:
+            run.stored_returned += 1
+        if row[0] is None:
+            run.gone.append(row[at])
+        else:
+            listed.append((compiled, row))
+    return listed
+
+
+def joined(rows: list[Row], ids: list[str]) -> dict[str, StoredRow] | None:
+    """The stored rows the compiled SQL joined from the state store (when it
+    lives in the same database), by id; None when not joined."""
+    if not rows or rows[0][0].stored_column is None:
+        return None
+    at = rows[0][0].stored_column
+    return {
+        ident: StoredRow(*row[at + 1 : at + 5])
+        for (_, row), ident in zip(rows, ids, strict=True)
+        if row[at] is not None
+    }
