@@ -70,6 +70,7 @@ entity_state = sa.Table(
     #: full pass that gets the same one leaves the entity alone.
     sa.Column("row_fp", sa.Text),
     sa.Index("entity_state_next_change_at", "next_change_at"),
+    sa.Index("entity_state_due", "entity_type", "next_change_at"),
     sa.Index("entity_state_status", "entity_type", "status"),
     sa.Index("entity_state_email", "email"),
 )
