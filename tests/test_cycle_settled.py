@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from sync.addresses import normalise_email
+from sync.daemon import settled
 from sync.daemon.once import run_once
 from sync.daemon.reinit import reinitialise
 from sync.demo import load_demo
@@ -417,3 +418,32 @@ def test_joined_the_settled_rows_never_leave_the_database(app):
     assert due
     clock.now += timedelta(days=7)
     assert {str(ident) for ident, _ in rows() if ident is not None} == due | {str(first)}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("app", ["looked up"], indirect=True)
+def test_apart_when_most_digests_differ_the_whole_population_is_evaluated(app, monkeypatch):
+    """New rules or a store whose digests were cleared: the merge gives up
+    early and the pass evaluates everyone in one query, finding deletions
+    the way a pass without digests does."""
+    runtime, clock, _engine, emulator = app
+    run_once(runtime, full=True)
+    monkeypatch.setattr(settled, "_EARLY_LOOK", 5)
+    with runtime.state.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE entity_state SET row_fp = NULL"))
+    runtime.state.upsert_evaluations([EntityEvaluation("user", "999999", None, "registered")])
+    asked = []
+    rows = runtime.evaluator.rows
+
+    def spy(entity_type, **kwargs):
+        asked.append(kwargs.get("ids"))
+        return rows(entity_type, **kwargs)
+
+    monkeypatch.setattr(runtime.evaluator, "rows", spy)
+    clock.now += timedelta(days=2)
+    summary = run_once(runtime, full=True)
+    assert asked == [None]
+    assert summary.deleted == {"user": 1}
+    assert summary.entities_settled["user"] == 0
+    assert all(_row_fps(runtime).values())
+    assert audience_fields(emulator) == _expected(runtime, clock.now)

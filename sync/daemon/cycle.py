@@ -218,7 +218,7 @@ class Cycle:
             self.summary.stopped = True
             return
         if run.gone is not None:
-            # The SQL joined the stored rows: it found the deleted ones itself.
+            # The SQL's join, or the merge of digests, found the deleted ones.
             if run.gone:
                 self.identities.forget(entity_type, sorted(run.gone))
         elif run.seen is not None and run.stored_seen != run.stored_before:

@@ -117,7 +117,6 @@ class Settled:
             computed.close()
             stored.close()
         run.gone = gone
-        run.stored_returned = (run.stored_before or 0) - settled
         self.count(run, settled)
         return left
 

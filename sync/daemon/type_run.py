@@ -54,8 +54,8 @@ class TypeRun:
     #: deleted, and the stored ids need not be read back.
     stored_before: int | None = None
     stored_seen: int = 0
-    #: In a full pass whose SQL left the settled entities' rows in the
-    #: database (the state store joined): the stored entities the join found
-    #: no longer listed, and how many stored entities its rows carried.
+    #: In a full pass that found the deleted entities itself (the state
+    #: store joined, or a merge of digests): the stored entities no longer
+    #: listed; and, joined, how many stored entities the SQL's rows carried.
     gone: list[str] | None = None
     stored_returned: int = 0

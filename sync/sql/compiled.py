@@ -193,7 +193,7 @@ class CompiledEntity:
         digest = self._digest(md5)
         columns: list[Any] = [*inner.c, digest.label("row_fp")]
         source: sa.FromClause = inner
-        where: sa.ColumnElement[bool] = sa.true()
+        where: sa.ColumnElement[bool] | None = None
         if skip_settled and stored is None:
             raise ValueError("skip_settled needs the state store joined")
         if stored is not None:
@@ -212,7 +212,9 @@ class CompiledEntity:
             ]
             if skip_settled:
                 where = _settled_filter(s, digest, ident)
-        select = sa.select(*columns).select_from(source).where(where)
+        select = sa.select(*columns).select_from(source)
+        if where is not None:
+            select = select.where(where)
         if ordered:
             select = select.order_by(inner.c[0])
         fp_column = len(inner.c)

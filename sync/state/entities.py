@@ -196,8 +196,12 @@ class EntityStore(StoreBase):
                 f" WHERE entity_type = {mark} ORDER BY {order}",
                 (entity_type,),
             )
-            for row in result:
-                yield row[0], row[1], row[2]
+            try:
+                for row in result:
+                    yield row[0], row[1], row[2]
+            finally:
+                # Left early (most digests differ): the server cursor too.
+                result.close()
 
     def set_row_fingerprints(self, entity_type: str, fingerprints: Mapping[str, str]) -> None:
         """Record the compiled SQL's row digest of settled entities whose
