@@ -324,6 +324,34 @@ def test_deleted_entity_keeps_its_member_and_is_forgotten(db_url, tmp_path, mail
         runtime.close()
 
 
+def test_a_daemon_checks_the_left_out_rows_once_an_hour(
+    sqlite_url, tmp_path, mailchimp_emulator, caplog
+):
+    """The check reads every action row: a daemon makes it with its first
+    full pass, then again once an hour has gone by, not every full pass."""
+    make_app(sqlite_url, GOOD)
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO wallets (user_id, created_at) VALUES (NULL, :ok)"),
+            {"ok": NOW - timedelta(hours=1)},
+        )
+    engine.dispose()
+    clock = Clock(NOW)
+    runtime = make_runtime(sqlite_url, tmp_path, mailchimp_emulator, clock)
+    reports = []
+    try:
+        for minutes in (0, 15, 30, 61, 75):
+            clock.now = NOW + timedelta(minutes=minutes)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                run_once(runtime, full=True)
+            reports.append(any("null id" in r.getMessage() for r in caplog.records))
+    finally:
+        runtime.close()
+    assert reports == [True, False, False, True, False]
+
+
 def test_an_unreadable_instant_does_not_stop_the_cycle(
     db_url, tmp_path, mailchimp_emulator, caplog
 ):

@@ -112,6 +112,7 @@ class Cycle:
         on_delete: str = "keep",
         flush_size: int = FLUSH_SIZE,
         stop: threading.Event | None = None,
+        unusable_checked: dict[str, datetime] | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.sources = sources
@@ -146,6 +147,7 @@ class Cycle:
             evaluator=evaluator,
             batch_size=batch_size,
             stop=self.stop,
+            unusable_checked=unusable_checked,
         )
 
     def run(self) -> CycleSummary:

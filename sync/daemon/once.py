@@ -118,6 +118,7 @@ def make_cycle(
         record=record,
         on_delete=runtime.config.daemon.on_delete,
         stop=runtime.stop,
+        unusable_checked=runtime.unusable_checked,
     )
 
 

@@ -109,6 +109,9 @@ class Runtime:
     #: Raises ``LeadershipLost`` before a Mailchimp request once this process
     #: may no longer lead (armed by ``serve``; open otherwise).
     fence: Fence = field(default_factory=Fence)
+    #: When each type's action rows were last checked for rows the compiled
+    #: SQL leaves out (``Deriver``: at most once an hour).
+    unusable_checked: dict[str, datetime] = field(default_factory=dict)
     _evaluator: SqlEvaluator | None = field(default=None, repr=False)
 
     @property

@@ -72,7 +72,7 @@ class Settled:
 
     def merge(self, run: TypeRun) -> list[str] | None:
         """One ordered walk through the compiled SQL's ``(id, digest)`` and
-        the stored ``(id, digest, evaluation)``, both in the ids' byte order:
+        the stored ``(id, digest, due)``, both in the ids' byte order:
         the settled entities are counted (the test of ``decode_unsettled``),
         the stored ids the SQL no longer gives are kept in ``run.gone``, and the
         ids left to evaluate are returned. None when more than
@@ -81,12 +81,11 @@ class Settled:
         assert self.evaluator is not None
         name = run.entity.name
         must = run.forced | run.occurrences.keys()
-        now_us = self._now_us
         left: list[str] = []
         gone: list[str] = []
         settled = 0
         computed = self.evaluator.digests(name, now=self.now)
-        stored = self.state.stored_digests(name)
+        stored = self.state.stored_digests(name, self.now)
         try:
             at = next(stored, None)
             for ident, digest in computed:
@@ -94,13 +93,9 @@ class Settled:
                     gone.append(at[0])
                     at = next(stored, None)
                 if at is not None and at[0] == ident:
-                    _, row_fp, eval_fp = at
+                    _, row_fp, due = at
                     at = next(stored, None)
-                    if (
-                        row_fp == digest
-                        and ident not in must
-                        and not StoredRow(None, eval_fp, None).due(now_us)
-                    ):
+                    if row_fp == digest and not due and ident not in must:
                         settled += 1
                         continue
                 left.append(ident)

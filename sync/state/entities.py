@@ -183,22 +183,31 @@ class EntityStore(StoreBase):
                     found[ident] = StoredRow(email, eval_fp, pushed_fp, row_fp)
         return found
 
-    def stored_digests(self, entity_type: str) -> Generator[tuple[str, str | None, str | None]]:
-        """``(entity_id, row_fp, eval_fp)`` of every stored entity of a type,
+    def stored_digests(
+        self, entity_type: str, now: datetime
+    ) -> Generator[tuple[str, str | None, bool]]:
+        """``(entity_id, row_fp, due)`` of every stored entity of a type,
         streamed in the byte order of the ids (the primary key's order on
         SQLite; ``COLLATE "C"`` on PostgreSQL): a full pass merges them with
-        the compiled SQL's digests, in the same order."""
-        order = "entity_id" if self.dialect == "sqlite" else 'entity_id COLLATE "C"'
-        mark = "?" if self.dialect == "sqlite" else "%s"
+        the compiled SQL's digests, in the same order. ``due``: no stored
+        evaluation, or its next change at or before ``now``."""
+        due = sa.or_(
+            entity_state.c.eval_fp.is_(None),
+            sa.and_(
+                entity_state.c.next_change_at.is_not(None), entity_state.c.next_change_at <= now
+            ),
+        )
+        ident = entity_state.c.entity_id
+        query = (
+            sa.select(ident, entity_state.c.row_fp, sa.case((due, 1), else_=0))
+            .where(entity_state.c.entity_type == entity_type)
+            .order_by(ident if self.dialect == "sqlite" else ident.collate("C"))
+        )
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=5000).exec_driver_sql(
-                "SELECT entity_id, row_fp, eval_fp FROM entity_state"
-                f" WHERE entity_type = {mark} ORDER BY {order}",
-                (entity_type,),
-            )
+            result = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
             try:
                 for row in result:
-                    yield row[0], row[1], row[2]
+                    yield row[0], row[1], row[2] == 1
             finally:
                 # Left early (most digests differ): the server cursor too.
                 result.close()
