@@ -447,3 +447,56 @@ def test_apart_when_most_digests_differ_the_whole_population_is_evaluated(app, m
     assert summary.entities_settled["user"] == 0
     assert all(_row_fps(runtime).values())
     assert audience_fields(emulator) == _expected(runtime, clock.now)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("app", ["looked up"], indirect=True)
+def test_apart_the_merge_gives_up_early_when_too_many_will_differ(app, monkeypatch):
+    """A quarter of the digests differ (a rules change that moves many
+    entities a little): not most, but projected on the population, more
+    than ``MAX_UNSETTLED``. The merge stops after ``_EARLY_LOOK`` ids rather
+    than walking on until the limit, and everyone is evaluated at once;
+    with a limit the projection stays under, only those ids are."""
+    runtime, clock, _engine, emulator = app
+    run_once(runtime, full=True)
+    with runtime.state.engine.begin() as conn:
+        ids = sorted(conn.execute(sa.text("SELECT entity_id FROM entity_state")).scalars())
+        differing = ids[::4]
+        conn.execute(
+            sa.text("UPDATE entity_state SET row_fp = NULL WHERE entity_id = ANY(:ids)"),
+            {"ids": differing},
+        )
+    asked, walked = [], []
+    rows, stored_digests = runtime.evaluator.rows, runtime.state.stored_digests
+
+    def spy_rows(entity_type, **kwargs):
+        asked.append(kwargs.get("ids"))
+        return rows(entity_type, **kwargs)
+
+    def spy_digests(entity_type, now):
+        for found in stored_digests(entity_type, now):
+            walked.append(found[0])
+            yield found
+
+    monkeypatch.setattr(runtime.evaluator, "rows", spy_rows)
+    monkeypatch.setattr(runtime.state, "stored_digests", spy_digests)
+    monkeypatch.setattr(settled, "_EARLY_LOOK", 8)
+    monkeypatch.setattr(settled, "MAX_UNSETTLED", len(ids) // 8)
+    clock.now += timedelta(minutes=5)
+    run_once(runtime, full=True)
+    assert asked == [None]
+    # The early look, up to the next id that differs (one in four), and the
+    # one read ahead; walking on to the limit would read 40.
+    assert len(walked) <= 8 + 4 + 1
+    asked.clear()
+    with runtime.state.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE entity_state SET row_fp = NULL WHERE entity_id = ANY(:ids)"),
+            {"ids": differing},
+        )
+    monkeypatch.setattr(settled, "MAX_UNSETTLED", len(ids) // 2)
+    summary = run_once(runtime, full=True)
+    assert [sorted(a) for a in asked] == [differing]
+    assert summary.entities_settled["user"] == len(ids) - len(differing)
+    assert audience_fields(emulator) == _expected(runtime, clock.now)
+
