@@ -500,3 +500,30 @@ def test_apart_the_merge_gives_up_early_when_too_many_will_differ(app, monkeypat
     assert summary.entities_settled["user"] == len(ids) - len(differing)
     assert audience_fields(emulator) == _expected(runtime, clock.now)
 
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("app", ["looked up"], indirect=True)
+def test_going_live_looks_nothing_up_in_an_empty_state_store(app, monkeypatch):
+    """The first full pass of a type finds nothing stored: it asks the
+    state store for no stored row, and the audience is still complete;
+    the next pass that reads rows looks them up."""
+    runtime, clock, engine, emulator = app
+    asked = []
+    stored_rows = runtime.state.stored_rows
+
+    def spy(entity_type, ids):
+        asked.append(len(ids))
+        return stored_rows(entity_type, ids)
+
+    monkeypatch.setattr(runtime.state, "stored_rows", spy)
+    first = run_once(runtime, full=True)
+    assert asked == []
+    assert first.push.pushed == USERS
+    assert audience_fields(emulator) == _expected(runtime, clock.now)
+    with engine.connect() as conn:
+        user = conn.execute(sa.text("SELECT min(id) FROM users")).scalar_one()
+    clock.now += timedelta(minutes=5)
+    _credit(engine, user, (clock.now - timedelta(minutes=1)).replace(tzinfo=None))
+    run_once(runtime, full=True)
+    assert asked == [1]
+    assert audience_fields(emulator) == _expected(runtime, clock.now)

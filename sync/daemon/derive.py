@@ -185,7 +185,10 @@ class Deriver:
         row_ids = [str(row[0]) for _, row in rows]
         stored = joined(rows, row_ids)
         if stored is None:
-            stored = self.state.stored_rows(entity.name, row_ids)
+            # Nothing stored of this type when the full pass began (going
+            # live): no look-up can find anything (5 s at 1M users).
+            nothing = run.stored_before == 0
+            stored = {} if nothing else self.state.stored_rows(entity.name, row_ids)
         chunk = self.settled.decode_unsettled(run, rows, row_ids, stored)
         if not chunk:
             return

@@ -10,8 +10,10 @@ the store (``sync.state.entities``, ``ledger``, ``events``...) extend
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -119,6 +121,18 @@ class StoreBase:
         return applied_versions(self.engine)
 
     # -- helpers -------------------------------------------------------------
+
+    @cached_property
+    def ids_per_statement(self) -> int:
+        """Ids per ``IN`` list: 5,000, or fewer when the SQLite library
+        allows fewer parameters (999 before SQLite 3.32)."""
+        if self.dialect != "sqlite":
+            return 5000
+        with self.engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            limit = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        return min(5000, limit - 1)
 
     def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":

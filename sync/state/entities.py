@@ -167,20 +167,27 @@ class EntityStore(StoreBase):
     def stored_rows(self, entity_type: str, entity_ids: Sequence[str]) -> dict[str, StoredRow]:
         """What the cycle diffs against, by id: three short texts per entity,
         read without type conversion (a full pass reads one per entity of
-        the population, so per-row costs count)."""
+        the population, so per-row costs count): through the driver's own
+        cursor, a chunk of rows at a time (at 1M users on SQLite, 2.5 s
+        against 5.2 s row by row through SQLAlchemy's result)."""
         found: dict[str, StoredRow] = {}
-        size = 900 if self.dialect == "sqlite" else 5000
+        size = self.ids_per_statement
         mark = "?" if self.dialect == "sqlite" else "%s"
+        make = StoredRow._make
         with self.engine.connect() as conn:
-            for chunk in chunks(entity_ids, size):
-                marks = ", ".join([mark] * len(chunk))
-                rows = conn.exec_driver_sql(
-                    "SELECT entity_id, email, eval_fp, pushed_fp, row_fp FROM entity_state"
-                    f" WHERE entity_type = {mark} AND entity_id IN ({marks})",
-                    (entity_type, *chunk),
-                )
-                for ident, email, eval_fp, pushed_fp, row_fp in rows:
-                    found[ident] = StoredRow(email, eval_fp, pushed_fp, row_fp)
+            cursor = conn.connection.cursor()
+            try:
+                for chunk in chunks(entity_ids, size):
+                    marks = ", ".join([mark] * len(chunk))
+                    cursor.execute(
+                        "SELECT entity_id, email, eval_fp, pushed_fp, row_fp FROM entity_state"
+                        f" WHERE entity_type = {mark} AND entity_id IN ({marks})",
+                        (entity_type, *chunk),
+                    )
+                    for row in cursor.fetchall():
+                        found[row[0]] = make(row[1:])
+            finally:
+                cursor.close()
         return found
 
     def stored_digests(

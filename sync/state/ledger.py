@@ -79,19 +79,23 @@ class LedgerStore(StoreBase):
         fields: dict[str, dict[str, MergeValue]] = {}
         tags: dict[str, set[str]] = {}
         failures: dict[str, PushFailure] = {}
+        # Rows are fetched a statement at a time (``all``), not one by one:
+        # a full pass after a rules change plans tens of thousands of members.
         with self.engine.connect() as conn:
-            for chunk in chunks(wanted):
-                for row in conn.execute(sa.select(member).where(member.c.email.in_(chunk))):
-                    pushed_at[row.email] = row.pushed_at
-                for row in conn.execute(
-                    sa.select(member_field).where(member_field.c.email.in_(chunk))
-                ):
-                    fields.setdefault(row.email, {})[row.tag] = _decode(row.value_json)
-                for row in conn.execute(sa.select(member_tag).where(member_tag.c.email.in_(chunk))):
-                    tags.setdefault(row.email, set()).add(row.tag)
+            for chunk in chunks(wanted, self.ids_per_statement):
+                members = sa.select(member.c.email, member.c.pushed_at)
+                pushed_at.update(conn.execute(members.where(member.c.email.in_(chunk))).all())
+                values = sa.select(
+                    member_field.c.email, member_field.c.tag, member_field.c.value_json
+                ).where(member_field.c.email.in_(chunk))
+                for email, tag, value_json in conn.execute(values).all():
+                    fields.setdefault(email, {})[tag] = _decode(value_json)
+                active = sa.select(member_tag.c.email, member_tag.c.tag)
+                for email, tag in conn.execute(active.where(member_tag.c.email.in_(chunk))).all():
+                    tags.setdefault(email, set()).add(tag)
                 for row in conn.execute(
                     sa.select(push).where(push.c.email.in_(chunk), push.c.state == "failed")
-                ):
+                ).all():
                     failures[row.email] = self._failure(row)
         return {
             email: MemberPushState(
