@@ -186,3 +186,41 @@ def test_reinit_states_in_sql_are_the_engines(db_url: str) -> None:
         got = dict(ev.reinit_states("user", at=NOW))
     assert got == expected
     assert len(set(got.values())) >= 4  # several lines of the list were taken
+
+
+@pytest.mark.parametrize(
+    ("example", "folder"),
+    [
+        ("blousebrothers", ROOT),
+        ("littleworld", ROOT / "examples" / "littleworld"),
+        ("rallia", ROOT / "examples" / "rallia"),
+    ],
+)
+def test_sqlite_joins_every_entity_through_an_index(sqlite_url: str, example, folder) -> None:
+    """On SQLite the whole population's evaluation finds each entity's
+    action aggregate and facts through an (automatic) index, never by
+    scanning them once per entity: with the ids SQLite reads as integers
+    compared without affinity, 100k users took 625 s instead of 5 s.
+    ``EXPLAIN QUERY PLAN`` says which, without timing anything."""
+    load_demo(sqlite_url, example, users=20, seed=1, now=NOW)
+    rules = load_rules(folder / "rules.yaml")
+    sources = load_sources(folder / "sources.yaml")
+    with SqlEvaluator(rules, sources, sqlite_url) as evaluator:
+        for entity_type in sources.entities:
+            source = sources.entity(entity_type)
+            with evaluator._transaction(source) as conn:
+                compiled = evaluator.compile(conn, entity_type)
+                statement = compiled.select.compile(dialect=conn.dialect)
+                expanded = statement.construct_expanded_state(compiled.params(NOW))
+                assert expanded.positiontup is not None
+                driver = conn.connection.driver_connection
+                plan = [
+                    row[3]
+                    for row in driver.execute(
+                        "EXPLAIN QUERY PLAN " + expanded.statement,
+                        [expanded.parameters[k] for k in expanded.positiontup],
+                    )
+                ]
+            joins = [step for step in plan if "LEFT-JOIN" in step]
+            assert joins, plan
+            assert all(step.startswith("SEARCH") for step in joins), (entity_type, joins)

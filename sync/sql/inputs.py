@@ -53,11 +53,17 @@ def entity_id(column: SqlExpr, dialect: str, id_type: str) -> SqlExpr:
     so does this: text written as the integer it is becomes that integer,
     anything else NULL (left out, and reported by the full pass's check).
     PostgreSQL types a column once: nothing to do.
+
+    The whole is cast to INTEGER once more: a ``CASE`` has no affinity, and
+    SQLite then compares it with the list's integer ids by converting it,
+    which rules out the automatic index its joins rely on: every entity
+    was compared with every action aggregate (10k users 7 s, 100k users
+    625 s, ``benchmarks/README.md``).
     """
     if dialect != "sqlite" or id_type != "integer":
         return column
     as_integer = sa.cast(column, sa.Integer)
-    return sa.case(
+    known = sa.case(
         (sa.func.typeof(column) == "integer", column),
         (
             sa.and_(sa.func.typeof(column) == "text", sa.cast(as_integer, sa.Text) == column),
@@ -66,6 +72,7 @@ def entity_id(column: SqlExpr, dialect: str, id_type: str) -> SqlExpr:
         (sa.and_(sa.func.typeof(column) == "real", as_integer == column), as_integer),
         else_=sa.null(),
     )
+    return sa.cast(known, sa.Integer)
 
 
 def source_query(query_sql: str, columns: Iterable[str], name: str) -> Subquery:
