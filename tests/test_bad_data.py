@@ -238,6 +238,45 @@ def test_text_ids_next_to_integer_ids_are_one_entity_and_02_is_none(
     assert any("id '01' names no entity" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("evaluator", ["sql", "engine"])
+def test_a_facts_row_whose_text_id_is_01_is_no_entitys(
+    evaluator, sqlite_url, tmp_path, mailchimp_emulator, caplog
+):
+    """The same on a facts query: on SQLite a TEXT id column joined to an
+    integer list compares by number, so '01' gave entity 1 its facts. '2'
+    is entity 2; '01' names no entity, on both paths, and is reported."""
+    make_app(sqlite_url, [*GOOD, user(2, "two@example.com")])
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE text_names (user_id TEXT, first_name TEXT)")
+        conn.exec_driver_sql("INSERT INTO text_names VALUES ('2', 'Two'), ('01', 'Mallory')")
+    engine.dispose()
+    (tmp_path / "rules.yaml").write_text(RULES)
+    sources = SOURCES.replace(
+        "    list: SELECT id, email, first_name, last_name FROM users\n",
+        "    list: SELECT id, email, last_name FROM users\n"
+        "    facts:\n"
+        "      - sql: SELECT user_id AS id, first_name FROM text_names\n"
+        "        columns: {first_name: string}\n",
+    )
+    (tmp_path / "sources.yaml").write_text(sources)
+    files = (tmp_path / "rules.yaml", tmp_path / "sources.yaml")
+    runtime, _ = cycle_runtime(files, sqlite_url, tmp_path, mailchimp_emulator, Clock(NOW))
+    runtime.config = replace(
+        runtime.config, daemon=replace(runtime.config.daemon, evaluator=evaluator)
+    )
+    try:
+        with caplog.at_level(logging.WARNING):
+            summary = run_once(runtime, full=True)
+    finally:
+        runtime.close()
+    assert summary.evaluated_by["user"] == evaluator
+    members = audience_fields(mailchimp_emulator)
+    assert members["two@example.com"]["FNAME"] == "Two"
+    assert members["ann@example.com"]["FNAME"] == "", "'01' is not user 1"
+    assert any("'01'" in r.getMessage() for r in caplog.records)
+
+
 def test_future_and_sentinel_instants_do_not_count_yet(db_url, tmp_path, mailchimp_emulator):
     rows = [user(2, "future@example.com"), user(3, "never@example.com")]
     wallet_rows = [

@@ -141,7 +141,8 @@ def unusable_actions(db: ReadOnlyDatabase, source: EntitySource, *, now: datetim
     compiled SQL skips both without a word, being a join and arithmetic; this
     finds them (one filtered scan per action query, at most
     ``UNUSABLE_SAMPLE`` rows each) so that the cycle can say which query and
-    which value. The report is logged by the caller.
+    which value; on SQLite, the facts rows whose id names no entity too. The
+    report is logged by the caller.
     """
     report = ReadReport(source.entity_type)
     no_entity = "id IS NULL"
@@ -175,7 +176,28 @@ def unusable_actions(db: ReadOnlyDatabase, source: EntitySource, *, now: datetim
                 else:
                     example = f"{label}: id {ident}: instant {at!r}: row left out"
                     report.note(report.bad_values, label, example)
+        if db.dialect == "sqlite" and source.id_type == "integer":
+            # Facts rows whose text id is not the integer it reads as: the
+            # compiled SQL gives them to no entity, as the reader does.
+            for fact_query in source.facts:
+                query = fact_query.query
+                sql = (
+                    f"SELECT CAST(id AS TEXT) AS id FROM (\n{query.sql}\n) AS mailsync_q"
+                    f" WHERE id IS NOT NULL AND NOT ({_KNOWN_ID}) LIMIT {UNUSABLE_SAMPLE}"
+                )
+                params = db.now_params(query, now, ZoneInfo(source.naive_timezone))
+                for (ident,) in db.execute(conn, query, sql, params):
+                    example = f"{query.label}: id {ident!r} names no entity: row left out"
+                    report.note(report.bad_ids, query.label, example)
     return report
+
+
+#: SQLite: an id that names an integer entity (``sql.inputs.entity_id``).
+_KNOWN_ID = (
+    "typeof(id) = 'integer'"
+    " OR (typeof(id) = 'text' AND CAST(CAST(id AS INTEGER) AS TEXT) = id)"
+    " OR (typeof(id) = 'real' AND CAST(id AS INTEGER) = id)"
+)
 
 
 def _names_an_entity(source: EntitySource, ident: str, query: Query) -> bool:

@@ -20,7 +20,7 @@ from sync.rules.expressions import Type, references
 from sync.rules.model import Entity, Mode
 from sync.sources.model import Column, EntitySource
 from sync.sql.expr import Naming, SqlExpr, instant_micros
-from sync.sql.inputs import in_ids, source_query
+from sync.sql.inputs import entity_id, in_ids, source_query
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,15 @@ def compile_population(
             continue
         names = ("id", *(c.name for c in fact_query.columns))
         sub = source_query(fact_query.query.sql, names, f"m_facts{number}")
+        if naming.dialect == "sqlite" and source.id_type == "integer":
+            # Ids as the reader takes them ('2' is 2, '01' no entity: see
+            # ``entity_id``), materialized so that the join still gets
+            # SQLite's automatic index on them.
+            keyed = sa.select(
+                entity_id(sub.c.id, naming.dialect, source.id_type).label("id"),
+                *(sub.c[n] for n in names[1:]),
+            )
+            sub = naming.table(keyed, f"m_facts{number}_keyed")
         if with_ids:
             # Only the requested entities' rows: the planner does not push the
             # list's filter through the join into a DISTINCT or a UNION.
