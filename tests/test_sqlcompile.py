@@ -214,6 +214,7 @@ def test_sqlite_joins_every_entity_through_an_index(sqlite_url: str, example, fo
                 expanded = statement.construct_expanded_state(compiled.params(NOW))
                 assert expanded.positiontup is not None
                 driver = conn.connection.driver_connection
+                assert driver is not None
                 plan = [
                     row[3]
                     for row in driver.execute(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.sql.selectable import FromClause, Subquery
+from sqlalchemy.sql.selectable import FromClause
 
 from sync.rules.expressions import Type, references
 from sync.rules.model import Entity, Mode
@@ -80,7 +80,7 @@ def compile_population(
         if not any(c.name in needed for c in fact_query.columns):
             continue
         names = ("id", *(c.name for c in fact_query.columns))
-        sub = source_query(fact_query.query.sql, names, f"m_facts{number}")
+        sub: FromClause = source_query(fact_query.query.sql, names, f"m_facts{number}")
         if naming.dialect == "sqlite" and source.id_type == "integer":
             # Ids as the reader takes them ('2' is 2, '01' no entity: see
             # ``entity_id``), materialized so that the join still gets
@@ -116,7 +116,7 @@ def compile_population(
     return Population(naming.table(select, "m_population"), columns)
 
 
-def _with_default(sub: Subquery, column: Column) -> SqlExpr:
+def _with_default(sub: FromClause, column: Column) -> SqlExpr:
     if column.default is None:
         return sub.c[column.name]
     # No row → the default; a row with null stays null (as the reader does).
