@@ -28,7 +28,7 @@ from sync.daemon.config import Config
 from sync.daemon.lock import Fence
 from sync.daemon.push import Sink
 from sync.exceptions import Problem, RulesError
-from sync.mailchimp.caller import Caller
+from sync.mailchimp.caller import Caller, RetryPolicy
 from sync.mailchimp.client import API_KEY_ENV, API_KEY_FILE_ENV, MailchimpSettings, make_client
 from sync.mailchimp.dryrun import DryRunSink
 from sync.mailchimp.reconciliation import ReconciliationPoll
@@ -162,7 +162,8 @@ def make_sink(
     settings = MailchimpSettings.from_env(
         list_id, host=config.mailchimp.base_url, timeout=config.mailchimp.timeout
     )
-    caller = Caller(make_client(settings), list_id, fence=fence)
+    retry = RetryPolicy(initial_wait=config.mailchimp.retry_wait)
+    caller = Caller(make_client(settings), list_id, retry, fence=fence)
     return MailchimpSink(caller, state, sink_config, clock=clock), False
 
 
