@@ -20,6 +20,7 @@ never from this file: see ``sync.mailchimp.client.load_api_key``.
 | webhook secret | ``mailchimp.webhook_secret`` | ``MAILSYNC_WEBHOOK_SECRET`` | none: no receiver |
 | reconciliation poll | ``mailchimp.poll_interval`` | ``MAILSYNC_POLL_INTERVAL`` | ``15min`` |
 | first retry wait, seconds (doubles) | ``mailchimp.retry_wait`` | | ``1`` |
+| first wait polling a ``/batches`` job, s (doubles) | ``mailchimp.batch_poll_wait`` | | ``1`` |
 | poll interval | ``daemon.interval`` | ``MAILSYNC_INTERVAL`` | ``1min`` |
 | full pass (the safety net) | ``daemon.full_rescan`` | ``MAILSYNC_FULL_RESCAN`` | ``15min`` |
 | events older than this are not sent | ``daemon.events_max_age`` | | ``7d`` |
@@ -68,6 +69,7 @@ MAILCHIMP_KEYS = (
     "webhook_secret",
     "poll_interval",
     "retry_wait",
+    "batch_poll_wait",
 )
 DAEMON_KEYS = (
     "interval",
@@ -99,6 +101,9 @@ class MailchimpConfig:
     #: Seconds: the scale of the back-off between retries of a transient
     #: answer (``RetryPolicy.initial_wait``; each wait doubles, capped at 60 s).
     retry_wait: float = 1.0
+    #: Seconds before the first poll of a ``/batches`` job
+    #: (``BatchPolling.first_wait``; each wait doubles, capped at 30 s).
+    batch_poll_wait: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,9 @@ class _Reader(Report):
                     mc_raw, "poll_interval", MailchimpConfig.poll_interval, "mailchimp"
                 ),
                 retry_wait=self.seconds(mc_raw, "retry_wait", MailchimpConfig.retry_wait),
+                batch_poll_wait=self.seconds(
+                    mc_raw, "batch_poll_wait", MailchimpConfig.batch_poll_wait
+                ),
             )
         if isinstance(daemon_raw, MarkedDict):
             self.unknown_keys(daemon_raw, DAEMON_KEYS, ("daemon",))
