@@ -1,12 +1,17 @@
 """Operator settings: file, environment overrides, located errors."""
 
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from sync.daemon.config import load_config
+from sync.daemon.runtime import make_sink
 from sync.exceptions import RulesError
+from sync.mailchimp.sink import MailchimpSink
+from sync.state.store import StateStore
+from tests.support.cycle import NOW
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +41,27 @@ def test_environment_overrides_the_file(tmp_path):
     assert config.rules == tmp_path / "rules.yaml"  # relative to the settings file
 
 
+def test_retry_and_batch_poll_waits_reach_the_daemons_sink(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAILCHIMP_API_KEY", "k-us1")
+    path = tmp_path / "mailsync.yaml"
+    path.write_text("mailchimp: {list_id: abc}\n")
+    defaults = load_config(path, env={}).mailchimp
+    # The defaults of RetryPolicy and BatchPolling.
+    assert (defaults.retry_wait, defaults.batch_poll_wait) == (1.0, 1.0)
+    path.write_text("mailchimp: {list_id: abc, retry_wait: 0.01, batch_poll_wait: 0.05}\n")
+    config = load_config(path, env={})
+    assert (config.mailchimp.retry_wait, config.mailchimp.batch_poll_wait) == (0.01, 0.05)
+    state = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
+    try:
+        sink, dry_run = make_sink(config, state, dry_run=False, out=sys.stdout, clock=lambda: NOW)
+    finally:
+        state.close()
+    assert not dry_run
+    assert isinstance(sink, MailchimpSink)
+    assert sink.caller.retry.initial_wait == 0.01
+    assert sink.config.polling.first_wait == 0.05
+
+
 def test_no_file_is_fine(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = load_config(env={})
@@ -51,6 +77,8 @@ def test_no_file_is_fine(tmp_path, monkeypatch):
         ("log_format: xml\n", "expected text or json"),
         ("mailchimp: {api_key: k-us1}\n", "the API key never goes in a file"),
         ("daemon: {batch_size: 0}\n", "expected a positive number"),
+        ("mailchimp: {retry_wait: soon}\n", "expected a number of seconds above zero"),
+        ("mailchimp: {batch_poll_wait: 0}\n", "expected a number of seconds above zero"),
     ],
 )
 def test_errors_are_located(tmp_path, text, message):

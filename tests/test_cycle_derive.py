@@ -35,6 +35,7 @@ from sync.mailchimp.sink_config import SinkConfig
 from sync.rules.schema import load_rules
 from tests.support.clock import Clock
 from tests.support.cycle import NOW, audience_fields, expected_members
+from tests.support.sink import BRISK_POLLING
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +73,7 @@ def bb(db_url, tmp_path, mailchimp_emulator):
         def sink(store):
             if dry_run:
                 return DryRunSink(store, out, clock=clock)
-            return MailchimpSink(caller, store, SinkConfig(), clock=clock)
+            return MailchimpSink(caller, store, SinkConfig(polling=BRISK_POLLING), clock=clock)
 
         runtime = build_runtime(config, clock=clock, sink_factory=sink)
         runtime.dry_run = dry_run
@@ -469,7 +470,7 @@ def test_a_type_the_sql_cannot_compile_falls_back_to_the_engine(tmp_path, mailch
         config,
         clock=clock,
         sink_factory=lambda store: MailchimpSink(
-            Caller(client, DEFAULT_LIST_ID), store, SinkConfig(), clock=clock
+            Caller(client, DEFAULT_LIST_ID), store, SinkConfig(polling=BRISK_POLLING), clock=clock
         ),
     )
     try:

@@ -132,7 +132,7 @@ def test_two_daemons_on_one_sqlite_store_with_slow_mailchimp_send_each_event_onc
     tmp_path, database, state, emulator = daemon_demo
     # Each call takes longer than the whole 2 s lease (16 s against 30 s in
     # the run): every cycle that sends anything outlasts it.
-    emulator.service_delay = 3.0
+    emulator.service_delay = 2.5
     # The week's events are due from the first cycle (no going-live cut), so
     # that there are events to send twice if two daemons led at once.
     settings = write_settings(tmp_path, database, state, emulator, extra="  backfill_events: 7d\n")

@@ -118,7 +118,9 @@ def settings(tmp_path, emulator):
     path.write_text(
         f"rules: {ROOT / 'rules.yaml'}\nsources: {ROOT / 'sources.yaml'}\n"
         f"database: {app}\nstate: sqlite:///{tmp_path}/state.sqlite\n"
-        f"mailchimp: {{list_id: {DEFAULT_LIST_ID}, base_url: '{emulator.url}'}}\n"
+        # retry_wait: the failed calls are retried (and logged) as always, on a
+        # back-off of hundredths of a second rather than seconds.
+        f"mailchimp: {{list_id: {DEFAULT_LIST_ID}, base_url: '{emulator.url}', retry_wait: 0.01}}\n"
         "daemon: {interval: 1s, lease_ttl: 5s}\n"
     )
     return path

@@ -135,6 +135,10 @@ def test_healthz_reports_an_overrun_and_sigterm_cancels_the_query(slow_app, tmp_
 def test_a_cycle_whose_writes_mailchimp_refused_is_degraded(daemon_demo):
     tmp_path, database, state, emulator = daemon_demo
     settings = write_settings(tmp_path, database, state, emulator)
+    # Each call is retried as in production (5 attempts), on a back-off
+    # scaled down from 1 s: the first cycle gives up after a second, not ~30.
+    text = settings.read_text()
+    settings.write_text(text.replace("mailchimp:\n", "mailchimp:\n  retry_wait: 0.01\n", 1))
     emulator.faults.set_random(1.0, seed=1, kinds=[FaultKind.SERVER_ERROR])
     daemon = Daemon(settings, NOW, "--metrics", "127.0.0.1:0")
     port = int(daemon.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))

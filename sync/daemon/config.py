@@ -19,6 +19,8 @@ never from this file: see ``sync.mailchimp.client.load_api_key``.
 | status of new members | ``mailchimp.status_if_new`` | | ``subscribed`` |
 | webhook secret | ``mailchimp.webhook_secret`` | ``MAILSYNC_WEBHOOK_SECRET`` | none: no receiver |
 | reconciliation poll | ``mailchimp.poll_interval`` | ``MAILSYNC_POLL_INTERVAL`` | ``15min`` |
+| first retry wait, seconds (doubles) | ``mailchimp.retry_wait`` | | ``1`` |
+| first wait polling a ``/batches`` job, s (doubles) | ``mailchimp.batch_poll_wait`` | | ``1`` |
 | poll interval | ``daemon.interval`` | ``MAILSYNC_INTERVAL`` | ``1min`` |
 | full pass (the safety net) | ``daemon.full_rescan`` | ``MAILSYNC_FULL_RESCAN`` | ``15min`` |
 | events older than this are not sent | ``daemon.events_max_age`` | | ``7d`` |
@@ -66,6 +68,8 @@ MAILCHIMP_KEYS = (
     "timeout",
     "webhook_secret",
     "poll_interval",
+    "retry_wait",
+    "batch_poll_wait",
 )
 DAEMON_KEYS = (
     "interval",
@@ -94,6 +98,12 @@ class MailchimpConfig:
     webhook_secret: str | None = None
     #: How often members changed in Mailchimp are read back (missed webhooks).
     poll_interval: timedelta = timedelta(minutes=15)
+    #: Seconds: the scale of the back-off between retries of a transient
+    #: answer (``RetryPolicy.initial_wait``; each wait doubles, capped at 60 s).
+    retry_wait: float = 1.0
+    #: Seconds before the first poll of a ``/batches`` job
+    #: (``BatchPolling.first_wait``; each wait doubles, capped at 30 s).
+    batch_poll_wait: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,14 @@ class _Reader(Report):
             return default
         return value
 
+    def seconds(self, mapping: MarkedDict, key: str, default: float) -> float:
+        """A number of seconds above zero (fractions allowed) under ``mailchimp``."""
+        value = mapping.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            self.error(mapping, key, ("mailchimp", key), "expected a number of seconds above zero")
+            return default
+        return float(value)
+
     def choice(self, mapping: MarkedDict, key: str, allowed: tuple[str, ...]) -> str:
         """One of ``allowed`` (the first is the default)."""
         value = mapping.get(key, allowed[0])
@@ -217,6 +235,10 @@ class _Reader(Report):
                 webhook_secret=self.text(mc_raw, "webhook_secret", ("mailchimp", "webhook_secret")),
                 poll_interval=self.duration(
                     mc_raw, "poll_interval", MailchimpConfig.poll_interval, "mailchimp"
+                ),
+                retry_wait=self.seconds(mc_raw, "retry_wait", MailchimpConfig.retry_wait),
+                batch_poll_wait=self.seconds(
+                    mc_raw, "batch_poll_wait", MailchimpConfig.batch_poll_wait
                 ),
             )
         if isinstance(daemon_raw, MarkedDict):

@@ -28,7 +28,8 @@ from sync.daemon.config import Config
 from sync.daemon.lock import Fence
 from sync.daemon.push import Sink
 from sync.exceptions import Problem, RulesError
-from sync.mailchimp.caller import Caller
+from sync.mailchimp.batches import BatchPolling
+from sync.mailchimp.caller import Caller, RetryPolicy
 from sync.mailchimp.client import API_KEY_ENV, API_KEY_FILE_ENV, MailchimpSettings, make_client
 from sync.mailchimp.dryrun import DryRunSink
 from sync.mailchimp.reconciliation import ReconciliationPoll
@@ -152,7 +153,10 @@ def make_sink(
 ) -> tuple[Sink, bool]:
     """The sink to use, and whether it is a dry run. Without an audience or
     credentials there is nothing to push to: that is a dry run, said loudly."""
-    sink_config = SinkConfig(status_if_new=config.mailchimp.status_if_new)
+    sink_config = SinkConfig(
+        status_if_new=config.mailchimp.status_if_new,
+        polling=BatchPolling(first_wait=config.mailchimp.batch_poll_wait),
+    )
     list_id = config.mailchimp.list_id
     if dry_run or not list_id or not has_credentials():
         if not dry_run:
@@ -162,7 +166,8 @@ def make_sink(
     settings = MailchimpSettings.from_env(
         list_id, host=config.mailchimp.base_url, timeout=config.mailchimp.timeout
     )
-    caller = Caller(make_client(settings), list_id, fence=fence)
+    retry = RetryPolicy(initial_wait=config.mailchimp.retry_wait)
+    caller = Caller(make_client(settings), list_id, retry, fence=fence)
     return MailchimpSink(caller, state, sink_config, clock=clock), False
 
 

@@ -25,6 +25,7 @@ from sync.mailchimp.sink import MailchimpSink
 from sync.mailchimp.sink_config import SinkConfig
 from sync.sources.reader import SourceReader
 from tests.support.clock import Clock
+from tests.support.sink import BRISK_POLLING
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The instant the demo data is generated for, and the first cycle's.
@@ -67,6 +68,7 @@ def make_runtime(
     )
     client = make_client(MailchimpSettings(DEFAULT_API_KEY, DEFAULT_LIST_ID, host=emulator.url))
     caller = Caller(client, DEFAULT_LIST_ID)
+    sink_options.setdefault("polling", BRISK_POLLING)
     runtime = build_runtime(
         config,
         clock=clock,

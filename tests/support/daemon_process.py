@@ -31,12 +31,16 @@ def write_settings(
     rules: Path | None = None,
     extra: str = "",
 ) -> Path:
-    """``mailsync.yaml`` for a daemon against the emulator, ticking every second."""
+    """``mailsync.yaml`` for a daemon against the emulator, ticking every second.
+    Its ``/batches`` jobs are polled from 0.05 s on (the production default
+    waits 1 s first, and the emulator finishes a job in milliseconds unless
+    a test sets ``batch_delay``)."""
     path = tmp_path / "mailsync.yaml"
     path.write_text(
         f"rules: {rules or ROOT / 'rules.yaml'}\nsources: {ROOT / 'sources.yaml'}\n"
         f"database: {database}\nstate: {state}\n"
         f"mailchimp:\n  list_id: {DEFAULT_LIST_ID}\n  base_url: {emulator.url}\n"
+        "  batch_poll_wait: 0.05\n"
         "daemon:\n  interval: 1s\n  lease_ttl: 2s\n  full_rescan: 30d\n" + extra
     )
     return path

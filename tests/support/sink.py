@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sync.emulator import Emulator
+from sync.mailchimp.batches import BatchPolling
 from sync.mailchimp.caller import Caller, RetryPolicy
 from sync.mailchimp.client import MailchimpSettings, make_client
 from sync.mailchimp.ledger import PushLedger
@@ -16,6 +17,11 @@ from tests.support.clock import Clock
 
 #: Where the sink tests' clock starts.
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+#: ``/batches`` polled briskly: the emulator finishes a job in milliseconds,
+#: and the production default (a first wait of 1 s, doubling) made every
+#: whole-audience push of a test sleep a second or more.
+BRISK_POLLING = BatchPolling(first_wait=0.01, max_wait=0.1, deadline=60)
 
 
 def make_sink(
@@ -35,6 +41,7 @@ def make_sink(
         emulator.list_id,
         RetryPolicy(attempts=6, initial_wait=0.0, max_wait=0.0, sleep=lambda _: None),
     )
+    config.setdefault("polling", BRISK_POLLING)
     sink = MailchimpSink(caller, ledger, SinkConfig(**config), clock=clock)
     if warm:
         # The sink reads the audience's merge tags once per `merge_fields_ttl`:
