@@ -454,47 +454,73 @@ def test_apart_when_most_digests_differ_the_whole_population_is_evaluated(app, m
 def test_apart_the_merge_gives_up_early_when_too_many_will_differ(app, monkeypatch):
     """A quarter of the digests differ (a rules change that moves many
     entities a little): not most, but projected on the population, more
-    than ``MAX_UNSETTLED``. The merge stops after ``_EARLY_LOOK`` ids rather
-    than walking on until the limit, and everyone is evaluated at once;
-    with a limit the projection stays under, only those ids are."""
+    than ``MAX_UNSETTLED``. Under new rules (another digest basis), a
+    sample of the stored ids, evaluated alone, says so before the whole
+    population's digests are asked for; under the rules that computed the
+    stored digests, no sample is taken, and the merge stops after
+    ``_EARLY_LOOK`` ids rather than walking on to the limit. Either way
+    everyone is evaluated at once; with a limit the projection stays
+    under, only the ids that differ are."""
     runtime, clock, _engine, emulator = app
     run_once(runtime, full=True)
-    with runtime.state.engine.begin() as conn:
+
+    def forget_a_quarter():
+        with runtime.state.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE entity_state SET row_fp = NULL WHERE entity_id = ANY(:ids)"),
+                {"ids": differing},
+            )
+
+    with runtime.state.engine.connect() as conn:
         ids = sorted(conn.execute(sa.text("SELECT entity_id FROM entity_state")).scalars())
-        differing = ids[::4]
-        conn.execute(
-            sa.text("UPDATE entity_state SET row_fp = NULL WHERE entity_id = ANY(:ids)"),
-            {"ids": differing},
-        )
-    asked, walked = [], []
+    differing = ids[::4]
+    asked, walked, merged = [], [], []
     rows, stored_digests = runtime.evaluator.rows, runtime.state.stored_digests
+    digests = runtime.evaluator.digests
 
     def spy_rows(entity_type, **kwargs):
         asked.append(kwargs.get("ids"))
         return rows(entity_type, **kwargs)
 
-    def spy_digests(entity_type, now):
+    def spy_stored(entity_type, now):
         for found in stored_digests(entity_type, now):
             walked.append(found[0])
             yield found
 
+    def spy_digests(entity_type, **kwargs):
+        merged.append(entity_type)
+        return digests(entity_type, **kwargs)
+
     monkeypatch.setattr(runtime.evaluator, "rows", spy_rows)
-    monkeypatch.setattr(runtime.state, "stored_digests", spy_digests)
-    monkeypatch.setattr(settled, "_EARLY_LOOK", 8)
+    monkeypatch.setattr(runtime.evaluator, "digests", spy_digests)
+    monkeypatch.setattr(runtime.state, "stored_digests", spy_stored)
     monkeypatch.setattr(settled, "MAX_UNSETTLED", len(ids) // 8)
+    # New rules: the sample, 8 stored ids, 2 of which differ: 2 / 8 of 80 > 10.
+    basis = runtime.state.get_watermark(settled.basis_key("user"))
+    assert basis is not None
+    runtime.state.set_watermark(settled.basis_key("user"), "the rules before")
+    monkeypatch.setattr(settled, "_SAMPLE", 8)
+    forget_a_quarter()
     clock.now += timedelta(minutes=5)
     run_once(runtime, full=True)
-    assert asked == [None]
-    # The early look, up to the next id that differs (one in four), and the
-    # one read ahead; walking on to the limit would read 40.
-    assert len(walked) <= 8 + 4 + 1
+    assert [len(a) if a is not None else None for a in asked] == [8, None]
+    assert merged == []
+    assert runtime.state.get_watermark(settled.basis_key("user")) == basis
+    # The same rules again, no sample: the early look, up to the next id
+    # that differs (one in four), and the one read ahead; walking on to the
+    # limit would read 40.
+    monkeypatch.setattr(settled, "_EARLY_LOOK", 8)
     asked.clear()
-    with runtime.state.engine.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE entity_state SET row_fp = NULL WHERE entity_id = ANY(:ids)"),
-            {"ids": differing},
-        )
+    walked.clear()
+    forget_a_quarter()
+    run_once(runtime, full=True)
+    assert asked == [None]
+    assert merged == ["user"]
+    assert len(walked) <= 8 + 4 + 1
+    # Under the limit, only the ids that differ are evaluated.
     monkeypatch.setattr(settled, "MAX_UNSETTLED", len(ids) // 2)
+    asked.clear()
+    forget_a_quarter()
     summary = run_once(runtime, full=True)
     assert [sorted(a) for a in asked] == [differing]
     assert summary.entities_settled["user"] == len(ids) - len(differing)

@@ -56,6 +56,7 @@ from sync.daemon.diff import Differ
 from sync.daemon.events import window_occurrences
 from sync.daemon.identities import IdentityChanges
 from sync.daemon.push import FLUSH_SIZE, PushBuffer, Sink
+from sync.daemon.settled import basis_key
 from sync.daemon.type_run import TypeRun
 from sync.exceptions import ConfigurationError
 from sync.records import ActionOccurrence
@@ -126,6 +127,7 @@ class Cycle:
         self.count_skipped_since = count_skipped_since
         self.tick_since = dict(tick_since or {})
         self.stop = stop or threading.Event()
+        self.record = record
         self.summary = CycleSummary(now=now, full=full, dry_run=not record)
         self.summary.events_since = self.events_since
         # The parts of a cycle, each in its own module: the push buffer, the
@@ -225,6 +227,9 @@ class Cycle:
                 self.identities.forget(entity_type, sorted(run.gone))
         elif run.seen is not None and run.stored_seen != run.stored_before:
             self.identities.forget_missing(entity_type, run.seen, ids)
+        if run.digest_basis is not None and self.record:
+            # The stored digests now follow this basis: no sample next time.
+            self.state.set_watermark(basis_key(entity_type), run.digest_basis)
 
     def _occurrences(self, run: TypeRun) -> dict[str, list[ActionOccurrence]]:
         """The event-bearing occurrences in the window (SQL path)."""

@@ -122,6 +122,7 @@ class Deriver:
                 run.stored_seen = 0
                 run.gone = None
                 run.stored_returned = 0
+                run.digest_basis = None
         if not use_sql:
             self._run_engine(run, ids)
         return "sql" if use_sql else "engine"
@@ -135,7 +136,10 @@ class Deriver:
         in_sql = full and self.evaluator.stored is not None
         if in_sql:
             run.gone = []
-        elif full and self.settled.merges(run):
+        elif full and self.evaluator.dialect == "postgresql":
+            # What this pass's digests follow (recorded once it is over).
+            run.digest_basis = self.evaluator.digest_basis(run.entity.name)
+        if full and not in_sql and self.settled.merges(run):
             # Apart from it, the digests alone are merged with the stored
             # ones first; only the entities that differ are evaluated.
             ids = self.settled.merge(run)

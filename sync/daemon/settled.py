@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 from sync.daemon.cycle_summary import CycleSummary
@@ -40,6 +41,18 @@ MAX_UNSETTLED = 100_000
 #: ... and, once this many ids are read, as soon as most differ or the
 #: share that differs, applied to the stored population, passes it.
 _EARLY_LOOK = 10_000
+#: Before the digests of the whole population are asked for (the query
+#: sorts them all before giving the first: 6 to 8 s at 1M users), when the
+#: stored digests were computed under another basis (new rules), the first
+#: this many stored ids are evaluated alone (0.3 s); when the share of them
+#: that differ, projected on the stored population, passes
+#: ``MAX_UNSETTLED``, the merge is not even started.
+_SAMPLE = 2_000
+
+
+def basis_key(entity_type: str) -> str:
+    """The watermark that holds the basis of a type's stored digests."""
+    return f"digest-basis:{entity_type}"
 
 
 class Settled:
@@ -85,10 +98,16 @@ class Settled:
         assert self.evaluator is not None
         name = run.entity.name
         must = run.forced | run.occurrences.keys()
+        population = run.stored_before or 0
+        if (
+            population > MAX_UNSETTLED
+            and self.state.get_watermark(basis_key(name)) != run.digest_basis
+            and self._too_many_will_differ(run, must, population)
+        ):
+            return None
         left: list[str] = []
         gone: list[str] = []
         settled = 0
-        population = run.stored_before or 0
         computed = self.evaluator.digests(name, now=self.now)
         stored = self.state.stored_digests(name, self.now)
         try:
@@ -121,6 +140,34 @@ class Settled:
         run.gone = gone
         self.count(run, settled)
         return left
+
+    def _too_many_will_differ(self, run: TypeRun, must: set[str], population: int) -> bool:
+        """Whether, among the first ``_SAMPLE`` stored ids (byte order, which
+        has nothing to do with the rules), so many differ that more than
+        ``MAX_UNSETTLED`` will: their rows alone are evaluated (a query by
+        ids, 0.1 s at 1M users) and compared as the merge would."""
+        assert self.evaluator is not None
+        stored = self.state.stored_digests(run.entity.name, self.now)
+        try:
+            sample = list(islice(stored, _SAMPLE))
+        finally:
+            stored.close()
+        if not sample:
+            return False
+        rows = self.evaluator.rows(
+            run.entity.name, now=self.now, ids=[ident for ident, _, _ in sample], fingerprint=True
+        )
+        digests = {
+            str(row[0]): row[compiled.fp_column]
+            for compiled, row in rows
+            if compiled.fp_column is not None
+        }
+        differ = sum(
+            1
+            for ident, row_fp, due in sample
+            if due or ident in must or digests.get(ident, row_fp) != row_fp
+        )
+        return differ * population > MAX_UNSETTLED * len(sample)
 
     def decode_unsettled(
         self, run: TypeRun, chunk: list[Row], ids: list[str], stored: Mapping[str, StoredRow]

@@ -59,3 +59,6 @@ class TypeRun:
     #: listed; and, joined, how many stored entities the SQL's rows carried.
     gone: list[str] | None = None
     stored_returned: int = 0
+    #: In a full pass that merged digests: what the digests were computed
+    #: from (``SqlEvaluator.digest_basis``), recorded once the pass is over.
+    digest_basis: str | None = None

@@ -8,6 +8,7 @@ runs it against the application database, streams and decodes the rows
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import (
@@ -263,6 +264,16 @@ class SqlEvaluator:
             compiled = self.compile(conn, entity_type, ordered=False, digests=True)
             for row in self._stream(conn, compiled.select, compiled.params(now)):
                 yield row[0], row[1]
+
+    def digest_basis(self, entity_type: str) -> str:
+        """A digest of the statement ``digests`` runs (PostgreSQL only): the
+        compiled SQL and the salt. Row digests computed under another basis
+        (other rules, another version of mailsync) may all differ."""
+        source = self.sources.entity(entity_type)
+        with self._transaction(source) as conn:
+            compiled = self.compile(conn, entity_type, ordered=False, digests=True)
+            text = str(compiled.select.compile(dialect=conn.dialect))
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
     def keys_since(
         self, entity_type: str, *, since: datetime, now: datetime
