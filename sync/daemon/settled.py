@@ -44,8 +44,8 @@ _EARLY_LOOK = 10_000
 #: Before the digests of the whole population are asked for (the query
 #: sorts them all before giving the first: 6 to 8 s at 1M users), when the
 #: stored digests were computed under another basis (new rules), the first
-#: this many stored ids are evaluated alone (0.3 s); when the share of them
-#: that differ, projected on the stored population, passes
+#: this many stored ids are evaluated alone (0.2 to 0.3 s); when the share
+#: of them that differ, projected on the stored population, passes
 #: ``MAX_UNSETTLED``, the merge is not even started.
 _SAMPLE = 2_000
 
@@ -145,7 +145,7 @@ class Settled:
         """Whether, among the first ``_SAMPLE`` stored ids (byte order, which
         has nothing to do with the rules), so many differ that more than
         ``MAX_UNSETTLED`` will: their rows alone are evaluated (a query by
-        ids, 0.1 s at 1M users) and compared as the merge would."""
+        ids, 0.2 to 0.3 s at 1M users) and compared as the merge would."""
         assert self.evaluator is not None
         stored = self.state.stored_digests(run.entity.name, self.now)
         try:

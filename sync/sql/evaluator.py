@@ -76,6 +76,8 @@ class SqlEvaluator:
         self._since: dict[str, sa.Select[Any] | None] = {}
         self._reinit: dict[str, sa.Select[Any]] = {}
         self._support: dict[str, str | None] = {}
+        #: Per entity type: ``digest_basis``.
+        self._basis: dict[str, str] = {}
         #: Registers each connection while it runs (the daemon's SIGTERM
         #: cancels running queries: ``SourceReader.tracked``).
         self._track = track
@@ -269,11 +271,13 @@ class SqlEvaluator:
         """A digest of the statement ``digests`` runs (PostgreSQL only): the
         compiled SQL and the salt. Row digests computed under another basis
         (other rules, another version of mailsync) may all differ."""
-        source = self.sources.entity(entity_type)
-        with self._transaction(source) as conn:
-            compiled = self.compile(conn, entity_type, ordered=False, digests=True)
-            text = str(compiled.select.compile(dialect=conn.dialect))
-        return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+        if entity_type not in self._basis:
+            source = self.sources.entity(entity_type)
+            with self._transaction(source) as conn:
+                compiled = self.compile(conn, entity_type, ordered=False, digests=True)
+                text = str(compiled.select.compile(dialect=conn.dialect))
+            self._basis[entity_type] = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        return self._basis[entity_type]
 
     def keys_since(
         self, entity_type: str, *, since: datetime, now: datetime
