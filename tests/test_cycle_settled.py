@@ -261,14 +261,20 @@ def test_the_digest_salt_changes_with_what_decoding_depends_on(pg_url, tmp_path)
     }
     assert len(set(variants.values())) == 3
     sources = load_sources(sources_path)
-    salts = {}
+    salts, bases = {}, {}
     for name, variant in variants.items():
         path = tmp_path / f"{name}.yaml"
         path.write_text(variant)
         with SqlEvaluator(load_rules(path), sources, pg_url) as sql, sql.engine.connect() as conn:
             salts[name] = sql.compile(conn, "user", fingerprint=True).salt
+            bases[name] = sql.digest_basis("user")
     assert salts["same"] == salts["delay"]
     assert salts["event"] != salts["same"]
+    # The basis of the stored digests (``settled.basis_key``) follows both:
+    # the same rules read again give the same, any change another.
+    with SqlEvaluator(load_rules(tmp_path / "same.yaml"), sources, pg_url) as sql:
+        assert sql.digest_basis("user") == bases["same"]
+    assert len(set(bases.values())) == 3
 
 
 @pytest.mark.postgres

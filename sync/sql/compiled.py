@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql.base import PGDialect
 
 from sync.records import FactValue
 from sync.rules.expressions import Type
@@ -250,6 +251,17 @@ class CompiledEntity:
             return sa.func.md5(sa.cast(row, sa.Text) + sa.literal(self.salt, sa.Text))
         seed = int.from_bytes(bytes.fromhex(self.salt), "big", signed=True)
         return sa.cast(sa.func.hash_record_extended(row, sa.literal(seed, sa.BigInteger)), sa.Text)
+
+    @cached_property
+    def basis(self) -> str:
+        """A digest of the statement itself: its SQL, the values bound into
+        it when it was built (the salt is one) and the salt. Row digests
+        computed under another basis (other rules, another version of
+        mailsync) may all differ."""
+        statement = self.select.compile(dialect=PGDialect())  # type: ignore[no-untyped-call]
+        bound = sorted((name, repr(value)) for name, value in statement.params.items())
+        text = f"{statement}\n{bound}\n{self.salt}"
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
     @cached_property
     def salt(self) -> str:

@@ -8,7 +8,6 @@ runs it against the application database, streams and decodes the rows
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import (
@@ -76,8 +75,6 @@ class SqlEvaluator:
         self._since: dict[str, sa.Select[Any] | None] = {}
         self._reinit: dict[str, sa.Select[Any]] = {}
         self._support: dict[str, str | None] = {}
-        #: Per entity type: ``digest_basis``.
-        self._basis: dict[str, str] = {}
         #: Registers each connection while it runs (the daemon's SIGTERM
         #: cancels running queries: ``SourceReader.tracked``).
         self._track = track
@@ -123,7 +120,7 @@ class SqlEvaluator:
             self.sources,
             entity_type,
             self.dialect,
-            identity=self.identity_columns(conn, entity_type),
+            identity=identity_columns(conn, source),
             baselines=baselines,
             with_ids=with_ids,
             given_keys=given_keys,
@@ -155,16 +152,6 @@ class SqlEvaluator:
                 reason = f"the database refused the compiled query: {exc.orig}"
             self._support[entity_type] = reason
         return self._support[entity_type]
-
-    def identity_columns(self, conn: Connection, entity_type: str) -> tuple[str, ...]:
-        """The list query's columns besides id and email (asks the database,
-        reading no row: the reader only learns them by running the query)."""
-        source = self.sources.entity(entity_type)
-        probe = sa.text(f"SELECT * FROM (\n{source.list_query.sql}\n) AS m_probe WHERE 1 = 0")
-        tz = ZoneInfo(source.naive_timezone)
-        params = {"now": bind_instant(datetime.now().astimezone(), self.dialect, tz)}
-        names = conn.execute(probe, params if "now" in source.list_query.params else {}).keys()
-        return tuple(n.lower() for n in names if n.lower() not in ("id", "email"))
 
     def evaluate(
         self,
@@ -268,16 +255,9 @@ class SqlEvaluator:
                 yield row[0], row[1]
 
     def digest_basis(self, entity_type: str) -> str:
-        """A digest of the statement ``digests`` runs (PostgreSQL only): the
-        compiled SQL and the salt. Row digests computed under another basis
-        (other rules, another version of mailsync) may all differ."""
-        if entity_type not in self._basis:
-            source = self.sources.entity(entity_type)
-            with self._transaction(source) as conn:
-                compiled = self.compile(conn, entity_type, ordered=False, digests=True)
-                text = str(compiled.select.compile(dialect=conn.dialect))
-            self._basis[entity_type] = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-        return self._basis[entity_type]
+        """``CompiledEntity.basis`` of the statement ``digests`` runs."""
+        with self._transaction(self.sources.entity(entity_type)) as conn:
+            return self.compile(conn, entity_type, ordered=False, digests=True).basis
 
     def keys_since(
         self, entity_type: str, *, since: datetime, now: datetime
@@ -401,6 +381,16 @@ def _stream(
             )
         return
     yield from conn.execute(statement.execution_options(yield_per=batch_size), params)
+
+
+def identity_columns(conn: Connection, source: EntitySource) -> tuple[str, ...]:
+    """The list query's columns besides id and email (asks the database,
+    reading no row: the reader only learns them by running the query)."""
+    probe = sa.text(f"SELECT * FROM (\n{source.list_query.sql}\n) AS m_probe WHERE 1 = 0")
+    tz = ZoneInfo(source.naive_timezone)
+    params = {"now": bind_instant(datetime.now().astimezone(), conn.dialect.name, tz)}
+    names = conn.execute(probe, params if "now" in source.list_query.params else {}).keys()
+    return tuple(n.lower() for n in names if n.lower() not in ("id", "email"))
 
 
 def _check_dialect(dialect: str, entity_type: str, source: EntitySource) -> None:
