@@ -27,7 +27,7 @@ from tests.support.cli import live, run
 from tests.support.cycle import NOW
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("entity_state", "member", "member_field", "event_sent", "cycle", "watermark", "push")
+TABLES = ("entity_state", "member", "event_sent", "cycle", "watermark", "push")
 #: Late enough that ladders have moved since the first cycle.
 LATER = NOW + timedelta(days=2, hours=6)
 

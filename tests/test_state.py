@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -40,7 +41,45 @@ def test_migration_files_render_for_each_dialect() -> None:
     for migration in load_migrations():
         for dialect in ("sqlite", "postgresql"):
             statements = split_statements(render_migration(migration.sql, dialect))
-            assert all("{{" not in s and s.split()[0] in {"CREATE", "ALTER"} for s in statements)
+            for statement in statements:
+                assert "{{" not in statement
+                assert statement.split()[0] in {"CREATE", "ALTER", "UPDATE", "DROP"}
+
+
+def test_migration_12_keeps_the_accepted_merge_values(db_url: str) -> None:
+    """Version 12 folds the member_field rows into one JSON object per member:
+    the values keep their JSON types, and a member without fields gets {}."""
+    s = StateStore(db_url)
+    try:
+        assert s.migrate(up_to=11)[-1] == 11
+        with s.engine.begin() as conn:
+            for email in ("a@x.io", "b@x.io"):
+                conn.execute(sa.text("INSERT INTO member VALUES (:e, :t)"), {"e": email, "t": T0})
+            for tag, value in (("N", "0"), ("S", '"0"'), ("E", '""'), ("F", "1.5"), ("U", '"é"')):
+                conn.execute(
+                    sa.text("INSERT INTO member_field VALUES ('a@x.io', :tag, :v, :t)"),
+                    {"tag": tag, "v": value, "t": T0},
+                )
+        assert s.migrate() == [m.version for m in load_migrations() if m.version > 11]
+        states = s.member_states(["a@x.io", "b@x.io"])
+        assert states["a@x.io"].fields == {"N": 0, "S": "0", "E": "", "F": 1.5, "U": "é"}
+        assert states["b@x.io"].fields == {}
+        assert states["a@x.io"].pushed_at == T0
+    finally:
+        s.close()
+
+
+def test_a_push_merges_its_values_over_those_accepted_before(db_url: str) -> None:
+    s = StateStore(db_url)
+    try:
+        s.migrate()
+        s.record_accepted("a@x.io", {"A": 1, "B": "x"}, None, T0)
+        s.record_accepted("a@x.io", {"B": "", "C": 0.5}, None, T0 + timedelta(hours=1))
+        state = s.member_states(["A@X.io"])["a@x.io"]
+        assert state.fields == {"A": 1, "B": "", "C": 0.5}
+        assert state.pushed_at == T0 + timedelta(hours=1)
+    finally:
+        s.close()
 
 
 def test_default_is_a_sqlite_file(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +108,7 @@ def test_postgresql_in_a_configured_schema(pg_url: str) -> None:
                 sa.text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
                 {"s": schema},
             ).scalars()
-            assert {"entity_state", "member_field", "schema_version"} <= set(tables)
+            assert {"entity_state", "member", "schema_version"} <= set(tables)
         with pytest.raises(ConfigurationError, match="invalid schema"):
             StateStore(pg_url, schema='x"; DROP')
     finally:
@@ -184,3 +223,22 @@ def test_cycles_and_watermarks(store: StateStore) -> None:
     store.set_watermark("unsub", "2026-01-01T00:00:00Z")
     store.set_watermark("unsub", "2026-01-02T00:00:00Z")
     assert store.get_watermark("unsub") == "2026-01-02T00:00:00Z"
+
+
+def test_a_sqlite_without_json_functions_is_named(sqlite_url: str) -> None:
+    """The state store merges members' values with json_patch; a SQLite
+    built without it gets a clear error at start, not a failed first push."""
+    s = StateStore(sqlite_url)
+
+    def missing(*_args: object) -> None:
+        raise RuntimeError("no such function: json_patch")
+
+    @sa.event.listens_for(s.engine, "connect")
+    def _without_json(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.create_function("json_patch", 2, missing)
+
+    try:
+        with pytest.raises(ConfigurationError, match=r"no JSON functions \(json_patch\)"):
+            s.migrate()
+    finally:
+        s.close()

@@ -112,10 +112,25 @@ class StoreBase:
         def _begin(conn: sa.Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-    def migrate(self) -> list[int]:
-        """Apply the migrations not applied yet, each in its own transaction;
-        returns the versions applied now."""
-        return apply_migrations(self.engine)
+    def migrate(self, *, up_to: int | None = None) -> list[int]:
+        """Apply the migrations not applied yet (up to version ``up_to``),
+        each in its own transaction; returns the versions applied now."""
+        if self.dialect == "sqlite":
+            self._require_sqlite_json()
+        return apply_migrations(self.engine, up_to=up_to)
+
+    def _require_sqlite_json(self) -> None:
+        # Members' merge values are JSON objects merged by json_patch: built
+        # into SQLite since 3.38, and into most builds since 3.9 (JSON1).
+        with self.engine.connect() as conn:
+            try:
+                conn.exec_driver_sql("SELECT json_patch('{}', '{}')")
+            except sa.exc.OperationalError as error:
+                raise ConfigurationError(
+                    f"state store {self.url}: this Python's SQLite ({sqlite3.sqlite_version})"
+                    " has no JSON functions (json_patch), which the state store needs;"
+                    " use a Python built with SQLite 3.38 or later, or a PostgreSQL state store"
+                ) from error
 
     def schema_versions(self) -> list[int]:
         return applied_versions(self.engine)
@@ -145,9 +160,13 @@ class StoreBase:
         table: sa.Table,
         rows: Sequence[Mapping[str, Any]],
         keys: Sequence[str],
+        *,
+        merge: Mapping[str, str] | None = None,
     ) -> None:
         """Insert or update ``rows``. Rows sharing a key are collapsed (the last
         wins) first: PostgreSQL refuses to touch one row twice in one statement.
+        A stored row takes the new values, except the columns of ``merge``,
+        which take its SQL expression (of the stored row and ``excluded``).
 
         The statement is rendered once per (table, columns) and the values
         converted here, then handed to the driver's ``executemany``: through
@@ -157,7 +176,8 @@ class StoreBase:
             return
         unique = list({tuple(row[k] for k in keys): row for row in rows}.values())
         columns = tuple(unique[0])
-        sql, converters = self._upsert_statement(table, columns, tuple(keys))
+        merged = tuple(sorted((merge or {}).items()))
+        sql, converters = self._upsert_statement(table, columns, tuple(keys), merged)
         # Most instants of one call are the same (the instant of the push):
         # each distinct one is converted once.
         instants: dict[Any, Any] = {}
@@ -177,16 +197,21 @@ class StoreBase:
             conn.exec_driver_sql(sql, list(chunk))
 
     def _upsert_statement(
-        self, table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...]
+        self,
+        table: sa.Table,
+        columns: tuple[str, ...],
+        keys: tuple[str, ...],
+        merge: tuple[tuple[str, str], ...],
     ) -> tuple[str, list[Callable[[Any], Any]]]:
-        cache_key = (table.name, columns, keys)
+        cache_key = (table.name, columns, keys, merge)
         cached = self._statements.get(cache_key)
         if cached is None:
             mark = "?" if self.dialect == "sqlite" else "%s"
             names = ", ".join(f'"{c}"' for c in columns)
             marks = ", ".join([mark] * len(columns))
             conflict = ", ".join(f'"{k}"' for k in keys)
-            updates = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in keys)
+            new_value = {c: f'excluded."{c}"' for c in columns} | dict(merge)
+            updates = ", ".join(f'"{c}" = {new_value[c]}' for c in columns if c not in keys)
             action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
             sql = (
                 f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})'

@@ -26,26 +26,35 @@ from sync.state.tables import (
     event_pending,
     event_sent,
     member,
-    member_field,
     member_tag,
     push,
     watermark,
 )
 
 #: The ledger's tables keyed by member address: an address change moves them.
-_LEDGER_TABLES = (member, member_field, member_tag, push)
+_LEDGER_TABLES = (member, member_tag, push)
+
+#: A push's accepted values merged over the member's (``member.fields_json``,
+#: one JSON object per member): fields it did not send keep their value.
+_MERGE_FIELDS = {
+    "sqlite": 'json_patch("member"."fields_json", excluded."fields_json")',
+    "postgresql": '("member"."fields_json"::jsonb || excluded."fields_json"::jsonb)::text',
+}
 
 
-def _encode(value: MergeValue) -> str:
+def _encode(fields: Mapping[str, MergeValue]) -> str:
     # JSON keeps 0, "0", False and "" apart; the type matters for the diff.
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
-def _decode(text: str) -> MergeValue:
-    value = json.loads(text)
-    if not isinstance(value, str | int | float):
-        raise ValueError(f"stored merge value is not a scalar: {text!r}")
-    return value
+def _decode(text: str) -> dict[str, MergeValue]:
+    fields = json.loads(text)
+    if not isinstance(fields, dict):
+        raise ValueError(f"stored merge values are not an object: {text!r}")
+    for value in fields.values():
+        if not isinstance(value, str | int | float):
+            raise ValueError(f"stored merge value is not a scalar: {text!r}")
+    return fields
 
 
 def move_ledger(conn: sa.Connection, old: str, new: str) -> None:
@@ -83,13 +92,12 @@ class LedgerStore(StoreBase):
         # a full pass after a rules change plans tens of thousands of members.
         with self.engine.connect() as conn:
             for chunk in chunks(wanted, self.ids_per_statement):
-                members = sa.select(member.c.email, member.c.pushed_at)
-                pushed_at.update(conn.execute(members.where(member.c.email.in_(chunk))).all())
-                values = sa.select(
-                    member_field.c.email, member_field.c.tag, member_field.c.value_json
-                ).where(member_field.c.email.in_(chunk))
-                for email, tag, value_json in conn.execute(values).all():
-                    fields.setdefault(email, {})[tag] = _decode(value_json)
+                members = sa.select(member.c.email, member.c.pushed_at, member.c.fields_json)
+                for email, at, fields_json in conn.execute(
+                    members.where(member.c.email.in_(chunk))
+                ).all():
+                    pushed_at[email] = at
+                    fields[email] = _decode(fields_json)
                 active = sa.select(member_tag.c.email, member_tag.c.tag)
                 for email, tag in conn.execute(active.where(member_tag.c.email.in_(chunk))).all():
                     tags.setdefault(email, set()).add(tag)
@@ -146,11 +154,9 @@ class LedgerStore(StoreBase):
                     max(before.at, p.at),
                     p.tags if p.tags is not None else before.tags,
                 )
-        members = [{"email": e, "pushed_at": p.at} for e, p in merged.items()]
-        field_rows = [
-            {"email": e, "tag": tag, "value_json": _encode(value), "pushed_at": p.at}
+        members = [
+            {"email": e, "pushed_at": p.at, "fields_json": _encode(p.fields)}
             for e, p in merged.items()
-            for tag, value in p.fields.items()
         ]
         retagged = [e for e, p in merged.items() if p.tags is not None]
         tag_rows = [
@@ -160,8 +166,8 @@ class LedgerStore(StoreBase):
         ]
         emails = list(merged)
         with self.engine.begin() as conn:
-            self._upsert(conn, member, members, ("email",))
-            self._upsert(conn, member_field, field_rows, ("email", "tag"))
+            merge = {"fields_json": _MERGE_FIELDS[self.dialect]}
+            self._upsert(conn, member, members, ("email",), merge=merge)
             for chunk in chunks(retagged):
                 conn.execute(member_tag.delete().where(member_tag.c.email.in_(chunk)))
             if tag_rows:
@@ -239,7 +245,7 @@ class LedgerStore(StoreBase):
         full pass that pushes everyone again (as new members) once an audience
         exists. Events recorded sent stay sent."""
         with self.engine.begin() as conn:
-            for table in (member_field, member_tag, push, member):
+            for table in (member_tag, push, member):
                 conn.execute(table.delete())
             conn.execute(entity_state.update().values(pushed_fp=None, row_fp=None))
             conn.execute(watermark.delete().where(watermark.c.name == "last_full_cycle"))

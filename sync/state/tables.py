@@ -96,14 +96,8 @@ member = sa.Table(
     metadata,
     sa.Column("email", sa.Text, primary_key=True),
     sa.Column("pushed_at", UtcDateTime, nullable=False),
-)
-member_field = sa.Table(
-    "member_field",
-    metadata,
-    sa.Column("email", sa.Text, primary_key=True),
-    sa.Column("tag", sa.Text, primary_key=True),
-    sa.Column("value_json", sa.Text, nullable=False),
-    sa.Column("pushed_at", UtcDateTime, nullable=False),
+    # Merge tag -> the value Mailchimp last accepted, as one JSON object.
+    sa.Column("fields_json", sa.Text, nullable=False, server_default="{}"),
 )
 member_tag = sa.Table(
     "member_tag",
