@@ -130,6 +130,33 @@ def test_a_full_pass_with_nothing_changed_sends_and_writes_nothing(bb):
     assert sum(caller.calls.values()) == calls
 
 
+def test_going_live_writes_each_entity_once(bb):
+    """A new entity's evaluation and the digests of what Mailchimp accepted
+    from it are one write. Before, the row was inserted, then updated once
+    the push was accepted: going live at 1M users, a million writes more."""
+    make, _clock, _engine, _emulator = bb
+    runtime, _, _ = make()
+    updates = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE") and "entity_state" in statement:
+            updates.append(statement)
+
+    sa.event.listen(runtime.state.engine, "before_cursor_execute", seen)
+    try:
+        summary = run_once(runtime)
+    finally:
+        sa.event.remove(runtime.state.engine, "before_cursor_execute", seen)
+    assert summary.push.pushed == 120
+    assert updates == []
+    with runtime.state.engine.connect() as conn:
+        settled = sa.text("SELECT COUNT(*) FROM entity_state WHERE pushed_fp IS NOT NULL")
+        assert conn.execute(settled).scalar_one() == 120
+    again = run_once(runtime, full=True)
+    assert again.evaluations_written == 0
+    assert again.push.considered == 0
+
+
 def test_a_dry_run_writes_nothing_and_loses_nothing(bb):
     """Wrong before: a dry run stored the evaluations and moved the
     watermarks, so the next real cycle created none of the members it showed."""

@@ -138,20 +138,26 @@ class PushBuffer:
         self.summary.absorb(push)
         if not self.record or push.dry_run:
             return
-        if pending.evaluations:
-            self.state.upsert_evaluations(pending.evaluations, at=self.now)
-            self.summary.evaluations_written += len(pending.evaluations)
         failed = {normalise_email(f.email) for f in push.failures}
         # Values of a merge tag the audience lacks were not kept: push again.
         failed |= set(push.not_kept)
         failed |= self.state.failed_emails(pending.members)
-        accepted: dict[str, dict[str, str]] = {}
-        rows: dict[str, dict[str, str | None]] = {}
+        settled: dict[tuple[str, str], tuple[str, str | None]] = {}
         for email, contributors in pending.contributors.items():
             if email in failed:
                 continue  # refused or held back: the next pass tries again
             for entity_type, ident, fp, row_fp in contributors:
-                accepted.setdefault(entity_type, {})[ident] = fp
-                rows.setdefault(entity_type, {})[ident] = row_fp
+                settled[entity_type, ident] = (fp, row_fp)
+        if pending.evaluations:
+            # Their digests are written with them; the others' below.
+            self.state.upsert_evaluations(pending.evaluations, at=self.now, settled=settled)
+            self.summary.evaluations_written += len(pending.evaluations)
+            for e in pending.evaluations:
+                settled.pop((e.entity_type, e.entity_id), None)
+        accepted: dict[str, dict[str, str]] = {}
+        rows: dict[str, dict[str, str | None]] = {}
+        for (entity_type, ident), (fp, row_fp) in settled.items():
+            accepted.setdefault(entity_type, {})[ident] = fp
+            rows.setdefault(entity_type, {})[ident] = row_fp
         for entity_type, fingerprints in accepted.items():
             self.state.set_pushed_fingerprints(entity_type, fingerprints, rows[entity_type])

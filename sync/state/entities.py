@@ -132,9 +132,17 @@ class EntityStore(StoreBase):
     """The ``entity_state`` table: evaluations stored, read, scheduled, forgotten."""
 
     def upsert_evaluations(
-        self, evaluations: Iterable[EntityEvaluation], *, at: datetime | None = None
+        self,
+        evaluations: Iterable[EntityEvaluation],
+        *,
+        at: datetime | None = None,
+        settled: Mapping[tuple[str, str], tuple[str, str | None]] | None = None,
     ) -> int:
-        """Store evaluations (insert or replace), all in one transaction."""
+        """Store evaluations (insert or replace), all in one transaction.
+        ``settled``: (type, id) -> (pushed digest, row digest) of the
+        entities whose contribution Mailchimp accepted, recorded in the same
+        write (``LedgerStore.set_pushed_fingerprints`` otherwise): going
+        live, each entity's row is written once, not twice."""
         stamp = at or utc_now()
         rows = [
             {
@@ -160,8 +168,17 @@ class EntityStore(StoreBase):
             }
             for e in evaluations
         ]
+        settled = settled or {}
+        pushed = []
+        for row in rows:
+            done = settled.get((row["entity_type"], row["entity_id"]))
+            if done is not None:
+                row["pushed_fp"], row["row_fp"] = done
+                pushed.append(row)
+        keys = ("entity_type", "entity_id")
         with self.engine.begin() as conn:
-            self._upsert(conn, entity_state, rows, ("entity_type", "entity_id"))
+            self._upsert(conn, entity_state, [r for r in rows if "pushed_fp" not in r], keys)
+            self._upsert(conn, entity_state, pushed, keys)
         return len(rows)
 
     def stored_rows(self, entity_type: str, entity_ids: Sequence[str]) -> dict[str, StoredRow]:
