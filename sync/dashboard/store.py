@@ -101,7 +101,7 @@ class ReadOnlyStore(StateStore):
         except sa.exc.ProgrammingError:
             return []
 
-    def migrate(self) -> list[int]:
+    def migrate(self, *, up_to: int | None = None) -> list[int]:
         raise ConfigurationError("the dashboard opens the state store read-only; it never migrates")
 
     # -- what only the dashboard asks ---------------------------------------

@@ -9,6 +9,7 @@ the store (``sync.state.entities``, ``ledger``, ``events``...) extend
 
 from __future__ import annotations
 
+import operator
 import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,8 +66,10 @@ class StoreBase:
                 "(use sqlite:///FILE or postgresql+psycopg://...)"
             )
         self.schema = schema
+        #: (table, columns, keys, merged columns) -> upsert statement, converters
         self._statements: dict[
-            tuple[str, tuple[str, ...], tuple[str, ...]], tuple[str, list[Callable[[Any], Any]]]
+            tuple[str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]],
+            tuple[str, list[Callable[[Any], Any]]],
         ] = {}
         if schema is not None:
             if self.dialect != "postgresql":
@@ -174,7 +177,8 @@ class StoreBase:
         accepted for 10,000 new members took several seconds."""
         if not rows:
             return
-        unique = list({tuple(row[k] for k in keys): row for row in rows}.values())
+        key_of = operator.itemgetter(*keys)
+        unique = list({key_of(row): row for row in rows}.values())
         columns = tuple(unique[0])
         merged = tuple(sorted((merge or {}).items()))
         sql, converters = self._upsert_statement(table, columns, tuple(keys), merged)

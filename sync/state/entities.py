@@ -169,15 +169,17 @@ class EntityStore(StoreBase):
             for e in evaluations
         ]
         settled = settled or {}
-        pushed = []
+        pending, pushed = [], []
         for row in rows:
-            done = settled.get((row["entity_type"], row["entity_id"]))
-            if done is not None:
+            done = settled.get((str(row["entity_type"]), str(row["entity_id"])))
+            if done is None:
+                pending.append(row)
+            else:
                 row["pushed_fp"], row["row_fp"] = done
                 pushed.append(row)
         keys = ("entity_type", "entity_id")
         with self.engine.begin() as conn:
-            self._upsert(conn, entity_state, [r for r in rows if "pushed_fp" not in r], keys)
+            self._upsert(conn, entity_state, pending, keys)
             self._upsert(conn, entity_state, pushed, keys)
         return len(rows)
 
