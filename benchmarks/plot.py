@@ -78,8 +78,11 @@ def main() -> None:
         y = H - PAD - (H - 2 * PAD) * (math.log10(seconds) - y_low) / (y_high - y_low)
         return x, y
 
+    # The legend, one line per series, may run below the plot: the picture
+    # grows to hold it.
+    height = max(H, PAD + 16 * len(lines))
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}"'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}"'
         ' font-family="sans-serif" font-size="11">',
         f'<line x1="{PAD}" y1="{H - PAD}" x2="{right}" y2="{H - PAD}" stroke="black"/>',
         f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="black"/>',
