@@ -117,6 +117,7 @@ def make_cycle(
         tick_since=ticks,
         record=record,
         on_delete=runtime.config.daemon.on_delete,
+        flush_size=runtime.flush_size,
         stop=runtime.stop,
         unusable_checked=runtime.unusable_checked,
     )

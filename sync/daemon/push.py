@@ -129,6 +129,15 @@ class PushBuffer:
     def flush_if_full(self) -> None:
         if len(self._pending) >= self.flush_size:
             self.flush()
+            # A cycle that pushes this much (going live at a million users
+            # takes minutes) says how far it got.
+            done = self.summary.push
+            log.info(
+                "pushing: %d members pushed so far this cycle, %d failed, %d API calls",
+                done.pushed,
+                done.failed,
+                sum(done.calls.values()),
+            )
 
     def flush(self) -> None:
         pending, self._pending = self._pending, Pending()

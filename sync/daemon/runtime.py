@@ -26,7 +26,7 @@ from typing import IO
 from sync.daemon.clock import system_clock
 from sync.daemon.config import Config
 from sync.daemon.lock import Fence
-from sync.daemon.push import Sink
+from sync.daemon.push import FLUSH_SIZE, Sink
 from sync.exceptions import Problem, RulesError
 from sync.mailchimp.batches import BatchPolling
 from sync.mailchimp.caller import Caller, RetryPolicy
@@ -113,6 +113,8 @@ class Runtime:
     #: When each type's action rows were last checked for rows the compiled
     #: SQL leaves out (``Deriver``: at most once an hour).
     unusable_checked: dict[str, datetime] = field(default_factory=dict)
+    #: Changed members accumulated before a push (``PushBuffer``).
+    flush_size: int = FLUSH_SIZE
     _evaluator: SqlEvaluator | None = field(default=None, repr=False)
 
     @property
