@@ -237,6 +237,39 @@ def test_a_tick_reads_only_new_rows_and_due_entities(bb):
     assert "credit" in [e.name for e in emulator.audience.member(email).events]
 
 
+def test_events_without_properties_are_sent_without_the_engine(bb):
+    """BlouseBrothers' events carry no properties: a tick and a full pass
+    send them from the occurrences in the window and the compiled row, and
+    read no entity for the Python engine (before, each entity with an
+    unsent event was read back and evaluated: a quarter of a 1 % tick)."""
+    make, clock, engine, emulator = bb
+    runtime, _, _ = make()
+    run_once(runtime)
+    read = []
+    real_read = runtime.reader.read_entities
+
+    def read_entities(*args, **kwargs):
+        read.append(kwargs.get("ids"))
+        return real_read(*args, **kwargs)
+
+    runtime.reader.read_entities = read_entities
+    with engine.connect() as conn:
+        users = conn.execute(sa.text("SELECT id, email FROM users ORDER BY id LIMIT 2")).all()
+    clock.now = NOW + timedelta(minutes=1)
+    _credit(engine, users[0][0], clock.now - timedelta(seconds=10))
+    tick = run_once(runtime)
+    assert not tick.full
+    assert tick.push.events_sent == 1
+    clock.now = NOW + timedelta(minutes=2)
+    _credit(engine, users[1][0], clock.now - timedelta(seconds=10))
+    full = run_once(runtime, full=True)
+    assert full.push.events_sent == 1
+    assert read == []
+    for _, email in users:
+        (event,) = emulator.audience.member(email).events
+        assert (event.name, event.properties) == ("credit", {})
+
+
 def test_going_live_sends_no_past_event_unless_asked(bb):
     """Wrong before: the first cycle sent every event of the last seven days."""
     make, _clock, _engine, emulator = bb

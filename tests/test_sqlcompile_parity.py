@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync.daemon.events import event_keys
+from sync.daemon.events import event_keys, properties_needed, row_events
 from sync.demo import load_demo
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, reinit_state
 from sync.evaluate.ruletest import read_test_file
@@ -514,17 +514,36 @@ def test_demo_event_keys(db_url: str, example: str) -> None:
                 entity = ruleset.entity(entity_type)
                 statuses: dict[str, str | None] = {}
                 expected: dict[str, list[str]] = {}
+                engine_events: dict[str, list[tuple[str, str, object, object]]] = {}
                 for record in reader.read_entities(entity_type, now=now, related_statuses=related):
                     result = evaluate(entity, record.facts, record.actions, now, events_since=since)
                     statuses[record.id] = result.status
                     expected[record.id] = sorted(
                         f"{entity_type}:{record.id}:{e.key}" for e in result.events
                     )
+                    engine_events[record.id] = sorted(
+                        (e.key, e.name, e.occurred_at, dict(e.properties)) for e in result.events
+                    )
                 actions = [a.name for a in entity.actions.values() if a.event is not None]
                 occurrences = reader.occurrences(entity_type, actions, since=since, now=now)
+                with_properties = properties_needed(entity)
                 for r in ev.evaluate(entity_type, now=now):
-                    got = sorted(event_keys(entity, r.id, r, occurrences.get(r.id, ()), since, now))
+                    found = occurrences.get(r.id, ())
+                    got = sorted(event_keys(entity, r.id, r, found, since, now))
                     assert got == expected[r.id], (entity_type, r.id, now)
                     compared += len(got)
+                    # The events themselves, as the cycle sends them without
+                    # the engine: equal to the engine's, properties included
+                    # (none) when no event of the type has any.
+                    events = sorted(
+                        (e.key, e.name, e.occurred_at, dict(e.properties))
+                        for e in row_events(entity, r, found, since, now)
+                    )
+                    if with_properties:
+                        events = [(k, n, at, {}) for k, n, at, _ in events]
+                        want = [(k, n, at, {}) for k, n, at, _ in engine_events[r.id]]
+                    else:
+                        want = engine_events[r.id]
+                    assert events == want, (entity_type, r.id, now)
                 related = {entity_type: statuses}
     assert compared > 0

@@ -4,8 +4,9 @@ The compiled SQL (``sync.sql.evaluator``) evaluates the whole population (a
 *full* pass) or only the candidates of a *tick*. A type whose rules or
 sources cannot be compiled, or whose compiled evaluation fails on bad data,
 is evaluated by the Python engine instead (``sync.evaluate.engine``), for
-that type only; so are the entities with an event not sent yet (the engine
-gives the events with their properties) and those that must reach the sink.
+that type only; so are the entities that must reach the sink, and those with
+an event not sent yet when the rules give events properties (the engine
+gives them; otherwise the events come from the occurrences in the window).
 Each chunk derived goes to the ``Differ``.
 
 On PostgreSQL each result row carries a digest computed by the database
@@ -32,7 +33,7 @@ import sqlalchemy as sa
 
 from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.diff import Differ
-from sync.daemon.events import unsent_events
+from sync.daemon.events import properties_needed, row_events, unsent_events
 from sync.daemon.settled import Row, Settled, joined, without_gone
 from sync.daemon.type_run import Derived, TypeRun
 from sync.evaluate.engine import Baseline, Evaluation, evaluate, position_at
@@ -210,10 +211,20 @@ class Deriver:
                 r = self._with_baseline(entity, r, baseline)
             derived[r.id] = (r.email, r)
             fingerprints[r.id] = r.fp
-        # Entities with an event not sent yet: the engine gives their events.
+        # Entities with an event not sent yet get their events from the
+        # occurrences, or from the engine when events carry properties. The
+        # engine also gives those that must reach the sink (a retry, an
+        # event of unknown outcome): a tick's occurrences are only its new rows.
         engine_ids = set(run.forced.intersection(derived))
-        engine_ids |= unsent_events(self.state, run, derived, self.now)
+        unsent = unsent_events(self.state, run, derived, self.now)
         events: dict[str, tuple[EventDue, ...]] = {}
+        if properties_needed(entity):
+            engine_ids |= unsent
+        else:
+            for ident in sorted(unsent - engine_ids):
+                found = run.occurrences.get(ident, ())
+                row = derived[ident][1]
+                events[ident] = tuple(row_events(entity, row, found, run.events_since, self.now))
         if engine_ids:
             for record_id, email, evaluation in self._engine_results(run, sorted(engine_ids)):
                 derived[record_id] = (email, evaluation)

@@ -4,8 +4,10 @@ The occurrences of event-bearing actions inside the event window
 (``events_since``: ``events_max_age`` back, never before the state store
 went live nor before a re-initialisation) and the status-entry events are
 keyed as the engine keys them and looked up among the events already sent
-(an anti-join). An entity with an event not sent yet is evaluated by the
-engine, which gives the events with their properties.
+(an anti-join). The events themselves come from the same occurrences and
+the compiled row (``row_events``), unless the rules give events properties
+(facts, which the compiled row does not carry): then an entity with an
+event not sent yet is evaluated by the engine, which gives them.
 """
 
 from __future__ import annotations
@@ -16,10 +18,49 @@ from datetime import datetime
 from sync.addresses import normalise_email
 from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.type_run import Derived, TypeRun
-from sync.records import ActionOccurrence
+from sync.records import ActionOccurrence, EventDue
 from sync.rules.model import Entity
 from sync.sources.reader import SourceReader
 from sync.state.store import StateStore
+
+
+def row_events(
+    entity: Entity,
+    derived: Derived,
+    occurrences: Iterable[ActionOccurrence],
+    since: datetime,
+    now: datetime,
+) -> list[EventDue]:
+    """The events the engine would give this entity at ``now`` with
+    ``events_since=since`` (keys as the engine's), from a set-based
+    evaluation and the event-bearing occurrences in the window, without
+    their properties (see ``properties_needed``). The parity suite checks
+    them against ``engine.evaluate``."""
+    events = [
+        EventDue(f"action:{o.action}:{o.at.isoformat()}", action.event.name, o.at)
+        for o in sorted(occurrences)
+        if since <= o.at <= now
+        and (action := entity.actions.get(o.action)) is not None
+        and action.event is not None
+    ]
+    state = entity.states.get(derived.state) if derived.state else None
+    if state is not None and state.event is not None:
+        entered = derived.state_entered_at
+        occurred = entered or now
+        if occurred >= since:
+            key = f"status:{state.name}:{state.event.name}"
+            if state.event.once == "entry":
+                key += f":{entered.isoformat() if entered else 'unknown'}"
+            events.append(EventDue(key, state.event.name, occurred))
+    return events
+
+
+def properties_needed(entity: Entity) -> bool:
+    """Whether some event of this type carries properties (facts): then its
+    events come from the engine, not from ``row_events``."""
+    specs = [a.event for a in entity.actions.values() if a.event is not None]
+    specs += [s.event for s in entity.states.values() if s.event is not None]
+    return any(spec.properties for spec in specs)
 
 
 def event_keys(
@@ -30,27 +71,12 @@ def event_keys(
     since: datetime,
     now: datetime,
 ) -> list[str]:
-    """The idempotency keys of the events the engine would give this entity
-    at ``now`` with ``events_since=since`` (as its member's keys: scoped to
-    the entity), from a set-based evaluation and the event-bearing
-    occurrences in the window: what the cycle looks up among the events sent.
-    The parity suite checks them against ``engine.evaluate``."""
-    keys = [
-        f"{entity.name}:{ident}:action:{o.action}:{o.at.isoformat()}"
-        for o in occurrences
-        if since <= o.at <= now
-        and (action := entity.actions.get(o.action)) is not None
-        and action.event is not None
+    """The idempotency keys of ``row_events`` as its member's keys (scoped to
+    the entity): what the cycle looks up among the events sent."""
+    return [
+        f"{entity.name}:{ident}:{e.key}"
+        for e in row_events(entity, derived, occurrences, since, now)
     ]
-    state = entity.states.get(derived.state) if derived.state else None
-    if state is not None and state.event is not None:
-        entered = derived.state_entered_at
-        if (entered or now) >= since:
-            key = f"{entity.name}:{ident}:status:{state.name}:{state.event.name}"
-            if state.event.once == "entry":
-                key += f":{entered.isoformat() if entered else 'unknown'}"
-            keys.append(key)
-    return keys
 
 
 def window_occurrences(
