@@ -496,6 +496,10 @@ def test_demo_subset_of_ids_matches_full_population(db_url: str) -> None:
     assert all(subset[k] == everyone[k] for k in some)
 
 
+#: An event as compared: key, name, instant, properties.
+EventRow = tuple[str, str, datetime, dict[str, str]]
+
+
 @pytest.mark.parametrize("example", sorted(DEMOS))
 def test_demo_event_keys(db_url: str, example: str) -> None:
     """The daemon finds the events to send set-based: the event-bearing
@@ -514,7 +518,7 @@ def test_demo_event_keys(db_url: str, example: str) -> None:
                 entity = ruleset.entity(entity_type)
                 statuses: dict[str, str | None] = {}
                 expected: dict[str, list[str]] = {}
-                engine_events: dict[str, list[tuple[str, str, object, object]]] = {}
+                engine_events: dict[str, list[EventRow]] = {}
                 for record in reader.read_entities(entity_type, now=now, related_statuses=related):
                     result = evaluate(entity, record.facts, record.actions, now, events_since=since)
                     statuses[record.id] = result.status
@@ -535,15 +539,14 @@ def test_demo_event_keys(db_url: str, example: str) -> None:
                     # The events themselves, as the cycle sends them without
                     # the engine: equal to the engine's, properties included
                     # (none) when no event of the type has any.
-                    events = sorted(
+                    events: list[EventRow] = sorted(
                         (e.key, e.name, e.occurred_at, dict(e.properties))
                         for e in row_events(entity, r, found, since, now)
                     )
+                    want = engine_events[r.id]
                     if with_properties:
                         events = [(k, n, at, {}) for k, n, at, _ in events]
-                        want = [(k, n, at, {}) for k, n, at, _ in engine_events[r.id]]
-                    else:
-                        want = engine_events[r.id]
+                        want = [(k, n, at, {}) for k, n, at, _ in want]
                     assert events == want, (entity_type, r.id, now)
                 related = {entity_type: statuses}
     assert compared > 0
