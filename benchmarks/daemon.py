@@ -1,7 +1,8 @@
 """Benchmark: the daemon's cycles, as operators run them, on BlouseBrothers at N users.
 
     python benchmarks/daemon.py --users 100000 --json out.json \\
-        [--state sqlite|postgres|both] [--service-delay 0.25] [--pg URL] [--seed 1]
+        [--state sqlite|postgres|both] [--service-delay 0.25] [--connect-delay 0] \\
+        [--pg URL] [--seed 1]
 
 Only the daemon's public entry points are used for the cycles:
 ``sync.daemon.config.Config`` -> ``sync.daemon.runtime.build_runtime`` ->
@@ -13,7 +14,8 @@ does inside, this measures what a user gets.
 Set-up (untimed): the demo data of ``sync.demo`` in a PostgreSQL database
 of its own, ``mailsync_daemon_<N>_s<seed>`` (generated once and reused, or
 the database given by ``--app-db``), and ``mailsync emulator`` in a process
-of its own with ``--service-delay`` (Mailchimp's latency), fresh for each
+of its own with ``--service-delay`` (Mailchimp's latency) and ``--connect-delay``
+(a new connection's handshakes), fresh for each
 state store. Then, in this process:
 
 * ``scan_floor_s``: the floor of ``benchmarks/run.py`` (the bare aggregate
@@ -121,11 +123,11 @@ INSERTED = (("credits", "credited_at"), ("transfers", "received_at"))
 
 
 @contextmanager
-def emulator_process(service_delay: float) -> Iterator[str]:
+def emulator_process(service_delay: float, connect_delay: float = 0.0) -> Iterator[str]:
     """``mailsync emulator`` on a free port; yields its API base URL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "sync", "emulator", "--port", "0"]
-    command += ["--service-delay", str(service_delay)]
+    command += ["--service-delay", str(service_delay), "--connect-delay", str(connect_delay)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         assert process.stdout is not None
@@ -149,6 +151,8 @@ class Audit:
     calls: Counter[str]
     operations: Counter[str]
     members: int
+    #: TCP connections the emulator accepted so far.
+    connections: int
 
     @classmethod
     def read(cls, api_url: str) -> Audit:
@@ -165,6 +169,7 @@ class Audit:
             Counter(log["by_endpoint"]),
             Counter(log["batch_operations"]["by_endpoint"]),
             int(members),
+            int(log.get("connections", 0)),
         )
 
     def since(self, before: Audit) -> dict[str, int]:
@@ -180,6 +185,9 @@ class Audit:
             "updates": sum(done[e] for e in UPDATE),
             "tag_operations": tags,
             "event_operations": events,
+            # Not counted: the probe of ``before`` and this audit's own read,
+            # a connection each.
+            "connections_opened": self.connections - before.connections - 2,
         }
 
 
@@ -556,6 +564,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
     parser.add_argument("--state", choices=[*STATES, "both"], default="both")
     parser.add_argument("--service-delay", type=float, default=0.25, help="seconds per API call")
+    parser.add_argument(
+        "--connect-delay",
+        type=float,
+        default=0.0,
+        help="seconds a new connection takes before its first request (handshakes)",
+    )
     parser.add_argument("--pg", default=floor.DEFAULT_PG, help="PostgreSQL URL (any database)")
     parser.add_argument("--app-db", help="use this database (demo data replaced) instead")
     parser.add_argument("--state-schema", default=DEFAULT_STATE_SCHEMA)
@@ -584,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "now": NOW.isoformat(),
         "service_delay_s": args.service_delay,
+        "connect_delay_s": args.connect_delay,
         "connections": CONNECTIONS,
         "scan_floor_s": round(scan_floor, 3),
         "sql_eval_s": round(sql_eval, 3),
@@ -592,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} cores, shared with other work: timings vary by ±30 %",
     }
     for state in STATES if args.state == "both" else (args.state,):
-        with emulator_process(args.service_delay) as emulator:
+        with emulator_process(args.service_delay, args.connect_delay) as emulator:
             result = run_child(args, state, url, emulator)
         result["first_cycle_bound_s"] = round(
             sql_eval + result["first_cycle_calls_needed"] * args.service_delay / CONNECTIONS, 3

@@ -85,7 +85,7 @@ def reset(emulator: Emulator, request: Request) -> Answer:
 
 @ROUTES.add("GET", "/calls")
 def calls(emulator: Emulator, request: Request) -> Answer:
-    return Answer(200, emulator.calls.to_json())
+    return Answer(200, {**emulator.calls.to_json(), "connections": emulator.connections})
 
 
 @ROUTES.add("GET", "/settings")
@@ -105,6 +105,8 @@ def set_settings(emulator: Emulator, request: Request) -> Answer:
         emulator.max_connections = int(body["max_connections"])
     if "service_delay" in body:
         emulator.service_delay = float(body["service_delay"])
+    if "connect_delay" in body:
+        emulator.connect_delay = float(body["connect_delay"])
     if "timeout_hold" in body:
         emulator.timeout_hold = float(body["timeout_hold"])
     if "batch_delay" in body:

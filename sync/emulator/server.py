@@ -49,6 +49,7 @@ class Emulator:
         list_id: str = DEFAULT_LIST_ID,
         max_connections: int = MAX_CONNECTIONS,
         service_delay: float = 0.0,
+        connect_delay: float = 0.0,
         timeout_hold: float = 1.0,
         batch_delay: float = 0.0,
         hold_batches: bool = False,
@@ -63,6 +64,10 @@ class Emulator:
         self.list_id = list_id
         self.max_connections = max_connections
         self.service_delay = service_delay
+        #: Seconds a new connection takes before its first request is read:
+        #: the TCP and TLS handshakes' round trips to Mailchimp, which a
+        #: client that keeps its connections alive pays once per connection.
+        self.connect_delay = connect_delay
         self.timeout_hold = timeout_hold
         #: False answers 404 on ``/batches``, like a proxy that does not
         #: forward it: the sink must then fall back to direct calls.
@@ -71,6 +76,7 @@ class Emulator:
         self._defaults = (
             max_connections,
             service_delay,
+            connect_delay,
             timeout_hold,
             batch_delay,
             hold_batches,
@@ -165,6 +171,13 @@ class Emulator:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def connections(self) -> int:
+        """TCP connections accepted since the server started (a client that
+        keeps its connections alive opens a few; one that does not, one per
+        call)."""
+        return self._server.connections if self._server is not None else 0
+
+    @property
     def audience(self) -> Audience:
         """The default audience (``list_id``)."""
         return self.store.audience(self.list_id)
@@ -211,6 +224,7 @@ class Emulator:
         (
             self.max_connections,
             self.service_delay,
+            self.connect_delay,
             self.timeout_hold,
             self.batch_delay,
             self.hold_batches,
@@ -229,6 +243,7 @@ class Emulator:
         return {
             "max_connections": self.max_connections,
             "service_delay": self.service_delay,
+            "connect_delay": self.connect_delay,
             "timeout_hold": self.timeout_hold,
             "batch_delay": self.batch_delay,
             "hold_batches": self.hold_batches,

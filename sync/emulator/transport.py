@@ -2,9 +2,16 @@
 
 Standard library only (``http.server``), one thread per request. The
 handler reads a request and hands it to :func:`sync.emulator.gates.serve`,
-which decides the answer; it then writes the answer (``Connection: close``,
-an ``X-Request-Id``), or, for a ``reset`` fault, has the server close the
+which decides the answer; it then writes the answer (with an
+``X-Request-Id``), or, for a ``reset`` fault, has the server close the
 connection with a TCP RST.
+
+Connections are kept alive, as HTTP/1.1 servers do by default and as
+Mailchimp's API does (clients that keep a ``requests.Session`` measure the
+difference: docs/emulator.md), until the client closes them, they stay
+idle for ``RequestHandler.timeout`` seconds, a fault leaves an answer
+unsent, or the emulator stops. The server counts the connections it
+accepted (``connections`` in ``/_emulator/calls``).
 """
 
 from __future__ import annotations
@@ -40,7 +47,42 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         self.emulator = emulator
         self._resets: set[socket.socket] = set()
         self._resets_lock = threading.Lock()
+        # Open connections, and whether each is between requests (idle):
+        # closing the server shuts the idle ones, whose handler threads
+        # would otherwise wait for a next request until their timeout.
+        self._open: dict[socket.socket, bool] = {}
+        self._open_lock = threading.Lock()
+        self._closing = False
+        #: Connections accepted since the server started.
+        self.connections = 0
         super().__init__(address, RequestHandler)
+
+    def opened(self, sock: socket.socket) -> None:
+        with self._open_lock:
+            self._open[sock] = True
+            self.connections += 1
+
+    def busy(self, sock: socket.socket, busy: bool) -> bool:
+        """Mark a connection busy (a request is being served) or idle; False
+        when the server is closing and the connection must close."""
+        with self._open_lock:
+            self._open[sock] = not busy
+            return not self._closing
+
+    def closed(self, sock: socket.socket) -> None:
+        with self._open_lock:
+            self._open.pop(sock, None)
+
+    def server_close(self) -> None:
+        with self._open_lock:
+            self._closing = True
+            idle = [sock for sock, is_idle in self._open.items() if is_idle]
+        for sock in idle:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed by the client meanwhile
+        super().server_close()
 
     def reset_on_close(self, sock: socket.socket) -> None:
         # SO_LINGER with a zero timeout makes close() send a TCP RST.
@@ -64,8 +106,11 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     server: EmulatorHTTPServer
     protocol_version = "HTTP/1.1"
-    # A socket timeout, so a silent client cannot pin a thread forever.
+    # A socket timeout, so a silent client cannot pin a thread forever; it
+    # also closes a connection left idle that long.
     timeout = 30
+    #: Whether the request being served got an answer.
+    _answered = False
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -82,15 +127,31 @@ class RequestHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch()
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.opened(self.connection)
+        emulator = self.server.emulator
+        if emulator.connect_delay:
+            # The handshakes of a new connection, before its first request.
+            emulator.holds.wait(emulator.connect_delay)
+
+    def finish(self) -> None:
+        self.server.closed(self.connection)
+        super().finish()
+
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.emulator.verbose:
             super().log_message(format, *args)
 
     def _dispatch(self) -> None:
-        self.close_connection = True
+        self.server.busy(self.connection, True)
+        self._answered = False
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         serve(self.server.emulator, self, self.command, self.path, raw)
+        # No answer (a timeout or reset fault): the connection ends here.
+        if not self.server.busy(self.connection, False) or not self._answered:
+            self.close_connection = True
 
     def send(self, status: int, body: bytes = b"", content_type: str | None = None) -> None:
         self.send_response(status)
@@ -98,10 +159,10 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Request-Id", str(uuid.uuid4()))
-        self.send_header("Connection", "close")
         self.end_headers()
         if body:
             self.wfile.write(body)
+        self._answered = True
 
     def send_answer(self, answer: Answer) -> None:
         body = b"" if answer.body is None else json.dumps(answer.body).encode()

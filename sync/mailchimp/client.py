@@ -10,8 +10,10 @@ fencing), whose answers ``sync.mailchimp.answers.classify`` classifies;
 ``/batches`` jobs are in ``sync.mailchimp.batches``, the checks of
 ``mailsync check`` in ``sync.mailchimp.audience``.
 
-Quirk of ``mailchimp-marketing`` 3.0.80 handled here: the host is rewritten
-with ``str.replace('server', ...)`` unless ``server`` is empty.
+Quirks of ``mailchimp-marketing`` 3.0.80 handled here: the host is rewritten
+with ``str.replace('server', ...)`` unless ``server`` is empty; every call
+opens a connection of its own unless its requests go through a pool of
+sessions (``sync.mailchimp.connections``), which ``make_client`` installs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from mailchimp_marketing import Client
 
 from sync.exceptions import ConfigurationError
+from sync.mailchimp.connections import reuse_connections
 from sync.mailchimp.redaction import clean_api_key, install_redaction, register_secret
 
 API_KEY_ENV = "MAILCHIMP_API_KEY"
@@ -115,10 +118,13 @@ def make_client(settings: MailchimpSettings) -> Any:
             "server": datacenter_of(settings.api_key),
             "timeout": settings.timeout,
         }
-        return Client(config)
-    client = Client({"api_key": settings.api_key, "timeout": settings.timeout})
-    client.api_client.host = settings.host.rstrip("/")
-    # An empty server disables the client's url.replace('server', dc), which
-    # would otherwise mangle a host name containing "server".
-    client.api_client.server = ""
+        client = Client(config)
+    else:
+        client = Client({"api_key": settings.api_key, "timeout": settings.timeout})
+        client.api_client.host = settings.host.rstrip("/")
+        # An empty server disables the client's url.replace('server', dc), which
+        # would otherwise mangle a host name containing "server".
+        client.api_client.server = ""
+    # Connections kept alive from call to call, not one per call.
+    reuse_connections(client)
     return client
