@@ -163,7 +163,7 @@ def test_a_cycle_that_pushes_in_several_rounds_logs_its_progress(bb, caplog):
     make, clock, _engine, emulator = bb
     runtime, _, _ = make(batch_size=40)  # entities derived 40 at a time
     runtime.flush_size = 30
-    with caplog.at_level("INFO", logger="sync.daemon.cycle"):
+    with caplog.at_level("INFO", logger="sync.daemon.progress"):
         summary = run_once(runtime)
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pushing:")]
     assert progress == [

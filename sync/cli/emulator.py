@@ -54,6 +54,13 @@ from sync.exceptions import ConfigurationError, FatalError
     help="Seconds each API call takes to answer.",
 )
 @click.option(
+    "--connect-delay",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Seconds a new connection takes before its first request (TCP and TLS handshakes).",
+)
+@click.option(
     "--timeout-hold",
     type=float,
     default=130.0,
@@ -78,6 +85,7 @@ def emulator(
     fault_kinds: tuple[str, ...],
     max_connections: int,
     service_delay: float,
+    connect_delay: float,
     timeout_hold: float,
     log_requests: bool,
     webhook_url: str | None,
@@ -90,6 +98,7 @@ def emulator(
         list_id=list_id,
         max_connections=max_connections,
         service_delay=service_delay,
+        connect_delay=connect_delay,
         timeout_hold=timeout_hold,
         verbose=log_requests,
         webhook_url=webhook_url,

@@ -9,6 +9,7 @@ import click
 from sync.cli._common import at_option, config_option, handle_errors, parse_at, parse_backfill
 from sync.daemon.clock import clock_from_env
 from sync.daemon.config import load_config
+from sync.daemon.logs import progress_to
 from sync.daemon.once import poll_mailchimp, run_once
 from sync.daemon.runtime import build_runtime
 
@@ -46,7 +47,9 @@ def once(
     runtime.backfill_events = parse_backfill(backfill_events)
     try:
         poll_mailchimp(runtime)
-        summary = run_once(runtime, now=parse_at(at), full=True if full else None)
+        # Going live at a million users takes minutes: say how far it got.
+        with progress_to(sys.stderr):
+            summary = run_once(runtime, now=parse_at(at), full=True if full else None)
     finally:
         runtime.close()
     for line in summary.lines():

@@ -17,6 +17,8 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -128,3 +130,27 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+
+
+#: The logger of a long cycle's progress lines (``pushing: N members pushed
+#: so far this cycle``), which ``mailsync once`` shows too.
+PROGRESS_LOGGER = "sync.daemon.progress"
+
+
+@contextmanager
+def progress_to(stream: IO[str]) -> Iterator[None]:
+    """While inside, a long cycle's progress lines go to ``stream``, plain,
+    whether or not logging was configured (``mailsync once`` does not
+    configure it: its summary is printed at the end)."""
+    logger = logging.getLogger(PROGRESS_LOGGER)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(SecretFilter())
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

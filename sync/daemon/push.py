@@ -29,6 +29,8 @@ from sync.state.store import StateStore
 
 #: The cycle's log lines keep the name they always had (operators filter on it).
 log = logging.getLogger("sync.daemon.cycle")
+#: How far a long cycle got (``sync.daemon.logs.PROGRESS_LOGGER``).
+progress = logging.getLogger("sync.daemon.progress")
 
 #: Changed members accumulated before a push: a multiple of the batch
 #: subscribe (500) and ``/batches`` job (5000) sizes, so that pushing in
@@ -132,7 +134,7 @@ class PushBuffer:
             # A cycle that pushes this much (going live at a million users
             # takes minutes) says how far it got.
             done = self.summary.push
-            log.info(
+            progress.info(
                 "pushing: %d members pushed so far this cycle, %d failed, %d API calls",
                 done.pushed,
                 done.failed,
