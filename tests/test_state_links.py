@@ -40,19 +40,6 @@ def test_entity_ids_by_email_ignores_case(db_url):
     state.close()
 
 
-def test_forget_schedule_stops_an_entity_from_being_due(db_url):
-    state = store(db_url)
-    due = NOW - timedelta(hours=1)
-    state.upsert_evaluations(
-        [EntityEvaluation("user", "1", "a@example.com", "registered", next_change_at=due)]
-    )
-    assert [e.entity_id for e in state.due(NOW)] == ["1"]
-    state.forget_schedule("user", ["1"])
-    assert state.due(NOW) == []
-    assert state.entity_state_of("user", "1").status == "registered"
-    state.close()
-
-
 def test_count_due(db_url):
     state = store(db_url)
     state.upsert_evaluations(

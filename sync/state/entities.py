@@ -370,20 +370,6 @@ class EntityStore(StoreBase):
         with self.engine.connect() as conn:
             return {status: int(count) for status, count in conn.execute(query)}
 
-    def forget_schedule(self, entity_type: str, entity_ids: Iterable[str]) -> None:
-        """Entities the sources no longer return: keep their last state, stop
-        scheduling them (their members stay in Mailchimp)."""
-        with self.engine.begin() as conn:
-            for chunk in chunks(list(dict.fromkeys(entity_ids))):
-                conn.execute(
-                    entity_state.update()
-                    .where(
-                        entity_state.c.entity_type == entity_type,
-                        entity_state.c.entity_id.in_(chunk),
-                    )
-                    .values(next_change_at=None)
-                )
-
     def entity_ids_by_email(self, emails: Iterable[str]) -> dict[str, set[str]]:
         """entity type -> ids of the entities feeding these (lower-cased) members."""
         found: dict[str, set[str]] = {}
