@@ -189,3 +189,37 @@ def test_connect_delay_holds_new_connections_only(mailchimp_emulator: Emulator) 
     with pytest.raises(ApiClientError):
         make_client(settings).lists.get_list(emulator.list_id)
     assert emulator.settings()["connect_delay"] == 30.0
+
+
+@responses.activate
+def test_a_session_sends_back_no_cookie_an_answer_set() -> None:
+    url = "https://us21.api.mailchimp.com/3.0/ping"
+    responses.add(
+        responses.GET,
+        url,
+        json={"health_status": "Everything's Chimpy!"},
+        headers={"Set-Cookie": "ak_bmsc=abc; Domain=.mailchimp.com; Path=/"},
+    )
+    client = Client({"api_key": "0123456789abcdef0123456789abcdef-us21", "server": "us21"})
+    reuse_connections(client, SessionPool(size=1))
+    client.ping.get()
+    client.ping.get()  # the same session: the client's own calls carry no cookie
+    assert [c.request.headers.get("Cookie") for c in responses.calls] == [None, None]
+
+
+def test_batch_results_are_downloaded_on_a_kept_connection(mailchimp_emulator: Emulator) -> None:
+    for tag, kind in (("STATUS", "text"), ("SCORE", "number")):
+        mailchimp_emulator.audience.add_merge_field({"tag": tag, "name": tag, "type": kind})
+    sink = make_sink(mailchimp_emulator, MemoryLedger(), Clock(T0))
+    sink.push(members(40))
+    changed = [
+        DesiredMember(email=m.email, merge_fields={**m.merge_fields, "STATUS": "changed"})
+        for m in members(40)
+    ]
+    before = mailchimp_emulator.connections
+    sink.push(changed)  # a /batches job: start, poll, download of its results
+    assert set(mailchimp_emulator.calls.by_endpoint()) >= {
+        "POST /batches",
+        "GET /batch-results/{batch_id}.tar.gz",
+    }
+    assert mailchimp_emulator.connections == before  # all on the connection already open

@@ -21,6 +21,7 @@ import requests
 from sync.mailchimp.answers import Answer, AnswerClass, OperationResult, classify
 from sync.mailchimp.caller import Caller, json_safe
 from sync.mailchimp.client import DEFAULT_TIMEOUT
+from sync.mailchimp.connections import sessions_of
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +152,13 @@ def run_batch_operations(
     if not url:
         return unanswered(f"batch {batch_id} finished without results")
 
+    sessions = sessions_of(caller.client)
+    get = sessions.request if sessions is not None else requests.request
+
     def download() -> object:
-        # A pre-signed URL: no API key is sent with it.
-        answer = requests.get(str(url), timeout=timeout)
+        # A pre-signed URL: no API key is sent with it. Through the client's
+        # sessions when it has them, so the connection is kept for the next.
+        answer = get("GET", str(url), timeout=timeout)
         if answer.ok:
             return {"archive": answer.content}
         return answer

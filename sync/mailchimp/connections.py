@@ -15,7 +15,12 @@ next call. A session holds one connection to one host at a time, is used by
 one thread at a time, and is closed once more than ``size`` are idle (the
 sink's connections never exceed Mailchimp's limit of 10 per key) or when it
 sat idle longer than ``max_idle`` (a server drops idle connections; a
-request sent on a connection the server is closing fails).
+request sent on a connection the server is closing fails). A session keeps
+no cookies: each request carries what the client's own request would, and
+nothing an earlier answer set.
+
+The results archives of ``/batches`` jobs are downloaded through the same
+pool (``sessions_of``), without the client's authentication.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 import requests
@@ -76,7 +82,7 @@ class SessionPool:
                         return session
                     stale.append(session)
                 self.created += 1
-            return requests.Session()
+            return _session()
         finally:
             for session in stale:
                 session.close()
@@ -93,6 +99,19 @@ class SessionPool:
             idle, self._idle = self._idle, []
         for session, _ in idle:
             session.close()
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    # No domain is allowed to set a cookie: none is stored, none sent back.
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    return session
+
+
+def sessions_of(client: Any) -> SessionPool | None:
+    """The pool ``reuse_connections`` gave ``client``, if any."""
+    pool = getattr(client.api_client, "mailsync_sessions", None)
+    return pool if isinstance(pool, SessionPool) else None
 
 
 def reuse_connections(client: Any, pool: SessionPool | None = None) -> SessionPool:
@@ -132,4 +151,5 @@ def reuse_connections(client: Any, pool: SessionPool | None = None) -> SessionPo
     # An attribute of this client only: ``ApiClient.call_api`` calls
     # ``self.request``, and nothing else of the client changes.
     api_client.request = request
+    api_client.mailsync_sessions = pool
     return pool
