@@ -1,6 +1,6 @@
 """The HTTP side of the emulator: the threading server and its request handler.
 
-Standard library only (``http.server``), one thread per request. The
+Standard library only (``http.server``), one thread per connection. The
 handler reads a request and hands it to :func:`sync.emulator.gates.serve`,
 which decides the answer; it then writes the answer (with an
 ``X-Request-Id``), or, for a ``reset`` fault, has the server close the

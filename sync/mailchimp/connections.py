@@ -11,7 +11,7 @@ could leave.
 endpoints, the bodies, the errors it raises) and changes only how its
 requests travel: through a small pool of ``requests.Session`` objects, one
 lent per call in flight, so that each keeps its connection alive for the
-next call. A session holds one connection to one host at a time, is used by
+next call. A session keeps at most one idle connection per host, is used by
 one thread at a time, and is closed once more than ``size`` are idle (the
 sink's connections never exceed Mailchimp's limit of 10 per key) or when it
 sat idle longer than ``max_idle`` (a server drops idle connections; a
