@@ -152,6 +152,14 @@ class StoreBase:
             limit = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         return min(5000, limit - 1)
 
+    @staticmethod
+    def _has_rows(conn: sa.Connection, table: sa.Table) -> bool:
+        """Whether ``table`` holds any row: look-ups by ``IN`` lists of
+        thousands of ids are skipped on an empty table (going live at 1M
+        users, thousands of queries that find nothing)."""
+        one = sa.select(sa.literal(1)).select_from(table).limit(1)
+        return conn.execute(one).first() is not None
+
     def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
             return pg_dialect.insert(table)
@@ -182,21 +190,19 @@ class StoreBase:
         columns = tuple(unique[0])
         merged = tuple(sorted((merge or {}).items()))
         sql, converters = self._upsert_statement(table, columns, tuple(keys), merged)
+        # Column by column (a comprehension per column, not a call per cell).
         # Most instants of one call are the same (the instant of the push):
         # each distinct one is converted once.
         instants: dict[Any, Any] = {}
-
-        def value(convert: Callable[[Any], Any], raw: Any) -> Any:
-            if convert is _same:
-                return raw
-            if raw not in instants:
-                instants[raw] = convert(raw)
-            return instants[raw]
-
-        values = [
-            tuple(value(convert, row[c]) for c, convert in zip(columns, converters, strict=True))
-            for row in unique
-        ]
+        by_column: list[list[Any]] = []
+        for c, convert in zip(columns, converters, strict=True):
+            raw = [row[c] for row in unique]
+            if convert is not _same:
+                for v in set(raw) - instants.keys():
+                    instants[v] = convert(v)
+                raw = [instants[v] for v in raw]
+            by_column.append(raw)
+        values = list(zip(*by_column, strict=True))
         for chunk in chunks(values, 5000):
             conn.exec_driver_sql(sql, list(chunk))
 

@@ -30,6 +30,8 @@ class EventStore(StoreBase):
         wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
         found: dict[str, set[str]] = {}
         with self.engine.connect() as conn:
+            if not self._has_rows(conn, event_sent):
+                return found
             for chunk in chunks(wanted):
                 for row in conn.execute(
                     sa.select(event_sent.c.email, event_sent.c.event_key).where(
@@ -112,6 +114,8 @@ class EventStore(StoreBase):
         wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
         found: dict[str, list[EventIntent]] = {}
         with self.engine.connect() as conn:
+            if not self._has_rows(conn, event_pending):
+                return found
             for chunk in chunks(wanted):
                 rows = conn.execute(
                     sa.select(event_pending)

@@ -146,7 +146,7 @@ class LedgerStore(StoreBase):
             email = normalise_email(p.email)
             before = merged.get(email)
             if before is None:
-                merged[email] = AcceptedPush(email, dict(p.fields), p.at, p.tags)
+                merged[email] = p  # keyed by the normalised address: its own is not read
             else:
                 merged[email] = AcceptedPush(
                     email,
@@ -174,7 +174,7 @@ class LedgerStore(StoreBase):
                 conn.execute(member_tag.insert(), tag_rows)
             # Accepted: their failures are cleared (going live there are
             # none, and 2,000 deletes of 500 ids each are skipped).
-            if conn.execute(sa.select(push.c.email).limit(1)).first() is not None:
+            if self._has_rows(conn, push):
                 for chunk in chunks(emails):
                     conn.execute(push.delete().where(push.c.email.in_(chunk)))
 

@@ -79,13 +79,13 @@ class MailchimpSideStore(StoreBase):
         moved: dict[str, str] = {}
         rows: dict[str, sa.Row[Any]] = {}
         with self.engine.connect() as conn:
-            for chunk in chunks(wanted):
+            for chunk in chunks(wanted) if self._has_rows(conn, mailchimp_alias) else ():
                 for row in conn.execute(
                     sa.select(mailchimp_alias).where(mailchimp_alias.c.old_email.in_(chunk))
                 ):
                     moved[row.old_email] = row.new_email
             addresses = list({moved.get(e, e) for e in wanted})
-            for chunk in chunks(addresses):
+            for chunk in chunks(addresses) if self._has_rows(conn, mailchimp_member) else ():
                 for row in conn.execute(
                     sa.select(mailchimp_member).where(mailchimp_member.c.email.in_(chunk))
                 ):
