@@ -13,18 +13,23 @@ from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from sync.daemon import plan as plan_module
 from sync.daemon.config import load_config
-from sync.daemon.once import run_once
-from sync.daemon.plan import ops_calls, plan_rules
+from sync.daemon.diff import Differ
+from sync.daemon.once import make_cycle, run_once
+from sync.daemon.plan import PlanReport, ops_calls, plan_rules
 from sync.daemon.runtime import build_runtime
+from sync.demo import load_demo
 from sync.mailchimp.sink_config import SinkConfig
 from sync.state.store import StateStore
 from tests.support.cli import live, run
-from tests.support.cycle import NOW
+from tests.support.clock import Clock
+from tests.support.cycle import FILES, NOW, make_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("entity_state", "member", "event_sent", "cycle", "watermark", "push")
@@ -234,3 +239,89 @@ def test_an_address_changed_in_the_application_is_planned(after_a_cycle, capsys)
     data = json.loads(out)
     assert data["members"]["address_changes"] == 1
     assert data["transitions"] == []
+
+
+#: Soon after the first cycle: the entities a shorter delay moves are not
+#: due yet under the rules in force.
+SOON = NOW + timedelta(minutes=30)
+
+#: A delay changed in each shipped example: (example, text before, text after).
+DELAY_CHANGES = [
+    ("blousebrothers", "    _H24: 24h\n", "    _H24: 12h\n"),
+    (
+        "littleworld",
+        "email_verified_at is set and now >= email_verified_at + 2d",
+        "email_verified_at is set and now >= email_verified_at + 1d",
+    ),
+    ("rallia", "when: now >= start_at - 24h", "when: now >= start_at - 12h"),
+]
+
+
+def _without_samples(report: PlanReport) -> dict[str, Any]:
+    found: dict[str, Any] = report.as_json()
+    found.pop("member_samples")
+    for transition in found["transitions"]:
+        transition.pop("samples")
+    return found
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("state", ["apart", "joined"])
+@pytest.mark.parametrize(("example", "before", "after"), DELAY_CHANGES)
+def test_a_delay_change_is_planned_from_the_contributions_alone(
+    pg_url, tmp_path, mailchimp_emulator, monkeypatch, state, example, before, after
+):
+    """On PostgreSQL a plan leaves alone the entities whose member would get
+    nothing new, even when the new rules move their instants: it says what a
+    plan comparing every entity in full says, and what the next real cycle
+    then does (events included: Little World's statuses send them on entry,
+    Rallia's carry properties)."""
+    load_demo(pg_url, example, users=60, seed=3, now=NOW)
+    clock = Clock(NOW)
+    url = None if state == "joined" else f"sqlite:///{tmp_path}/state.sqlite"
+    runtime, _ = make_runtime(example, pg_url, tmp_path, mailchimp_emulator, clock, state=url)
+    try:
+        run_once(runtime, full=True)
+    finally:
+        runtime.close()
+    rules = FILES[example][0]
+    text = rules.read_text()
+    assert before in text
+    new = tmp_path / "new-rules.yaml"
+    new.write_text(text.replace(before, after))
+    config = replace(runtime.config, rules=new)
+    diffed: Counter[bool] = Counter()
+    settle = Differ.settle
+
+    def counted(differ, run, derived, *args, **kwargs):
+        diffed[differ.record] += len(derived)
+        return settle(differ, run, derived, *args, **kwargs)
+
+    monkeypatch.setattr(Differ, "settle", counted)
+    previewed = plan_rules(config, now=SOON)
+    in_preview = diffed[False]
+    diffed.clear()
+    with monkeypatch.context() as m:
+        m.setattr(
+            plan_module, "make_cycle", lambda *a, **k: make_cycle(*a, **k | {"preview": False})
+        )
+        in_full = plan_rules(config, now=SOON)
+    assert _without_samples(previewed) == _without_samples(in_full)
+    assert previewed.changed
+    assert in_preview <= diffed[False]
+    if example == "blousebrothers":
+        # Users on a _H24 rung entered it 12 hours earlier: another instant,
+        # the same status.
+        assert in_preview < diffed[False]
+    clock.now = SOON
+    runtime, _ = make_runtime(
+        (new, FILES[example][1]), pg_url, tmp_path, mailchimp_emulator, clock, state=url
+    )
+    try:
+        summary = run_once(runtime, full=True)
+    finally:
+        runtime.close()
+    assert Counter(summary.transitions) == previewed.transitions
+    assert summary.push.failed == 0
+    assert summary.push.pushed == previewed.members_pushed
+    assert summary.push.events_sent == sum(previewed.events.values())

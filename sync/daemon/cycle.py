@@ -38,7 +38,9 @@ and keeps its history (``sync.daemon.identities``). This module chooses the
 entities (the whole population in a full pass, the candidates in a tick) and
 runs the types in order; ``CycleSummary`` (``sync.daemon.cycle_summary``)
 says what the cycle did. With ``record=False`` (a dry run) nothing at all is
-written to the state store. The clock is not read here: ``now`` is a
+written to the state store; with ``preview`` too (``mailsync plan``), an
+entity whose member would get nothing new is left alone even when its
+evaluation moved (``sync.daemon.settled``). The clock is not read here: ``now`` is a
 parameter, so the demo and the tests can move time.
 """
 
@@ -114,6 +116,7 @@ class Cycle:
         flush_size: int = FLUSH_SIZE,
         stop: threading.Event | None = None,
         unusable_checked: dict[str, datetime] | None = None,
+        preview: bool = False,
     ) -> None:
         self.ruleset = ruleset
         self.sources = sources
@@ -150,6 +153,7 @@ class Cycle:
             batch_size=batch_size,
             stop=self.stop,
             unusable_checked=unusable_checked,
+            preview=preview and not record,
         )
 
     def run(self) -> CycleSummary:

@@ -74,6 +74,7 @@ class Deriver:
         batch_size: int,
         stop: threading.Event,
         unusable_checked: dict[str, datetime] | None = None,
+        preview: bool = False,
     ) -> None:
         self.sources = sources
         self.reader = reader
@@ -84,7 +85,7 @@ class Deriver:
         self.evaluator = evaluator
         self.batch_size = batch_size
         self.stop = stop
-        self.settled = Settled(state, evaluator, summary, now=now)
+        self.settled = Settled(state, evaluator, summary, now=now, preview=preview)
         self.unusable_checked = {} if unusable_checked is None else unusable_checked
 
     def uses_sql(self, entity_type: str) -> bool:

@@ -98,9 +98,11 @@ def make_cycle(
     record: bool,
     window: tuple[datetime, datetime | None],
     ticks: Mapping[str, datetime] | None = None,
+    preview: bool = False,
 ) -> Cycle:
     """A cycle wired to the runtime (rules in force, the compiled SQL, the
-    sink, the operator's settings); ``window`` is ``events_window``'s answer."""
+    sink, the operator's settings); ``window`` is ``events_window``'s answer;
+    ``preview`` (without ``record``): ``Cycle``'s."""
     events_since, skipped_since = window
     return Cycle(
         runtime.ruleset,
@@ -120,6 +122,7 @@ def make_cycle(
         flush_size=runtime.flush_size,
         stop=runtime.stop,
         unusable_checked=runtime.unusable_checked,
+        preview=preview,
     )
 
 

@@ -333,7 +333,7 @@ def plan_rules(
 
 def _run_cycle(runtime: Runtime, now: datetime, samples: int) -> CycleSummary:
     window = events_window(runtime, now)
-    cycle = make_cycle(runtime, now, full=True, record=False, window=window)
+    cycle = make_cycle(runtime, now, full=True, record=False, window=window, preview=True)
     cycle.summary.examples_per_transition = samples
     return cycle.run()
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from sync.daemon.cycle_summary import CycleSummary
 from sync.daemon.type_run import TypeRun
-from sync.sql.compiled import CompiledEntity, SqlEvaluation
+from sync.sql.compiled import CompiledEntity, SqlEvaluation, contribution
 from sync.sql.evaluator import SqlEvaluator
 from sync.sql.expr import to_micros
 from sync.state.entities import StoredRow
@@ -65,12 +65,18 @@ class Settled:
         summary: CycleSummary,
         *,
         now: datetime,
+        preview: bool = False,
     ) -> None:
         self.state = state
         self.evaluator = evaluator
         self.summary = summary
         self.now = now
         self._now_us = to_micros(now)
+        #: A preview (``mailsync plan``) shows what Mailchimp would get, not
+        #: what the state store would write: an entity is left alone when
+        #: the contribution part of its digest is unchanged, even if the
+        #: rest (instants, next change) moved (``contribution``).
+        self.preview = preview
 
     def count(self, run: TypeRun, settled: int) -> None:
         """``settled`` entities of ``run``'s type were read and left alone."""
@@ -99,8 +105,10 @@ class Settled:
         name = run.entity.name
         must = run.forced | run.occurrences.keys()
         population = run.stored_before or 0
+        same = _same_contribution if self.preview else _same_row
         if (
-            population > MAX_UNSETTLED
+            not self.preview
+            and population > MAX_UNSETTLED
             and self.state.get_watermark(basis_key(name)) != run.digest_basis
             and self._too_many_will_differ(run, must, population)
         ):
@@ -119,7 +127,7 @@ class Settled:
                 if at is not None and at[0] == ident:
                     _, row_fp, due = at
                     at = next(stored, None)
-                    if row_fp == digest and not due and ident not in must:
+                    if same(row_fp, digest) and not due and ident not in must:
                         settled += 1
                         continue
                 left.append(ident)
@@ -179,13 +187,14 @@ class Settled:
         left: list[SqlEvaluation] = []
         settled = 0
         now_us = self._now_us
+        same = _same_contribution if self.preview else _same_row
         for (compiled, row), ident in zip(chunk, ids, strict=True):
             if compiled.fp_column is not None:
                 before = stored.get(ident)
                 if (
                     before is not None
                     and before.row_fp is not None
-                    and before.row_fp == row[compiled.fp_column]
+                    and same(before.row_fp, row[compiled.fp_column])
                     and ident not in run.forced
                     and ident not in run.occurrences
                     and not before.due(now_us)
@@ -197,6 +206,15 @@ class Settled:
             left.append(compiled.decode(row))
         self.count(run, settled)
         return left
+
+
+def _same_row(stored: str | None, computed: str) -> bool:
+    return stored == computed
+
+
+def _same_contribution(stored: str | None, computed: str) -> bool:
+    part = contribution(stored)
+    return part is not None and part == contribution(computed)
 
 
 def without_gone(run: TypeRun, rows: list[Row]) -> list[Row]:

@@ -65,7 +65,20 @@ class SqlEvaluation(NamedTuple):
 
 #: Bumped when what a row digest covers changes: every entity is compared in
 #: full once more, and its digest recorded again.
-ROW_FP_VERSION = 1
+ROW_FP_VERSION = 2
+
+#: Ends the contribution part of a row digest (``CompiledEntity._digest``).
+CONTRIBUTION_END = ":"
+
+
+def contribution(row_fp: str | None) -> str | None:
+    """The contribution part of a row digest (None: none, or a digest
+    recorded before digests had parts)."""
+    if row_fp is None:
+        return None
+    part, found, _ = row_fp.partition(CONTRIBUTION_END)
+    return part if found else None
+
 
 _tuple_new = tuple.__new__
 
@@ -191,7 +204,7 @@ class CompiledEntity:
         columns are null but the stored ones (a full join), so deletions
         need no read of their own."""
         inner = self.select.subquery("q")
-        digest = self._digest(md5)
+        digest = self._digest(inner, md5)
         columns: list[Any] = [*inner.c, digest.label("row_fp")]
         source: sa.FromClause = inner
         where: sa.ColumnElement[bool] | None = None
@@ -235,22 +248,45 @@ class CompiledEntity:
         inner = self.select.subquery("q")
         ident = sa.cast(inner.c[0], sa.Text)
         select = (
-            sa.select(ident.label("id"), self._digest(md5).label("row_fp"))
+            sa.select(ident.label("id"), self._digest(inner, md5).label("row_fp"))
             .select_from(inner)
             .order_by(ident.collate("C"))
         )
         return replace(self, select=select, fp_column=1, stored_column=None)
 
-    def _digest(self, md5: bool) -> sa.ColumnElement[Any]:
-        """The digest of the subquery ``q``'s whole row (see ``with_fingerprint``)."""
+    def _digest(self, inner: sa.Subquery, md5: bool) -> sa.ColumnElement[Any]:
+        """The digest of the subquery ``inner``'s whole row (see
+        ``with_fingerprint``), in two parts: ``CONTRIBUTION:TIMING``. The
+        first covers what the member gets (address, status, action code,
+        merge values, and the entry instants when statuses send events),
+        the second the rest (id, entry instants, next change, latest action
+        key). A rules change that only moves instants (a delay) keeps the
+        first part of most rows: ``mailsync plan`` then leaves alone the
+        entities whose member would get nothing new (``contribution``)."""
         if self.dialect != "postgresql":
             raise NotImplementedError("row digests are computed by PostgreSQL only")
-        # ``q``: the whole result row, as one record.
-        row: sa.ColumnClause[Any] = sa.literal_column("q")
-        if md5:
-            return sa.func.md5(sa.cast(row, sa.Text) + sa.literal(self.salt, sa.Text))
+        columns = list(inner.c)
+        timing = {0, 4, 6, 8} if self._status_events else {0, 4, 5, 6, 8}
+        parts = (
+            [c for i, c in enumerate(columns) if i not in timing],
+            [c for i, c in enumerate(columns) if i in timing],
+        )
         seed = int.from_bytes(bytes.fromhex(self.salt), "big", signed=True)
-        return sa.cast(sa.func.hash_record_extended(row, sa.literal(seed, sa.BigInteger)), sa.Text)
+        digests: list[sa.ColumnElement[Any]] = []
+        for part in parts:
+            # One record of the part's columns.
+            row = sa.func.row(*part)
+            if md5:
+                digests.append(sa.func.md5(sa.cast(row, sa.Text) + sa.literal(self.salt, sa.Text)))
+            else:
+                hashed = sa.func.hash_record_extended(row, sa.literal(seed, sa.BigInteger))
+                digests.append(sa.cast(hashed, sa.Text))
+        return digests[0] + sa.literal(CONTRIBUTION_END, sa.Text) + digests[1]
+
+    @property
+    def _status_events(self) -> bool:
+        """Whether entering a status sends an event (keyed by its instant)."""
+        return any(state.event for state in self.entity.states.values())
 
     @cached_property
     def basis(self) -> str:
