@@ -172,6 +172,10 @@ class Deriver:
         ``statement_timeout``) is logged, and the cycle goes on. It reads
         every action row (1.5 s at 1M users), so a daemon makes it with its
         first full pass and then at most every ``UNUSABLE_EVERY``."""
+        if self.settled.preview:
+            # A preview (``mailsync plan``) reports what would change, not
+            # the data: the daemon's next full pass does.
+            return
         last = self.unusable_checked.get(entity_type)
         if last is not None and last <= self.now < last + UNUSABLE_EVERY:
             return
