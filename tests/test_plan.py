@@ -350,3 +350,53 @@ def test_a_plan_does_not_report_unusable_action_rows(after_a_cycle, monkeypatch)
     finally:
         runtime.close()
     assert asked == ["user"]
+
+
+@pytest.mark.postgres
+def test_a_status_event_moved_after_going_live_is_planned(pg_url, tmp_path, mailchimp_emulator):
+    """Little World's users send an event on entering ``created_reminder``,
+    3 hours after signing up. Users who entered it before going live sent
+    nothing; under rules that wait 6 hours, they enter it after going live:
+    the same status, another entry instant, and an event the next cycle
+    sends. The plan counts it, though no status or merge value changes."""
+    load_demo(pg_url, "littleworld", users=60, seed=3, now=NOW)
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            moved = conn.execute(
+                sa.text(
+                    "UPDATE users SET created_at = :at"
+                    " WHERE email_verified_at IS NULL AND form_completed_at IS NULL"
+                ),
+                {"at": (NOW - timedelta(hours=4)).replace(tzinfo=None)},
+            ).rowcount
+    finally:
+        engine.dispose()
+    assert moved
+    clock = Clock(NOW)
+    url = f"sqlite:///{tmp_path}/state.sqlite"
+    runtime, _ = make_runtime("littleworld", pg_url, tmp_path, mailchimp_emulator, clock, state=url)
+    try:
+        going_live = run_once(runtime, full=True)
+    finally:
+        runtime.close()
+    assert going_live.push.events_sent == 0
+    rules, sources = FILES["littleworld"]
+    text = rules.read_text()
+    assert "when: now >= created_at + 3h\n" in text
+    new = tmp_path / "new-rules.yaml"
+    new.write_text(text.replace("when: now >= created_at + 3h\n", "when: now >= created_at + 6h\n"))
+    later = NOW + timedelta(hours=3)
+    report = plan_rules(replace(runtime.config, rules=new), now=later)
+    assert not report.transitions
+    assert report.events["signup_created_reminder"] > 0
+    clock.now = later
+    runtime, _ = make_runtime(
+        (new, sources), pg_url, tmp_path, mailchimp_emulator, clock, state=url
+    )
+    try:
+        summary = run_once(runtime, full=True)
+    finally:
+        runtime.close()
+    assert summary.push.events_sent == sum(report.events.values())
+    assert summary.push.pushed == report.members_pushed

@@ -266,7 +266,9 @@ class CompiledEntity:
         if self.dialect != "postgresql":
             raise NotImplementedError("row digests are computed by PostgreSQL only")
         columns = list(inner.c)
-        timing = {0, 4, 6, 8} if self._status_events else {0, 4, 5, 6, 8}
+        # Status events are keyed, and kept inside the event window, by the
+        # instant their status was entered.
+        timing = {0, 6, 8} if self._status_events else {0, 4, 5, 6, 8}
         parts = (
             [c for i, c in enumerate(columns) if i not in timing],
             [c for i, c in enumerate(columns) if i in timing],
