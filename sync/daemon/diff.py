@@ -128,8 +128,13 @@ class Differ:
                 run.stored_seen += 1
             if before is None or before.status != r.status:
                 summary.note_change(name, ident, before.status if before else None, r.status)
-            changed: EntityEvaluation | None = None
             row_fp = fingerprints.get(ident)
+            queued = self._queue(run, ident, key, before, r, events.get(ident, ()), row_fp)
+            if not self.record:
+                # A dry run (or a preview) writes nothing: what would be
+                # stored need not even be compared.
+                continue
+            changed: EntityEvaluation | None = None
             digest = evaluation_digest(
                 r.status, r.state, r.state_entered_at, r.status_since, r.next_change_at, key
             )
@@ -144,7 +149,7 @@ class Differ:
                     status_since=r.status_since,
                     next_change_at=r.next_change_at,
                 )
-            if self._queue(run, ident, key, before, r, events.get(ident, ()), row_fp):
+            if queued:
                 if changed is not None:
                     # Stored once pushed: a cycle killed mid-push leaves the
                     # entity due, so the next tick (not only the next full

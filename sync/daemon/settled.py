@@ -77,6 +77,7 @@ class Settled:
         #: the contribution part of its digest is unchanged, even if the
         #: rest (instants, next change) moved (``contribution``).
         self.preview = preview
+        self._same = _same_contribution if preview else _same_row
 
     def count(self, run: TypeRun, settled: int) -> None:
         """``settled`` entities of ``run``'s type were read and left alone."""
@@ -105,10 +106,9 @@ class Settled:
         name = run.entity.name
         must = run.forced | run.occurrences.keys()
         population = run.stored_before or 0
-        same = _same_contribution if self.preview else _same_row
+        same = self._same
         if (
-            not self.preview
-            and population > MAX_UNSETTLED
+            population > MAX_UNSETTLED
             and self.state.get_watermark(basis_key(name)) != run.digest_basis
             and self._too_many_will_differ(run, must, population)
         ):
@@ -170,10 +170,11 @@ class Settled:
             for compiled, row in rows
             if compiled.fp_column is not None
         }
+        same = self._same
         differ = sum(
             1
             for ident, row_fp, due in sample
-            if due or ident in must or digests.get(ident, row_fp) != row_fp
+            if due or ident in must or (ident in digests and not same(row_fp, digests[ident]))
         )
         return differ * population > MAX_UNSETTLED * len(sample)
 
@@ -187,7 +188,7 @@ class Settled:
         left: list[SqlEvaluation] = []
         settled = 0
         now_us = self._now_us
-        same = _same_contribution if self.preview else _same_row
+        same = self._same
         for (compiled, row), ident in zip(chunk, ids, strict=True):
             if compiled.fp_column is not None:
                 before = stored.get(ident)
