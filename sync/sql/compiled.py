@@ -70,6 +70,11 @@ ROW_FP_VERSION = 2
 #: Ends the contribution part of a row digest (``CompiledEntity._digest``).
 CONTRIBUTION_END = ":"
 
+#: Positions, in a result row (``CompiledEntity.decode`` reads the same
+#: first nine), of what is not the member's contribution: the id, the
+#: state's entry, the status's start, the next change, the latest action's key.
+_ID, _STATE_AT, _SINCE, _CHANGE, _STATUS_KEY = 0, 4, 5, 6, 8
+
 
 def contribution(row_fp: str | None) -> str | None:
     """The contribution part of a row digest (None: none, or a digest
@@ -266,9 +271,12 @@ class CompiledEntity:
         if self.dialect != "postgresql":
             raise NotImplementedError("row digests are computed by PostgreSQL only")
         columns = list(inner.c)
-        # Status events are keyed, and kept inside the event window, by the
-        # instant their status was entered.
-        timing = {0, 6, 8} if self._status_events else {0, 4, 5, 6, 8}
+        timing = {_ID, _CHANGE, _STATUS_KEY}
+        if not self._status_events:
+            # Status events are keyed, and kept inside the event window, by
+            # the instant their status was entered: then those instants are
+            # part of the contribution.
+            timing |= {_STATE_AT, _SINCE}
         parts = (
             [c for i, c in enumerate(columns) if i not in timing],
             [c for i, c in enumerate(columns) if i in timing],
