@@ -4,9 +4,13 @@ as Mailchimp does."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import socket
+import struct
 import threading
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -223,3 +227,27 @@ def test_batch_results_are_downloaded_on_a_kept_connection(mailchimp_emulator: E
         "GET /batch-results/{batch_id}.tar.gz",
     }
     assert mailchimp_emulator.connections == before  # all on the connection already open
+
+
+def test_a_client_that_hangs_up_before_its_answer_is_no_error(
+    mailchimp_emulator: Emulator, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A daemon killed mid-call, or a client whose timeout ran out, leaves
+    # the emulator an answer to write on a connection reset by the peer.
+    emulator = mailchimp_emulator
+    emulator.service_delay = 0.3
+    key = base64.b64encode(f"anystring:{emulator.api_key}".encode()).decode()
+    port = urllib.parse.urlsplit(emulator.url).port
+    assert port is not None
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    head = f"GET /3.0/lists/{emulator.list_id} HTTP/1.1\r\nHost: x\r\n"
+    sock.sendall(f"{head}Authorization: Basic {key}\r\n\r\n".encode())
+    threading.Event().wait(0.1)  # read and held by the emulator
+    # SO_LINGER 0: close() sends a TCP RST, so the answer's write fails.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    threading.Event().wait(0.5)  # the delay is over, the answer written
+    emulator.service_delay = 0.0
+    assert make_client(settings_for(emulator)).lists.get_list(emulator.list_id)["id"]
+    assert emulator.calls.count() == 2
+    assert "Traceback" not in capfd.readouterr().err

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import sys
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,6 +84,14 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
             except OSError:
                 pass  # closed by the client meanwhile
         super().server_close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up before its answer was written (a killed
+        # daemon, a client timeout) is not the emulator's error: a server
+        # drops the connection and says nothing, as Mailchimp's would.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     def reset_on_close(self, sock: socket.socket) -> None:
         # SO_LINGER with a zero timeout makes close() send a TCP RST.
