@@ -3,7 +3,8 @@
 Database tests take the ``db_url`` fixture and so run twice: on SQLite (a
 file in the test's temporary directory) and on PostgreSQL (a fresh schema in
 the real server, dropped afterwards, which is far cheaper than a database per
-test). Without a reachable server the PostgreSQL half is skipped, except
+test; the suite's two pytest-xdist workers each have a database of their
+own). Without a reachable server the PostgreSQL half is skipped, except
 under ``CI=true``, where it fails: CI must prove the PostgreSQL path.
 
 Fixtures several test modules share are here too (``ledger``,
@@ -54,6 +55,28 @@ def _pg_available() -> str | None:
     return None
 
 
+def _worker_database(url: str, worker: str) -> str:
+    """``url`` with a database of this pytest-xdist worker's own (``test_gw0``...),
+    created on first use.
+
+    Schemas already keep tests' tables apart, but not what is database-wide:
+    advisory locks (a daemon's leader lock is one, named after the audience),
+    so two workers' daemons would take each other for a second leader."""
+    parsed = sa.engine.make_url(url)
+    name = f"{parsed.database}_{worker}"
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if exists is None:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return parsed.set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> str:
     """URL of the PostgreSQL test server; skips (or fails under CI) without one."""
@@ -62,7 +85,8 @@ def pg_admin_url() -> str:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL is required under CI=true but unreachable: {reason}")
         pytest.skip(f"PostgreSQL unreachable: {reason}")
-    return PG_ADMIN_URL
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return PG_ADMIN_URL if worker is None else _worker_database(PG_ADMIN_URL, worker)
 
 
 @contextmanager

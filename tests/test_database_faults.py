@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from sync.cli import main
 from sync.daemon.lock import LeaseLock
@@ -137,7 +138,11 @@ def test_postgresql_refusing_or_unknown_is_named_without_its_password(tmp_path, 
     one_clear_line(err, f"state store postgresql+psycopg://postgres:***@127.0.0.1:{port}/test")
     assert "unreachable" in err
     assert "hunter2" not in err
-    unknown = pg_url.replace("/test?", "/no_such_database_here?")
+    unknown = (
+        sa.engine.make_url(pg_url)
+        .set(database="no_such_database_here")
+        .render_as_string(hide_password=False)
+    )
     code, err = cli(capsys, "status", "--config", str(settings(tmp_path, unknown)))
     assert code == 2, err
     one_clear_line(err, "no_such_database_here", "check the database name")
