@@ -36,6 +36,8 @@ memory, four cycles on a new state store:
 4. another 1 % the same way, then ``tick_1pct_s``:
    ``run_once(full=False)`` at ``T0 + 15 min``.
 
+Each cycle also records its CPU seconds: this process's (every thread) and
+the emulator's (``/proc``), which share the machine's cores with it.
 API calls come from ``summary.push.calls``; what Mailchimp had to do (members
 created, updates, tag and event operations) from the emulator's own records,
 so the bounds do not depend on how the daemon works. The inserted rows are
@@ -123,8 +125,8 @@ INSERTED = (("credits", "credited_at"), ("transfers", "received_at"))
 
 
 @contextmanager
-def emulator_process(service_delay: float, connect_delay: float = 0.0) -> Iterator[str]:
-    """``mailsync emulator`` on a free port; yields its API base URL."""
+def emulator_process(service_delay: float, connect_delay: float = 0.0) -> Iterator[tuple[str, int]]:
+    """``mailsync emulator`` on a free port; yields its API base URL and its pid."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "sync", "emulator", "--port", "0"]
     command += ["--service-delay", str(service_delay), "--connect-delay", str(connect_delay)]
@@ -138,7 +140,7 @@ def emulator_process(service_delay: float, connect_delay: float = 0.0) -> Iterat
                 break
         if url is None:
             raise RuntimeError(f"mailsync emulator did not start (exit {process.wait()})")
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -189,6 +191,16 @@ class Audit:
             # a connection each.
             "connections_opened": self.connections - before.connections - 2,
         }
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far, from
+    ``/proc`` (Linux): how the emulator's own work compares with mailsync's."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The fields after the command name (in parentheses, which may hold spaces):
+    # utime and stime are the 14th and 15th fields of the line.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def calls_needed(work: dict[str, int]) -> int:
@@ -425,11 +437,16 @@ def cycles(args: argparse.Namespace) -> dict[str, Any]:
             writes.reset()
             if versions is not None:
                 versions.start()
-            started = time.perf_counter()
+            emulator_cpu = process_cpu_s(args.emulator_pid)
+            cpu, started = time.process_time(), time.perf_counter()
             summary = run_once(runtime, now=now, full=full)
             elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu
+            emulator_cpu = process_cpu_s(args.emulator_pid) - emulator_cpu
             work = Audit.read(args.emulator).since(before)
             result = cycle_figures(summary, elapsed, work)
+            result["cpu_s"] = round(cpu, 3)
+            result["emulator_cpu_s"] = round(emulator_cpu, 3)
             result["state_rows_written"] = writes.rows
             if versions is not None:
                 result["state_rows_written_xmin"] = versions.written()
@@ -459,6 +476,8 @@ def cycles(args: argparse.Namespace) -> dict[str, Any]:
         {
             "first_cycle_s": first["s"],
             "first_cycle_calls_needed": calls_needed(first),
+            "first_cycle_cpu_s": first["cpu_s"],
+            "first_cycle_emulator_cpu_s": first["emulator_cpu_s"],
             "full_nochange_s": nochange["s"],
             "state_rows_written_nochange": nochange["state_rows_written"],
             # PostgreSQL's own count of the live rows written (None on SQLite).
@@ -468,6 +487,7 @@ def cycles(args: argparse.Namespace) -> dict[str, Any]:
             "api_calls_full_1pct": full["api_calls"],
             "api_calls_full_1pct_max": calls_needed(full) + CALLS_CONSTANT,
             "tick_1pct_s": tick["s"],
+            "tick_1pct_cpu_s": tick["cpu_s"],
             "changed_tick_1pct": tick["changed"],
             "api_calls_tick_1pct": tick["api_calls"],
             "api_calls_tick_1pct_max": calls_needed(tick) + CALLS_CONSTANT,
@@ -499,11 +519,15 @@ def prepare(args: argparse.Namespace) -> str:
     return str(args.app_db)
 
 
-def run_child(args: argparse.Namespace, state: str, url: str, emulator: str) -> dict[str, Any]:
+def run_child(
+    args: argparse.Namespace, state: str, url: str, emulator: tuple[str, int]
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "figures.json"
         command = [sys.executable, __file__, "--users", str(args.users), "--seed", str(args.seed)]
-        command += ["--json", str(out), "--app-db", url, "--emulator", emulator, "--child", state]
+        api_url, pid = emulator
+        command += ["--json", str(out), "--app-db", url, "--child", state]
+        command += ["--emulator", api_url, "--emulator-pid", str(pid)]
         command += ["--state-schema", args.state_schema]
         command += ["--rules", str(args.rules), "--sources", str(args.sources)]
         if args.keep_state is not None:
@@ -532,6 +556,8 @@ ROWS = [
     "first_cycle_s",
     "first_cycle_bound_s",
     "first_cycle_calls_needed",
+    "first_cycle_cpu_s",
+    "first_cycle_emulator_cpu_s",
     "full_nochange_s",
     "state_rows_written_nochange",
     "full_1pct_s",
@@ -539,6 +565,7 @@ ROWS = [
     "api_calls_full_1pct",
     "api_calls_full_1pct_max",
     "tick_1pct_s",
+    "tick_1pct_cpu_s",
     "changed_tick_1pct",
     "api_calls_tick_1pct",
     "api_calls_tick_1pct_max",
@@ -584,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--child", choices=STATES, help=argparse.SUPPRESS)
     parser.add_argument("--emulator", help=argparse.SUPPRESS)
+    parser.add_argument("--emulator-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         args.json.write_text(json.dumps(cycles(args), indent=2) + "\n")

@@ -25,6 +25,8 @@ STATE_FIGURES = {
     "first_cycle_s",
     "first_cycle_bound_s",
     "first_cycle_calls_needed",
+    "first_cycle_cpu_s",
+    "first_cycle_emulator_cpu_s",
     "full_nochange_s",
     "state_rows_written_nochange",
     "full_1pct_s",
@@ -32,6 +34,7 @@ STATE_FIGURES = {
     "api_calls_full_1pct",
     "api_calls_full_1pct_max",
     "tick_1pct_s",
+    "tick_1pct_cpu_s",
     "changed_tick_1pct",
     "api_calls_tick_1pct",
     "api_calls_tick_1pct_max",
@@ -91,6 +94,14 @@ def test_daemon_benchmark_writes_every_figure(pg_url: str, tmp_path: Path) -> No
         assert all(isinstance(met, bool) for met in result["targets"].values())
         for key in ("first_cycle_s", "full_nochange_s", "full_1pct_s", "tick_1pct_s"):
             assert result[key] > 0, (state, key)
+        # Each cycle's CPU: mailsync's process worked, the emulator's too
+        # when there was something to push; the figures are the cycles'.
+        for name, cycle in result["cycles"].items():
+            assert cycle["cpu_s"] > 0, (state, name)
+            assert cycle["emulator_cpu_s"] >= 0, (state, name)
+        assert sum(c["emulator_cpu_s"] for c in result["cycles"].values()) > 0
+        assert result["first_cycle_cpu_s"] == result["cycles"]["first"]["cpu_s"]
+        assert result["tick_1pct_cpu_s"] == result["cycles"]["tick_1pct"]["cpu_s"]
         # Without latency the bound is the SQL evaluation alone.
         assert result["first_cycle_bound_s"] == figures["sql_eval_s"]
         first = result["cycles"]["first"]
