@@ -26,6 +26,10 @@ from sync.mailchimp.connections import sessions_of
 log = logging.getLogger(__name__)
 
 
+#: ``json.dumps(..., allow_nan=False)`` without building an encoder per operation.
+_BODY_ENCODER = json.JSONEncoder(allow_nan=False)
+
+
 @dataclass(frozen=True)
 class Operation:
     """One operation of a ``/batches`` job (and of its per-call fallback)."""
@@ -43,7 +47,7 @@ class Operation:
             "operation_id": self.operation_id,
             "method": self.method,
             "path": self.path,
-            "body": json.dumps(json_safe(self.body), allow_nan=False),
+            "body": _BODY_ENCODER.encode(json_safe(self.body)),
         }
         if self.params:
             operation["params"] = dict(self.params)
@@ -172,11 +176,19 @@ def run_batch_operations(
     except (tarfile.TarError, ValueError, KeyError, OSError) as exc:
         log.error("batch %s: unreadable results archive (%s)", batch_id, exc)
         return unanswered(f"batch {batch_id}: unreadable results ({type(exc).__name__})")
-    answers = unanswered(f"batch {batch_id}: no result for this operation")
-    for result in results:
-        if result.operation_id in answers:
-            answers[result.operation_id] = classify(result, scope="member")
-    return answers
+    found = {result.operation_id: result for result in results}
+    # One answer shared by the operations the archive does not mention.
+    missing = Answer(
+        AnswerClass.TRANSIENT, "batch_unanswered", f"batch {batch_id}: no result for this operation"
+    )
+    return {
+        op.operation_id: (
+            classify(found[op.operation_id], scope="member")
+            if op.operation_id in found
+            else missing
+        )
+        for op in operations
+    }
 
 
 def iter_chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -42,9 +42,14 @@ _MERGE_FIELDS = {
 }
 
 
+#: One encoder for every member's values: ``json.dumps`` with options builds
+#: a new encoder per call, which took half the time of encoding going live.
+_FIELDS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _encode(fields: Mapping[str, MergeValue]) -> str:
     # JSON keeps 0, "0", False and "" apart; the type matters for the diff.
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return _FIELDS_ENCODER.encode(fields)
 
 
 def _decode(text: str) -> dict[str, MergeValue]:
