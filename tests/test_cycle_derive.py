@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import uuid
 from dataclasses import replace
 from datetime import timedelta
@@ -26,6 +27,7 @@ from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
 from sync.emulator import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from sync.evaluate.engine import evaluate
+from sync.exceptions import FatalError
 from sync.mailchimp.audience import fix_merge_fields, wanted_merge_fields
 from sync.mailchimp.caller import Caller
 from sync.mailchimp.client import MailchimpSettings, make_client
@@ -172,6 +174,105 @@ def test_a_cycle_that_pushes_in_several_rounds_logs_its_progress(bb, caplog):
         for n, calls in ((40, 2), (80, 3), (120, 4))
     ]
     assert summary.push.pushed == 120
+    assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
+
+
+class WatchedSink:
+    """The runtime's own sink, watched: how many pushes run at once, and
+    whether the cycle derived a chunk (reached ``Differ.settle``) while one
+    of the first ``overlapping`` pushes ran."""
+
+    def __init__(self, sink, *, overlapping: int, fail_push: int | None = None) -> None:
+        self.sink = sink
+        self.overlapping = overlapping
+        self.fail_push = fail_push
+        self.changed = threading.Condition()
+        self.derived = 0
+        self.running = 0
+        self.most_at_once = 0
+        self.pushes = 0
+        self.derived_during: list[bool] = []
+
+    def __getattr__(self, name):
+        return getattr(self.sink, name)
+
+    def chunk_derived(self) -> None:
+        with self.changed:
+            self.derived += 1
+            self.changed.notify_all()
+
+    def push(self, members):
+        with self.changed:
+            self.running += 1
+            self.pushes += 1
+            number = self.pushes
+            self.most_at_once = max(self.most_at_once, self.running)
+            if number <= self.overlapping:
+                # Push k takes the members of chunk k: give the cycle a
+                # moment to derive chunk k + 1 meanwhile (without an
+                # overlap, nothing can: the wait runs out).
+                self.changed.wait_for(lambda: self.derived > number, timeout=5)
+                self.derived_during.append(self.derived > number)
+        try:
+            if number == self.fail_push:
+                raise FatalError("Mailchimp refused the key (injected)")
+            return self.sink.push(members)
+        finally:
+            with self.changed:
+                self.running -= 1
+
+
+def _watch(runtime, monkeypatch, **kwargs) -> WatchedSink:
+    from sync.daemon.diff import Differ
+
+    watched = runtime.sink = WatchedSink(runtime.sink, **kwargs)
+    settle = Differ.settle
+
+    def derived_then_settle(self, *args, **kw):
+        watched.chunk_derived()
+        settle(self, *args, **kw)
+
+    monkeypatch.setattr(Differ, "settle", derived_then_settle)
+    return watched
+
+
+def test_pushing_overlaps_deriving_one_push_at_a_time(bb, monkeypatch):
+    """Going live, a full buffer is pushed while the next chunks are derived
+    (the wait for Mailchimp is not spent idle), never two pushes at once, and
+    the outcome is what pushing in turn gives."""
+    make, clock, _engine, emulator = bb
+    runtime, _, _ = make(batch_size=40)  # 120 users: three chunks, three pushes
+    runtime.flush_size = 30
+    watched = _watch(runtime, monkeypatch, overlapping=2)
+    summary = run_once(runtime)
+    assert watched.pushes == 3
+    assert watched.most_at_once == 1
+    # The first two pushes each saw the next chunk derived while they ran
+    # (the third is the last: there is nothing left to derive).
+    assert watched.derived_during == [True, True]
+    assert summary.push.pushed == 120
+    assert summary.evaluations_written == 120
+    assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
+    again = run_once(runtime, full=True)
+    assert again.push.considered == 0
+    assert again.evaluations_written == 0
+
+
+def test_a_push_failing_in_the_background_stops_the_cycle_with_its_error(bb, monkeypatch):
+    """The error of a push in flight is the cycle's: nothing is pushed after
+    it, and the next cycle pushes what it left."""
+    make, clock, _engine, emulator = bb
+    runtime, _, _ = make(batch_size=40)
+    runtime.flush_size = 30
+    watched = _watch(runtime, monkeypatch, overlapping=2, fail_push=2)
+    with pytest.raises(FatalError, match="injected"):
+        run_once(runtime)
+    assert watched.pushes == 2  # the third buffer was never pushed
+    assert len(emulator.store.audience(DEFAULT_LIST_ID).members()) == 40
+    runtime.sink = watched.sink
+    clock.now = NOW + timedelta(minutes=1)
+    again = run_once(runtime, full=True)
+    assert again.push.pushed == 80
     assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
 
 

@@ -159,13 +159,19 @@ class Cycle:
     def run(self) -> CycleSummary:
         started = time.monotonic()
         forced = self._forced_ids()
-        for entity_type in dependency_order(self.ruleset, self.sources):
-            if self.stop.is_set():
-                self.summary.stopped = True
-                break
-            self._run_type(entity_type, forced.get(entity_type, set()))
-        if not self.summary.stopped:
-            self.buffer.flush()
+        try:
+            for entity_type in dependency_order(self.ruleset, self.sources):
+                if self.stop.is_set():
+                    self.summary.stopped = True
+                    break
+                self._run_type(entity_type, forced.get(entity_type, set()))
+            if not self.summary.stopped:
+                self.buffer.flush()
+        except BaseException:
+            # A push in flight is finished (and recorded) before the error goes up.
+            self.buffer.close(failing=True)
+            raise
+        self.buffer.close()
         self.summary.duration_s = time.monotonic() - started
         return self.summary
 
@@ -205,6 +211,9 @@ class Cycle:
         return sorted(ids)
 
     def _run_type(self, entity_type: str, forced: set[str]) -> None:
+        # What the push in flight records (evaluations of the types before,
+        # digests of this one) is read from here on.
+        self.buffer.drain()
         entity = self.ruleset.entity(entity_type)
         ids = self._candidates(entity_type, forced)
         run = TypeRun(entity, self._window(entity_type), forced)
@@ -225,6 +234,8 @@ class Cycle:
         if self.stop.is_set():
             self.summary.stopped = True
             return
+        # Deletions change members: never while one is being pushed.
+        self.buffer.drain()
         if run.gone is not None:
             # The SQL's join, or the merge of digests, found the deleted ones.
             if run.gone:

@@ -57,6 +57,11 @@ class CycleSummary:
     push: PushSummary = field(default_factory=PushSummary)
     backlog: int = 0
     duration_s: float = 0.0
+    #: Seconds the pushes took (sending, and recording what Mailchimp
+    #: accepted), and how many of them the cycle spent waiting for one
+    #: instead of deriving (``sync.daemon.push``).
+    push_s: float = 0.0
+    push_wait_s: float = 0.0
     stopped: bool = False
 
     def note_change(

@@ -193,6 +193,8 @@ class Differ:
         moved = before is not None and before.email is not None and before.email != key
         if moved:
             assert before is not None and before.email is not None
+            # Never while a push in flight may be sending to either address.
+            self.buffer.drain()
             self.identities.change_address(before.email, key)
         fp = contribution_fingerprint(entity, r)
         if (

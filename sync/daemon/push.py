@@ -7,12 +7,24 @@ of the entities feeding it are recorded (and the evaluations held back
 until the push are stored); a member refused or held back keeps its
 entities due, so the next pass tries again. ``Sink`` is what the buffer
 pushes to: Mailchimp, a dry run, or ``mailsync plan``'s counting sink.
+
+Pushing overlaps deriving: a full buffer is pushed (and what Mailchimp
+accepted recorded) on a thread of its own while the cycle derives the next
+chunks. At most one push is in flight, and the next one starts only once it
+is over, so no member is ever in two pushes at once and each push is planned
+against everything the one before recorded: pushes and their writes come
+in the same order as without the overlap. ``drain`` waits for the push in
+flight and raises its error; the cycle drains before anything that reads or
+changes what a push writes (another entity type, an address change, a
+deletion) and at its end.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -85,6 +97,14 @@ class PushBuffer:
         self.record = record
         self.flush_size = flush_size
         self._pending = Pending()
+        #: Pushes overlap deriving only when they send and record: a dry run
+        #: or a preview costs nothing to wait for, and an in-memory SQLite
+        #: store is one database per thread.
+        self.overlap = record and state.shared_across_threads
+        self._pool: ThreadPoolExecutor | None = None
+        #: The push in flight, and whether it was a full buffer's (whose
+        #: end is logged as progress).
+        self._in_flight: tuple[Future[tuple[PushSummary, int, float]], bool] | None = None
 
     def add(
         self,
@@ -130,7 +150,62 @@ class PushBuffer:
 
     def flush_if_full(self) -> None:
         if len(self._pending) >= self.flush_size:
-            self.flush()
+            self._start(was_full=True)
+
+    def flush(self) -> None:
+        """Push what is pending and wait until everything pushed is recorded."""
+        self._start(was_full=False)
+        self.drain()
+
+    def drain(self) -> None:
+        """Wait for the push in flight, if any; raises what it raised."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return
+        future, was_full = in_flight
+        waited = time.perf_counter()
+        done = future.result()
+        # (Never more than the push took: the rest is the threads' hand-over.)
+        self.summary.push_wait_s += min(time.perf_counter() - waited, done[2])
+        self._absorb(*done, was_full=was_full)
+
+    def close(self, *, failing: bool = False) -> None:
+        """End of the cycle: wait for the push in flight, so that nothing
+        runs after it. When the cycle is ``failing`` already, its own error
+        goes up and a failure of that push is only logged."""
+        try:
+            self.drain()
+        except Exception:
+            if not failing:
+                raise
+            log.exception("the push in flight failed too")
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def _start(self, *, was_full: bool) -> None:
+        """Push the pending members: in the background when overlapping,
+        once the push before is over (and recorded)."""
+        self.drain()
+        pending, self._pending = self._pending, Pending()
+        if not pending.members:
+            return
+        if not self.overlap:
+            done = self._push(pending)
+            self.summary.push_wait_s += done[2]
+            self._absorb(*done, was_full=was_full)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailsync-flush")
+        self._in_flight = (self._pool.submit(self._push, pending), was_full)
+
+    def _absorb(self, push: PushSummary, written: int, took: float, *, was_full: bool) -> None:
+        """Count a push done into the cycle's summary (the cycle's thread)."""
+        self.summary.absorb(push)
+        self.summary.evaluations_written += written
+        self.summary.push_s += took
+        if was_full:
             # A cycle that pushes this much (going live at a million users
             # takes minutes) says how far it got.
             done = self.summary.push
@@ -141,14 +216,15 @@ class PushBuffer:
                 sum(done.calls.values()),
             )
 
-    def flush(self) -> None:
-        pending, self._pending = self._pending, Pending()
-        if not pending.members:
-            return
+    def _push(self, pending: Pending) -> tuple[PushSummary, int, float]:
+        """Push ``pending`` and record what Mailchimp accepted: the push's
+        summary, how many evaluations were stored and the seconds it took.
+        Runs on the push's thread when overlapping, touching nothing of the
+        cycle's own."""
+        started = time.perf_counter()
         push = self.sink.push(b.build() for b in pending.members.values())
-        self.summary.absorb(push)
         if not self.record or push.dry_run:
-            return
+            return push, 0, time.perf_counter() - started
         failed = {normalise_email(f.email) for f in push.failures}
         # Values of a merge tag the audience lacks were not kept: push again.
         failed |= set(push.not_kept)
@@ -162,7 +238,6 @@ class PushBuffer:
         if pending.evaluations:
             # Their digests are written with them; the others' below.
             self.state.upsert_evaluations(pending.evaluations, at=self.now, settled=settled)
-            self.summary.evaluations_written += len(pending.evaluations)
             for e in pending.evaluations:
                 settled.pop((e.entity_type, e.entity_id), None)
         accepted: dict[str, dict[str, str]] = {}
@@ -172,3 +247,4 @@ class PushBuffer:
             rows.setdefault(entity_type, {})[ident] = row_fp
         for entity_type, fingerprints in accepted.items():
             self.state.set_pushed_fingerprints(entity_type, fingerprints, rows[entity_type])
+        return push, len(pending.evaluations), time.perf_counter() - started

@@ -87,6 +87,13 @@ class StoreBase:
     def close(self) -> None:
         self.engine.dispose()
 
+    @property
+    def shared_across_threads(self) -> bool:
+        """Whether every thread of this process sees the same database: not
+        so for an in-memory SQLite database, one per connection."""
+        database = self.engine.url.database
+        return self.dialect != "sqlite" or database not in (None, "", ":memory:")
+
     # -- setup -------------------------------------------------------------
 
     def _use_schema(self, schema: str) -> None:
