@@ -276,6 +276,26 @@ def test_a_push_failing_in_the_background_stops_the_cycle_with_its_error(bb, mon
     assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
 
 
+def test_a_runtime_lets_the_cycle_collector_run_less_often(bb):
+    """Going live allocates a few objects per member: the collector's young
+    pass is made rarer in a process that runs cycles, never more frequent."""
+    import gc
+
+    from sync.daemon.runtime import GC_YOUNG_THRESHOLD
+
+    make, _clock, _engine, _emulator = bb
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's default
+        make()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
+        gc.set_threshold(GC_YOUNG_THRESHOLD * 2, 5, 5)
+        make()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD * 2, 5, 5)
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_a_dry_run_writes_nothing_and_loses_nothing(bb):
     """Wrong before: a dry run stored the evaluations and moved the
     watermarks, so the next real cycle created none of the members it showed."""
