@@ -400,6 +400,10 @@ def cycle_figures(summary: CycleSummary, elapsed: float, work: dict[str, int]) -
         "events_sent": push.events_sent,
         "entities_read": sum(summary.entities_read.values()),
         "status_changes": sum(summary.status_changes.values()),
+        # Pushing (sending and recording) and the part of it the cycle
+        # waited for, not deriving meanwhile.
+        "push_s": round(summary.push_s, 3),
+        "push_wait_s": round(summary.push_wait_s, 3),
         **work,
     }
 

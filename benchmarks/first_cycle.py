@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"run {run}: {args.users} users, {summary.push.pushed} members pushed, "
             f"{calls} calls: {wall:.2f} s wall clock, {cpu:.2f} s CPU"
-            f" (the emulator's process: {emulator_cpu:.2f} s CPU)",
+            f" (the emulator's process: {emulator_cpu:.2f} s CPU); pushing took"
+            f" {summary.push_s:.2f} s, of which the cycle waited {summary.push_wait_s:.2f} s",
             flush=True,
         )
     state.unlink(missing_ok=True)

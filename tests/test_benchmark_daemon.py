@@ -102,6 +102,10 @@ def test_daemon_benchmark_writes_every_figure(pg_url: str, tmp_path: Path) -> No
         assert sum(c["emulator_cpu_s"] for c in result["cycles"].values()) > 0
         assert result["first_cycle_cpu_s"] == result["cycles"]["first"]["cpu_s"]
         assert result["tick_1pct_cpu_s"] == result["cycles"]["tick_1pct"]["cpu_s"]
+        # A cycle waits for its pushes at most as long as they take.
+        for name, cycle in result["cycles"].items():
+            assert 0 <= cycle["push_wait_s"] <= cycle["push_s"] < cycle["s"], (state, name)
+        assert result["cycles"]["first"]["push_s"] > 0
         # Without latency the bound is the SQL evaluation alone.
         assert result["first_cycle_bound_s"] == figures["sql_eval_s"]
         first = result["cycles"]["first"]
