@@ -155,10 +155,15 @@ class Deriver:
             fingerprint=True,
             unsettled=run.forced | run.occurrences.keys() if in_sql else None,
         )
-        for chunk in _chunks(rows, self.batch_size):
-            self._derive_sql_chunk(run, chunk)
-            if self.stop.is_set():
-                return
+        try:
+            for chunk in _chunks(rows, self.batch_size):
+                self._derive_sql_chunk(run, chunk)
+                if self.stop.is_set():
+                    return
+        finally:
+            # Left early (stopped, or an error: a push's, say), the query's
+            # transaction ends now, not whenever the garbage is collected.
+            rows.close()
         if in_sql:
             # Every stored entity the rows did not carry was settled.
             self.settled.count(run, (run.stored_before or 0) - run.stored_returned)

@@ -198,8 +198,9 @@ class SqlEvaluator:
         keys: Mapping[str, ActionKeys] | None = None,
         fingerprint: bool = False,
         unsettled: Collection[str] | None = None,
-    ) -> Iterator[tuple[CompiledEntity, Sequence[Any]]]:
-        """The raw result rows (for callers that decode lazily).
+    ) -> Generator[tuple[CompiledEntity, Sequence[Any]], None, None]:
+        """The raw result rows (for callers that decode lazily); ``close()``
+        ends the query's transaction when the caller stops early.
 
         ``unsettled`` (with ``fingerprint``, for the whole population, the
         state store joined): leave out the rows of settled entities but
