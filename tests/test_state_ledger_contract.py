@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync.mailchimp.ledger import AcceptedPush, AudienceProblem, PushFailure, PushLedger, SentEvent
+from sync.mailchimp.ledger import (
+    AcceptedPush,
+    AudienceProblem,
+    PushFailure,
+    PushLedger,
+    RunningOperation,
+    SentEvent,
+)
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 
@@ -102,3 +109,31 @@ def test_audience_problems_keep_the_first_sighting_until_cleared(ledger: PushLed
     )
     ledger.clear_audience_problems(["SCORE", "NEVER"])
     assert [p.tag for p in ledger.audience_problems()] == ["PLAN"]
+
+
+def test_jobs_left_running_are_kept_by_job_until_forgotten(ledger: PushLedger) -> None:
+    later = T0 + timedelta(minutes=5)
+    assert ledger.running_operations() == {}
+    assert ledger.running_emails() == set()
+    ledger.record_running(
+        [
+            RunningOperation("job-2", "event:0:b@x.io", "B@x.io", "event", "{}", later),
+            RunningOperation("job-1", "upsert:a@x.io", "A@X.io", "upsert", '{"a": 1}', T0),
+            RunningOperation("job-1", "upsert:b@x.io", "b@x.io", "upsert", "{}", T0),
+        ]
+    )
+    jobs = ledger.running_operations()
+    assert list(jobs) == ["job-1", "job-2"]  # the oldest first
+    assert [(o.operation_id, o.email, o.plan_json) for o in jobs["job-1"]] == [
+        ("upsert:a@x.io", "a@x.io", '{"a": 1}'),
+        ("upsert:b@x.io", "b@x.io", "{}"),
+    ]
+    assert jobs["job-2"][0].submitted_at == later
+    assert ledger.running_emails() == {"a@x.io", "b@x.io"}
+    assert ledger.running_emails(["A@x.io", "c@x.io"]) == {"a@x.io"}
+    ledger.forget_running("job-1")
+    assert list(ledger.running_operations()) == ["job-2"]
+    assert ledger.running_emails() == {"b@x.io"}
+    ledger.forget_running("never")
+    ledger.forget_running("job-2")
+    assert ledger.running_operations() == {}

@@ -182,6 +182,25 @@ class MailchimpMember:
     merges: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunningOperation:
+    """One operation of a ``/batches`` job that a push left running: the
+    job's id, the operation's, the member, what kind of operation it is
+    (``upsert``, ``tags``, ``event``) and the member's plan as JSON
+    (``sync.mailchimp.running``), so that a later push can apply the answer
+    as the push that sent it would have."""
+
+    batch_id: str
+    operation_id: str
+    email: str
+    kind: str
+    plan_json: str
+    submitted_at: datetime
+
+    def __post_init__(self) -> None:
+        require_aware(self.submitted_at, "batch submission instant")
+
+
 class PushLedger(Protocol):
     """What the sink needs from a store. All emails are normalised by the store."""
 
@@ -276,4 +295,21 @@ class PushLedger(Protocol):
         already applied (same key) and a change older than what is known are
         skipped. An address change moves the member's ledger entry. Returns
         how many changes were applied."""
+        ...
+
+    def record_running(self, operations: Sequence[RunningOperation]) -> None:
+        """Operations of ``/batches`` jobs left running, in one transaction."""
+        ...
+
+    def running_operations(self) -> dict[str, list[RunningOperation]]:
+        """The operations of the jobs left running, by job id (oldest job first)."""
+        ...
+
+    def running_emails(self, emails: Iterable[str] | None = None) -> set[str]:
+        """Which of these members (every one when None) have an operation in a
+        job left running."""
+        ...
+
+    def forget_running(self, batch_id: str) -> None:
+        """The job is collected (or given up): its operations are forgotten."""
         ...

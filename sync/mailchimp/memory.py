@@ -22,6 +22,7 @@ from sync.mailchimp.ledger import (
     MailchimpMember,
     MemberPushState,
     PushFailure,
+    RunningOperation,
     SentEvent,
 )
 from sync.records import MergeValue
@@ -50,6 +51,8 @@ class MemoryLedger:
         self._mailchimp: dict[str, dict[str, Any]] = {}
         self._aliases: dict[str, str] = {}
         self._change_keys: set[str] = set()
+        #: job id -> operation id -> operation left running
+        self._running: dict[str, dict[str, RunningOperation]] = {}
 
     def member_states(self, emails: Iterable[str]) -> dict[str, MemberPushState]:
         states: dict[str, MemberPushState] = {}
@@ -157,6 +160,29 @@ class MemoryLedger:
     def clear_event_intents(self, events: Iterable[tuple[str, str]]) -> None:
         for email, key in events:
             self._intents.get(normalise_email(email), {}).pop(key, None)
+
+    def record_running(self, operations: Sequence[RunningOperation]) -> None:
+        for operation in operations:
+            job = self._running.setdefault(operation.batch_id, {})
+            job[operation.operation_id] = replace(operation, email=normalise_email(operation.email))
+
+    def running_operations(self) -> dict[str, list[RunningOperation]]:
+        jobs = {
+            batch_id: sorted(ops.values(), key=lambda o: o.operation_id)
+            for batch_id, ops in self._running.items()
+            if ops
+        }
+        order = sorted(jobs, key=lambda b: (min(o.submitted_at for o in jobs[b]), b))
+        return {batch_id: jobs[batch_id] for batch_id in order}
+
+    def running_emails(self, emails: Iterable[str] | None = None) -> set[str]:
+        running = {o.email for ops in self._running.values() for o in ops.values()}
+        if emails is None:
+            return running
+        return {e for e in (normalise_email(raw) for raw in emails) if e in running}
+
+    def forget_running(self, batch_id: str) -> None:
+        self._running.pop(batch_id, None)
 
     def record_audience_problems(self, problems: Sequence[AudienceProblem]) -> None:
         for problem in problems:

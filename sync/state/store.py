@@ -23,6 +23,7 @@ its own:
 - ``sync.state.baselines``: re-initialisation baselines;
 - ``sync.state.ledger``: what Mailchimp accepted, failures, address moves;
 - ``sync.state.events``: events sent and event intents;
+- ``sync.state.jobs``: ``/batches`` jobs left running, until collected;
 - ``sync.state.cycles``: the daemon's cycles and watermarks;
 - ``sync.state.mailchimp_side``: what Mailchimp's side says (statuses,
   webhooks, audience problems).
@@ -34,6 +35,7 @@ from sync.state.baselines import BaselineStore
 from sync.state.cycles import CycleStore
 from sync.state.entities import EntityStore
 from sync.state.events import EventStore
+from sync.state.jobs import JobStore
 from sync.state.ledger import LedgerStore
 from sync.state.links import LinkStore
 from sync.state.mailchimp_side import MailchimpSideStore
@@ -45,6 +47,7 @@ class StateStore(
     BaselineStore,
     LedgerStore,
     EventStore,
+    JobStore,
     CycleStore,
     MailchimpSideStore,
 ):

@@ -141,6 +141,18 @@ event_pending = sa.Table(
     sa.Column("attempted_at", UtcDateTime, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
 )
+# Version 13: ``/batches`` jobs a cycle left running (sync.state.jobs).
+batch_running = sa.Table(
+    "batch_running",
+    metadata,
+    sa.Column("batch_id", sa.Text, primary_key=True),
+    sa.Column("operation_id", sa.Text, primary_key=True),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("plan_json", sa.Text, nullable=False),
+    sa.Column("submitted_at", UtcDateTime, nullable=False),
+    sa.Index("batch_running_email", "email"),
+)
 audience_problem = sa.Table(
     "audience_problem",
     metadata,
