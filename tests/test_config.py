@@ -47,10 +47,17 @@ def test_retry_and_batch_poll_waits_reach_the_daemons_sink(tmp_path, monkeypatch
     path.write_text("mailchimp: {list_id: abc}\n")
     defaults = load_config(path, env={}).mailchimp
     # The defaults of RetryPolicy and BatchPolling.
-    assert (defaults.retry_wait, defaults.batch_poll_wait) == (1.0, 1.0)
-    path.write_text("mailchimp: {list_id: abc, retry_wait: 0.01, batch_poll_wait: 0.05}\n")
+    assert (defaults.retry_wait, defaults.batch_poll_wait, defaults.batch_wait) == (1.0, 1.0, 60)
+    path.write_text(
+        "mailchimp: {list_id: abc, retry_wait: 0.01, batch_poll_wait: 0.05, batch_wait: 0}\n"
+    )
     config = load_config(path, env={})
-    assert (config.mailchimp.retry_wait, config.mailchimp.batch_poll_wait) == (0.01, 0.05)
+    mailchimp = config.mailchimp
+    assert (mailchimp.retry_wait, mailchimp.batch_poll_wait, mailchimp.batch_wait) == (
+        0.01,
+        0.05,
+        0,
+    )
     state = StateStore(f"sqlite:///{tmp_path}/state.sqlite")
     try:
         sink, dry_run = make_sink(config, state, dry_run=False, out=sys.stdout, clock=lambda: NOW)
@@ -59,7 +66,7 @@ def test_retry_and_batch_poll_waits_reach_the_daemons_sink(tmp_path, monkeypatch
     assert not dry_run
     assert isinstance(sink, MailchimpSink)
     assert sink.caller.retry.initial_wait == 0.01
-    assert sink.config.polling.first_wait == 0.05
+    assert (sink.config.polling.first_wait, sink.config.polling.deadline) == (0.05, 0)
 
 
 def test_no_file_is_fine(tmp_path, monkeypatch):
@@ -79,6 +86,7 @@ def test_no_file_is_fine(tmp_path, monkeypatch):
         ("daemon: {batch_size: 0}\n", "expected a positive number"),
         ("mailchimp: {retry_wait: soon}\n", "expected a number of seconds above zero"),
         ("mailchimp: {batch_poll_wait: 0}\n", "expected a number of seconds above zero"),
+        ("mailchimp: {batch_wait: -1}\n", "batch_wait: expected a number of seconds zero or more"),
     ],
 )
 def test_errors_are_located(tmp_path, text, message):

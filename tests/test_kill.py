@@ -53,6 +53,9 @@ class DiesMidPush:
         self.real.push(chosen[: len(chosen) // 2])
         raise Killed
 
+    def collect_running(self) -> PushSummary:
+        return self.real.collect_running()
+
     def change_address(self, old: str, new: str) -> bool:
         return self.real.change_address(old, new)
 

@@ -21,6 +21,7 @@ never from this file: see ``sync.mailchimp.client.load_api_key``.
 | reconciliation poll | ``mailchimp.poll_interval`` | ``MAILSYNC_POLL_INTERVAL`` | ``15min`` |
 | first retry wait, seconds (doubles) | ``mailchimp.retry_wait`` | | ``1`` |
 | first wait polling a ``/batches`` job, s (doubles) | ``mailchimp.batch_poll_wait`` | | ``1`` |
+| wait for a ``/batches`` job, s (0: never) | ``mailchimp.batch_wait`` | | ``60`` |
 | poll interval | ``daemon.interval`` | ``MAILSYNC_INTERVAL`` | ``1min`` |
 | full pass (the safety net) | ``daemon.full_rescan`` | ``MAILSYNC_FULL_RESCAN`` | ``15min`` |
 | events older than this are not sent | ``daemon.events_max_age`` | | ``7d`` |
@@ -70,6 +71,7 @@ MAILCHIMP_KEYS = (
     "poll_interval",
     "retry_wait",
     "batch_poll_wait",
+    "batch_wait",
 )
 DAEMON_KEYS = (
     "interval",
@@ -104,6 +106,9 @@ class MailchimpConfig:
     #: Seconds before the first poll of a ``/batches`` job
     #: (``BatchPolling.first_wait``; each wait doubles, capped at 30 s).
     batch_poll_wait: float = 1.0
+    #: Seconds a push waits for a ``/batches`` job before leaving it running
+    #: for a later cycle to collect (``BatchPolling.deadline``); 0: never wait.
+    batch_wait: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -178,11 +183,20 @@ class _Reader(Report):
             return default
         return value
 
-    def seconds(self, mapping: MarkedDict, key: str, default: float) -> float:
-        """A number of seconds above zero (fractions allowed) under ``mailchimp``."""
+    def seconds(
+        self, mapping: MarkedDict, key: str, default: float, *, zero: bool = False
+    ) -> float:
+        """A number of seconds above zero (or ``zero`` itself, when allowed;
+        fractions allowed) under ``mailchimp``."""
         value = mapping.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            self.error(mapping, key, ("mailchimp", key), "expected a number of seconds above zero")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or value < 0
+            or (value == 0 and not zero)
+        ):
+            least = "zero or more" if zero else "above zero"
+            self.error(mapping, key, ("mailchimp", key), f"expected a number of seconds {least}")
             return default
         return float(value)
 
@@ -239,6 +253,9 @@ class _Reader(Report):
                 retry_wait=self.seconds(mc_raw, "retry_wait", MailchimpConfig.retry_wait),
                 batch_poll_wait=self.seconds(
                     mc_raw, "batch_poll_wait", MailchimpConfig.batch_poll_wait
+                ),
+                batch_wait=self.seconds(
+                    mc_raw, "batch_wait", MailchimpConfig.batch_wait, zero=True
                 ),
             )
         if isinstance(daemon_raw, MarkedDict):

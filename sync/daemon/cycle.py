@@ -158,6 +158,7 @@ class Cycle:
 
     def run(self) -> CycleSummary:
         started = time.monotonic()
+        self.buffer.collect_running()
         forced = self._forced_ids()
         try:
             for entity_type in dependency_order(self.ruleset, self.sources):
@@ -184,6 +185,8 @@ class Cycle:
             if f.next_retry_at is None or f.next_retry_at <= self.now
         }
         emails |= self.state.emails_with_pending_events()
+        # Those in a /batches job still running wait for it to be collected.
+        emails -= self.state.running_emails(emails)
         return self.state.entity_ids_by_email(emails) if emails else {}
 
     def _window(self, entity_type: str) -> datetime:

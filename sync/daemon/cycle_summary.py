@@ -99,6 +99,9 @@ class CycleSummary:
             total.missing_merge_tags[tag] = total.missing_merge_tags.get(tag, 0) + count
         total.invalid_values += push.invalid_values
         total.not_kept.extend(push.not_kept)
+        total.running_members.extend(push.running_members)
+        total.held_running += push.held_running
+        total.collected += push.collected
 
     def counts(self) -> dict[str, object]:
         """A JSON-able record of the cycle (stored with it in the state store)."""

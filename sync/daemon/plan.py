@@ -253,6 +253,9 @@ class PlanSink:
     def remove_member(self, email: str, how: str) -> bool:
         return False
 
+    def collect_running(self) -> PushSummary:
+        return PushSummary(dry_run=True)
+
     def push(self, members: Iterable[DesiredMember]) -> PushSummary:
         report = self.report
         plan = plan_pushes(members, self.ledger, report.now)

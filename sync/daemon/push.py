@@ -55,6 +55,8 @@ FLUSH_SIZE = 20_000
 class Sink(Protocol):
     def push(self, members: Iterable[DesiredMember]) -> PushSummary: ...
 
+    def collect_running(self) -> PushSummary: ...
+
     def change_address(self, old: str, new: str) -> bool: ...
 
     def remove_member(self, email: str, how: str) -> bool: ...
@@ -148,6 +150,19 @@ class PushBuffer:
         full pass) pushes it again."""
         self._pending.evaluations.append(evaluation)
 
+    def collect_running(self) -> None:
+        """Before the cycle derives anything: collect the ``/batches`` jobs
+        earlier cycles left running, so that what Mailchimp accepted is known
+        (a dry run or a preview collects nothing)."""
+        if not self.record:
+            return
+        started = time.perf_counter()
+        push = self.sink.collect_running()
+        if push.dry_run:
+            return
+        self.summary.absorb(push)
+        self.summary.push_s += time.perf_counter() - started
+
     def flush_if_full(self) -> None:
         if len(self._pending) >= self.flush_size:
             self._start(was_full=True)
@@ -229,6 +244,8 @@ class PushBuffer:
         # Values of a merge tag the audience lacks were not kept: push again.
         failed |= set(push.not_kept)
         failed |= self.state.failed_emails(pending.members)
+        # In a /batches job left running: accepted only once it is collected.
+        failed |= self.state.running_emails(pending.members)
         settled: dict[tuple[str, str], tuple[str, str | None]] = {}
         for email, contributors in pending.contributors.items():
             if email in failed:

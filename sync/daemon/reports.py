@@ -10,7 +10,7 @@ anything but the state store's migrations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -79,6 +79,8 @@ class StatusReport:
     cycles: list[StoredCycle]
     audience: list[AudienceProblem]
     mailchimp_side: dict[str, Any]
+    #: ``/batches`` jobs left running: job id -> (submitted at, operations, members)
+    running: dict[str, tuple[datetime, int, int]] = field(default_factory=dict)
 
     @property
     def last_good(self) -> str | None:
@@ -101,6 +103,15 @@ class StatusReport:
                     "last_seen_at": p.seen_at.isoformat(),
                 }
                 for p in self.audience
+            ],
+            "jobs_left_running": [
+                {
+                    "batch_id": batch_id,
+                    "submitted_at": at.isoformat(),
+                    "operations": operations,
+                    "members": members,
+                }
+                for batch_id, (at, operations, members) in self.running.items()
             ],
             "last_successful_cycle": self.last_good,
             "mailchimp_side": self.mailchimp_side,
@@ -125,6 +136,11 @@ class StatusReport:
         out.append(
             f"failed pushes: {self.transient} transient (will retry), {self.permanent} permanent"
         )
+        for batch_id, (at, operations, members) in self.running.items():
+            out.append(
+                f"/batches job {batch_id} left running since {at.isoformat()}: {operations} "
+                f"operations for {members} members (the next cycle collects it once finished)"
+            )
         if self.audience:
             out.append(
                 f"AUDIENCE PROBLEMS: {len(self.audience)} merge tag(s) missing from the audience"
@@ -164,9 +180,15 @@ def status_report(config: Config, *, now: datetime) -> StatusReport:
         audience = state.audience_problems()
         mailchimp_side = state.mailchimp_summary()
         mailchimp_side["poll_watermark"] = state.get_watermark(POLL_WATERMARK)
+        running = {
+            batch_id: (ops[0].submitted_at, len(ops), len({o.email for o in ops}))
+            for batch_id, ops in state.running_operations().items()
+        }
     finally:
         state.close()
-    return StatusReport(now, statuses, due, transient, permanent, cycles, audience, mailchimp_side)
+    return StatusReport(
+        now, statuses, due, transient, permanent, cycles, audience, mailchimp_side, running
+    )
 
 
 def opt_outs(config: Config, *, since: datetime | None = None) -> list[dict[str, Any]]:

@@ -175,7 +175,9 @@ def make_sink(
     credentials there is nothing to push to: that is a dry run, said loudly."""
     sink_config = SinkConfig(
         status_if_new=config.mailchimp.status_if_new,
-        polling=BatchPolling(first_wait=config.mailchimp.batch_poll_wait),
+        polling=BatchPolling(
+            first_wait=config.mailchimp.batch_poll_wait, deadline=config.mailchimp.batch_wait
+        ),
     )
     list_id = config.mailchimp.list_id
     if dry_run or not list_id or not has_credentials():

@@ -3,6 +3,13 @@
 ``run_batch_operations``: ``POST /batches`` + polling + the results archive,
 one classified ``Answer`` per operation; ``iter_chunks`` splits work into
 calls or jobs.
+
+Mailchimp runs an account's jobs one after the other, and a job can take
+minutes to finish, or hours to leave ``finalizing``. So a push waits for a job
+only ``BatchPolling.deadline`` seconds: a job still running then is *left
+running*, each of its operations answered ``RUNNING`` with the job's id, and
+``collect_batch`` fetches its answers in a later push
+(``sync.mailchimp.running``).
 """
 
 from __future__ import annotations
@@ -82,13 +89,20 @@ class BatchesUnavailable(Exception):
     """``POST /batches`` is not served here; send the operations one by one."""
 
 
+#: The answer code of an operation whose job was left running; the answer's
+#: body is ``{"batch_id": ...}``.
+RUNNING = "batch_running"
+
+
 @dataclass(frozen=True)
 class BatchPolling:
     """How long to wait for a ``/batches`` job to finish."""
 
     first_wait: float = 1.0
     max_wait: float = 30.0
-    deadline: float = 1800.0
+    #: Seconds a push waits for its job; a job still running then is left
+    #: running, for a later push to collect (``mailchimp.batch_wait``).
+    deadline: float = 60.0
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
@@ -103,9 +117,11 @@ def run_batch_operations(
 ) -> dict[str, Answer]:
     """Submit ``operations`` as one ``/batches`` job and wait for it.
 
-    Returns an answer per operation id. Operations missing from the results (the
-    job did not finish before the deadline, the archive could not be read) get
-    a transient answer: ``batch_not_started`` when Mailchimp said it did not
+    Returns an answer per operation id. A job not finished within
+    ``polling.deadline`` is left running: its operations answer ``RUNNING``
+    (``collect_batch`` gets the real answers later). Operations missing from
+    the results (the archive could not be read, the job is gone) get a
+    transient answer: ``batch_not_started`` when Mailchimp said it did not
     take the job, else ``batch_unanswered``, which is ``maybe_processed`` (the
     job may have run). Merge-field PUTs are idempotent, the next cycle sends
     them again; operations that are not (events) must say so with
@@ -121,40 +137,97 @@ def run_batch_operations(
     )
     if started.code in {"not_found", "method_not_allowed"}:
         raise BatchesUnavailable(started.reason)
-
-    def unanswered(reason: str, code: str = "batch_unanswered") -> dict[str, Answer]:
-        return {op.operation_id: Answer(AnswerClass.TRANSIENT, code, reason) for op in operations}
-
+    ids = [op.operation_id for op in operations]
     if not started.ok or not isinstance(started.body, Mapping) or "id" not in started.body:
         refused = not started.ok and not started.maybe_processed
         code = "batch_not_started" if refused else "batch_unanswered"
-        return unanswered(f"batch job not started: {started.reason}", code)
+        return _same_answer(ids, code, f"batch job not started: {started.reason}")
     batch_id = str(started.body["id"])
     begin, wait = polling.clock(), polling.first_wait
     status: Mapping[str, Any] = started.body
     while status.get("status") != "finished":
-        if polling.clock() - begin > polling.deadline:
-            log.warning(
-                "batch %s not finished after %.0fs; its members are retried later",
+        remaining = polling.deadline - (polling.clock() - begin)
+        if remaining <= 0:
+            log.info(
+                "batch %s not finished after %.0fs (%s): left running, a later cycle "
+                "collects its answers",
                 batch_id,
-                polling.deadline,
+                polling.clock() - begin,
+                status.get("status"),
             )
-            return unanswered(f"batch {batch_id} not finished in time")
-        polling.sleep(wait)
+            return left_running(ids, batch_id)
+        polling.sleep(min(wait, remaining))
         wait = min(wait * 2, polling.max_wait)
-        # Member scope: a 404 here means this job is gone (deleted, expired),
-        # not the audience; its operations are then retried next cycle.
-        polled = caller.call(
-            f"GET /batches/{batch_id}",
-            lambda: caller.client.batches.status(batch_id),
-            scope="member",
-        )
-        if not polled.ok or not isinstance(polled.body, Mapping):
-            return unanswered(f"batch {batch_id}: {polled.reason}")
-        status = polled.body
+        polled = _poll(caller, batch_id)
+        if isinstance(polled, Answer):
+            return _same_answer(ids, "batch_unanswered", f"batch {batch_id}: {polled.reason}")
+        status = polled
+    return _results(caller, batch_id, status, ids, timeout)
+
+
+def collect_batch(
+    caller: Caller, batch_id: str, operation_ids: Sequence[str], timeout: float = DEFAULT_TIMEOUT
+) -> dict[str, Answer] | None:
+    """The answers of a job left running, or None while it still runs (or
+    its status or results cannot be read now: try again later).
+
+    One ``GET /batches/{id}``, and the results download once it is finished.
+    A job Mailchimp no longer knows (deleted, expired: 404) answers
+    ``batch_unanswered`` for each operation: it may have run."""
+    status = _poll(caller, batch_id)
+    if isinstance(status, Answer):
+        if status.code == "not_found":
+            return _same_answer(operation_ids, "batch_unanswered", f"batch {batch_id} is gone")
+        return None
+    if status.get("status") != "finished":
+        return None
+    answers = _results(caller, batch_id, status, operation_ids, timeout)
+    if answers and all(a.code == "batch_unanswered" for a in answers.values()):
+        return None  # the archive could not be read: the job's answers are still there
+    return answers
+
+
+def left_running(operation_ids: Sequence[str], batch_id: str) -> dict[str, Answer]:
+    answer = Answer(
+        AnswerClass.TRANSIENT,
+        RUNNING,
+        f"batch {batch_id} still running: its answer is collected later",
+        body={"batch_id": batch_id},
+    )
+    return dict.fromkeys(operation_ids, answer)
+
+
+def _same_answer(operation_ids: Sequence[str], code: str, reason: str) -> dict[str, Answer]:
+    return dict.fromkeys(operation_ids, Answer(AnswerClass.TRANSIENT, code, reason))
+
+
+def _poll(caller: Caller, batch_id: str) -> Mapping[str, Any] | Answer:
+    """The job's status, or the answer that says why it could not be read."""
+    # Member scope: a 404 here means this job is gone (deleted, expired),
+    # not the audience; its operations are then retried next cycle.
+    polled = caller.call(
+        f"GET /batches/{batch_id}",
+        lambda: caller.client.batches.status(batch_id),
+        scope="member",
+    )
+    if not polled.ok or not isinstance(polled.body, Mapping):
+        return polled
+    return polled.body
+
+
+def _results(
+    caller: Caller,
+    batch_id: str,
+    status: Mapping[str, Any],
+    operation_ids: Sequence[str],
+    timeout: float,
+) -> dict[str, Answer]:
+    """A finished job's answer per operation, from its results archive."""
     url = status.get("response_body_url")
     if not url:
-        return unanswered(f"batch {batch_id} finished without results")
+        return _same_answer(
+            operation_ids, "batch_unanswered", f"batch {batch_id} finished without results"
+        )
 
     sessions = sessions_of(caller.client)
     get = sessions.request if sessions is not None else requests.request
@@ -170,24 +243,26 @@ def run_batch_operations(
     # Member scope again: a 404 from the results store is about this archive.
     fetched = caller.call(f"results of batch {batch_id}", download, scope="member")
     if not fetched.ok:
-        return unanswered(f"batch {batch_id} results: {fetched.reason}")
+        return _same_answer(
+            operation_ids, "batch_unanswered", f"batch {batch_id} results: {fetched.reason}"
+        )
     try:
         results = parse_batch_results(fetched.body["archive"])
     except (tarfile.TarError, ValueError, KeyError, OSError) as exc:
         log.error("batch %s: unreadable results archive (%s)", batch_id, exc)
-        return unanswered(f"batch {batch_id}: unreadable results ({type(exc).__name__})")
+        return _same_answer(
+            operation_ids,
+            "batch_unanswered",
+            f"batch {batch_id}: unreadable results ({type(exc).__name__})",
+        )
     found = {result.operation_id: result for result in results}
     # One answer shared by the operations the archive does not mention.
     missing = Answer(
         AnswerClass.TRANSIENT, "batch_unanswered", f"batch {batch_id}: no result for this operation"
     )
     return {
-        op.operation_id: (
-            classify(found[op.operation_id], scope="member")
-            if op.operation_id in found
-            else missing
-        )
-        for op in operations
+        op_id: classify(found[op_id], scope="member") if op_id in found else missing
+        for op_id in operation_ids
     }
 
 

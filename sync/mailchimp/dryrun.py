@@ -45,6 +45,10 @@ class DryRunSink:
         )
         return False
 
+    def collect_running(self) -> PushSummary:
+        """Nothing: a dry run collects no job (it would record answers)."""
+        return PushSummary(dry_run=True)
+
     def push(self, members: Iterable[DesiredMember]) -> PushSummary:
         plan = plan_pushes(members, self.ledger, self.clock())
         self.stream.write(

@@ -50,6 +50,8 @@ class EventsOutcome(Outcome):
     resent: int = 0
     #: Events POSTed in this push whose outcome is unknown: left pending.
     unconfirmed: int = 0
+    #: Members with tags or events in a ``/batches`` job left running.
+    running: set[str] = field(default_factory=set)
 
 
 def sent_event(email: str, event: EventDue, now: datetime) -> SentEvent:

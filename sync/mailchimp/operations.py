@@ -5,7 +5,9 @@ an event). ``OpRunner.run`` sends them directly when there are fewer than
 ``bulk_threshold`` (or ``/batches`` is not served), else as jobs of
 ``job_size`` operations, and hands every answer to the phase that asked
 (``handle``). A fatal answer stops the run once the answers already in are
-handled (``collect``).
+handled (``collect``). The operations of a job left running (not finished
+within ``BatchPolling.deadline``) are recorded in the ledger before their
+``RUNNING`` answers are handed on, for a later push to collect.
 """
 
 from __future__ import annotations
@@ -14,14 +16,23 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sync.addresses import subscriber_hash
 from sync.exceptions import FatalError
 from sync.mailchimp.answers import Answer, AnswerClass
-from sync.mailchimp.batches import BatchesUnavailable, Operation, iter_chunks, run_batch_operations
+from sync.mailchimp.batches import (
+    RUNNING,
+    BatchesUnavailable,
+    Operation,
+    iter_chunks,
+    run_batch_operations,
+)
 from sync.mailchimp.caller import Caller, json_safe
+from sync.mailchimp.ledger import PushLedger
 from sync.mailchimp.push_plan import MemberPlan
+from sync.mailchimp.running import running_operations
 from sync.mailchimp.sink_config import SinkConfig
 from sync.records import EventDue
 
@@ -72,6 +83,8 @@ class _JobAnswers:
 
     ops: Sequence[MemberOp]
     handle: Handler
+    #: Records the operations of a job left running (``OpRunner.record_running``).
+    left_running: Callable[[Sequence[MemberOp], str], None]
     fallback: list[MemberOp] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -82,6 +95,10 @@ class _JobAnswers:
         if answers is None:
             self.fallback.extend(chunk)
             return
+        running = next((a for a in answers.values() if a.code == RUNNING), None)
+        if running is not None:
+            # Recorded (on the push's thread) before any phase hears of it.
+            self.left_running(chunk, str(running.body["batch_id"]))
         # Apply every non-fatal answer of the job before stopping the run.
         fatal = [(i, a) for i, a in answers.items() if a.kind is AnswerClass.FATAL]
         for op_id, answer in answers.items():
@@ -96,9 +113,18 @@ class OpRunner:
     """Runs member operations for the sink; remembers, across pushes, that
     ``/batches`` is not served."""
 
-    def __init__(self, caller: Caller, config: SinkConfig) -> None:
+    def __init__(
+        self,
+        caller: Caller,
+        config: SinkConfig,
+        ledger: PushLedger,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.caller = caller
         self.config = config
+        self.ledger = ledger
+        self.clock = clock
         self.list_id = caller.list_id
         self.batches_unavailable = False
 
@@ -130,7 +156,7 @@ class OpRunner:
         if self.batches_unavailable:
             return chunk, None
         try:
-            return chunk, run_batch_operations(
+            answers = run_batch_operations(
                 self.caller,
                 [o.operation for o in chunk],
                 self.config.polling,
@@ -143,6 +169,17 @@ class OpRunner:
                 log.warning("POST /batches unavailable (%s): sending one by one", exc)
             self.batches_unavailable = True
             return chunk, None
+        return chunk, answers
+
+    def record_running(self, chunk: Sequence[MemberOp], batch_id: str) -> None:
+        """The operations of a job left running, for a later push to collect."""
+        self.ledger.record_running(
+            running_operations(
+                batch_id,
+                [(o.operation.operation_id, o.kind, o.plan, o.event) for o in chunk],
+                self.clock(),
+            )
+        )
 
     def run(self, pool: ThreadPoolExecutor, ops: Sequence[MemberOp], handle: Handler) -> None:
         """Send operations directly (few) or as ``/batches`` jobs (many)."""
@@ -155,7 +192,7 @@ class OpRunner:
         ):
             collect([pool.submit(self._direct_pair, op) for op in ops], lambda pair: handle(*pair))
             return
-        answers = _JobAnswers(ops, handle)
+        answers = _JobAnswers(ops, handle, self.record_running)
         jobs = [pool.submit(self._job, chunk) for chunk in iter_chunks(ops, self.config.job_size)]
         collect(jobs, answers.apply)
         if answers.fallback:

@@ -99,6 +99,9 @@ class Plan:
     considered: int
     #: Members with changes that are archived in Mailchimp: not pushed.
     archived: list[MemberPlan] = field(default_factory=list)
+    #: Members with changes not pushed because a ``/batches`` job left
+    #: running has operations of theirs: never two at once for a member.
+    held_running: int = 0
 
 
 def merge_duplicates(members: Iterable[DesiredMember]) -> list[DesiredMember]:
@@ -192,9 +195,10 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
     states = ledger.member_states(keys)
     sent = ledger.sent_events(keys)
     unsettled = ledger.pending_events(keys)
+    running = ledger.running_emails(keys)
     pushes: list[MemberPlan] = []
     archived: list[MemberPlan] = []
-    unchanged = held_back = 0
+    unchanged = held_back = held_running = 0
     for member, key in zip(desired, keys, strict=True):
         state = states.get(key) or MemberPushState(email=key)
         known = state.pushed_at is not None
@@ -244,6 +248,9 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
         ):
             unchanged += 1
             continue
+        if key in running:
+            held_running += 1
+            continue
         status = remote[key].status if key in remote else None
         if (
             failure is not None
@@ -265,4 +272,5 @@ def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datet
         held_back=held_back,
         considered=len(desired),
         archived=archived,
+        held_running=held_running,
     )

@@ -59,6 +59,17 @@ signature: name, instant to the second, properties), and each intent whose
 signature is still there was carried out: recorded sent, not re-sent. The
 others were not: sent again (if still due) or forgotten.
 
+Jobs left running
+-----------------
+Mailchimp runs an account's jobs one after the other and may take minutes,
+or hours, to finish one. A push waits for a job only
+``BatchPolling.deadline`` seconds (``mailchimp.batch_wait``); a job still
+running then is recorded with its members' plans and left running
+(``sync.mailchimp.running``). Its members are held until a later push,
+``collect_running`` at the start of every cycle, collects it: the answers are
+applied as this push would have applied them, then the tags and events that
+follow an accepted update are sent (``sync.mailchimp.collect``).
+
 Changes made in Mailchimp
 -------------------------
 What the state store knows of Mailchimp's side (webhooks, the
@@ -110,6 +121,7 @@ Where each part lives
 ``MailchimpSink.push`` (here) runs the phases in order:
 ``sync.mailchimp.push_plan`` (the diff against the ledger → what to send),
 ``sync.mailchimp.merge_tags`` (values of tags the audience lacks),
+``sync.mailchimp.collect`` (jobs left running by earlier pushes),
 ``sync.mailchimp.subscribe`` (phases 1 and 2), ``sync.mailchimp.tags_events``
 (tags and events) with ``sync.mailchimp.event_intents`` (events exactly
 once), all sending through ``sync.mailchimp.operations`` and recording what
@@ -129,6 +141,7 @@ from datetime import UTC, datetime
 from sync.addresses import subscriber_hash
 from sync.exceptions import FatalError
 from sync.mailchimp.caller import Caller
+from sync.mailchimp.collect import collect_jobs
 from sync.mailchimp.ledger import PushLedger
 from sync.mailchimp.merge_tags import AudienceTags, MissingTags
 from sync.mailchimp.operations import OpRunner
@@ -159,7 +172,7 @@ class MailchimpSink:
         self.config = config or SinkConfig()
         self.clock = clock
         self.list_id = caller.list_id
-        self.runner = OpRunner(caller, self.config)
+        self.runner = OpRunner(caller, self.config, ledger, clock=clock)
         self.audience = AudienceTags(caller, ledger, self.config.merge_fields_ttl)
         #: What Mailchimp accepted that the ledger could not record yet.
         self.unrecorded: list[Outcome] = []
@@ -185,24 +198,71 @@ class MailchimpSink:
         )
         if plan.archived:
             self.ledger.record_failures([recorder.archived_failure(p) for p in plan.archived])
+        summary.held_running = plan.held_running
         fatal: FatalError | None = None
         missing = MissingTags(self.audience)
         try:
             pushes = missing.screen(plan.pushes, now)
-            with ThreadPoolExecutor(
-                max_workers=self.config.max_connections, thread_name_prefix="mailsync-push"
-            ) as pool:
-                upserted = upsert_members(pool, pushes, self.runner, recorder, missing)
-                tags_and_events(pool, upserted, self.runner, recorder, summary)
+            with self._pool() as pool:
+                upsert = upsert_members(pool, pushes, self.runner, recorder, missing)
+                summary.running_members.extend(p.key for p in upsert.running)
+                tags_and_events(pool, upsert.done, self.runner, recorder, summary)
         except FatalError as exc:
             fatal = exc
         self._report_values(plan.pushes, recorder, missing, summary)
+        self._conclude(summary, recorder, [p.key for p in plan.pushes], calls_before, fatal)
+        return summary
+
+    def collect_running(self) -> PushSummary:
+        """Collect the ``/batches`` jobs earlier pushes left running
+        (``sync.mailchimp.collect``): what Mailchimp accepted is recorded, and
+        the tags and events that follow an accepted update are sent."""
+        summary = PushSummary()
+        if not self.ledger.running_emails():
+            return summary
+        recorder = PushRecorder(
+            self.caller, self.ledger, self.config, self.clock(), self.unrecorded
+        )
+        recorder.record_unrecorded()
+        calls_before = dict(self.caller.calls)
+        jobs = self.ledger.running_operations()
+        members = sorted({o.email for ops in jobs.values() for o in ops})
+        fatal: FatalError | None = None
+        missing = MissingTags(self.audience)
+        try:
+            with self._pool() as pool:
+                collect_jobs(pool, self.runner, recorder, missing, summary)
+        except FatalError as exc:
+            fatal = exc
+        missing.report(summary, recorder.now)
+        still = self.ledger.running_emails(members)
+        self._conclude(
+            summary, recorder, [m for m in members if m not in still], calls_before, fatal
+        )
+        return summary
+
+    def _pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            max_workers=self.config.max_connections, thread_name_prefix="mailsync-push"
+        )
+
+    def _conclude(
+        self,
+        summary: PushSummary,
+        recorder: PushRecorder,
+        members: Sequence[str],
+        calls_before: dict[str, int],
+        fatal: FatalError | None,
+    ) -> None:
+        """Count what the push did (``members``: those it sent something
+        for), log it, and raise the fatal answer that stopped it, if any."""
         failed, archived = recorder.failed, recorder.archived
+        running = set(summary.running_members)
         summary.failures = sorted(failed.values(), key=lambda f: f.email)
         summary.failed = len(failed)
         summary.archived += len(archived)
         summary.pushed = (
-            sum(1 for p in plan.pushes if p.key not in failed and p.key not in archived)
+            sum(1 for m in members if m not in failed and m not in archived and m not in running)
             if fatal is None
             else 0
         )
@@ -215,7 +275,6 @@ class MailchimpSink:
             log.info("%s", line)
         if fatal is not None:
             raise fatal
-        return summary
 
     @staticmethod
     def _report_values(

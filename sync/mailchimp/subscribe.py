@@ -21,7 +21,7 @@ from typing import Any
 from sync.addresses import normalise_email, subscriber_hash
 from sync.exceptions import FatalError
 from sync.mailchimp.answers import Answer, AnswerClass, MemberError, classify
-from sync.mailchimp.batches import Operation, iter_chunks
+from sync.mailchimp.batches import RUNNING, Operation, iter_chunks
 from sync.mailchimp.caller import json_safe
 from sync.mailchimp.changes import MailchimpChange, from_member
 from sync.mailchimp.ledger import AcceptedPush, PushFailure
@@ -45,6 +45,9 @@ class Upsert:
     done: list[MemberPlan] = field(default_factory=list)
     #: Known to exist, or found to: safe upsert in phase 2.
     existing: list[MemberPlan] = field(default_factory=list)
+    #: Updates in a ``/batches`` job left running: their tags and events
+    #: follow once a later push collects it (``sync.mailchimp.collect``).
+    running: list[MemberPlan] = field(default_factory=list)
 
 
 class _Phases:
@@ -133,14 +136,14 @@ class _Phases:
             )
             for p in upsert.existing
         ]
-        updated = _Updated(self.recorder, self.missing, upsert)
+        updated = UpdateAnswers(self.recorder, self.missing, upsert)
         try:
             self.runner.run(pool, ops, updated.apply)
         finally:
             updated.record()
 
 
-class _Updated:
+class UpdateAnswers:
     """The answers to the ``PUT``s of phase 2, recorded once all are in."""
 
     def __init__(self, recorder: PushRecorder, missing: MissingTags, upsert: Upsert) -> None:
@@ -155,6 +158,9 @@ class _Updated:
 
     def apply(self, op: MemberOp, answer: Answer) -> None:
         now = self.recorder.now
+        if answer.code == RUNNING:
+            self.upsert.running.append(op.plan)
+            return
         observed = from_member(answer.body, "push", now) if answer.ok else None
         if observed is not None and observed.status != "subscribed":
             # What the answer says of the member's status is worth keeping.
@@ -193,9 +199,10 @@ def upsert_members(
     runner: OpRunner,
     recorder: PushRecorder,
     missing: MissingTags,
-) -> list[MemberPlan]:
-    """Create new members, update changed ones; returns the plans whose
-    merge values are accepted (or had none to send)."""
+) -> Upsert:
+    """Create new members, update changed ones; ``done``: the plans whose
+    merge values are accepted (or had none to send), ``running``: those
+    whose update is in a job left running."""
     phases = _Phases(runner, recorder, missing)
     upsert = Upsert(
         done=[p for p in plans if not p.needs_upsert],
@@ -207,4 +214,4 @@ def upsert_members(
     ]
     collect(futures, lambda result: phases.created(result, upsert))
     phases.update(pool, upsert)
-    return upsert.done
+    return upsert

@@ -37,6 +37,14 @@ class PushSummary:
     #: Members (lower-cased) with values of a missing tag not kept: their
     #: contribution is not accepted whole, so the cycle must push it again.
     not_kept: list[str] = field(default_factory=list)
+    #: Members (lower-cased) with operations in a ``/batches`` job left
+    #: running: a later push collects the answers (``sync.mailchimp.collect``).
+    running_members: list[str] = field(default_factory=list)
+    #: Members not pushed because a job left running still has their operations.
+    held_running: int = 0
+    #: Operations of jobs left running by earlier pushes whose answers this
+    #: push collected.
+    collected: int = 0
 
     def lines(self) -> list[str]:
         if self.dry_run:
@@ -53,6 +61,12 @@ class PushSummary:
         ]
         if self.archived:
             out.append(f"{self.archived} members archived in Mailchimp: not pushed")
+        if self.running_members or self.held_running or self.collected:
+            out.append(
+                f"/batches jobs left running: {len(set(self.running_members))} members wait "
+                f"for this push's jobs, {self.held_running} for earlier ones; "
+                f"{self.collected} operations of earlier jobs collected"
+            )
         if self.events_confirmed or self.events_resent or self.events_unconfirmed:
             out.append(
                 f"events of unknown outcome: {self.events_confirmed} found in Mailchimp, "

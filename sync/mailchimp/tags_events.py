@@ -16,7 +16,7 @@ from datetime import UTC
 
 from sync.addresses import subscriber_hash
 from sync.mailchimp.answers import Answer, AnswerClass
-from sync.mailchimp.batches import Operation
+from sync.mailchimp.batches import RUNNING, Operation
 from sync.mailchimp.event_intents import EventsOutcome, reconcile_events, sent_event
 from sync.mailchimp.ledger import AcceptedPush, EventIntent
 from sync.mailchimp.operations import MemberOp, OpRunner
@@ -35,7 +35,7 @@ def tags_and_events(
 ) -> None:
     """Send the tags and events of ``plans``; record what was accepted, even
     when a fatal answer stops the push."""
-    answers = _Answers(recorder)
+    answers = TagsEventsAnswers(recorder)
     outcome = answers.outcome
     try:
         to_send = reconcile_events(pool, plans, runner, recorder, outcome)
@@ -58,7 +58,7 @@ def tags_and_events(
         )
         runner.run(pool, ops, answers.apply)
     finally:
-        _record(plans, recorder, outcome, summary)
+        record_tags_events(plans, recorder, outcome, summary)
 
 
 def _operations(
@@ -94,7 +94,7 @@ def _operations(
     return ops
 
 
-class _Answers:
+class TagsEventsAnswers:
     """Settles each tags or event operation by its answer."""
 
     def __init__(self, recorder: PushRecorder) -> None:
@@ -103,6 +103,11 @@ class _Answers:
 
     def apply(self, op: MemberOp, answer: Answer) -> None:
         now, outcome = self.recorder.now, self.outcome
+        if answer.code == RUNNING:
+            # In a job left running: settled when a later push collects it
+            # (an event's intent stays until then).
+            outcome.running.add(op.plan.key)
+            return
         if answer.ok and op.kind == "tags":
             outcome.accepted.append(AcceptedPush(op.plan.key, {}, now, op.plan.active_tags))
         elif answer.ok and op.event is not None:
@@ -124,7 +129,7 @@ class _Answers:
             outcome.failures.append(self.recorder.failure(op.plan, answer, what))
 
 
-def _record(
+def record_tags_events(
     plans: Sequence[MemberPlan],
     recorder: PushRecorder,
     outcome: EventsOutcome,
@@ -143,7 +148,9 @@ def _record(
     summary.events_sent += len(outcome.events) - outcome.confirmed
     # A member whose earlier failure was about tags or events, and
     # whose every call went through now, must not stay "failed".
+    summary.running_members.extend(sorted(outcome.running))
     clean = {a.email for a in outcome.accepted} | {f.email for f in outcome.failures}
+    clean |= outcome.running  # not through yet
     outcome.accepted.extend(
         AcceptedPush(p.key, {}, recorder.now)
         for p in plans
