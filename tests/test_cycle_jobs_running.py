@@ -12,9 +12,11 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from sync.daemon.metrics import Metrics
 from sync.daemon.once import run_once
-from sync.daemon.reports import status_report
+from sync.daemon.reports import explain, status_report
 from sync.demo import load_demo
+from sync.evaluate.explain import render_text
 from sync.mailchimp.batches import BatchPolling
 from tests.support.clock import Clock
 from tests.support.cycle import NOW, audience_fields, expected_members, make_runtime
@@ -62,6 +64,14 @@ def test_a_slow_job_is_left_running_and_the_next_cycle_collects_it(
         assert emails <= set(left.push.running_members)
         assert left.push.failed == 0
         assert runtime.state.running_emails() >= emails
+        # Not a failure: the daemon stays healthy, and its metrics say who waits.
+        assert left.members_in_running_jobs == len(runtime.state.running_emails())
+        metrics = Metrics(interval_s=60)
+        metrics.leader = True
+        metrics.observe(left, ok=True)
+        assert metrics.health() == (True, "ok")
+        gauge = f"mailsync_members_in_running_batches {left.members_in_running_jobs}"
+        assert gauge in metrics.render().splitlines()
         assert all(not emulator.audience.member(e).events for e in emails)
 
         # Still running: the next cycle does not push those members again.
@@ -79,6 +89,10 @@ def test_a_slow_job_is_left_running_and_the_next_cycle_collects_it(
         assert operations >= CREDITED
         assert any("left running since" in line for line in report.lines())
         assert report.as_json()["jobs_left_running"][0]["members"] == members
+        # ... and so does `mailsync explain` of one of them.
+        (story,) = explain(runtime.config, next(iter(emails)), now=clock.now)
+        assert story.as_json()["mailchimp"]["in_running_batch"] is True
+        assert any("waiting for a /batches job" in line for line in render_text(story))
 
         emulator.hold_batches = False
         for job in emulator.batches.batches():
@@ -88,6 +102,9 @@ def test_a_slow_job_is_left_running_and_the_next_cycle_collects_it(
         assert not tick.full
         assert tick.push.collected >= CREDITED
         assert runtime.state.running_emails() == set()
+        assert tick.members_in_running_jobs == 0
+        (story,) = explain(runtime.config, next(iter(emails)), now=clock.now)
+        assert story.as_json()["mailchimp"]["in_running_batch"] is False
         for email in emails:
             assert [e.name for e in emulator.audience.member(email).events] == ["credit"]
         assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)

@@ -173,6 +173,8 @@ class Cycle:
             self.buffer.close(failing=True)
             raise
         self.buffer.close()
+        if self.record:
+            self.summary.members_in_running_jobs = len(self.state.running_emails())
         self.summary.duration_s = time.monotonic() - started
         return self.summary
 

@@ -62,6 +62,9 @@ class CycleSummary:
     #: instead of deriving (``sync.daemon.push``).
     push_s: float = 0.0
     push_wait_s: float = 0.0
+    #: Members with operations in ``/batches`` jobs left running when the
+    #: cycle ended (this cycle's or earlier ones').
+    members_in_running_jobs: int = 0
     stopped: bool = False
 
     def note_change(
@@ -129,6 +132,9 @@ class CycleSummary:
             "events_confirmed": self.push.events_confirmed,
             "events_resent": self.push.events_resent,
             "events_unconfirmed": self.push.events_unconfirmed,
+            "members_left_running": len(set(self.push.running_members)),
+            "members_in_running_jobs": self.members_in_running_jobs,
+            "batch_operations_collected": self.push.collected,
             "api_calls": dict(self.push.calls),
             "missing_merge_tags": dict(self.push.missing_merge_tags),
             "merge_values_not_json": self.push.invalid_values,

@@ -75,6 +75,8 @@ class Metrics:
         self.missing_tags = Counter[str]()
         self.last_duration_s = 0.0
         self.backlog = 0
+        #: Members waiting for /batches jobs left running, after the last cycle.
+        self.waiting_for_jobs = 0
         self.last_success: float | None = None
         self.started = time.time()
         self.leader = False
@@ -108,6 +110,7 @@ class Metrics:
             self.failures.update(summary.entities_failed)
             self.last_duration_s = summary.duration_s
             self.backlog = summary.backlog
+            self.waiting_for_jobs = summary.members_in_running_jobs
             if ok:
                 self.last_success = time.time()
 
@@ -195,6 +198,13 @@ class Metrics:
                 "gauge",
                 "Due entities left for the next cycle.",
                 {"": self.backlog},
+            )
+            family(
+                "mailsync_members_in_running_batches",
+                "gauge",
+                "Members waiting for /batches jobs left running (mailchimp.batch_wait), "
+                "after the last cycle.",
+                {"": self.waiting_for_jobs},
             )
             family(
                 "mailsync_seconds_since_last_success",

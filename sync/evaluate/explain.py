@@ -50,6 +50,8 @@ class ExplainedState(StoredStates, Protocol):
 
     def entity_ids_by_email(self, emails: Iterable[str]) -> dict[str, set[str]]: ...
 
+    def running_emails(self, emails: Iterable[str] | None = None) -> set[str]: ...
+
 
 @dataclass(frozen=True)
 class Step:
@@ -217,6 +219,8 @@ def explain_entity(
             events = scoped_events(entity, record.id, due.events)
             sent = state.sent_event_keys(email, [e.key for e in events])
             pushed["events_sent"] = sorted(sent)
+            # In a /batches job left running: its answer is not in yet.
+            pushed["in_running_batch"] = bool(state.running_emails([email]))
             if side:
                 pushed["mailchimp_side"] = side
     evaluation = evaluate(
@@ -308,6 +312,11 @@ def render_text(explanation: Explanation) -> list[str]:
                 for tag, value in side["profile_edits"].items()
             )
             lines.extend(f"    webhook {w['type']} at {w['at']}" for w in side["webhooks"])
+        if mc.get("in_running_batch"):
+            lines.append(
+                "  waiting for a /batches job left running in Mailchimp: the next cycle "
+                "collects its answer (mailsync status lists the jobs)"
+            )
         failure = mc.get("failure")
         if failure:
             kind = "permanent" if failure["permanent"] else "transient"
