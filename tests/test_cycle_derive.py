@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from sync.addresses import normalise_email
 from sync.daemon.config import Config, DaemonConfig, MailchimpConfig
+from sync.daemon.diff import Differ
 from sync.daemon.once import run_once
 from sync.daemon.runtime import build_runtime
 from sync.demo import load_demo
@@ -274,6 +275,25 @@ def test_a_push_failing_in_the_background_stops_the_cycle_with_its_error(bb, mon
     again = run_once(runtime, full=True)
     assert again.push.pushed == 80
     assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
+
+
+@pytest.mark.parametrize("evaluator", ["sql", "engine"])
+def test_a_cycle_stopped_by_an_error_ends_its_read_at_once(bb, monkeypatch, evaluator):
+    """A cycle that fails mid-stream gives the read connection back at once,
+    its transaction ended. The compiled SQL's rows once stayed open (a local
+    of the failed frame, which the error's traceback keeps alive) until the
+    garbage collector ran; a test then hung dropping its schema."""
+    make, _clock, _engine, _emulator = bb
+    runtime, _, _ = make(evaluator=evaluator, batch_size=5)
+
+    def settle_fails(*_args, **_kwargs):
+        raise RuntimeError("settling failed")
+
+    monkeypatch.setattr(Differ, "settle", settle_fails)
+    with pytest.raises(RuntimeError, match="settling failed") as failure:
+        run_once(runtime)
+    assert failure.traceback  # the failed cycle's frames are still referenced
+    assert runtime.reader.engine.pool.checkedout() == 0
 
 
 def test_a_runtime_lets_the_cycle_collector_run_less_often(bb):
