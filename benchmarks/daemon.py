@@ -2,7 +2,7 @@
 
     python benchmarks/daemon.py --users 100000 --json out.json \\
         [--state sqlite|postgres|both] [--service-delay 0.25] [--connect-delay 0] \\
-        [--pg URL] [--seed 1]
+        [--batch-delay 0] [--batch-wait 60] [--pause 0] [--pg URL] [--seed 1]
 
 Only the daemon's public entry points are used for the cycles:
 ``sync.daemon.config.Config`` -> ``sync.daemon.runtime.build_runtime`` ->
@@ -144,6 +144,19 @@ def emulator_process(service_delay: float, connect_delay: float = 0.0) -> Iterat
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def emulator_settings(api_url: str, settings: dict[str, Any]) -> None:
+    """Change the emulator's settings (``POST /_emulator/settings``)."""
+    root = api_url.removesuffix("/3.0")
+    request = urllib.request.Request(
+        f"{root}/_emulator/settings",
+        data=json.dumps(settings).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request) as answer:
+        answer.read()
 
 
 @dataclass(frozen=True)
@@ -366,11 +379,15 @@ def insert_actions(
 
 
 def delete_inserted(url: str) -> None:
-    """Remove what the scenarios inserted: the demo data has nothing after NOW."""
+    """Remove what the scenarios inserted: the demo data has nothing after NOW.
+    The tables are vacuumed after: with autovacuum off (as on the benchmark
+    machines), the dead rows of run after run would slow every later scan."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         for table, column in INSERTED:
             conn.execute(sa.text(f"DELETE FROM {table} WHERE {column} > :now"), {"now": NOW})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"VACUUM (ANALYZE) {', '.join(t for t, _ in INSERTED)}")
     engine.dispose()
 
 
@@ -404,6 +421,10 @@ def cycle_figures(summary: CycleSummary, elapsed: float, work: dict[str, int]) -
         # waited for, not deriving meanwhile.
         "push_s": round(summary.push_s, 3),
         "push_wait_s": round(summary.push_wait_s, 3),
+        # /batches jobs: members whose job this cycle left running, and
+        # operations of earlier cycles' jobs it collected.
+        "left_running": len(set(push.running_members)),
+        "collected": push.collected,
         **work,
     }
 
@@ -418,7 +439,9 @@ def cycles(args: argparse.Namespace) -> dict[str, Any]:
         database=args.app_db,
         state=state_url,
         state_schema=schema,
-        mailchimp=MailchimpConfig(list_id=DEFAULT_LIST_ID, base_url=args.emulator),
+        mailchimp=MailchimpConfig(
+            list_id=DEFAULT_LIST_ID, base_url=args.emulator, batch_wait=args.batch_wait
+        ),
     )
     # The sink the configuration chooses needs a key, as in production.
     os.environ["MAILCHIMP_API_KEY"] = DEFAULT_API_KEY
@@ -436,6 +459,10 @@ def cycles(args: argparse.Namespace) -> dict[str, Any]:
         versions = RowVersions(state_url, schema, tables) if schema is not None else None
 
         def cycle(name: str, now: datetime, full: bool) -> dict[str, Any]:
+            if now != T_FIRST:
+                # The daemon's interval between cycles, Mailchimp's time to
+                # run the jobs a cycle left running (--pause).
+                time.sleep(args.pause)
             clock["now"] = now
             before = Audit.read(args.emulator)
             writes.reset()
@@ -532,7 +559,8 @@ def run_child(
         api_url, pid = emulator
         command += ["--json", str(out), "--app-db", url, "--child", state]
         command += ["--emulator", api_url, "--emulator-pid", str(pid)]
-        command += ["--state-schema", args.state_schema]
+        command += ["--state-schema", args.state_schema, "--batch-wait", str(args.batch_wait)]
+        command += ["--pause", str(args.pause)]
         command += ["--rules", str(args.rules), "--sources", str(args.sources)]
         if args.keep_state is not None:
             command += ["--keep-state", str(args.keep_state)]
@@ -601,6 +629,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.0,
         help="seconds a new connection takes before its first request (handshakes)",
     )
+    parser.add_argument(
+        "--batch-delay",
+        type=float,
+        default=0.0,
+        help="seconds the emulator keeps a /batches job pending, then started (Mailchimp's queue)",
+    )
+    parser.add_argument(
+        "--batch-wait",
+        type=float,
+        default=MailchimpConfig.batch_wait,
+        help="mailchimp.batch_wait: seconds a cycle waits for a /batches job",
+    )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="seconds between two cycles (the daemon's interval), not counted in any figure",
+    )
     parser.add_argument("--pg", default=floor.DEFAULT_PG, help="PostgreSQL URL (any database)")
     parser.add_argument("--app-db", help="use this database (demo data replaced) instead")
     parser.add_argument("--state-schema", default=DEFAULT_STATE_SCHEMA)
@@ -631,6 +677,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "now": NOW.isoformat(),
         "service_delay_s": args.service_delay,
         "connect_delay_s": args.connect_delay,
+        "batch_delay_s": args.batch_delay,
+        "batch_wait_s": args.batch_wait,
+        "pause_s": args.pause,
         "connections": CONNECTIONS,
         "scan_floor_s": round(scan_floor, 3),
         "sql_eval_s": round(sql_eval, 3),
@@ -640,6 +689,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for state in STATES if args.state == "both" else (args.state,):
         with emulator_process(args.service_delay, args.connect_delay) as emulator:
+            if args.batch_delay:
+                emulator_settings(emulator[0], {"batch_delay": args.batch_delay})
             result = run_child(args, state, url, emulator)
         result["first_cycle_bound_s"] = round(
             sql_eval + result["first_cycle_calls_needed"] * args.service_delay / CONNECTIONS, 3

@@ -80,6 +80,8 @@ def test_daemon_benchmark_writes_every_figure(pg_url: str, tmp_path: Path) -> No
 
     assert figures["users"] == USERS
     assert figures["service_delay_s"] == 0
+    # The emulator finishes jobs at once; cycles wait up to a minute, back to back.
+    assert (figures["batch_delay_s"], figures["batch_wait_s"], figures["pause_s"]) == (0, 60, 0)
     assert figures["scan_floor_s"] > 0
     assert figures["sql_eval_s"] > 0
     assert set(figures["states"]) == {"sqlite", "postgres"}
@@ -105,6 +107,8 @@ def test_daemon_benchmark_writes_every_figure(pg_url: str, tmp_path: Path) -> No
         # A cycle waits for its pushes at most as long as they take.
         for name, cycle in result["cycles"].items():
             assert 0 <= cycle["push_wait_s"] <= cycle["push_s"] < cycle["s"], (state, name)
+            # No job outlived the wait: none left running, none to collect.
+            assert (cycle["left_running"], cycle["collected"]) == (0, 0), (state, name)
         assert result["cycles"]["first"]["push_s"] > 0
         # Without latency the bound is the SQL evaluation alone.
         assert result["first_cycle_bound_s"] == figures["sql_eval_s"]
