@@ -352,6 +352,27 @@ def test_a_job_still_queued_is_waited_for(emulator, ledger):
     assert sum(received(emulator).values()) == 1
 
 
+def test_a_job_left_running_by_mailsync_does_not_hold_back_other_checks(emulator, ledger):
+    """Its operations are recorded and its members wait for it: only jobs
+    nobody knows the contents of hold back the look-up of other events."""
+    clock = Clock(T0)
+    short = BatchPolling(first_wait=0.01, max_wait=0.05, deadline=0.2)
+    sink = sink_for(emulator, ledger, clock, bulk_threshold=5, polling=short)
+    others = [DesiredMember(f"u{i}@shop.io", {"STATUS": "registered"}) for i in range(6)]
+    sink.push([*others, member()])
+    emulator.faults.script("/lists/*/members/*/events", FaultKind.PROCESS_THEN_TIMEOUT)
+    assert sink.push([member(credit())]).events_unconfirmed == 1
+    emulator.hold_batches = True
+    left = sink.push([DesiredMember(m.email, {"STATUS": "money_ok"}) for m in others])
+    assert len(left.running_members) == len(others)
+
+    clock.now = LATER
+    checked = sink.push([member(credit())])
+    assert (checked.events_confirmed, checked.events_sent, checked.failed) == (1, 0, 0)
+    assert sum(received(emulator).values()) == 1
+    assert ledger.pending_events(["ann@shop.io"]) == {}
+
+
 # -- Mailchimp's own formatting of the event list (responses) ---------------------
 
 KEY = "c0ffee00c0ffee00c0ffee00c0ffee00-us19"

@@ -200,9 +200,12 @@ class OpRunner:
 
     def batches_unsettled(self) -> bool:
         """Whether some ``/batches`` job of this key is not finished (or the
-        list cannot be read): until then, intents cannot be settled."""
+        list cannot be read): until then, intents cannot be settled. The
+        jobs a push left running are not counted: the ledger knows their
+        operations, and their members wait for them to be collected."""
         if not self.config.use_batches or self.batches_unavailable:
             return False
+        known = set(self.ledger.running_operations())
         offset = 0
         while True:
             answer = self.caller.call(
@@ -216,7 +219,7 @@ class OpRunner:
             if not answer.ok or not isinstance(answer.body, Mapping):
                 return True
             jobs = [b for b in answer.body.get("batches") or [] if isinstance(b, Mapping)]
-            if any(b.get("status") != "finished" for b in jobs):
+            if any(b.get("status") != "finished" and b.get("id") not in known for b in jobs):
                 return True
             offset += len(jobs)
             total = answer.body.get("total_items")
