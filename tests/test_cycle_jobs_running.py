@@ -120,3 +120,57 @@ def test_a_slow_job_is_left_running_and_the_next_cycle_collects_it(
     finally:
         engine.dispose()
         runtime.close()
+
+
+def test_an_address_change_waits_for_a_job_left_running(db_url, tmp_path, mailchimp_emulator):
+    """Moving the member while its update job runs would let that job's PUT
+    create a new member at the old address; the move waits for the job."""
+    emulator = mailchimp_emulator
+    load_demo(db_url, "blousebrothers", users=60, seed=5, now=NOW)
+    clock = Clock(NOW)
+    polling = BatchPolling(first_wait=0.01, max_wait=0.05, deadline=0.3)
+    runtime, _ = make_runtime(
+        "blousebrothers", db_url, tmp_path, emulator, clock, polling=polling, bulk_threshold=2
+    )
+    engine = sa.create_engine(db_url)
+    try:
+        run_once(runtime)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, email FROM users ORDER BY id")).all()
+        credited = rows[:CREDITED]
+        _credit(engine, [int(i) for i, _ in credited], NOW + timedelta(minutes=1))
+        emulator.hold_batches = True
+        clock.now = NOW + timedelta(minutes=2)
+        run_once(runtime, full=True)
+        user_id, old = credited[0]
+        old, new = str(old).lower(), f"moved.{str(old).lower()}"
+        assert old in runtime.state.running_emails()
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE users SET email = :e WHERE id = :i"), {"e": new, "i": user_id}
+            )
+
+        clock.now = NOW + timedelta(minutes=3)
+        waiting = run_once(runtime, full=True)
+        assert waiting.address_changes == []
+        assert emulator.audience.member(old) is not None
+        assert emulator.audience.member(new) is None
+
+        emulator.hold_batches = False
+        for job in emulator.batches.batches():
+            emulator.batches.wait_finished(job.id)
+        clock.now = NOW + timedelta(minutes=4)
+        run_once(runtime)  # collects the job
+        clock.now = NOW + timedelta(minutes=5)
+        moved = run_once(runtime, full=True)
+        assert moved.address_changes == [(old, new)]
+        for job in emulator.batches.batches():
+            emulator.batches.wait_finished(job.id)
+        # One member, at the new address, with its history; none left at the old one.
+        assert emulator.audience.member(old) is None
+        member = emulator.audience.member(new)
+        assert member is not None
+        assert [e.name for e in member.events] == ["credit"]
+    finally:
+        engine.dispose()
+        runtime.close()

@@ -126,6 +126,8 @@ class Differ:
             before = stored.get(ident)
             if before is not None:
                 run.stored_seen += 1
+            if self._moves_while_running(run, ident, before, key):
+                continue
             if before is None or before.status != r.status:
                 summary.note_change(name, ident, before.status if before else None, r.status)
             row_fp = fingerprints.get(ident)
@@ -166,6 +168,27 @@ class Differ:
                 summary.evaluations_written += len(writes)
             self.state.set_row_fingerprints(name, settled)
         self.buffer.flush_if_full()
+
+    def _moves_while_running(
+        self, run: TypeRun, ident: str, before: StoredRow | None, key: str | None
+    ) -> bool:
+        """Whether the entity's address changed while a ``/batches`` job left
+        running still has operations for its member: moving the member now
+        would let that job's update create a new member at the old address.
+        The entity is then left as stored (nothing written, nothing queued)
+        and moved by a pass after the job is collected."""
+        if not self.record or before is None or before.email is None or key is None:
+            return False
+        if before.email == key or not self.state.running_emails([before.email, key]):
+            return False
+        log.info(
+            "%s %s: address change %s -> %s waits for a /batches job left running",
+            run.entity.name,
+            ident,
+            before.email,
+            key,
+        )
+        return True
 
     def _queue(
         self,
