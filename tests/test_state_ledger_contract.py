@@ -131,9 +131,12 @@ def test_jobs_left_running_are_kept_by_job_until_forgotten(ledger: PushLedger) -
     assert jobs["job-2"][0].submitted_at == later
     assert ledger.running_emails() == {"a@x.io", "b@x.io"}
     assert ledger.running_emails(["A@x.io", "c@x.io"]) == {"a@x.io"}
+    assert ledger.running_batches() == {"job-1", "job-2"}
     ledger.forget_running("job-1")
     assert list(ledger.running_operations()) == ["job-2"]
+    assert ledger.running_batches() == {"job-2"}
     assert ledger.running_emails() == {"b@x.io"}
     ledger.forget_running("never")
     ledger.forget_running("job-2")
     assert ledger.running_operations() == {}
+    assert ledger.running_batches() == set()

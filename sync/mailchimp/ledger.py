@@ -310,6 +310,10 @@ class PushLedger(Protocol):
         job left running."""
         ...
 
+    def running_batches(self) -> set[str]:
+        """The ids of the jobs left running."""
+        ...
+
     def forget_running(self, batch_id: str) -> None:
         """The job is collected (or given up): its operations are forgotten."""
         ...

@@ -181,6 +181,9 @@ class MemoryLedger:
             return running
         return {e for e in (normalise_email(raw) for raw in emails) if e in running}
 
+    def running_batches(self) -> set[str]:
+        return {batch_id for batch_id, ops in self._running.items() if ops}
+
     def forget_running(self, batch_id: str) -> None:
         self._running.pop(batch_id, None)
 

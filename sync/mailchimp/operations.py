@@ -205,7 +205,7 @@ class OpRunner:
         operations, and their members wait for them to be collected."""
         if not self.config.use_batches or self.batches_unavailable:
             return False
-        known = set(self.ledger.running_operations())
+        known = self.ledger.running_batches()
         offset = 0
         while True:
             answer = self.caller.call(

@@ -75,6 +75,10 @@ class JobStore(StoreBase):
                 found.update(conn.execute(query.where(batch_running.c.email.in_(chunk))).scalars())
         return found
 
+    def running_batches(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(batch_running.c.batch_id).distinct()).scalars())
+
     def forget_running(self, batch_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(batch_running.delete().where(batch_running.c.batch_id == batch_id))
