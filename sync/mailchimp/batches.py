@@ -9,7 +9,7 @@ minutes to finish, or hours to leave ``finalizing``. So a push waits for a job
 only ``BatchPolling.deadline`` seconds: a job still running then is *left
 running*, each of its operations answered ``RUNNING`` with the job's id, and
 ``collect_batch`` fetches its answers in a later push
-(``sync.mailchimp.running``).
+(``sync.mailchimp.collect``).
 """
 
 from __future__ import annotations

@@ -121,14 +121,15 @@ Where each part lives
 ``MailchimpSink.push`` (here) runs the phases in order:
 ``sync.mailchimp.push_plan`` (the diff against the ledger → what to send),
 ``sync.mailchimp.merge_tags`` (values of tags the audience lacks),
-``sync.mailchimp.collect`` (jobs left running by earlier pushes),
 ``sync.mailchimp.subscribe`` (phases 1 and 2), ``sync.mailchimp.tags_events``
 (tags and events) with ``sync.mailchimp.event_intents`` (events exactly
 once), all sending through ``sync.mailchimp.operations`` and recording what
 Mailchimp accepted through ``sync.mailchimp.recording``; the result is a
-``sync.mailchimp.summary.PushSummary``. ``sync.mailchimp.dryrun.DryRunSink``
-computes the same plan and writes it as JSON lines, sending and recording
-nothing.
+``sync.mailchimp.summary.PushSummary``. ``MailchimpSink.collect_running``
+collects the jobs earlier pushes left running (``sync.mailchimp.collect``,
+the plans kept by ``sync.mailchimp.running``).
+``sync.mailchimp.dryrun.DryRunSink`` computes the same plan and writes it as
+JSON lines, sending and recording nothing.
 """
 
 from __future__ import annotations
