@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 from sync.emulator import batch_subscribe, events, member_requests, problems, tags
+from sync.emulator.partial import partial_response
 from sync.emulator.problems import ApiProblem
 from sync.emulator.routes import Answer, Request, Router
 from sync.emulator.store import Store
@@ -66,6 +67,9 @@ def run_handler(
     except Exception:
         errors.append(traceback.format_exc())
         return Outcome.of(problems.internal_error())
+    if 200 <= answer.status < 300:
+        # ``fields`` / ``exclude_fields``: a partial response, as any call may ask.
+        return Outcome(answer.status, partial_response(answer.body, query))
     return Outcome(answer.status, answer.body)
 
 

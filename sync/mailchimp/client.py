@@ -13,7 +13,9 @@ fencing), whose answers ``sync.mailchimp.answers.classify`` classifies;
 Quirks of ``mailchimp-marketing`` 3.0.80 handled here: the host is rewritten
 with ``str.replace('server', ...)`` unless ``server`` is empty; every call
 opens a connection of its own unless its requests go through a pool of
-sessions (``sync.mailchimp.connections``), which ``make_client`` installs.
+sessions (``sync.mailchimp.connections``), which ``make_client`` installs;
+``lists.batch_list_members`` refuses every query parameter but two, so
+``batch_subscribe`` sends the same request with the partial-response ones.
 """
 
 from __future__ import annotations
@@ -128,3 +130,23 @@ def make_client(settings: MailchimpSettings) -> Any:
     # Connections kept alive from call to call, not one per call.
     reuse_connections(client)
     return client
+
+
+def batch_subscribe(
+    client: Any, list_id: str, body: Mapping[str, Any], query: Mapping[str, str]
+) -> Any:
+    """``POST /lists/{list_id}`` (batch subscribe), the request the official
+    client's ``lists.batch_list_members`` makes, through the same
+    ``api_client.call_api`` (same errors, same connections), with any query
+    parameter. The method itself refuses all but ``skip_merge_validation``
+    and ``skip_duplicate_check``, whereas every call of the API also takes
+    ``fields`` and ``exclude_fields`` (a partial answer): a batch subscribe
+    answers each new member whole, a few kilobytes each with its links."""
+    return client.api_client.call_api(
+        "/lists/{list_id}",
+        "POST",
+        {"list_id": list_id},
+        list(query.items()),
+        {"Accept": "application/json", "Content-Type": "application/json"},
+        body=body,
+    )

@@ -39,10 +39,17 @@ WATERMARK = "mailchimp_poll"
 PAGE = 1000
 #: What the first poll reads, status by status.
 FIRST_STATUSES = ("archived", "unsubscribed", "cleaned")
-FIELDS = (
-    "members.email_address,members.status,members.last_changed,"
-    "members.unsubscribe_reason,members.merge_fields,total_items"
-)
+#: What a poll reads of each page (a partial answer). A list: the official
+#: client joins ``fields`` with commas itself, and a string would be split
+#: into its characters (``fields=m,e,m,b,…``: a page without members).
+FIELDS = [
+    "members.email_address",
+    "members.status",
+    "members.last_changed",
+    "members.unsubscribe_reason",
+    "members.merge_fields",
+    "total_items",
+]
 
 
 class ReconciliationPoll:
