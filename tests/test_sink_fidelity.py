@@ -121,6 +121,43 @@ def test_a_field_deleted_mid_run_is_caught_in_the_answer_and_not_recorded(
     assert held.missing_merge_tags == {"SCORE": n}
 
 
+def test_a_batch_subscribe_asks_for_a_partial_answer(emulator: Emulator) -> None:
+    """New members come back whole unless asked otherwise (a few kilobytes
+    each from Mailchimp): the sink asks for what it reads, and still sees a
+    tag dropped and a member refused in the partial answer."""
+    ledger, clock = MemoryLedger(), Clock(T0)
+    sink = make_sink(emulator, ledger, clock)
+    delete_field(emulator, "SCORE")  # after the sink read the tags
+    emulator.audience.seed_member("old@x.io", status="unsubscribed")
+    api_client = sink.caller.client.api_client
+    sent, send = [], api_client.request
+
+    def request(method: str, url: str, query_params: Any = None, **kwargs: Any) -> Any:
+        answer = send(method, url, query_params, **kwargs)
+        sent.append((method, url, dict(query_params or []), answer.json()))
+        return answer
+
+    api_client.request = request
+    summary = sink.push([*people(3, STATUS="a", SCORE=1), DesiredMember("old@x.io", {})])
+
+    ((method, _url, query, answer),) = [c for c in sent if c[1].endswith(emulator.list_id)]
+    assert method == "POST"
+    assert query["fields"] == (
+        "new_members.email_address,new_members.merge_fields,"
+        "updated_members.email_address,updated_members.merge_fields,errors"
+    )
+    assert {frozenset(m) for m in answer["new_members"]} == {
+        frozenset({"email_address", "merge_fields"})
+    }
+    assert [e["email_address"] for e in answer["errors"]] == ["old@x.io"]
+    # What the sink made of it: three created, SCORE seen dropped, and the
+    # member who exists already updated by the safe upsert.
+    assert summary.missing_merge_tags == {"SCORE": 3}
+    states = ledger.member_states([f"p{i}@x.io" for i in range(3)])
+    assert {s.fields.get("STATUS") for s in states.values()} == {"a"}
+    assert all("SCORE" not in s.fields for s in states.values())
+
+
 def test_the_audience_is_read_once_per_ttl_not_once_per_push(emulator: Emulator) -> None:
     ledger, clock = MemoryLedger(), Clock(T0)
     sink = make_sink(emulator, ledger, clock, merge_fields_ttl=timedelta(minutes=15))

@@ -24,11 +24,21 @@ from sync.mailchimp.answers import Answer, AnswerClass, MemberError, classify
 from sync.mailchimp.batches import RUNNING, Operation, iter_chunks
 from sync.mailchimp.caller import json_safe
 from sync.mailchimp.changes import MailchimpChange, from_member
+from sync.mailchimp.client import batch_subscribe
 from sync.mailchimp.ledger import AcceptedPush, PushFailure
 from sync.mailchimp.merge_tags import MissingTags
 from sync.mailchimp.operations import MemberOp, OpRunner, collect
 from sync.mailchimp.push_plan import MemberPlan
 from sync.mailchimp.recording import Outcome, PushRecorder
+
+#: What ``_Phases.created`` reads of a batch subscribe's answer, asked for as a
+#: partial answer (``fields``): each member's address and the merge values it
+#: kept, and the refusals. Without it, every new member comes back whole.
+SUBSCRIBE_FIELDS = (
+    "new_members.email_address,new_members.merge_fields,"
+    "updated_members.email_address,updated_members.merge_fields,"
+    "errors"
+)
 
 
 def member_body(plan: MemberPlan, status_key: str, status: str) -> dict[str, Any]:
@@ -72,12 +82,11 @@ class _Phases:
             "members": [member_body(p, "status", self.config.status_if_new) for p in chunk],
             "update_existing": False,
         }
-        params = {"skip_merge_validation": "true"} if self.config.skip_merge_validation else {}
+        query = {"skip_merge_validation": "true"} if self.config.skip_merge_validation else {}
+        query["fields"] = SUBSCRIBE_FIELDS
         answer = self.caller.call(
             f"POST /lists/{self.list_id} ({len(chunk)} members)",
-            lambda: self.caller.client.lists.batch_list_members(
-                self.list_id, json_safe(body), **params
-            ),
+            lambda: batch_subscribe(self.caller.client, self.list_id, json_safe(body), query),
             scope="run",
         )
         return chunk, answer
