@@ -25,6 +25,7 @@ from sync.mailchimp.batches import BatchPolling
 from sync.mailchimp.ledger import PushLedger
 from sync.mailchimp.memory import MemoryLedger
 from sync.mailchimp.sink import MailchimpSink
+from sync.mailchimp.subscribe import MEMBER_FIELDS
 from sync.payload import EVENT_PROPERTIES_MAX, properties_size
 from sync.records import DesiredMember, EventDue
 from tests.support.clock import Clock
@@ -158,6 +159,48 @@ def test_a_batch_subscribe_asks_for_a_partial_answer(emulator: Emulator) -> None
     assert all("SCORE" not in s.fields for s in states.values())
 
 
+@pytest.mark.parametrize("n", [2, 12], ids=["direct-put", "batches"])
+def test_updates_ask_for_a_partial_answer_and_still_see_the_status(
+    emulator: Emulator, n: int
+) -> None:
+    """A PUT answers the member whole; the sink asks for what it reads of it
+    (the status, the merge values kept) and still learns from the answer
+    that a member unsubscribed in Mailchimp, and what it kept."""
+    ledger, clock = MemoryLedger(), Clock(T0)
+    sink = make_sink(emulator, ledger, clock, bulk_threshold=10)
+    sink.push(people(n, STATUS="a"))
+    emulator.audience.unsubscribe_by_person("p0@x.io")
+    api_client = sink.caller.client.api_client
+    sent, send = [], api_client.request
+
+    def request(method: str, url: str, query_params: Any = None, **kwargs: Any) -> Any:
+        answer = send(method, url, query_params, **kwargs)
+        if method == "PUT":
+            sent.append((dict(query_params or []), answer.json()))
+        return answer
+
+    api_client.request = request
+    emulator.calls.reset()
+    summary = sink.push(people(n, STATUS="b"))
+
+    if n > 10:
+        (job,) = emulator.batches.batches()
+        answers = [json.loads(r["response"]) for r in job.results]
+        assert all(op.params["fields"] == MEMBER_FIELDS for op in job.operations)
+    else:
+        assert [query["fields"] for query, _ in sent] == [MEMBER_FIELDS] * n
+        answers = [answer for _, answer in sent]
+    assert len(answers) == n
+    # (``unsubscribe_reason`` only for the unsubscribed, as in Mailchimp.)
+    asked = set(MEMBER_FIELDS.split(","))
+    assert all({"email_address", "status", "merge_fields"} <= set(a) <= asked for a in answers)
+    assert summary.failed == 0
+    states = ledger.member_states([f"p{i}@x.io" for i in range(n)])
+    assert {s.fields["STATUS"] for s in states.values()} == {"b"}
+    (seen,) = ledger.mailchimp_members(["p0@x.io"]).values()
+    assert seen.status == "unsubscribed"
+
+
 def test_the_audience_is_read_once_per_ttl_not_once_per_push(emulator: Emulator) -> None:
     ledger, clock = MemoryLedger(), Clock(T0)
     sink = make_sink(emulator, ledger, clock, merge_fields_ttl=timedelta(minutes=15))
@@ -194,6 +237,8 @@ def test_updates_carry_skip_merge_validation(emulator: Emulator, n: int, skip: b
     if n > 10:
         (job,) = emulator.batches.batches()
         wanted = {"skip_merge_validation": "true"} if skip else {}
+        # The query of each operation, with the partial answer it asks for.
+        wanted["fields"] = MEMBER_FIELDS
         assert all(dict(op.params) == wanted for op in job.operations)
 
 

@@ -14,8 +14,9 @@ Quirks of ``mailchimp-marketing`` 3.0.80 handled here: the host is rewritten
 with ``str.replace('server', ...)`` unless ``server`` is empty; every call
 opens a connection of its own unless its requests go through a pool of
 sessions (``sync.mailchimp.connections``), which ``make_client`` installs;
-``lists.batch_list_members`` refuses every query parameter but two, so
-``batch_subscribe`` sends the same request with the partial-response ones.
+its methods refuse the query parameters they do not list, so
+``batch_subscribe`` and ``put_member`` send the same requests with the
+partial-answer ones (``call_with_query``).
 """
 
 from __future__ import annotations
@@ -132,21 +133,49 @@ def make_client(settings: MailchimpSettings) -> Any:
     return client
 
 
-def batch_subscribe(
-    client: Any, list_id: str, body: Mapping[str, Any], query: Mapping[str, str]
+def call_with_query(
+    client: Any,
+    method: str,
+    resource_path: str,
+    path_params: Mapping[str, str],
+    query: Mapping[str, str],
+    body: Mapping[str, Any],
 ) -> Any:
-    """``POST /lists/{list_id}`` (batch subscribe), the request the official
-    client's ``lists.batch_list_members`` makes, through the same
-    ``api_client.call_api`` (same errors, same connections), with any query
-    parameter. The method itself refuses all but ``skip_merge_validation``
-    and ``skip_duplicate_check``, whereas every call of the API also takes
-    ``fields`` and ``exclude_fields`` (a partial answer): a batch subscribe
-    answers each new member whole, a few kilobytes each with its links."""
+    """One call as the official client's own methods make it, through its
+    ``api_client.call_api`` (the same errors, the same connections), with
+    any query parameter. Its methods refuse the parameters they do not list,
+    whereas every call of the API also takes ``fields`` and
+    ``exclude_fields`` (a partial answer)."""
     return client.api_client.call_api(
-        "/lists/{list_id}",
-        "POST",
-        {"list_id": list_id},
+        resource_path,
+        method,
+        dict(path_params),
         list(query.items()),
         {"Accept": "application/json", "Content-Type": "application/json"},
         body=body,
+    )
+
+
+def batch_subscribe(
+    client: Any, list_id: str, body: Mapping[str, Any], query: Mapping[str, str]
+) -> Any:
+    """``POST /lists/{list_id}`` (batch subscribe): ``lists.batch_list_members``
+    with any query parameter (it takes only ``skip_merge_validation`` and
+    ``skip_duplicate_check``). A batch subscribe answers each new member
+    whole, a few kilobytes each with its links, unless asked otherwise."""
+    return call_with_query(client, "POST", "/lists/{list_id}", {"list_id": list_id}, query, body)
+
+
+def put_member(
+    client: Any, list_id: str, member_hash: str, body: Mapping[str, Any], query: Mapping[str, str]
+) -> Any:
+    """``PUT /lists/{list_id}/members/{subscriber_hash}``: ``lists.set_list_member``
+    with any query parameter (it takes only ``skip_merge_validation``)."""
+    return call_with_query(
+        client,
+        "PUT",
+        "/lists/{list_id}/members/{subscriber_hash}",
+        {"list_id": list_id, "subscriber_hash": member_hash},
+        query,
+        body,
     )

@@ -30,6 +30,7 @@ from sync.mailchimp.batches import (
     run_batch_operations,
 )
 from sync.mailchimp.caller import Caller, json_safe
+from sync.mailchimp.client import put_member
 from sync.mailchimp.ledger import PushLedger
 from sync.mailchimp.push_plan import MemberPlan
 from sync.mailchimp.running import running_operations
@@ -134,10 +135,8 @@ class OpRunner:
         body = json_safe(op.operation.body)
         what = f"{op.operation.method} {op.operation.path}"
         if op.kind == "upsert":
-            params = dict(op.operation.params)
-            return self.caller.call(
-                what, lambda: client.lists.set_list_member(list_id, h, body, **params)
-            )
+            query = op.operation.params
+            return self.caller.call(what, lambda: put_member(client, list_id, h, body, query))
         if op.kind == "tags":
             return self.caller.call(
                 what, lambda: client.lists.update_list_member_tags(list_id, h, body)

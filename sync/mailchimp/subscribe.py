@@ -39,6 +39,9 @@ SUBSCRIBE_FIELDS = (
     "updated_members.email_address,updated_members.merge_fields,"
     "errors"
 )
+#: What an update's answer is read for (a partial answer, ``fields``): the
+#: member's status (``changes.from_member``) and the merge values it kept.
+MEMBER_FIELDS = "email_address,status,last_changed,unsubscribe_reason,merge_fields"
 
 
 def member_body(plan: MemberPlan, status_key: str, status: str) -> dict[str, Any]:
@@ -131,6 +134,8 @@ class _Phases:
         update_params = (
             {"skip_merge_validation": "true"} if self.config.skip_merge_validation else {}
         )
+        # In a /batches job the query is the operation's params.
+        update_params["fields"] = MEMBER_FIELDS
         ops = [
             MemberOp(
                 "upsert",
