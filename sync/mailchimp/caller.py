@@ -29,9 +29,19 @@ from sync.mailchimp.answers import Answer, AnswerClass, Scope, answer_of
 log = logging.getLogger(__name__)
 
 
+#: Values passed through as they are, checked by their exact class first:
+#: a body of 500 members holds thousands of them.
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def json_safe(value: Any) -> Any:
     """A copy of ``value`` that ``json.dumps`` accepts: instants become ISO 8601;
     anything else unexpected is refused here rather than inside the client."""
+    cls = value.__class__
+    if cls in _PLAIN:
+        return value
+    if cls is dict:
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         # json.dumps would write the bare token NaN: not JSON, and one such
         # value would make Mailchimp refuse a whole 500-member body.
