@@ -45,8 +45,8 @@ class Operation:
     method: Literal["PUT", "POST", "PATCH"]
     path: str
     body: Mapping[str, Any]
-    #: The query of the call (``skip_merge_validation``): an operation's
-    #: ``params`` in ``/batches``, keyword arguments of the direct call.
+    #: The query of the call (``skip_merge_validation``, ``fields``): an
+    #: operation's ``params`` in ``/batches``, the direct call's query string.
     params: Mapping[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
