@@ -150,5 +150,7 @@ def test_fields_then_exclude_fields() -> None:
     body = {"a": {"b": 1, "c": 2}, "d": [{"e": 1, "f": 2}], "g": 3}
     both = partial_response(body, {"fields": "a,d", "exclude_fields": "a.c,d.f"})
     assert both == {"a": {"b": 1}, "d": [{"e": 1}]}
+    # A name the answer lacks selects nothing (the emulator's rule: no source).
+    assert partial_response(body, {"fields": "a.b,zzz"}) == {"a": {"b": 1}}
     # Without either, the answer is left as it is.
     assert partial_response(body, {}) is body
