@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
-import tarfile
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,21 +20,12 @@ from sync.mailchimp.push_plan import fingerprint, plan_pushes
 from sync.mailchimp.sink import MailchimpSink
 from sync.mailchimp.sink_config import JOB_SIZE, SinkConfig
 from sync.records import DesiredMember
+from tests.support.mailchimp_api import results_archive
 
 KEY = "c0ffee00c0ffee00c0ffee00c0ffee00-us19"
 BASE = "https://us19.api.mailchimp.com/3.0"
 LIST = "L1"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-def archive(entries: list[dict[str, Any]]) -> bytes:
-    payload = json.dumps(entries).encode()
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        info = tarfile.TarInfo("results/part-1.json")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    return out.getvalue()
 
 
 class FakeBatches:
@@ -80,7 +69,7 @@ class FakeBatches:
                         "response": json.dumps({"email_address": email}),
                     }
                 )
-        return 200, {}, archive(entries)
+        return 200, {}, results_archive(entries)
 
 
 @responses.activate
@@ -141,7 +130,7 @@ def test_changed_existing_members_cost_three_calls_per_job(job_size: int) -> Non
 
 
 def test_parse_batch_results_reads_every_file() -> None:
-    data = archive(
+    data = results_archive(
         [
             {"operation_id": "a", "status_code": 204, "response": ""},
             {"operation_id": "b", "status_code": 404, "response": {"title": "x"}},

@@ -6,7 +6,9 @@ Shared by the emulator's tests and its fidelity suite (``tests/fidelity``).
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from typing import Any
 
 import pytest
@@ -47,3 +49,15 @@ def put_member(client: Any, list_id: str, email: str, **body: Any) -> dict[str, 
     )
     assert isinstance(answer, dict)
     return answer
+
+
+def results_archive(entries: list[dict[str, Any]]) -> bytes:
+    """A ``/batches`` results archive holding ``entries`` (a gzipped tar of
+    one JSON file), as ``responses`` plays Mailchimp's download."""
+    payload = json.dumps(entries).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        info = tarfile.TarInfo("results/part-1.json")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    return out.getvalue()
