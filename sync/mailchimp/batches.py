@@ -96,7 +96,15 @@ RUNNING = "batch_running"
 
 @dataclass(frozen=True)
 class BatchPolling:
-    """How long to wait for a ``/batches`` job to finish."""
+    """How long to wait for a ``/batches`` job to finish.
+
+    Polls follow a schedule, ``first_wait`` after the start and then at
+    doubling intervals up to ``max_wait`` (1, 3, 7, 15 s...). A job that
+    reports its progress (``started``, some of its operations finished) may
+    get one poll more before the schedule's next one, when its pace since
+    the last look says it will be done by then (``finish_in``): a job that
+    ends just after a poll is not left waiting for the next, twice as far.
+    """
 
     first_wait: float = 1.0
     max_wait: float = 30.0
@@ -105,6 +113,27 @@ class BatchPolling:
     deadline: float = 60.0
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+
+    def finish_in(
+        self, status: Mapping[str, Any], elapsed: float, before: tuple[float, int] = (0.0, 0)
+    ) -> float | None:
+        """Seconds until the job is likely finished, from its pace: the
+        operations finished (``finished_operations`` of ``total_operations``)
+        since ``before``, the (seconds since the start, operations finished)
+        of the previous look, ``elapsed`` seconds after the start now; plus a
+        tenth for the results archive. The job may have started running at
+        any time since that look, so the pace is never overestimated nor the
+        poll too early. None when the job says nothing of its pace (not
+        ``started``, or nothing finished since the last look)."""
+        if status.get("status") != "started":
+            return None
+        total, done = status.get("total_operations"), status.get("finished_operations")
+        seen_at, seen_done = before
+        if not isinstance(total, int) or not isinstance(done, int):
+            return None
+        if not seen_done < done < total or elapsed <= seen_at:
+            return None
+        return 1.1 * (elapsed - seen_at) * (total - done) / (done - seen_done)
 
 
 def run_batch_operations(
@@ -143,21 +172,34 @@ def run_batch_operations(
         code = "batch_not_started" if refused else "batch_unanswered"
         return _same_answer(ids, code, f"batch job not started: {started.reason}")
     batch_id = str(started.body["id"])
-    begin, wait = polling.clock(), polling.first_wait
+    begin = polling.clock()
+    # The schedule's next poll, in seconds after the start, and its step.
+    due = step = polling.first_wait
+    early_before: float | None = None  # the scheduled poll an early one came before
+    before = (0.0, 0)  # the last look at the job: (seconds since the start, operations done)
     status: Mapping[str, Any] = started.body
     while status.get("status") != "finished":
-        remaining = polling.deadline - (polling.clock() - begin)
-        if remaining <= 0:
+        elapsed = polling.clock() - begin
+        if elapsed >= polling.deadline:
             log.info(
                 "batch %s not finished after %.0fs (%s): left running, a later cycle "
                 "collects its answers",
                 batch_id,
-                polling.clock() - begin,
+                elapsed,
                 status.get("status"),
             )
             return left_running(ids, batch_id)
-        polling.sleep(min(wait, remaining))
-        wait = min(wait * 2, polling.max_wait)
+        finish = polling.finish_in(status, elapsed, before)
+        done = status.get("finished_operations")
+        if isinstance(done, int):
+            before = (elapsed, done)
+        if finish is not None and elapsed + finish < due and early_before != due:
+            at, early_before = elapsed + finish, due  # one early poll per scheduled one
+        else:
+            at = due
+            step = min(step * 2, polling.max_wait)
+            due += step
+        polling.sleep(max(0.0, min(at, polling.deadline) - elapsed))
         polled = _poll(caller, batch_id)
         if isinstance(polled, Answer):
             return _same_answer(ids, "batch_unanswered", f"batch {batch_id}: {polled.reason}")

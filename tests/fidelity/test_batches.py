@@ -13,6 +13,7 @@ issue 12 (no recorded archive was found): see docs/emulator.md.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import requests
@@ -67,3 +68,38 @@ def test_a_job_its_states_and_its_results(
     assert problem["instance"] == ""  # row 7
     member = json.loads(results["skipping"].response)
     assert member["merge_fields"]["FNAME"] == "O"
+
+
+def test_a_started_job_reports_its_progress(
+    mailchimp_emulator: Emulator, mailchimp_client: Any
+) -> None:
+    """``finished_operations`` grows while the job is ``started`` and counts
+    the operations that failed too (MailChimp.Net's ``Core/Batch.cs``: "The
+    number of completed operations. This includes operations that returned
+    an error."): the pace ``BatchPolling.finish_in`` reads."""
+    list_id = mailchimp_emulator.list_id
+    operations = [
+        {
+            "method": "PUT",
+            "path": f"/lists/{list_id}/members/{subscriber_hash(email)}",
+            "body": json.dumps({"email_address": email, "status_if_new": "subscribed"}),
+            "operation_id": email,
+        }
+        for email in ("a@x.io", "not-an-address", "c@x.io", "d@x.io")
+    ]
+    # Queued 0.4 s, then 0.1 s per operation.
+    mailchimp_emulator.batch_delay = 0.4
+    job = mailchimp_client.batches.start({"operations": operations})
+    seen = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = mailchimp_client.batches.status(job["id"])
+        seen.append((status["status"], status["finished_operations"]))
+        if status["status"] == "finished":
+            break
+        time.sleep(0.02)
+    assert seen[-1] == ("finished", 4)
+    assert status["errored_operations"] == 1
+    started = [done for state, done in seen if state == "started"]
+    assert any(0 < done < 4 for done in started), seen
+    assert [done for _, done in seen] == sorted(done for _, done in seen)
