@@ -87,6 +87,18 @@ def test_events_are_recorded_once(ledger: PushLedger) -> None:
     assert ledger.sent_event_keys("f@x.io", ["k1"]) == set()
 
 
+def test_the_first_record_of_a_sent_event_is_kept(ledger: PushLedger) -> None:
+    # Its signature is what a reconciliation matches in Mailchimp: a second
+    # record of the same key (a retried write) must not replace it.
+    ledger.record_events_sent([SentEvent("e@x.io", "k1", "credit", T0, "first")])
+    later = T0 + timedelta(hours=1)
+    ledger.record_events_sent(
+        [SentEvent("e@x.io", "k1", "credit", later, "second"), SentEvent("e@x.io", "k2", "x", T0)]
+    )
+    assert ledger.sent_event_signatures(["e@x.io"]) == {"e@x.io": ["first"]}
+    assert ledger.sent_events(["e@x.io"]) == {"e@x.io": {"k1", "k2"}}
+
+
 def test_naive_instants_are_rejected() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         AcceptedPush("a@x.io", {}, datetime(2026, 1, 1))

@@ -51,6 +51,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def placeholder(dialect: str) -> str:
+    """The driver's parameter mark, for SQL handed to it directly
+    (``exec_driver_sql``): sqlite3's ``?``, psycopg's ``%s``."""
+    return "?" if dialect == "sqlite" else "%s"
+
+
 class StoreBase:
     """The engine and the bulk writes; ``migrate()`` once before use (idempotent)."""
 
@@ -66,9 +72,9 @@ class StoreBase:
                 "(use sqlite:///FILE or postgresql+psycopg://...)"
             )
         self.schema = schema
-        #: (table, columns, keys, merged columns) -> upsert statement, converters
+        #: (table, columns, keys, merged columns, keep) -> upsert statement, converters
         self._statements: dict[
-            tuple[str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]],
+            tuple[str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...], bool],
             tuple[str, list[Callable[[Any], Any]]],
         ] = {}
         if schema is not None:
@@ -180,11 +186,13 @@ class StoreBase:
         keys: Sequence[str],
         *,
         merge: Mapping[str, str] | None = None,
+        keep: bool = False,
     ) -> None:
         """Insert or update ``rows``. Rows sharing a key are collapsed (the last
         wins) first: PostgreSQL refuses to touch one row twice in one statement.
         A stored row takes the new values, except the columns of ``merge``,
-        which take its SQL expression (of the stored row and ``excluded``).
+        which take its SQL expression (of the stored row and ``excluded``);
+        with ``keep``, a stored row stays as it is (the first write wins).
 
         The statement is rendered once per (table, columns) and the values
         converted here, then handed to the driver's ``executemany``: through
@@ -196,7 +204,7 @@ class StoreBase:
         unique = list({key_of(row): row for row in rows}.values())
         columns = tuple(unique[0])
         merged = tuple(sorted((merge or {}).items()))
-        sql, converters = self._upsert_statement(table, columns, tuple(keys), merged)
+        sql, converters = self._upsert_statement(table, columns, tuple(keys), merged, keep)
         # Column by column (a comprehension per column, not a call per cell).
         # Most instants of one call are the same (the instant of the push):
         # each distinct one is converted once.
@@ -219,17 +227,18 @@ class StoreBase:
         columns: tuple[str, ...],
         keys: tuple[str, ...],
         merge: tuple[tuple[str, str], ...],
+        keep: bool = False,
     ) -> tuple[str, list[Callable[[Any], Any]]]:
-        cache_key = (table.name, columns, keys, merge)
+        cache_key = (table.name, columns, keys, merge, keep)
         cached = self._statements.get(cache_key)
         if cached is None:
-            mark = "?" if self.dialect == "sqlite" else "%s"
+            mark = placeholder(self.dialect)
             names = ", ".join(f'"{c}"' for c in columns)
             marks = ", ".join([mark] * len(columns))
             conflict = ", ".join(f'"{k}"' for k in keys)
             new_value = {c: f'excluded."{c}"' for c in columns} | dict(merge)
             updates = ", ".join(f'"{c}" = {new_value[c]}' for c in columns if c not in keys)
-            action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+            action = f"DO UPDATE SET {updates}" if updates and not keep else "DO NOTHING"
             sql = (
                 f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})'
                 f" ON CONFLICT ({conflict}) {action}"

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from sync.addresses import normalise_email
-from sync.state.base import StoreBase, chunks, utc_now
+from sync.state.base import StoreBase, chunks, placeholder, utc_now
 from sync.state.tables import entity_link, entity_state
 
 
@@ -109,23 +109,28 @@ class EntityState(EntityEvaluation):
 
 
 def update_each(engine: sa.Engine, entity_type: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Set columns of stored entities, one ``UPDATE`` per row, in one
+    """Set text columns of stored entities, one ``UPDATE`` per row, in one
     transaction: each row names the id (``k_id``) and the columns it sets
-    (``k_<column>``; every row sets the same ones)."""
+    (``k_<column>``; every row sets the same ones).
+
+    The statement goes to the driver's ``executemany`` as plain tuples:
+    through SQLAlchemy's per-row parameter processing, settling the 7,817
+    entities of a 1 % tick at 1M users held the interpreter about 0.2 s
+    (benchmarks/README.md, "The tick's per-row writes")."""
     if not rows:
         return
     columns = [key.removeprefix("k_") for key in rows[0] if key != "k_id"]
-    stmt = (
-        entity_state.update()
-        .where(
-            entity_state.c.entity_type == entity_type,
-            entity_state.c.entity_id == sa.bindparam("k_id"),
-        )
-        .values({column: sa.bindparam(f"k_{column}") for column in columns})
+    mark = placeholder(engine.dialect.name)
+    sets = ", ".join(f'"{column}" = {mark}' for column in columns)
+    sql = (
+        f'UPDATE "{entity_state.name}" SET {sets}'
+        f' WHERE "entity_type" = {mark} AND "entity_id" = {mark}'
     )
+    keys = [f"k_{column}" for column in columns]
+    values = [(*(row[k] for k in keys), entity_type, row["k_id"]) for row in rows]
     with engine.begin() as conn:
-        for chunk in chunks(rows, 5000):
-            conn.execute(stmt, list(chunk))
+        for chunk in chunks(values, 5000):
+            conn.exec_driver_sql(sql, list(chunk))
 
 
 class EntityStore(StoreBase):
@@ -191,7 +196,7 @@ class EntityStore(StoreBase):
         against 5.2 s row by row through SQLAlchemy's result)."""
         found: dict[str, StoredRow] = {}
         size = self.ids_per_statement
-        mark = "?" if self.dialect == "sqlite" else "%s"
+        mark = placeholder(self.dialect)
         make = StoredRow._make
         with self.engine.connect() as conn:
             cursor = conn.connection.cursor()

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from sync.addresses import normalise_email
 from sync.mailchimp.ledger import EventIntent, SentEvent
-from sync.state.base import StoreBase, chunks
+from sync.state.base import StoreBase, chunks, placeholder
 from sync.state.tables import event_pending, event_sent
 
 
@@ -59,12 +59,8 @@ class EventStore(StoreBase):
             return
         # First write wins: the unique (email, key) constraint makes a re-record a no-op.
         unique = list({(r["email"], r["event_key"]): r for r in reversed(rows)}.values())
-        stmt = self._insert(event_sent).on_conflict_do_nothing(
-            index_elements=["email", "event_key"]
-        )
         with self.engine.begin() as conn:
-            for chunk in chunks(unique):
-                conn.execute(stmt, list(chunk))
+            self._upsert(conn, event_sent, unique, ("email", "event_key"), keep=True)
             self._delete_intents(conn, [(str(r["email"]), str(r["event_key"])) for r in unique])
 
     def sent_event_signatures(self, emails: Iterable[str]) -> dict[str, list[str]]:
@@ -144,14 +140,16 @@ class EventStore(StoreBase):
 
     @staticmethod
     def _delete_intents(conn: sa.Connection, pairs: Sequence[tuple[str, str]]) -> None:
+        """Forget the intents of these (email, key) pairs; the driver's own
+        ``executemany``, as ``_upsert`` (no per-row parameter processing)."""
         if pairs:
-            conn.execute(
-                event_pending.delete().where(
-                    event_pending.c.email == sa.bindparam("e"),
-                    event_pending.c.event_key == sa.bindparam("k"),
-                ),
-                [{"e": e, "k": k} for e, k in pairs],
+            mark = placeholder(conn.dialect.name)
+            sql = (
+                f'DELETE FROM "{event_pending.name}"'
+                f' WHERE "email" = {mark} AND "event_key" = {mark}'
             )
+            for chunk in chunks(list(pairs), 5000):
+                conn.exec_driver_sql(sql, list(chunk))
 
     def emails_with_pending_events(self) -> set[str]:
         """Members with events whose outcome is unknown (to reconcile)."""
