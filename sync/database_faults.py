@@ -14,7 +14,8 @@ file, or a URL without its password) and what to do:
   such directory, no such database, authentication refused).
 
 ``label_engine`` makes an engine tag its errors with a name (the state
-store does it for its own); ``database_errors`` does the same around a block
+store does it for its own), and ``driver_errors`` the errors of its driver
+called directly (psycopg's ``COPY``); ``database_errors`` does the same around a block
 for any other database (``mailsync demo-data``). ``database_fault`` finds a
 tagged error in an exception's chain and classifies it.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +34,9 @@ import sqlalchemy as sa
 from sync.exceptions import ConfigurationError, FatalError, MailsyncError, RetriableError
 
 _TAG = "mailsync_database"
+
+#: The name ``label_engine`` gave each engine, for ``driver_errors``.
+_NAMES: weakref.WeakKeyDictionary[sa.Engine, str] = weakref.WeakKeyDictionary()
 
 
 class StoreUnavailable(RetriableError):
@@ -71,7 +76,7 @@ def sqlite_file(url: sa.URL | str) -> str | None:
 def label_engine(engine: sa.Engine, role: str) -> None:
     """Tag every error ``engine`` raises (on connect or execute) with ``role``
     and the database's name, for ``database_fault``."""
-    name = f"{role} {describe(engine.url)}"
+    name = _NAMES[engine] = f"{role} {describe(engine.url)}"
 
     @sa.event.listens_for(engine, "handle_error")
     def _tag(context: Any) -> None:
@@ -81,6 +86,24 @@ def label_engine(engine: sa.Engine, role: str) -> None:
                     setattr(exc, _TAG, name)
                 except AttributeError:  # pragma: no cover - built-in exceptions without a dict
                     pass
+
+
+@contextmanager
+def driver_errors(conn: sa.Connection, statement: str) -> Iterator[None]:
+    """Inside the block ``conn``'s driver is called directly (psycopg's
+    ``COPY``, which SQLAlchemy does not run): its errors come out as
+    SQLAlchemy's own would, tagged as ``label_engine`` tags them. Without
+    it a full disk or a cancelled statement there would escape as an error
+    the daemon takes for a bug."""
+    base = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except base as orig:
+        error = sa.exc.DBAPIError.instance(statement, None, orig, base, dialect=conn.dialect)
+        name = _NAMES.get(conn.engine)
+        if name is not None:
+            setattr(error, _TAG, name)
+        raise error from orig
 
 
 def _tagged(exc: BaseException) -> tuple[sa.exc.DBAPIError, str] | None:

@@ -9,11 +9,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from sync.database_faults import StoreUnavailable, database_fault
 from sync.exceptions import ConfigurationError
+from sync.mailchimp.ledger import AcceptedPush
+from sync.state.base import stage
 from sync.state.baselines import Baseline
 from sync.state.entities import EntityEvaluation
 from sync.state.migrate import load_migrations, render_migration, split_statements
 from sync.state.store import StateStore
+from sync.state.tables import member
+from tests.support.tcp_proxy import TcpProxy
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 
@@ -242,3 +247,67 @@ def test_a_sqlite_without_json_functions_is_named(sqlite_url: str) -> None:
             s.migrate()
     finally:
         s.close()
+
+
+def stage_in_a_transaction(store: StateStore, rows: Iterator[tuple[str, datetime, str]]) -> None:
+    with store.engine.begin() as conn:
+        stage(conn, member, ["email", "pushed_at", "fields_json"], rows)
+
+
+def test_a_postgresql_connection_lost_during_a_bulk_write_is_retriable(pg_url: str) -> None:
+    """Bulk writes reach psycopg's ``COPY`` directly, not through SQLAlchemy:
+    a connection lost in the middle must still come out as the state store's
+    retriable fault, not as an error the daemon would take for a bug; and
+    the next write works."""
+    proxy = TcpProxy("127.0.0.1", sa.make_url(pg_url).port or 5432)
+    store = StateStore(proxy.url(pg_url))
+    try:
+        store.migrate()
+
+        def rows() -> Iterator[tuple[str, datetime, str]]:
+            yield ("a@x.io", T0, "{}")
+            proxy.cut()
+            for i in range(20_000):  # more than fits in the buffers on the way
+                yield (f"m{i}@x.io", T0, "{}")
+
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            stage_in_a_transaction(store, rows())
+        fault = database_fault(raised.value)
+        assert isinstance(fault, StoreUnavailable), repr(raised.value)
+        assert "state store postgresql+psycopg://" in str(fault)
+        store.record_accepted_many([AcceptedPush("b@x.io", {"A": "1"}, T0)])
+        assert store.member_states(["b@x.io"])["b@x.io"].fields == {"A": "1"}
+    finally:
+        store.close()
+        proxy.close()
+
+
+def test_a_postgresql_bulk_write_cancelled_by_the_server_is_the_state_stores_fault(
+    pg_url: str,
+) -> None:
+    """The same, with the connection left alive (the rollback works, so no
+    error of SQLAlchemy's carries the driver's): a statement the server
+    cancels (a timeout, an operator's ``pg_cancel_backend``) in the middle
+    of a ``COPY`` is the state store's retriable fault too."""
+    store = StateStore(pg_url)
+    admin = sa.create_engine(pg_url)
+    try:
+        store.migrate()
+        with admin.connect() as conn:
+            # The store's next connection will be its pooled one, whose pid this is.
+            with store.engine.connect() as own:
+                pid = int(own.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+            def rows() -> Iterator[tuple[str, datetime, str]]:
+                yield ("a@x.io", T0, "{}")
+                conn.exec_driver_sql(f"SELECT pg_cancel_backend({pid})")
+
+            with pytest.raises(sa.exc.DBAPIError) as raised:
+                stage_in_a_transaction(store, rows())
+        fault = database_fault(raised.value)
+        assert isinstance(fault, StoreUnavailable), repr(raised.value)
+        assert "canceling statement" in str(fault)
+        assert "state store postgresql+psycopg://" in str(fault)
+    finally:
+        store.close()
+        admin.dispose()

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from sync.addresses import normalise_email
-from sync.state.base import StoreBase, chunks, placeholder, utc_now
+from sync.state.base import StoreBase, chunks, placeholder, stage, utc_now
 from sync.state.tables import entity_link, entity_state
 
 
@@ -109,26 +109,42 @@ class EntityState(EntityEvaluation):
 
 
 def update_each(engine: sa.Engine, entity_type: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Set text columns of stored entities, one ``UPDATE`` per row, in one
-    transaction: each row names the id (``k_id``) and the columns it sets
-    (``k_<column>``; every row sets the same ones).
+    """Set text columns of stored entities, in one transaction: each row names
+    the id (``k_id``) and the columns it sets (``k_<column>``; every row sets
+    the same ones).
 
-    The statement goes to the driver's ``executemany`` as plain tuples:
-    through SQLAlchemy's per-row parameter processing, settling the 7,817
-    entities of a 1 % tick at 1M users held the interpreter about 0.2 s
-    (benchmarks/README.md, "The tick's per-row writes")."""
+    The values go to the driver as plain tuples: through SQLAlchemy's per-row
+    parameter processing, settling the 7,817 entities of a 1 % tick at 1M
+    users held the interpreter about 0.2 s (benchmarks/README.md, "The
+    tick's per-row writes"). On SQLite, one ``UPDATE`` per row by the
+    driver's ``executemany``; on PostgreSQL, the rows by ``COPY`` and one
+    ``UPDATE .. FROM`` them (``stage``)."""
     if not rows:
         return
     columns = [key.removeprefix("k_") for key in rows[0] if key != "k_id"]
-    mark = placeholder(engine.dialect.name)
-    sets = ", ".join(f'"{column}" = {mark}' for column in columns)
-    sql = (
-        f'UPDATE "{entity_state.name}" SET {sets}'
-        f' WHERE "entity_type" = {mark} AND "entity_id" = {mark}'
-    )
     keys = [f"k_{column}" for column in columns]
-    values = [(*(row[k] for k in keys), entity_type, row["k_id"]) for row in rows]
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            staged = stage(
+                conn,
+                entity_state,
+                ["entity_id", *columns],
+                [(row["k_id"], *(row[k] for k in keys)) for row in rows],
+            )
+            sets = ", ".join(f'"{column}" = s."{column}"' for column in columns)
+            conn.exec_driver_sql(
+                f'UPDATE "{entity_state.name}" AS t SET {sets} FROM "{staged}" AS s'
+                ' WHERE t."entity_type" = %s AND t."entity_id" = s."entity_id"',
+                (entity_type,),
+            )
+            return
+        mark = placeholder(conn.dialect.name)
+        sets = ", ".join(f'"{column}" = {mark}' for column in columns)
+        sql = (
+            f'UPDATE "{entity_state.name}" SET {sets}'
+            f' WHERE "entity_type" = {mark} AND "entity_id" = {mark}'
+        )
+        values = [(*(row[k] for k in keys), entity_type, row["k_id"]) for row in rows]
         for chunk in chunks(values, 5000):
             conn.exec_driver_sql(sql, list(chunk))
 

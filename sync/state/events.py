@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from sync.addresses import normalise_email
 from sync.mailchimp.ledger import EventIntent, SentEvent
-from sync.state.base import StoreBase, chunks, placeholder
+from sync.state.base import StoreBase, chunks, placeholder, stage
 from sync.state.tables import event_pending, event_sent
 
 
@@ -141,8 +141,15 @@ class EventStore(StoreBase):
     @staticmethod
     def _delete_intents(conn: sa.Connection, pairs: Sequence[tuple[str, str]]) -> None:
         """Forget the intents of these (email, key) pairs; the driver's own
-        ``executemany``, as ``_upsert`` (no per-row parameter processing)."""
-        if pairs:
+        ``executemany`` on SQLite, ``COPY`` on PostgreSQL, as ``_upsert``
+        (no per-row parameter processing)."""
+        if pairs and conn.dialect.name == "postgresql":
+            staged = stage(conn, event_pending, ["email", "event_key"], pairs)
+            conn.exec_driver_sql(
+                f'DELETE FROM "{event_pending.name}" AS t USING "{staged}" AS s'
+                ' WHERE t."email" = s."email" AND t."event_key" = s."event_key"'
+            )
+        elif pairs:
             mark = placeholder(conn.dialect.name)
             sql = (
                 f'DELETE FROM "{event_pending.name}"'
