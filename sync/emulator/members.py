@@ -37,8 +37,10 @@ def hash_of(key: str) -> str:
 
 
 def timestamp(moment: datetime) -> str:
-    """Mailchimp's timestamp format: seconds, explicit ``+00:00``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    """Mailchimp's timestamp format: seconds, explicit ``+00:00``. (The same
+    text as ``strftime("%Y-%m-%dT%H:%M:%S+00:00")``, in a fifth of the time:
+    answering a batch subscribe, the emulator formats three per member.)"""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def utc_now() -> datetime:
@@ -91,11 +93,12 @@ def render_member(
 ) -> dict[str, Any]:
     """The member as the API answers it: every field of the audience, its tags."""
     merge_fields = {f.tag: member.merge_fields.get(f.tag, "") for f in fields}
+    member_id = member.id  # a digest of the address: computed once
     return {
-        "id": member.id,
+        "id": member_id,
         "email_address": member.email_address,
-        "unique_email_id": member.id[:10],
-        "contact_id": member.id,
+        "unique_email_id": member_id[:10],
+        "contact_id": member_id,
         "full_name": " ".join(str(merge_fields.get(t) or "") for t in ("FNAME", "LNAME")).strip(),
         "web_id": member.web_id,
         "email_type": member.email_type,
@@ -104,9 +107,9 @@ def render_member(
         "interests": {},
         "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
         "ip_signup": "",
-        "timestamp_signup": timestamp(member.timestamp_signup),
+        "timestamp_signup": (signup := timestamp(member.timestamp_signup)),
         "ip_opt": "",
-        "timestamp_opt": timestamp(member.timestamp_signup),
+        "timestamp_opt": signup,
         "member_rating": 2,
         "last_changed": timestamp(member.last_changed),
         "language": member.language,
