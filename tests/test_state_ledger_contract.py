@@ -152,3 +152,16 @@ def test_jobs_left_running_are_kept_by_job_until_forgotten(ledger: PushLedger) -
     ledger.forget_running("job-2")
     assert ledger.running_operations() == {}
     assert ledger.running_batches() == set()
+
+
+def test_look_ups_find_addresses_with_quotes_commas_and_braces(ledger: PushLedger) -> None:
+    """PostgreSQL looks many addresses up as one array parameter: characters
+    that mean something in an array's text (quotes, commas, braces,
+    backslashes, spaces) must come back as they went in."""
+    odd = ['"quoted"@x.io', "o'neil@x.io", "a,b@x.io", "{brace}@x.io", "back\\slash@x.io"]
+    ledger.record_accepted_many([AcceptedPush(e, {"A": e}, T0) for e in odd])
+    ledger.record_events_sent([SentEvent(e, "k", "welcome", T0) for e in odd])
+    states = ledger.member_states([*odd, "absent@x.io"])
+    assert sorted(states) == sorted(odd)
+    assert all(states[e].fields == {"A": e} for e in odd)
+    assert ledger.sent_events(odd) == {e: {"k"} for e in odd}

@@ -139,7 +139,7 @@ class BaselineStore(StoreBase):
                 [base]
                 if entity_ids is None
                 else [
-                    base.where(entity_baseline.c.entity_id.in_(chunk))
+                    base.where(self._among(entity_baseline.c.entity_id, chunk))
                     for chunk in chunks(list(dict.fromkeys(entity_ids)))
                 ]
             )

@@ -218,11 +218,16 @@ class EntityStore(StoreBase):
             cursor = conn.connection.cursor()
             try:
                 for chunk in chunks(entity_ids, size):
-                    marks = ", ".join([mark] * len(chunk))
+                    # One array parameter on PostgreSQL, as ``_among``.
+                    values: list[Any]
+                    if self.dialect == "postgresql":
+                        among, values = "= ANY(%s)", [list(chunk)]
+                    else:
+                        among, values = f"IN ({', '.join([mark] * len(chunk))})", list(chunk)
                     cursor.execute(
                         "SELECT entity_id, email, eval_fp, pushed_fp, row_fp FROM entity_state"
-                        f" WHERE entity_type = {mark} AND entity_id IN ({marks})",
-                        (entity_type, *chunk),
+                        f" WHERE entity_type = {mark} AND entity_id {among}",
+                        (entity_type, *values),
                     )
                     for row in cursor.fetchall():
                         found[row[0]] = make(row[1:])
@@ -313,13 +318,13 @@ class EntityStore(StoreBase):
                 conn.execute(
                     entity_state.delete().where(
                         entity_state.c.entity_type == entity_type,
-                        entity_state.c.entity_id.in_(chunk),
+                        self._among(entity_state.c.entity_id, chunk),
                     )
                 )
                 conn.execute(
                     entity_link.delete().where(
                         entity_link.c.dependent_type == entity_type,
-                        entity_link.c.dependent_id.in_(chunk),
+                        self._among(entity_link.c.dependent_id, chunk),
                     )
                 )
         return len(ids)
@@ -346,7 +351,7 @@ class EntityStore(StoreBase):
                 rows = conn.execute(
                     sa.select(entity_state).where(
                         entity_state.c.entity_type == entity_type,
-                        entity_state.c.entity_id.in_(chunk),
+                        self._among(entity_state.c.entity_id, chunk),
                     )
                 )
                 for row in rows:
@@ -399,7 +404,7 @@ class EntityStore(StoreBase):
             for chunk in chunks(wanted):
                 rows = conn.execute(
                     sa.select(entity_state.c.entity_type, entity_state.c.entity_id).where(
-                        entity_state.c.email.in_(chunk)
+                        self._among(entity_state.c.email, chunk)
                     )
                 )
                 for entity_type, entity_id in rows:
@@ -416,7 +421,7 @@ class EntityStore(StoreBase):
                     sa.select(
                         entity_state.c.email, entity_state.c.entity_type, entity_state.c.entity_id
                     )
-                    .where(entity_state.c.email.in_(chunk))
+                    .where(self._among(entity_state.c.email, chunk))
                     .order_by(entity_state.c.entity_type, entity_state.c.entity_id)
                 )
                 for email, entity_type, entity_id in rows:

@@ -35,7 +35,7 @@ class EventStore(StoreBase):
             for chunk in chunks(wanted):
                 for row in conn.execute(
                     sa.select(event_sent.c.email, event_sent.c.event_key).where(
-                        event_sent.c.email.in_(chunk)
+                        self._among(event_sent.c.email, chunk)
                     )
                 ):
                     found.setdefault(row.email, set()).add(row.event_key)
@@ -70,7 +70,7 @@ class EventStore(StoreBase):
             for chunk in chunks(wanted):
                 for row in conn.execute(
                     sa.select(event_sent.c.email, event_sent.c.signature).where(
-                        event_sent.c.email.in_(chunk), event_sent.c.signature.is_not(None)
+                        self._among(event_sent.c.email, chunk), event_sent.c.signature.is_not(None)
                     )
                 ):
                     found.setdefault(row.email, []).append(row.signature)
@@ -88,7 +88,7 @@ class EventStore(StoreBase):
                 for row in conn.execute(
                     sa.select(
                         event_pending.c.email, event_pending.c.event_key, event_pending.c.attempts
-                    ).where(event_pending.c.email.in_(emails))
+                    ).where(self._among(event_pending.c.email, emails))
                 ):
                     before[(row.email, row.event_key)] = int(row.attempts)
             rows = [
@@ -115,7 +115,7 @@ class EventStore(StoreBase):
             for chunk in chunks(wanted):
                 rows = conn.execute(
                     sa.select(event_pending)
-                    .where(event_pending.c.email.in_(chunk))
+                    .where(self._among(event_pending.c.email, chunk))
                     .order_by(event_pending.c.attempted_at, event_pending.c.event_key)
                 )
                 for row in rows:

@@ -72,7 +72,9 @@ class JobStore(StoreBase):
                 return set(conn.execute(query).scalars())
             wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
             for chunk in chunks(wanted):
-                found.update(conn.execute(query.where(batch_running.c.email.in_(chunk))).scalars())
+                found.update(
+                    conn.execute(query.where(self._among(batch_running.c.email, chunk))).scalars()
+                )
         return found
 
     def running_batches(self) -> set[str]:

@@ -99,15 +99,19 @@ class LedgerStore(StoreBase):
             for chunk in chunks(wanted, self.ids_per_statement):
                 members = sa.select(member.c.email, member.c.pushed_at, member.c.fields_json)
                 for email, at, fields_json in conn.execute(
-                    members.where(member.c.email.in_(chunk))
+                    members.where(self._among(member.c.email, chunk))
                 ).all():
                     pushed_at[email] = at
                     fields[email] = _decode(fields_json)
                 active = sa.select(member_tag.c.email, member_tag.c.tag)
-                for email, tag in conn.execute(active.where(member_tag.c.email.in_(chunk))).all():
+                for email, tag in conn.execute(
+                    active.where(self._among(member_tag.c.email, chunk))
+                ).all():
                     tags.setdefault(email, set()).add(tag)
                 for row in conn.execute(
-                    sa.select(push).where(push.c.email.in_(chunk), push.c.state == "failed")
+                    sa.select(push).where(
+                        self._among(push.c.email, chunk), push.c.state == "failed"
+                    )
                 ).all():
                     failures[row.email] = self._failure(row)
         return {
@@ -174,14 +178,14 @@ class LedgerStore(StoreBase):
             merge = {"fields_json": _MERGE_FIELDS[self.dialect]}
             self._upsert(conn, member, members, ("email",), merge=merge)
             for chunk in chunks(retagged):
-                conn.execute(member_tag.delete().where(member_tag.c.email.in_(chunk)))
+                conn.execute(member_tag.delete().where(self._among(member_tag.c.email, chunk)))
             if tag_rows:
                 conn.execute(member_tag.insert(), tag_rows)
             # Accepted: their failures are cleared (going live there are
             # none, and 2,000 deletes of 500 ids each are skipped).
             if self._has_rows(conn, push):
                 for chunk in chunks(emails):
-                    conn.execute(push.delete().where(push.c.email.in_(chunk)))
+                    conn.execute(push.delete().where(self._among(push.c.email, chunk)))
 
     def record_failure(self, failure: PushFailure) -> None:
         self.record_failures([failure])
@@ -195,7 +199,7 @@ class LedgerStore(StoreBase):
             for chunk in chunks(list(latest)):
                 for row in conn.execute(
                     sa.select(push.c.email, push.c.fingerprint, push.c.attempts).where(
-                        push.c.email.in_(chunk), push.c.state == "failed"
+                        self._among(push.c.email, chunk), push.c.state == "failed"
                     )
                 ):
                     previous[row.email] = (row.fingerprint, int(row.attempts))
@@ -268,7 +272,7 @@ class LedgerStore(StoreBase):
                 found.update(
                     conn.execute(
                         sa.select(push.c.email).where(
-                            push.c.state == "failed", push.c.email.in_(chunk)
+                            push.c.state == "failed", self._among(push.c.email, chunk)
                         )
                     ).scalars()
                 )

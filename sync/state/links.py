@@ -35,7 +35,7 @@ class LinkStore(StoreBase):
                 conn.execute(
                     entity_link.delete().where(
                         entity_link.c.dependent_type == dependent_type,
-                        entity_link.c.dependent_id.in_(chunk),
+                        self._among(entity_link.c.dependent_id, chunk),
                     )
                 )
             self._upsert(
@@ -56,7 +56,7 @@ class LinkStore(StoreBase):
                     sa.select(entity_link.c.dependent_id).where(
                         entity_link.c.dependent_type == dependent_type,
                         entity_link.c.dependency_type == dependency_type,
-                        entity_link.c.dependency_id.in_(chunk),
+                        self._among(entity_link.c.dependency_id, chunk),
                     )
                 )
                 found.update(row[0] for row in rows)

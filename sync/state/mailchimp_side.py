@@ -35,7 +35,7 @@ class MailchimpSideStore(StoreBase):
             first = dict(
                 conn.execute(
                     sa.select(audience_problem.c.tag, audience_problem.c.first_seen_at).where(
-                        audience_problem.c.tag.in_(list(latest))
+                        self._among(audience_problem.c.tag, list(latest))
                     )
                 ).all()
             )
@@ -56,7 +56,9 @@ class MailchimpSideStore(StoreBase):
         if wanted:
             with self.engine.begin() as conn:
                 for chunk in chunks(wanted):
-                    conn.execute(audience_problem.delete().where(audience_problem.c.tag.in_(chunk)))
+                    conn.execute(
+                        audience_problem.delete().where(self._among(audience_problem.c.tag, chunk))
+                    )
 
     def audience_problems(self) -> list[AudienceProblem]:
         query = sa.select(audience_problem).order_by(audience_problem.c.tag)
@@ -81,13 +83,15 @@ class MailchimpSideStore(StoreBase):
         with self.engine.connect() as conn:
             for chunk in chunks(wanted) if self._has_rows(conn, mailchimp_alias) else ():
                 for row in conn.execute(
-                    sa.select(mailchimp_alias).where(mailchimp_alias.c.old_email.in_(chunk))
+                    sa.select(mailchimp_alias).where(
+                        self._among(mailchimp_alias.c.old_email, chunk)
+                    )
                 ):
                     moved[row.old_email] = row.new_email
             addresses = list({moved.get(e, e) for e in wanted})
             for chunk in chunks(addresses) if self._has_rows(conn, mailchimp_member) else ():
                 for row in conn.execute(
-                    sa.select(mailchimp_member).where(mailchimp_member.c.email.in_(chunk))
+                    sa.select(mailchimp_member).where(self._among(mailchimp_member.c.email, chunk))
                 ):
                     rows[row.email] = row
         found: dict[str, MailchimpMember] = {}
@@ -122,7 +126,7 @@ class MailchimpSideStore(StoreBase):
             current: dict[str, dict[str, Any]] = {}
             for chunk in chunks(sorted(emails)):
                 for row in conn.execute(
-                    sa.select(mailchimp_member).where(mailchimp_member.c.email.in_(chunk))
+                    sa.select(mailchimp_member).where(self._among(mailchimp_member.c.email, chunk))
                 ):
                     current[row.email] = dict(row._mapping)
             known_keys: set[str] = set()
@@ -131,7 +135,7 @@ class MailchimpSideStore(StoreBase):
                 known_keys.update(
                     conn.execute(
                         sa.select(mailchimp_change.c.change_key).where(
-                            mailchimp_change.c.change_key.in_(chunk)
+                            self._among(mailchimp_change.c.change_key, chunk)
                         )
                     ).scalars()
                 )
@@ -171,7 +175,9 @@ class MailchimpSideStore(StoreBase):
                     gone.discard(change.email)
                     applied += 1
             for chunk in chunks(sorted(gone)):
-                conn.execute(mailchimp_member.delete().where(mailchimp_member.c.email.in_(chunk)))
+                conn.execute(
+                    mailchimp_member.delete().where(self._among(mailchimp_member.c.email, chunk))
+                )
             self._upsert(conn, mailchimp_member, [current[e] for e in sorted(changed)], ("email",))
         return applied
 
@@ -221,7 +227,7 @@ class MailchimpSideStore(StoreBase):
             for chunk in chunks(wanted):
                 for row in conn.execute(
                     sa.select(mailchimp_alias)
-                    .where(mailchimp_alias.c.new_email.in_(chunk))
+                    .where(self._among(mailchimp_alias.c.new_email, chunk))
                     .order_by(mailchimp_alias.c.moved_at)
                 ):
                     found.setdefault(row.new_email, []).append(row.old_email)

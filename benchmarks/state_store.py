@@ -1,13 +1,15 @@
-"""The state store's bulk writes, through ``StateStore``, on a fresh store.
+"""The state store's bulk writes and look-ups, through ``StateStore``, on a fresh store.
 
-    python benchmarks/state_writes.py --rows 20000 --state postgres [--runs 2]
+    python benchmarks/state_store.py --rows 20000 --state postgres [--runs 2]
 
 The writes a cycle makes per member or entity, in the order a push makes
 them: the evaluations stored (insert, then again: an update), what Mailchimp
 accepted (insert, then merged over), the pushed and row digests, the events
-recorded sent, their intents cleared. Each is one call of ``StateStore`` with
-``--rows`` items; prints its wall clock and this process's CPU seconds.
-``--state postgres`` uses a schema of its own (``mailsync_state_writes``,
+recorded sent, their intents cleared. Then the look-ups a push plan makes
+for as many members, and the diff's read of stored evaluations. Each is one
+call of ``StateStore`` with ``--rows`` items; prints its wall clock and this
+process's CPU seconds.
+``--state postgres`` uses a schema of its own (``mailsync_state_bench``,
 dropped before and after) in the database of ``--pg``; ``sqlite`` a new file.
 """
 
@@ -30,7 +32,7 @@ from sync.state.entities import EntityEvaluation
 from sync.state.store import StateStore
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-SCHEMA = "mailsync_state_writes"
+SCHEMA = "mailsync_state_bench"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
@@ -59,6 +61,12 @@ def writes(store: StateStore, rows: int) -> list[tuple[str, Callable[[], object]
             "event intents cleared",
             lambda: store.clear_event_intents([(e.email, e.key) for e in sent]),
         ),
+        ("look-up: member states", lambda: store.member_states(emails)),
+        ("look-up: events sent", lambda: store.sent_events(emails)),
+        ("look-up: event intents", lambda: store.pending_events(emails)),
+        ("look-up: Mailchimp's side", lambda: store.mailchimp_members(emails)),
+        ("look-up: jobs left running", lambda: store.running_emails(emails)),
+        ("look-up: stored evaluations", lambda: store.stored_rows("user", ids)),
     ]
 
 
