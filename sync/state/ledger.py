@@ -96,6 +96,9 @@ class LedgerStore(StoreBase):
         # Rows are fetched a statement at a time (``all``), not one by one:
         # a full pass after a rules change plans tens of thousands of members.
         with self.engine.connect() as conn:
+            # Going live, no member has tags or a failure yet: those
+            # look-ups would find nothing, chunk after chunk.
+            any_tags, any_failures = self._has_rows(conn, member_tag), self._has_rows(conn, push)
             for chunk in chunks(wanted, self.ids_per_statement):
                 members = sa.select(member.c.email, member.c.pushed_at, member.c.fields_json)
                 for email, at, fields_json in conn.execute(
@@ -104,15 +107,21 @@ class LedgerStore(StoreBase):
                     pushed_at[email] = at
                     fields[email] = _decode(fields_json)
                 active = sa.select(member_tag.c.email, member_tag.c.tag)
-                for email, tag in conn.execute(
-                    active.where(self._among(member_tag.c.email, chunk))
-                ).all():
+                for email, tag in (
+                    conn.execute(active.where(self._among(member_tag.c.email, chunk))).all()
+                    if any_tags
+                    else ()
+                ):
                     tags.setdefault(email, set()).add(tag)
-                for row in conn.execute(
-                    sa.select(push).where(
-                        self._among(push.c.email, chunk), push.c.state == "failed"
-                    )
-                ).all():
+                for row in (
+                    conn.execute(
+                        sa.select(push).where(
+                            self._among(push.c.email, chunk), push.c.state == "failed"
+                        )
+                    ).all()
+                    if any_failures
+                    else ()
+                ):
                     failures[row.email] = self._failure(row)
         return {
             email: MemberPushState(
@@ -268,7 +277,7 @@ class LedgerStore(StoreBase):
         wanted = list(dict.fromkeys(normalise_email(e) for e in emails))
         found: set[str] = set()
         with self.engine.connect() as conn:
-            for chunk in chunks(wanted, 900):
+            for chunk in chunks(wanted, 900) if self._has_rows(conn, push) else ():
                 found.update(
                     conn.execute(
                         sa.select(push.c.email).where(
