@@ -214,8 +214,9 @@ class StoreBase:
         """``column IN values``, for the look-ups by lists of thousands of
         addresses or ids. On PostgreSQL, one array parameter (``= ANY``): an
         ``IN`` list there is a parameter per value, rendered by SQLAlchemy
-        and parsed again by psycopg at every statement, which took 20 % of a
-        going-live cycle's CPU (benchmarks/README.md, "Look-ups by one array
+        and parsed again by psycopg at every statement: a fifth of the
+        daemon's CPU in a profile of its benchmark at 100k users, most of it
+        going live (benchmarks/README.md, "Look-ups by one array
         parameter")."""
         if self.dialect == "postgresql":
             array = sa.bindparam(None, list(values), type_=pg_dialect.ARRAY(column.type))
