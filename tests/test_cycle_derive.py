@@ -206,6 +206,7 @@ class WatchedSink:
         with self.changed:
             self.running += 1
             self.pushes += 1
+            self.changed.notify_all()
             number = self.pushes
             self.most_at_once = max(self.most_at_once, self.running)
             if number <= self.overlapping:
@@ -275,6 +276,92 @@ def test_a_push_failing_in_the_background_stops_the_cycle_with_its_error(bb, mon
     again = run_once(runtime, full=True)
     assert again.push.pushed == 80
     assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
+
+
+def _watch_settling(monkeypatch, watched: WatchedSink) -> list[tuple[str, int]]:
+    """What the push buffer did, in order: ("push", k) when push k started,
+    ("settle while sending", k) when push k was settled while push k + 1
+    sent, ("settle", k) when it was settled with no push sending."""
+    from sync.daemon.push import PushBuffer
+
+    order: list[tuple[str, int]] = []
+    record_settled = PushBuffer._record_settled
+    settled = 0
+
+    def watched_record(self, push, pending):
+        nonlocal settled
+        settled += 1
+        with watched.changed:
+            # The next push may be on its way: give it a moment to start.
+            watched.changed.wait_for(lambda: watched.pushes > settled, timeout=2)
+            order.append(("settle while sending" if watched.running else "settle", settled))
+        return record_settled(self, push, pending)
+
+    push = watched.push
+
+    def watched_push(members):
+        order.append(("push", watched.pushes + 1))
+        return push(members)
+
+    monkeypatch.setattr(PushBuffer, "_record_settled", watched_record)
+    monkeypatch.setattr(watched, "push", watched_push)
+    return order
+
+
+def test_a_push_is_settled_while_the_next_one_sends(bb, monkeypatch):
+    """Recording what a push settled (the evaluations held back for it, the
+    digests of the entities Mailchimp accepted) is the cycle's work while the
+    next push already sends: Mailchimp's connections do not wait for it.
+    The outcome is what pushing and settling in turn gives."""
+    make, clock, _engine, emulator = bb
+    runtime, _, _ = make(batch_size=40)  # 120 users: three chunks, three pushes
+    runtime.flush_size = 30
+    watched = _watch(runtime, monkeypatch, overlapping=2)
+    order = _watch_settling(monkeypatch, watched)
+    summary = run_once(runtime)
+    # Push 2 waits for chunk 3, derived after push 1 is settled: settling
+    # push 1 happens while push 2 sends.
+    assert order[:3] == [("push", 1), ("push", 2), ("settle while sending", 1)]
+    assert [step for step in order if step[0] == "push"] == [("push", k) for k in (1, 2, 3)]
+    assert len(order) == 6
+    assert watched.most_at_once == 1
+    assert summary.push.pushed == 120
+    assert summary.evaluations_written == 120
+    assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
+    again = run_once(runtime, full=True)
+    assert again.push.considered == 0
+    assert again.evaluations_written == 0
+
+
+def test_a_push_sharing_a_member_with_the_one_before_waits_for_its_settling(bb, monkeypatch):
+    """Two users of two chunks share an address: the push of the second is
+    planned against everything the first one's push recorded, so that one
+    is settled before it starts."""
+    make, _clock, engine, emulator = bb
+    with engine.begin() as conn:
+        ids = conn.execute(sa.text("SELECT id FROM users ORDER BY id")).scalars().all()
+        # Derived in chunks of 40 by id: the 50th user is in push 2, the 100th in push 3.
+        shared = conn.execute(
+            sa.text("SELECT email FROM users WHERE id = :id"), {"id": ids[49]}
+        ).scalar_one()
+        conn.execute(
+            sa.text("UPDATE users SET email = :email WHERE id = :id"),
+            {"email": shared, "id": ids[99]},
+        )
+    runtime, _, _ = make(batch_size=40)
+    runtime.flush_size = 30
+    watched = _watch(runtime, monkeypatch, overlapping=2)
+    order = _watch_settling(monkeypatch, watched)
+    summary = run_once(runtime)
+    assert order.index(("push", 2)) < order.index(("settle while sending", 1))
+    settled_2 = [i for i, step in enumerate(order) if step[1] == 2 and step[0] != "push"]
+    assert settled_2 == [order.index(("settle", 2))]
+    assert settled_2[0] < order.index(("push", 3))
+    assert summary.evaluations_written == 120
+    # One member for the two users, pushed by both pushes in turn.
+    assert len(emulator.store.audience(DEFAULT_LIST_ID).members()) == 119
+    again = run_once(runtime, full=True)
+    assert again.evaluations_written == 0
 
 
 @pytest.mark.parametrize("evaluator", ["sql", "engine"])

@@ -13,10 +13,17 @@ accepted recorded) on a thread of its own while the cycle derives the next
 chunks. At most one push is in flight, and the next one starts only once it
 is over, so no member is ever in two pushes at once and each push is planned
 against everything the one before recorded: pushes and their writes come
-in the same order as without the overlap. ``drain`` waits for the push in
-flight and raises its error; the cycle drains before anything that reads or
-changes what a push writes (another entity type, an address change, a
-deletion) and at its end.
+in the same order as without the overlap.
+
+Settling a push (storing the evaluations held back for it, recording the
+digests of the entities whose members Mailchimp accepted) is the cycle's
+own work, on its thread: it runs while the next push is already sending,
+so that Mailchimp's connections do not stand idle meanwhile. It only reads
+and writes the rows of the settled push's entities and members; when the
+next push has a member in common with it, it is settled first. ``drain``
+waits for the push in flight, settles it and raises its error; the cycle
+drains before anything that reads or changes what a push writes (another
+entity type, an address change, a deletion) and at its end.
 """
 
 from __future__ import annotations
@@ -77,6 +84,18 @@ class Pending:
         return len(self.members)
 
 
+@dataclass
+class Pushed:
+    """A push sent, and what settling it needs."""
+
+    push: PushSummary
+    pending: Pending
+    #: Seconds the push took (settling it comes on top).
+    took: float
+    #: Whether it was a full buffer's (its end is logged as progress).
+    was_full: bool
+
+
 class PushBuffer:
     """Members to push, flushed when ``flush_size`` accumulated and at the
     end of the cycle; with ``record=False`` (a dry run) nothing is written
@@ -104,9 +123,8 @@ class PushBuffer:
         #: store is one database per thread.
         self.overlap = record and state.shared_across_threads
         self._pool: ThreadPoolExecutor | None = None
-        #: The push in flight, and whether it was a full buffer's (whose
-        #: end is logged as progress).
-        self._in_flight: tuple[Future[tuple[PushSummary, int, float]], bool] | None = None
+        #: The push in flight.
+        self._in_flight: Future[Pushed] | None = None
 
     def add(
         self,
@@ -173,16 +191,11 @@ class PushBuffer:
         self.drain()
 
     def drain(self) -> None:
-        """Wait for the push in flight, if any; raises what it raised."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is None:
-            return
-        future, was_full = in_flight
-        waited = time.perf_counter()
-        done = future.result()
-        # (Never more than the push took: the rest is the threads' hand-over.)
-        self.summary.push_wait_s += min(time.perf_counter() - waited, done[2])
-        self._absorb(*done, was_full=was_full)
+        """Wait for the push in flight, if any, and settle it; raises what
+        it raised."""
+        done = self._wait()
+        if done is not None:
+            self._settle(done)
 
     def close(self, *, failing: bool = False) -> None:
         """End of the cycle: wait for the push in flight, so that nothing
@@ -201,45 +214,70 @@ class PushBuffer:
 
     def _start(self, *, was_full: bool) -> None:
         """Push the pending members: in the background when overlapping,
-        once the push before is over (and recorded)."""
-        self.drain()
+        once the push before is over; that one is settled meanwhile."""
+        done = self._wait()
         pending, self._pending = self._pending, Pending()
-        if not pending.members:
-            return
-        if not self.overlap:
-            done = self._push(pending)
-            self.summary.push_wait_s += done[2]
-            self._absorb(*done, was_full=was_full)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailsync-flush")
-        self._in_flight = (self._pool.submit(self._push, pending), was_full)
+        if done is not None and not done.pending.members.keys().isdisjoint(pending.members):
+            # A member in both: the next push is planned against all this one records.
+            self._settle(done)
+            done = None
+        if pending.members:
+            if not self.overlap:
+                pushed = self._push(pending, was_full)
+                self.summary.push_wait_s += pushed.took
+                self._settle(pushed)
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        max_workers=1, thread_name_prefix="mailsync-flush"
+                    )
+                self._in_flight = self._pool.submit(self._push, pending, was_full)
+        if done is not None:
+            self._settle(done)
 
-    def _absorb(self, push: PushSummary, written: int, took: float, *, was_full: bool) -> None:
-        """Count a push done into the cycle's summary (the cycle's thread)."""
-        self.summary.absorb(push)
-        self.summary.evaluations_written += written
-        self.summary.push_s += took
-        if was_full:
-            # A cycle that pushes this much (going live at a million users
-            # takes minutes) says how far it got.
-            done = self.summary.push
-            progress.info(
-                "pushing: %d members pushed so far this cycle, %d failed, %d API calls",
-                done.pushed,
-                done.failed,
-                sum(done.calls.values()),
-            )
+    def _wait(self) -> Pushed | None:
+        """The push in flight, once it is over; raises what it raised."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return None
+        waited = time.perf_counter()
+        done = in_flight.result()
+        # (Never more than the push took: the rest is the threads' hand-over.)
+        self.summary.push_wait_s += min(time.perf_counter() - waited, done.took)
+        return done
 
-    def _push(self, pending: Pending) -> tuple[PushSummary, int, float]:
-        """Push ``pending`` and record what Mailchimp accepted: the push's
-        summary, how many evaluations were stored and the seconds it took.
-        Runs on the push's thread when overlapping, touching nothing of the
-        cycle's own."""
+    def _push(self, pending: Pending, was_full: bool) -> Pushed:
+        """Push ``pending``; runs on the push's thread when overlapping,
+        touching nothing of the cycle's own."""
         started = time.perf_counter()
         push = self.sink.push(b.build() for b in pending.members.values())
+        return Pushed(push, pending, time.perf_counter() - started, was_full)
+
+    def _settle(self, done: Pushed) -> None:
+        """Record what the push ``done`` settled (the cycle's thread) and
+        count it into the cycle's summary."""
+        started = time.perf_counter()
+        written = self._record_settled(done.push, done.pending)
+        self.summary.absorb(done.push)
+        self.summary.evaluations_written += written
+        self.summary.push_s += done.took + time.perf_counter() - started
+        if done.was_full:
+            # A cycle that pushes this much (going live at a million users
+            # takes minutes) says how far it got.
+            so_far = self.summary.push
+            progress.info(
+                "pushing: %d members pushed so far this cycle, %d failed, %d API calls",
+                so_far.pushed,
+                so_far.failed,
+                sum(so_far.calls.values()),
+            )
+
+    def _record_settled(self, push: PushSummary, pending: Pending) -> int:
+        """Store the evaluations held back for ``pending`` and the digests of
+        the entities whose members Mailchimp accepted; the number of
+        evaluations stored."""
         if not self.record or push.dry_run:
-            return push, 0, time.perf_counter() - started
+            return 0
         failed = {normalise_email(f.email) for f in push.failures}
         # Values of a merge tag the audience lacks were not kept: push again.
         failed |= set(push.not_kept)
@@ -264,4 +302,4 @@ class PushBuffer:
             rows.setdefault(entity_type, {})[ident] = row_fp
         for entity_type, fingerprints in accepted.items():
             self.state.set_pushed_fingerprints(entity_type, fingerprints, rows[entity_type])
-        return push, len(pending.evaluations), time.perf_counter() - started
+        return len(pending.evaluations)
