@@ -79,6 +79,78 @@ def test_full_push_costs_ceil_n_over_500_calls_then_nothing(
     assert emulator.calls.count() == 0
 
 
+def _parts_watched(monkeypatch: pytest.MonkeyPatch, fail_part: int | None = None) -> list[str]:
+    """Parts of 300 members; what the push did, in order: "plan k" when it
+    planned part k, "create n" when a batch subscribe of n members left.
+    From part 3 on, planning waits (5 s at most) for a subscribe to leave."""
+    from sync.mailchimp import push_plan, subscribe
+
+    monkeypatch.setattr(push_plan, "PART_SIZE", 300)
+    order: list[str] = []
+    sent = threading.Event()
+    plan_part, batch_subscribe = push_plan._plan_part, subscribe.batch_subscribe
+
+    def watched_plan(*args: Any, **kwargs: Any) -> Any:
+        number = sum(1 for step in order if step.startswith("plan")) + 1
+        if number >= 3:
+            sent.wait(timeout=5)
+        order.append(f"plan {number}")
+        if number == fail_part:
+            raise RuntimeError("the state store went away (injected)")
+        return plan_part(*args, **kwargs)
+
+    def watched_subscribe(client: Any, list_id: str, body: Any, query: Any) -> Any:
+        order.append(f"create {len(body['members'])}")
+        sent.set()
+        return batch_subscribe(client, list_id, body, query)
+
+    monkeypatch.setattr(push_plan, "_plan_part", watched_plan)
+    monkeypatch.setattr(subscribe, "batch_subscribe", watched_subscribe)
+    return order
+
+
+def test_a_push_sends_its_first_part_while_it_plans_the_next(
+    emulator: Emulator, ledger: PushLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push is planned a part at a time and its batch subscribes leave as
+    soon as 500 members are planned; parts cost no more calls than one plan
+    (only full batches leave before the last part)."""
+    clock = Clock(T0)
+    sink = make_sink(emulator, ledger, clock)
+    order = _parts_watched(monkeypatch)
+    summary = sink.push(members(1203))
+    assert summary.pushed == summary.considered == 1203
+    # Parts of 300: the first 500 planned by part 2, sent before part 3 is planned.
+    assert order.index("create 500") < order.index("plan 3")
+    assert sorted(step for step in order if step.startswith("create")) == [
+        "create 203",
+        "create 500",
+        "create 500",
+    ]
+    assert emulator.calls.by_endpoint() == {"POST /lists/{list_id}": 3}
+    assert len(emulator.audience.members()) == 1203
+
+
+def test_a_push_whose_planning_fails_records_what_it_had_sent(
+    emulator: Emulator, ledger: PushLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning part 3 fails after the first batch subscribe left: its
+    answer is recorded before the error goes up, so the next push creates
+    only the others (no member is sent twice)."""
+    clock = Clock(T0)
+    sink = make_sink(emulator, ledger, clock)
+    _parts_watched(monkeypatch, fail_part=3)
+    with pytest.raises(RuntimeError, match="injected"):
+        sink.push(members(1203))
+    assert len(emulator.audience.members()) == 500
+    monkeypatch.undo()
+    clock.now = T0 + timedelta(minutes=1)
+    summary = sink.push(members(1203))
+    assert summary.pushed == 703
+    assert summary.unchanged == 500
+    assert emulator.calls.by_endpoint() == {"POST /lists/{list_id}": 1 + 2}
+
+
 def test_only_changed_fields_are_sent_and_empty_zero_false_are_values(
     emulator: Emulator,
 ) -> None:

@@ -222,8 +222,10 @@ class PushBuffer:
             self._settle(done)
             done = None
         if pending.members:
+            # Built here: the push's thread has the calls to make.
+            members = [b.build() for b in pending.members.values()]
             if not self.overlap:
-                pushed = self._push(pending, was_full)
+                pushed = self._push(members, pending, was_full)
                 self.summary.push_wait_s += pushed.took
                 self._settle(pushed)
             else:
@@ -231,7 +233,7 @@ class PushBuffer:
                     self._pool = ThreadPoolExecutor(
                         max_workers=1, thread_name_prefix="mailsync-flush"
                     )
-                self._in_flight = self._pool.submit(self._push, pending, was_full)
+                self._in_flight = self._pool.submit(self._push, members, pending, was_full)
         if done is not None:
             self._settle(done)
 
@@ -246,11 +248,11 @@ class PushBuffer:
         self.summary.push_wait_s += min(time.perf_counter() - waited, done.took)
         return done
 
-    def _push(self, pending: Pending, was_full: bool) -> Pushed:
-        """Push ``pending``; runs on the push's thread when overlapping,
-        touching nothing of the cycle's own."""
+    def _push(self, members: list[DesiredMember], pending: Pending, was_full: bool) -> Pushed:
+        """Push the ``members`` built from ``pending``; runs on the push's
+        thread when overlapping, touching nothing of the cycle's own."""
         started = time.perf_counter()
-        push = self.sink.push(b.build() for b in pending.members.values())
+        push = self.sink.push(members)
         return Pushed(push, pending, time.perf_counter() - started, was_full)
 
     def _settle(self, done: Pushed) -> None:

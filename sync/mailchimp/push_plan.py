@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
@@ -28,6 +28,10 @@ from sync.payload import EVENT_PROPERTIES_MAX, bound_properties, json_problem
 from sync.records import DesiredMember, EventDue, MergeValue
 
 log = logging.getLogger(__name__)
+
+#: Members planned at a time (``plan_parts``): as many as a look-up takes
+#: (``StoreBase.ids_per_statement``), ten batch subscribes.
+PART_SIZE = 5000
 
 #: The reason recorded for a member not pushed because it is archived in Mailchimp.
 ARCHIVED_REASON = "archived in Mailchimp: not pushed (mailsync never brings a contact back)"
@@ -189,7 +193,36 @@ def follow_moves(
 
 def plan_pushes(members: Iterable[DesiredMember], ledger: PushLedger, now: datetime) -> Plan:
     """Diff desired members against the ledger; read-only."""
+    parts = list(plan_parts(members, ledger, now))
+    return Plan(
+        pushes=[p for part in parts for p in part.pushes],
+        unchanged=sum(part.unchanged for part in parts),
+        held_back=sum(part.held_back for part in parts),
+        considered=sum(part.considered for part in parts),
+        archived=[p for part in parts for p in part.archived],
+        held_running=sum(part.held_running for part in parts),
+    )
+
+
+def plan_parts(
+    members: Iterable[DesiredMember], ledger: PushLedger, now: datetime, size: int | None = None
+) -> Iterator[Plan]:
+    """``plan_pushes``, ``size`` (``PART_SIZE``) members at a time: a push
+    sends the first part while it plans the next. Each member is in one
+    part only (moves followed and duplicates merged over all ``members``
+    first)."""
+    size = size or PART_SIZE
     desired, remote = follow_moves(members, ledger)
+    for start in range(0, len(desired), size):
+        yield _plan_part(desired[start : start + size], remote, ledger, now)
+
+
+def _plan_part(
+    desired: list[DesiredMember],
+    remote: Mapping[str, MailchimpMember],
+    ledger: PushLedger,
+    now: datetime,
+) -> Plan:
     desired = [screen_values(m) for m in desired]
     keys = [normalise_email(m.email) for m in desired]
     states = ledger.member_states(keys)

@@ -135,7 +135,7 @@ JSON lines, sending and recording nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -146,7 +146,7 @@ from sync.mailchimp.collect import collect_jobs
 from sync.mailchimp.ledger import PushLedger
 from sync.mailchimp.merge_tags import AudienceTags, MissingTags
 from sync.mailchimp.operations import OpRunner
-from sync.mailchimp.push_plan import MemberPlan, plan_pushes
+from sync.mailchimp.push_plan import MemberPlan, plan_parts
 from sync.mailchimp.recording import Outcome, PushRecorder
 from sync.mailchimp.sink_config import SinkConfig
 from sync.mailchimp.subscribe import upsert_members
@@ -189,29 +189,38 @@ class MailchimpSink:
         # What an earlier push could not record is written first: while the
         # state store cannot take it, nothing is sent (and sent again).
         recorder.record_unrecorded()
-        plan = plan_pushes(members, self.ledger, now)
         calls_before = dict(self.caller.calls)
-        summary = PushSummary(
-            considered=plan.considered,
-            unchanged=plan.unchanged,
-            held_back=plan.held_back,
-            archived=len(plan.archived),
-        )
-        if plan.archived:
-            self.ledger.record_failures([recorder.archived_failure(p) for p in plan.archived])
-        summary.held_running = plan.held_running
-        fatal: FatalError | None = None
+        summary = PushSummary()
+        #: The plans of the parts planned so far.
+        planned: list[MemberPlan] = []
         missing = MissingTags(self.audience)
+
+        def parts() -> Iterator[list[MemberPlan]]:
+            # Planned a part at a time: the first part's members are sent
+            # while the next part is planned.
+            for part in plan_parts(members, self.ledger, now):
+                summary.considered += part.considered
+                summary.unchanged += part.unchanged
+                summary.held_back += part.held_back
+                summary.held_running += part.held_running
+                summary.archived += len(part.archived)
+                if part.archived:
+                    self.ledger.record_failures(
+                        [recorder.archived_failure(p) for p in part.archived]
+                    )
+                planned.extend(part.pushes)
+                yield missing.screen(part.pushes, now)
+
+        fatal: FatalError | None = None
         try:
-            pushes = missing.screen(plan.pushes, now)
             with self._pool() as pool:
-                upsert = upsert_members(pool, pushes, self.runner, recorder, missing)
+                upsert = upsert_members(pool, parts(), self.runner, recorder, missing)
                 summary.running_members.extend(p.key for p in upsert.running)
                 tags_and_events(pool, upsert.done, self.runner, recorder, summary)
         except FatalError as exc:
             fatal = exc
-        self._report_values(plan.pushes, recorder, missing, summary)
-        self._conclude(summary, recorder, [p.key for p in plan.pushes], calls_before, fatal)
+        self._report_values(planned, recorder, missing, summary)
+        self._conclude(summary, recorder, [p.key for p in planned], calls_before, fatal)
         return summary
 
     def collect_running(self) -> PushSummary:

@@ -13,15 +13,15 @@ none to send): only those get their tags and events.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from sync.addresses import normalise_email, subscriber_hash
 from sync.exceptions import FatalError
 from sync.mailchimp.answers import Answer, AnswerClass, MemberError, classify
-from sync.mailchimp.batches import RUNNING, Operation, iter_chunks
+from sync.mailchimp.batches import RUNNING, Operation
 from sync.mailchimp.caller import json_safe
 from sync.mailchimp.changes import MailchimpChange, from_member
 from sync.mailchimp.client import batch_subscribe
@@ -209,23 +209,37 @@ def _classify_member_error(error: MemberError) -> Answer:
 
 def upsert_members(
     pool: ThreadPoolExecutor,
-    plans: Sequence[MemberPlan],
+    parts: Iterable[Sequence[MemberPlan]],
     runner: OpRunner,
     recorder: PushRecorder,
     missing: MissingTags,
 ) -> Upsert:
     """Create new members, update changed ones; ``done``: the plans whose
     merge values are accepted (or had none to send), ``running``: those
-    whose update is in a job left running."""
+    whose update is in a job left running.
+
+    ``parts`` may be planned as they are read: the batch subscribes of a
+    part are on their way while the next is planned. Only full batches
+    (``batch_size`` members) go before the last part is read, so that the
+    parts cost no more calls than one plan would. Whatever is sent is
+    recorded, even when planning a later part fails."""
     phases = _Phases(runner, recorder, missing)
-    upsert = Upsert(
-        done=[p for p in plans if not p.needs_upsert],
-        existing=[p for p in plans if p.needs_upsert and p.known],
-    )
-    new = [p for p in plans if p.needs_upsert and not p.known]
-    futures = [
-        pool.submit(phases.create, chunk) for chunk in iter_chunks(new, runner.config.batch_size)
-    ]
-    collect(futures, lambda result: phases.created(result, upsert))
+    upsert = Upsert()
+    size = runner.config.batch_size
+    futures: list[Future[tuple[Sequence[MemberPlan], Answer]]] = []
+    new: list[MemberPlan] = []
+    try:
+        for plans in parts:
+            upsert.done.extend(p for p in plans if not p.needs_upsert)
+            upsert.existing.extend(p for p in plans if p.needs_upsert and p.known)
+            new.extend(p for p in plans if p.needs_upsert and not p.known)
+            full = len(new) - len(new) % size
+            for start in range(0, full, size):
+                futures.append(pool.submit(phases.create, new[start : start + size]))
+            del new[:full]
+        if new:
+            futures.append(pool.submit(phases.create, new))
+    finally:
+        collect(futures, lambda result: phases.created(result, upsert))
     phases.update(pool, upsert)
     return upsert
