@@ -215,6 +215,9 @@ class PushBuffer:
     def _start(self, *, was_full: bool) -> None:
         """Push the pending members: in the background when overlapping,
         once the push before is over; that one is settled meanwhile."""
+        # Built while the push in flight still sends: the push's thread has
+        # the calls to make.
+        members = [b.build() for b in self._pending.members.values()]
         done = self._wait()
         pending, self._pending = self._pending, Pending()
         if done is not None and not done.pending.members.keys().isdisjoint(pending.members):
@@ -222,8 +225,6 @@ class PushBuffer:
             self._settle(done)
             done = None
         if pending.members:
-            # Built here: the push's thread has the calls to make.
-            members = [b.build() for b in pending.members.values()]
             if not self.overlap:
                 pushed = self._push(members, pending, was_full)
                 self.summary.push_wait_s += pushed.took
