@@ -84,11 +84,12 @@ def _parts_watched(monkeypatch: pytest.MonkeyPatch, fail_part: int | None = None
     planned part k, "create n" when a batch subscribe of n members left.
     From part 3 on, planning waits (5 s at most) for a subscribe to leave."""
     from sync.mailchimp import push_plan, subscribe
+    from sync.mailchimp.client import batch_subscribe
 
     monkeypatch.setattr(push_plan, "PART_SIZE", 300)
     order: list[str] = []
     sent = threading.Event()
-    plan_part, batch_subscribe = push_plan._plan_part, subscribe.batch_subscribe
+    plan_part = push_plan._plan_part
 
     def watched_plan(*args: Any, **kwargs: Any) -> Any:
         number = sum(1 for step in order if step.startswith("plan")) + 1
