@@ -191,7 +191,7 @@ class MailchimpSink:
         recorder.record_unrecorded()
         calls_before = dict(self.caller.calls)
         summary = PushSummary()
-        #: The plans of the parts planned so far.
+        # The plans of the parts planned so far.
         planned: list[MemberPlan] = []
         missing = MissingTags(self.audience)
 
