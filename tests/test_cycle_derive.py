@@ -364,6 +364,46 @@ def test_a_push_sharing_a_member_with_the_one_before_waits_for_its_settling(bb, 
     assert again.evaluations_written == 0
 
 
+def test_settling_that_fails_while_the_next_push_sends_loses_nothing(bb, monkeypatch):
+    """Settling push 1 fails (the state store went away) while push 2 sends:
+    the error is the cycle's, push 2 is finished and settled before it goes
+    up, and the next pass re-sends nothing Mailchimp already accepted."""
+    from sync.daemon.push import PushBuffer
+
+    make, clock, _engine, emulator = bb
+    runtime, _, _ = make(batch_size=40)
+    runtime.flush_size = 30
+    watched = _watch(runtime, monkeypatch, overlapping=2)
+    record_settled = PushBuffer._record_settled
+    settled: list[int] = []
+
+    def failing_first(self, push, pending):
+        settled.append(len(pending.members))
+        if len(settled) == 1:
+            raise RuntimeError("the state store went away (injected)")
+        return record_settled(self, push, pending)
+
+    monkeypatch.setattr(PushBuffer, "_record_settled", failing_first)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_once(runtime)
+    assert watched.pushes == 2  # the third buffer was never pushed
+    assert settled == [40, 40]  # push 2 settled on the way out
+    assert len(emulator.store.audience(DEFAULT_LIST_ID).members()) == 80
+    monkeypatch.undo()
+    runtime.sink = watched.sink
+    clock.now = NOW + timedelta(minutes=1)
+    calls = emulator.calls.count()
+    again = run_once(runtime, full=True)
+    # Push 1's entities are queued again (their evaluations were not stored):
+    # the ledger knows Mailchimp accepted them, so nothing is sent for them.
+    assert again.push.considered == 80
+    assert again.push.unchanged == 40
+    assert again.push.pushed == 40
+    assert emulator.calls.count() - calls == 1  # one batch subscribe, for the last 40
+    assert audience_fields(emulator) == expected_members(runtime, "user", clock.now)
+    assert run_once(runtime, full=True).push.considered == 0
+
+
 @pytest.mark.parametrize("evaluator", ["sql", "engine"])
 def test_a_cycle_stopped_by_an_error_ends_its_read_at_once(bb, monkeypatch, evaluator):
     """A cycle that fails mid-stream gives the read connection back at once,
